@@ -1,0 +1,474 @@
+//! Receiving: splice each stream from its socket into a temporary file, check the digest against
+//! the sender's trailer, fsync, rename, and acknowledge. Anything malformed closes that connection
+//! only, leaves no file behind, and the receiver goes on serving.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rustix::pipe::SpliceFlags;
+
+use crate::atomic_file::AtomicFile;
+use crate::digest::{Digest, DigestAlgorithm, Hasher};
+use crate::sys::{self, Pipe};
+use crate::wire::{self, Ack, AckStatus, Header, MessageKind, Trailer, WireError};
+
+/// Where received streams go.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Every stream to this one path (one at a time).
+    File(PathBuf),
+    /// Each stream into this directory under its announced name.
+    Dir(PathBuf),
+}
+
+/// How to receive.
+#[derive(Clone, Debug)]
+pub struct RecvOptions {
+    /// Where streams are stored.
+    pub target: Target,
+    /// Accept a bare stream (no framing) until EOF.
+    pub raw: bool,
+    /// The digest to compute in raw mode (framed streams announce theirs).
+    pub digest: DigestAlgorithm,
+    /// Give up on a connection that sends nothing for this long.
+    pub stall_timeout: Duration,
+    /// Connections served at once in directory mode; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl RecvOptions {
+    /// Options for `target` with the defaults (framed, BLAKE3 in raw mode, 30 s stall timeout).
+    pub fn new(target: Target) -> RecvOptions {
+        RecvOptions {
+            target,
+            raw: false,
+            digest: DigestAlgorithm::Blake3,
+            stall_timeout: Duration::from_secs(30),
+            max_connections: 64,
+        }
+    }
+}
+
+/// A stream stored and verified.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The sender.
+    pub peer: Option<SocketAddr>,
+    /// Where the stream now is.
+    pub path: PathBuf,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// The digest of what was stored.
+    pub digest: Digest,
+}
+
+/// Why a stream was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The peer's bytes broke the protocol.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// The connection ended before the stream did.
+    #[error("stream cut short after {got} payload bytes: {detail}")]
+    Truncated {
+        /// Payload bytes received.
+        got: u64,
+        /// What was missing.
+        detail: String,
+    },
+    /// The sender's trailer disagrees with what arrived.
+    #[error(
+        "digest mismatch: the sender announced {announced}, the received bytes hash to {received}; file discarded"
+    )]
+    DigestMismatch {
+        /// Hex digest from the trailer.
+        announced: String,
+        /// Hex digest of the received bytes.
+        received: String,
+    },
+    /// The trailer's length disagrees with what arrived.
+    #[error(
+        "length mismatch: the sender announced {announced} bytes, {received} arrived; file discarded"
+    )]
+    LengthMismatch {
+        /// Length in the header or trailer.
+        announced: u64,
+        /// Bytes received.
+        received: u64,
+    },
+    /// The sender went quiet.
+    #[error("no data for {0:.1} s; connection dropped")]
+    Stalled(f64),
+    /// A local failure (disk full, permissions).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+impl RecvError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> RecvError {
+        let context = context.into();
+        move |source| RecvError::Io { context, source }
+    }
+
+    fn ack_status(&self) -> AckStatus {
+        match self {
+            RecvError::Wire(_) => AckStatus::Rejected,
+            RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
+            RecvError::DigestMismatch { .. } => AckStatus::DigestMismatch,
+            RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
+            RecvError::Io { .. } => AckStatus::IoError,
+        }
+    }
+}
+
+/// Called once per connection with the peer and what became of its stream.
+pub type ResultHandler = dyn Fn(Option<SocketAddr>, &Result<Received, RecvError>) + Sync;
+
+/// Accepts connections on `listener` and stores each stream, calling `on_result` for each.
+///
+/// With `once`, returns after the first connection with whether it was stored. Otherwise serves
+/// forever: in directory mode each connection on its own thread (up to `max_connections` at
+/// once), in file mode one after another.
+pub fn serve(
+    listener: &TcpListener,
+    options: &RecvOptions,
+    once: bool,
+    on_result: &ResultHandler,
+) -> io::Result<bool> {
+    sys::ignore_sigpipe();
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        loop {
+            let (stream, peer) = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if once || matches!(options.target, Target::File(_)) {
+                let result = receive(stream, options);
+                on_result(Some(peer), &result);
+                if once {
+                    return Ok(result.is_ok());
+                }
+                continue;
+            }
+            while active.load(Ordering::Acquire) >= options.max_connections.max(1) {
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+            active.fetch_add(1, Ordering::AcqRel);
+            let active = active.clone();
+            scope.spawn(move || {
+                let result = receive(stream, options);
+                on_result(Some(peer), &result);
+                active.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    })
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Receives one stream from `stream` and stores it; answers the sender with an acknowledgement
+/// (framed mode) when the header could be read.
+pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, RecvError> {
+    let peer = stream.peer_addr().ok();
+    stream
+        .set_read_timeout(Some(options.stall_timeout))
+        .map_err(RecvError::io("setting the read timeout"))?;
+    if options.raw {
+        return receive_raw(&stream, options, peer);
+    }
+    let header = read_header(&stream, options)?;
+    let result = receive_framed(&stream, options, &header, peer);
+    let ack = match &result {
+        Ok(r) => Ack {
+            status: AckStatus::Ok,
+            bytes: r.bytes,
+            digest: r.digest.bytes.clone(),
+            message: String::new(),
+        },
+        Err(e) => Ack {
+            status: e.ack_status(),
+            bytes: 0,
+            digest: Vec::new(),
+            message: e.to_string(),
+        },
+    };
+    // The sender may already be gone; the outcome here stands either way.
+    let _ = (&stream).write_all(&ack.encode());
+    result
+}
+
+fn read_exact(
+    mut stream: &TcpStream,
+    buf: &mut [u8],
+    options: &RecvOptions,
+    got: u64,
+    what: &str,
+) -> Result<(), RecvError> {
+    stream.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => RecvError::Truncated {
+            got,
+            detail: format!("connection closed before the {what}"),
+        },
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            RecvError::Stalled(options.stall_timeout.as_secs_f64())
+        }
+        _ => RecvError::Io {
+            context: format!("reading the {what}"),
+            source: e,
+        },
+    })
+}
+
+fn read_message(
+    stream: &TcpStream,
+    kind: MessageKind,
+    options: &RecvOptions,
+    got: u64,
+) -> Result<Vec<u8>, RecvError> {
+    let what = kind.to_string();
+    let mut prefix = [0u8; wire::PREFIX_LEN];
+    read_exact(stream, &mut prefix, options, got, &what)?;
+    let len = wire::decode_prefix(&prefix, kind)?;
+    let mut body = vec![0u8; len];
+    read_exact(stream, &mut body, options, got, &what)?;
+    Ok(body)
+}
+
+fn read_header(stream: &TcpStream, options: &RecvOptions) -> Result<Header, RecvError> {
+    let body = read_message(stream, MessageKind::Header, options, 0)?;
+    Ok(Header::decode_body(&body)?)
+}
+
+fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> {
+    match &options.target {
+        Target::File(p) => Ok(p.clone()),
+        Target::Dir(d) => {
+            // The wire layer already refused '/', '..' and NUL; check again where it matters.
+            wire::validate_name(name)?;
+            Ok(d.join(name))
+        }
+    }
+}
+
+fn receive_framed(
+    stream: &TcpStream,
+    options: &RecvOptions,
+    header: &Header,
+    peer: Option<SocketAddr>,
+) -> Result<Received, RecvError> {
+    let path = target_path(options, &header.name)?;
+    let file = AtomicFile::create(&path).map_err(RecvError::io(format!(
+        "creating a file beside {}",
+        path.display()
+    )))?;
+    let mut payload = Payload::new(header.digest, options)?;
+    match header.length {
+        Some(len) => payload.copy(stream.as_fd(), file.file().as_fd(), Some(len))?,
+        None => loop {
+            let mut ch = [0u8; wire::CHUNK_HEADER_LEN];
+            read_exact(stream, &mut ch, options, payload.bytes, "chunk header")?;
+            let n = wire::decode_chunk_header(&ch)?;
+            if n == 0 {
+                break;
+            }
+            payload.copy(stream.as_fd(), file.file().as_fd(), Some(u64::from(n)))?;
+        },
+    }
+    let body = read_message(stream, MessageKind::Trailer, options, payload.bytes)?;
+    let trailer = Trailer::decode_body(&body, header.digest)?;
+    let bytes = payload.bytes;
+    let digest = payload.finish();
+    if trailer.length != bytes || header.length.is_some_and(|l| l != bytes) {
+        return Err(RecvError::LengthMismatch {
+            announced: trailer.length,
+            received: bytes,
+        });
+    }
+    if trailer.digest != digest.bytes {
+        return Err(RecvError::DigestMismatch {
+            announced: crate::digest::to_hex(&trailer.digest),
+            received: digest.hex(),
+        });
+    }
+    let path = file
+        .commit()
+        .map_err(RecvError::io(format!("storing {}", path.display())))?;
+    Ok(Received {
+        peer,
+        path,
+        bytes,
+        digest,
+    })
+}
+
+fn receive_raw(
+    stream: &TcpStream,
+    options: &RecvOptions,
+    peer: Option<SocketAddr>,
+) -> Result<Received, RecvError> {
+    let path = match &options.target {
+        Target::File(p) => p.clone(),
+        Target::Dir(d) => d.join(raw_name(peer)),
+    };
+    let file = AtomicFile::create(&path).map_err(RecvError::io(format!(
+        "creating a file beside {}",
+        path.display()
+    )))?;
+    let mut payload = Payload::new(options.digest, options)?;
+    payload.copy(stream.as_fd(), file.file().as_fd(), None)?;
+    let bytes = payload.bytes;
+    let digest = payload.finish();
+    let path = file
+        .commit()
+        .map_err(RecvError::io(format!("storing {}", path.display())))?;
+    Ok(Received {
+        peer,
+        path,
+        bytes,
+        digest,
+    })
+}
+
+fn raw_name(peer: Option<SocketAddr>) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    match peer {
+        Some(p) => format!("raw-{}-{}-{secs}", p.ip(), p.port()),
+        None => format!("raw-{secs}"),
+    }
+}
+
+/// The payload pipeline: socket → pipe → file with splice, and a tee of the same pages read back
+/// for the digest (one copy into the page cache, one for the hash).
+struct Payload {
+    pipe: Pipe,
+    hash_pipe: Option<Pipe>,
+    hasher: Hasher,
+    buf: Vec<u8>,
+    bytes: u64,
+    stall: Duration,
+}
+
+impl Payload {
+    fn new(digest: DigestAlgorithm, options: &RecvOptions) -> Result<Payload, RecvError> {
+        let pipe = Pipe::with_size(1024 * 1024).map_err(RecvError::io("creating a pipe"))?;
+        let hash_pipe = if digest == DigestAlgorithm::None {
+            None
+        } else {
+            let p = Pipe::with_size(pipe.capacity()).map_err(RecvError::io("creating a pipe"))?;
+            Some(p)
+        };
+        Ok(Payload {
+            buf: vec![0u8; 256 * 1024],
+            pipe,
+            hash_pipe,
+            hasher: digest.hasher(),
+            bytes: 0,
+            stall: options.stall_timeout,
+        })
+    }
+
+    /// Moves `limit` bytes (or everything until EOF when `None`) from the socket to the file.
+    fn copy(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+        limit: Option<u64>,
+    ) -> Result<(), RecvError> {
+        let cap = self.hash_pipe.as_ref().map_or(self.pipe.capacity(), |h| {
+            h.capacity().min(self.pipe.capacity())
+        });
+        let mut left = limit;
+        loop {
+            let want = match left {
+                Some(0) => return Ok(()),
+                Some(l) => usize::try_from(l).unwrap_or(cap).min(cap),
+                None => cap,
+            };
+            let n = match sys::splice(sock, self.pipe.write.as_fd(), want, SpliceFlags::MORE) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(RecvError::Stalled(self.stall.as_secs_f64()));
+                }
+                Err(e) => return Err(RecvError::io("receiving")(e)),
+            };
+            if n == 0 {
+                return match left {
+                    None => Ok(()),
+                    Some(l) => Err(RecvError::Truncated {
+                        got: self.bytes,
+                        detail: format!("connection closed with {l} payload bytes still due"),
+                    }),
+                };
+            }
+            self.store(file, n)?;
+            self.bytes += n as u64;
+            if let Some(l) = &mut left {
+                *l -= n as u64;
+            }
+        }
+    }
+
+    /// The pipe holds `n` bytes: tee them for the digest, splice them into the file.
+    fn store(&mut self, file: BorrowedFd<'_>, n: usize) -> Result<(), RecvError> {
+        if let Some(hp) = &self.hash_pipe {
+            // The hash pipe is empty and as large as the data pipe, so the tee is whole.
+            let t = sys::tee(self.pipe.read.as_fd(), hp.write.as_fd(), n)
+                .map_err(RecvError::io("tee"))?;
+            if t != n {
+                return Err(RecvError::io("tee")(io::Error::other(format!(
+                    "short tee: {t} of {n}"
+                ))));
+            }
+        }
+        let mut left = n;
+        while left > 0 {
+            let m = sys::splice(self.pipe.read.as_fd(), file, left, SpliceFlags::MORE)
+                .map_err(RecvError::io("writing the file"))?;
+            if m == 0 {
+                return Err(RecvError::io("writing the file")(
+                    io::ErrorKind::WriteZero.into(),
+                ));
+            }
+            left -= m;
+        }
+        if let Some(hp) = &self.hash_pipe {
+            let mut left = n;
+            while left > 0 {
+                let want = left.min(self.buf.len());
+                let m = sys::read(hp.read.as_fd(), &mut self.buf[..want])
+                    .map_err(RecvError::io("digest"))?;
+                if m == 0 {
+                    return Err(RecvError::io("digest")(io::ErrorKind::UnexpectedEof.into()));
+                }
+                self.hasher.update(&self.buf[..m]);
+                left -= m;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Digest {
+        self.hasher.finish()
+    }
+}

@@ -1,0 +1,456 @@
+//! The syscall layer: the only module allowed `unsafe`.
+//!
+//! Thin, typed wrappers over the calls teecast builds on — pipes and their sizes, `splice`, `tee`,
+//! `vmsplice`, file mappings, fresh anonymous pages and `poll` — each documented with the C call it
+//! wraps. Where `rustix` offers a safe call it is used directly; what needs `unsafe` lives here with
+//! its contract spelled out. The kernel facts behind each rule are in `KERNEL.md` (cited as §n).
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::pipe::{PipeFlags, SpliceFlags};
+
+/// The page size of this machine.
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// A pipe: both ends, closed on exec, blocking (non-blocking behaviour is asked per call with
+/// `SPLICE_F_NONBLOCK`, so one end's mode never leaks into the other's).
+#[derive(Debug)]
+pub struct Pipe {
+    /// The end data is read from.
+    pub read: OwnedFd,
+    /// The end data is written to.
+    pub write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// `pipe2(O_CLOEXEC)` then `fcntl(F_SETPIPE_SZ, size)`—Creates a pipe of about `size` bytes.
+    ///
+    /// The kernel rounds the size up to a power-of-two number of pages. When it refuses the size
+    /// (`EPERM` above `pipe-max-size` for unprivileged users, or the per-user page quota, §1.5) the
+    /// pipe keeps what it has; [`Pipe::capacity`] tells what was granted, and callers size their
+    /// chunks from it. Both fds are closed if anything fails.
+    ///
+    /// # References
+    ///  - [pipe(2)](https://man7.org/linux/man-pages/man2/pipe.2.html)
+    ///  - [F_SETPIPE_SZ(2const)](https://man7.org/linux/man-pages/man2/F_GETPIPE_SZ.2const.html)
+    #[doc(alias = "pipe2")]
+    pub fn with_size(size: usize) -> io::Result<Pipe> {
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let capacity = match rustix::pipe::fcntl_setpipe_size(&write, size) {
+            Ok(granted) => granted,
+            Err(_) => rustix::pipe::fcntl_getpipe_size(&write)?,
+        };
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+
+    /// The pipe's capacity in bytes, as granted by the kernel.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// `ioctl(fd, FIONREAD)`—How many bytes wait in a pipe or socket.
+pub fn bytes_queued(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let n = rustix::io::ioctl_fionread(fd)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// `splice(fd_in, NULL, fd_out, NULL, len, flags)`—Moves up to `len` bytes where one side is a
+/// pipe, retrying on `EINTR`. A return of 0 means the input is at its end (§1.1).
+pub fn splice(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    flags: SpliceFlags,
+) -> io::Result<usize> {
+    retry_eintr(|| rustix::pipe::splice(from, None, to, None, len, flags))
+}
+
+/// `splice(fd_in, &off, pipe, NULL, len, flags)`—Moves up to `len` bytes of a file from `offset`
+/// into a pipe, leaving the file position alone; retries on `EINTR`.
+pub fn splice_from_offset(
+    file: BorrowedFd<'_>,
+    offset: u64,
+    pipe: BorrowedFd<'_>,
+    len: usize,
+    flags: SpliceFlags,
+) -> io::Result<usize> {
+    retry_eintr(|| {
+        let mut off = offset;
+        rustix::pipe::splice(file, Some(&mut off), pipe, None, len, flags)
+    })
+}
+
+/// `tee(fd_in, fd_out, len, flags)`—Duplicates up to `len` bytes from the head of one pipe into
+/// another without consuming them; retries on `EINTR`.
+///
+/// tee stops at the first full slot of the output and may return a short count; a second tee
+/// starts again at the input's head (§1.2). Callers tee only into an *empty* pipe at least as
+/// large as the input, where the count is always whole.
+pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    retry_eintr(|| rustix::pipe::tee(from, to, len, SpliceFlags::empty()))
+}
+
+/// `write(fd, buf, len)`, retrying on `EINTR`.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    retry_eintr(|| rustix::io::write(fd, buf))
+}
+
+/// `read(fd, buf, len)`, retrying on `EINTR`.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry_eintr(|| rustix::io::read(fd, &mut *buf))
+}
+
+/// `pread(fd, buf, len, offset)`, retrying on `EINTR`.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    retry_eintr(|| rustix::io::pread(fd, &mut *buf, offset))
+}
+
+fn retry_eintr<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Which readiness to wait for in [`wait_ready`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Data can be read (or the peer hung up).
+    Readable,
+    /// Data can be written (or the peer hung up).
+    Writable,
+}
+
+/// `poll(&{fd, events}, 1, timeout)`—Waits until `fd` is ready, up to `deadline`.
+///
+/// Returns `Ok(true)` when ready (including error and hang-up states, which the next call
+/// reports), `Ok(false)` when the deadline passed first. `None` waits without limit.
+pub fn wait_ready(
+    fd: BorrowedFd<'_>,
+    readiness: Readiness,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    let events = match readiness {
+        Readiness::Readable => PollFlags::IN,
+        Readiness::Writable => PollFlags::OUT,
+    };
+    loop {
+        // Even past the deadline, look once (timeout 0): ready beats late.
+        let timeout = deadline.map(|d| timespec(d.saturating_duration_since(Instant::now())));
+        let mut fds = [PollFd::from_borrowed_fd(fd, events)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `poll(fds, n, -1)` for writability of several fds: returns the indices that are writable (or
+/// in an error or hang-up state). Waits until at least one is.
+pub fn wait_any_writable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<usize>> {
+    loop {
+        let mut polls: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::OUT))
+            .collect();
+        match rustix::event::poll(&mut polls, None) {
+            Ok(0) => continue,
+            Ok(_) => {
+                return Ok(polls
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.revents().is_empty())
+                    .map(|(i, _)| i)
+                    .collect());
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
+/// `signal(SIGPIPE, SIG_IGN)`—Makes a write to a closed pipe or reset socket return `EPIPE`
+/// instead of killing the process. `splice` to a socket never passes `MSG_NOSIGNAL` (§1.1), so
+/// any program that uses this library's pipe paths must ignore SIGPIPE; the transfer functions
+/// call this themselves.
+pub fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no handler code to run and is async-signal-safe;
+    // it only changes how the process reacts to that signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// A read-only shared mapping of a file's first `len` bytes.
+///
+/// The bytes may change (a concurrent writer) or vanish (a truncation) at any time, so this type
+/// never hands out a Rust slice: touching a page past EOF from user space raises SIGBUS, and a
+/// slice over memory that changes is undefined behaviour. The kernel reads the mapping instead,
+/// inside [`FileMap::write_to`], where a vanished page becomes a short count or `EFAULT` (§3).
+#[derive(Debug)]
+pub struct FileMap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is only ever read by the kernel through `write_to`; no Rust reference to
+// its bytes exists, so sharing or sending the pointer between threads cannot create a data race.
+unsafe impl Send for FileMap {}
+// SAFETY: as above.
+unsafe impl Sync for FileMap {}
+
+impl FileMap {
+    /// `mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0)` then `madvise(MADV_SEQUENTIAL)`.
+    ///
+    /// `len` must be non-zero.
+    pub fn new(file: BorrowedFd<'_>, len: usize) -> io::Result<FileMap> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map an empty file",
+            ));
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (null hint), read-only, of a file we hold
+        // open; it aliases no Rust object, and it is unmapped exactly once, in Drop.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED,
+                file,
+                0,
+            )?
+        };
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        // SAFETY: the range is exactly the mapping just created; the advice is only a hint.
+        let _ = unsafe {
+            rustix::mm::madvise(ptr.as_ptr().cast(), len, rustix::mm::Advice::Sequential)
+        };
+        Ok(FileMap { ptr, len })
+    }
+
+    /// The mapping's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: empty mappings are refused by [`FileMap::new`].
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `write(fd, map + offset, len)`—Lets the kernel copy mapped bytes into a pipe or socket.
+    ///
+    /// Returns the count written, which is short when the file was truncated under the mapping;
+    /// `EFAULT` means the range starts past the new end of file (§3 "Truncation hazards").
+    /// Retries `EINTR`; `EAGAIN` is returned to the caller.
+    pub fn write_to(&self, fd: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<usize> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.len);
+        if end.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the mapping",
+            ));
+        }
+        loop {
+            // SAFETY: [offset, offset + len) lies inside the live mapping (checked above); the
+            // kernel reads it and turns a missing page into EFAULT or a short count, never SIGBUS.
+            let n = unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    self.ptr.as_ptr().add(offset).cast(),
+                    len,
+                )
+            };
+            if n >= 0 {
+                return Ok(n.unsigned_abs());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly the mapping created in `new`, unmapped only here.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Fresh anonymous pages for one chunk of the `vmsplice` path.
+///
+/// After `vmsplice` the pipe and then the socket hold references to these very pages until the
+/// peer has read (loopback) or acknowledged (NIC) them, and no syscall reports when that is
+/// (§2). Writing them again would change bytes in flight. So [`FreshPages::vmsplice_into`]
+/// consumes the value: the pages can never be written after they are queued, and they are
+/// unmapped on drop, which leaves the queued physical pages to the kernel.
+#[derive(Debug)]
+pub struct FreshPages {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: FreshPages owns its mapping exclusively, like a Box<[u8]>.
+unsafe impl Send for FreshPages {}
+
+impl FreshPages {
+    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)`.
+    pub fn new(len: usize) -> io::Result<FreshPages> {
+        let len = len.max(1).next_multiple_of(page_size());
+        // SAFETY: a new private anonymous mapping at a kernel-chosen address; it aliases nothing
+        // and is owned by the returned value, which unmaps it once in Drop.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )?
+        };
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(FreshPages { ptr, len })
+    }
+
+    /// The pages, to fill (they have never been queued anywhere).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is len bytes, readable and writable, owned exclusively by self, and
+        // not yet handed to the kernel (vmsplice_into consumes self).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// `vmsplice(pipe, {pages, len}, 0)` until `len` bytes are queued, then `munmap`.
+    ///
+    /// Blocks while the pipe is full. Consumes the pages: they are never written again.
+    pub fn vmsplice_into(self, pipe: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+        let len = len.min(self.len);
+        let mut done = 0;
+        while done < len {
+            // SAFETY: the slice covers bytes we own and never write again (self is consumed and
+            // unmapped at the end of this call, the queued pages stay alive by their references);
+            // `pipe` is the write end, so the kernel only reads from the slice (§1.3).
+            let slice =
+                unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(done), len - done) };
+            let iov = [rustix::pipe::IoSliceRaw::from_slice(slice)];
+            // SAFETY: as above: read-only use by the kernel of pages this value owns.
+            match unsafe { rustix::pipe::vmsplice(pipe, &iov, SpliceFlags::empty()) } {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "vmsplice queued nothing",
+                    ));
+                }
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FreshPages {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly the mapping created in `new`, unmapped only here. Pages
+        // still referenced by a pipe or socket stay alive until those references drop (§1.6).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// `fstat(fd).st_size`.
+pub fn file_size(fd: impl AsFd) -> io::Result<u64> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn pipe_reports_granted_capacity() {
+        let p = Pipe::with_size(256 * 1024).unwrap();
+        assert!(p.capacity() >= 64 * 1024);
+        assert!(p.capacity().is_power_of_two());
+    }
+
+    #[test]
+    fn tee_leaves_the_source_intact() {
+        let a = Pipe::with_size(64 * 1024).unwrap();
+        let b = Pipe::with_size(64 * 1024).unwrap();
+        assert_eq!(write(a.write.as_fd(), b"hello world").unwrap(), 11);
+        assert_eq!(tee(a.read.as_fd(), b.write.as_fd(), 100).unwrap(), 11);
+        assert_eq!(bytes_queued(a.read.as_fd()).unwrap(), 11);
+        let mut buf = [0u8; 32];
+        assert_eq!(read(b.read.as_fd(), &mut buf).unwrap(), 11);
+        assert_eq!(&buf[..11], b"hello world");
+        assert_eq!(read(a.read.as_fd(), &mut buf).unwrap(), 11);
+    }
+
+    #[test]
+    fn file_map_writes_and_reports_truncation() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data = vec![7u8; 64 * 1024];
+        f.write_all(&data).unwrap();
+        let map = FileMap::new(f.as_fd(), data.len()).unwrap();
+        let p = Pipe::with_size(128 * 1024).unwrap();
+        assert_eq!(map.write_to(p.write.as_fd(), 0, 4096).unwrap(), 4096);
+        f.set_len(4096).unwrap();
+        // Past the new end of file the kernel reports EFAULT rather than raising SIGBUS.
+        let err = map.write_to(p.write.as_fd(), 16 * 1024, 4096).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+        assert!(map.write_to(p.write.as_fd(), 0, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn fresh_pages_survive_unmapping_after_vmsplice() {
+        let p = Pipe::with_size(64 * 1024).unwrap();
+        let mut pages = FreshPages::new(8192).unwrap();
+        pages.as_mut_slice()[..5].copy_from_slice(b"fresh");
+        pages.vmsplice_into(p.write.as_fd(), 5).unwrap();
+        // The mapping is gone; the pipe still holds the bytes.
+        let mut buf = [0u8; 8];
+        assert_eq!(read(p.read.as_fd(), &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"fresh");
+    }
+
+    #[test]
+    fn wait_ready_times_out_on_an_empty_pipe() {
+        let p = Pipe::with_size(4096).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert!(!wait_ready(p.read.as_fd(), Readiness::Readable, Some(deadline)).unwrap());
+        assert!(wait_ready(p.write.as_fd(), Readiness::Writable, Some(deadline)).unwrap());
+    }
+}
