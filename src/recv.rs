@@ -6,8 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use rustix::pipe::SpliceFlags;
@@ -146,7 +145,7 @@ pub fn serve(
     on_result: &ResultHandler,
 ) -> io::Result<bool> {
     sys::ignore_sigpipe();
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Slots::new(options.max_connections.max(1));
     std::thread::scope(|scope| {
         loop {
             let (stream, peer) = match listener.accept() {
@@ -163,18 +162,48 @@ pub fn serve(
                 }
                 continue;
             }
-            while active.load(Ordering::Acquire) >= options.max_connections.max(1) {
-                std::thread::park_timeout(Duration::from_millis(50));
-            }
-            active.fetch_add(1, Ordering::AcqRel);
-            let active = active.clone();
+            let slot = slots.acquire();
             scope.spawn(move || {
                 let result = receive(stream, options);
                 on_result(Some(peer), &result);
-                active.fetch_sub(1, Ordering::AcqRel);
+                drop(slot);
             });
         }
     })
+}
+
+/// A counting semaphore bounding the connections served at once.
+struct Slots {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+/// One connection's place; released on drop.
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            released: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
@@ -308,15 +337,7 @@ fn receive_framed(
             received: digest.hex(),
         });
     }
-    let path = file
-        .commit()
-        .map_err(RecvError::io(format!("storing {}", path.display())))?;
-    Ok(Received {
-        peer,
-        path,
-        bytes,
-        digest,
-    })
+    commit(file, peer, bytes, digest)
 }
 
 fn receive_raw(
@@ -336,9 +357,18 @@ fn receive_raw(
     payload.copy(stream.as_fd(), file.file().as_fd(), None)?;
     let bytes = payload.bytes;
     let digest = payload.finish();
-    let path = file
-        .commit()
-        .map_err(RecvError::io(format!("storing {}", path.display())))?;
+    commit(file, peer, bytes, digest)
+}
+
+/// Stores a verified stream under its final name.
+fn commit(
+    file: AtomicFile,
+    peer: Option<SocketAddr>,
+    bytes: u64,
+    digest: Digest,
+) -> Result<Received, RecvError> {
+    let context = format!("storing {}", file.target().display());
+    let path = file.commit().map_err(RecvError::io(context))?;
     Ok(Received {
         peer,
         path,
