@@ -6,6 +6,9 @@
 //! - `bench-memcpy` measures this machine's memory copy bandwidth: the price of one CPU copy.
 //! - `bench-sendfile` sends a file with plain `sendfile(2)` to each destination, one thread each:
 //!   no protocol, no digest, no stability; what the kernel alone does.
+//! - `bench-rusage` runs a command and writes the CPU time and peak RSS of its whole process tree;
+//!   measured from this small process, so the figures do not include the memory of whatever
+//!   started the benchmark (a child's peak RSS starts at its parent's size when it is forked).
 
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
@@ -13,6 +16,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::process::Command;
 use std::thread;
 use std::time::Instant;
 
@@ -185,4 +189,42 @@ fn send_one(source: &Path, dest: &str, len: u64) -> io::Result<()> {
         }
     }
     stream.shutdown(std::net::Shutdown::Write)
+}
+
+/// `teecast bench-rusage --out FILE -- COMMAND...`: runs the command, waits for it, writes
+/// `user_secs system_secs max_rss_kib` of its process tree to FILE and exits with its exit code
+/// (128 + signal number when a signal ended it).
+pub fn rusage(out: &Path, command: &[String]) -> u8 {
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("teecast: bench-rusage needs a command");
+        return EXIT_USAGE;
+    };
+    let status = match Command::new(program).args(args).status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("teecast: cannot run {program}: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let usage = match sys::children_usage() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("teecast: getrusage: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let line = format!(
+        "{:.6} {:.6} {}\n",
+        usage.user_secs, usage.system_secs, usage.max_rss_kib
+    );
+    if let Err(e) = std::fs::write(out, line) {
+        eprintln!("teecast: {}: {e}", out.display());
+        return EXIT_FAILED;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => u8::try_from(c).unwrap_or(EXIT_FAILED),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(EXIT_FAILED),
+        _ => EXIT_FAILED,
+    }
 }

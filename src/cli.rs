@@ -54,6 +54,19 @@ enum Command {
     /// Send a file with plain sendfile(2), one thread per destination (benchmark limit).
     #[command(hide = true)]
     BenchSendfile(BenchSendfileArgs),
+    /// Run a command; write the CPU time and peak RSS of its process tree (benchmark figures).
+    #[command(hide = true)]
+    BenchRusage(BenchRusageArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchRusageArgs {
+    /// Where to write "user_secs system_secs max_rss_kib".
+    #[arg(long)]
+    out: PathBuf,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +204,7 @@ pub fn main() -> ExitCode {
         Command::Drain(args) => bench::drain(&args.listen, args.count),
         Command::BenchMemcpy(args) => bench::memcpy(args.size_mib, args.rounds),
         Command::BenchSendfile(args) => bench::sendfile(&args.source, &args.destinations),
+        Command::BenchRusage(args) => bench::rusage(&args.out, &args.command),
     })
 }
 
