@@ -421,6 +421,18 @@ def meaning(results, names, ns, memcpy):
                          f"delivers {fmt(framed)} GB/s ({ratio(framed, auto)} of raw auto "
                          f"into drains)")
         out.append("; ".join(parts) + ".")
+    spreads = []
+    for n in ns:
+        for runs in results.get(n, {}).values():
+            ok = [r["gbps"] for r in runs if "error" not in r]
+            if len(ok) >= 2:
+                spreads.append(max(ok) / min(ok))
+    if spreads:
+        wide = sum(1 for x in spreads if x > 1.5)
+        out.append(f"Noise: in {wide} of {len(spreads)} (contender, N) cells the fastest round "
+                   f"was more than 1.5× faster than the slowest (largest ratio "
+                   f"{max(spreads):.1f}×), so a ratio between two medians means little unless "
+                   f"it is larger than the spreads beside them.")
     if memcpy:
         out.append(f"One CPU copy of 1 GiB at this machine's memcpy bandwidth ({memcpy:.1f} GB/s) "
                    f"costs {GiB / memcpy / 1e9:.3f} s: the floor for every stable path's sender "
@@ -433,8 +445,9 @@ def fmt(v):
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def write_report(path, svg_rel, args, info, results, names, ns, memcpy, notes, failures,
-                 load_before, load_after, versions, attempts):
+def write_report(path, svg_rel, data, results, names, ns, attempts):
+    info, memcpy, notes, failures = (data["machine"], data["memcpy_gbps"], data["notes"],
+                                     data["failures"])
     L = []
     L.append("# Benchmarks")
     L.append("")
@@ -479,7 +492,8 @@ def write_report(path, svg_rel, args, info, results, names, ns, memcpy, notes, f
              "that runs the sender and reads `getrusage(RUSAGE_CHILDREN)` after waiting for it "
              "(so a shell pipeline counts every process it waited for, and the harness's own "
              "memory does not leak into the child's peak RSS at fork); receiver CPU from "
-             "`wait4`. Tables show the median "
+             "`wait4`. A sender that maps the file (mmap-write, mmap-pipe, and mbuffer's large "
+             "buffer) counts the touched pages in its RSS. Tables show the median "
              "and, in brackets, the spread min–max over the rounds.")
     L.append("")
     L.append("The limits: **memcpy** is this machine's copy bandwidth (`teecast bench-memcpy`, "
@@ -494,15 +508,16 @@ def write_report(path, svg_rel, args, info, results, names, ns, memcpy, notes, f
     L.append("")
     L.append(f"- CPU: {info['cpu']}, `nproc` = {info['nproc']}; memory {info['memory']}; "
              f"kernel {info['kernel']}")
-    L.append(f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. "
-             + (args.note or "The machine is shared; other load may have been present."))
-    L.append(f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+    L.append(f"- Load average (1, 5, 15 min) before: {data['load_before']}; after: "
+             f"{data['load_after']}. "
+             + (data["note"] or "The machine is shared; other load may have been present."))
+    L.append(f"- Date: {data['date']}; "
              f"teecast {info.get('commit', '?')}")
-    L.append(f"- Source: {args.size_mib} MiB of random bytes on {info['shm']}; rounds: "
-             f"{args.rounds}; N: {', '.join(map(str, ns))}")
+    L.append(f"- Source: {data['size_mib']} MiB of random bytes on {info['shm']}; rounds: "
+             f"{data['rounds']}; N: {', '.join(map(str, ns))}")
     if memcpy:
         L.append(f"- memcpy bandwidth: {memcpy:.2f} GB/s")
-    for k, v in versions.items():
+    for k, v in data["versions"].items():
         L.append(f"- {k}: {v}")
     for note in notes:
         L.append(f"- Note: {note}")
@@ -525,12 +540,13 @@ def write_report(path, svg_rel, args, info, results, names, ns, memcpy, notes, f
             ok = [r for r in runs if "error" not in r]
             bad = len(runs) - len(ok)
             kind = c.kind + (" (real)" if c.receiver == "recv" else "")
+            cell = c.name.replace("|", "\\|")
             if not ok:
-                L.append(f"| {c.name} | {kind} | failed | | | | |")
+                L.append(f"| {cell} | {kind} | failed | | | | |")
                 continue
             col = lambda k, f: med_range([r[k] for r in ok], f)  # noqa: E731
             failed = f" ({bad} failed)" if bad else ""
-            L.append(f"| {c.name}{failed} | {kind} | {col('wall', '{:.2f}')} | "
+            L.append(f"| {cell}{failed} | {kind} | {col('wall', '{:.2f}')} | "
                      f"{col('gbps', '{:.2f}')} | {col('cpu_per_gib', '{:.2f}')} | "
                      f"{col('recv_cpu_per_gib', '{:.2f}')} | "
                      f"{statistics.median(r['rss_mib'] for r in ok):.0f} |")
@@ -655,7 +671,16 @@ def main():
     ap.add_argument("--only", help="run only contenders whose name matches this regex")
     ap.add_argument("--note", help="a sentence about the machine's load, for the report")
     ap.add_argument("--out", help="directory for BENCHMARKS.md, the chart and results.json")
+    ap.add_argument("--report-from", metavar="RESULTS_JSON",
+                    help="measure nothing: rewrite the report and chart from a results.json")
     args = ap.parse_args()
+    if args.report_from:
+        with open(args.report_from) as f:
+            data = json.load(f)
+        d = os.path.dirname(os.path.abspath(args.report_from))
+        render(data, os.path.abspath(args.out) if args.out else
+               (ROOT if d == os.path.join(ROOT, "bench") else d), d)
+        return
     args.size_mib = args.size_mib or (256 if args.quick else 1024)
     args.rounds = args.rounds or (1 if args.quick else 3)
     ns = [int(x) for x in args.ns.split(",")]
@@ -722,23 +747,35 @@ def main():
                     results[n][c.name].append(fig)
     finally:
         os.unlink(src)
-    load_after = loadavg()
-    report = os.path.join(out_dir, "BENCHMARKS.md")
-    svg = os.path.join(svg_dir, "throughput.svg")
-    attempts = read_attempts(report)
-    write_svg(svg, results, all_contenders, ns,
-              f"teecast and peers on loopback, {args.size_mib} MiB, {info['nproc']} cores "
-              f"({'quick' if args.quick else 'median of ' + str(args.rounds)})")
-    write_report(report, os.path.relpath(svg, out_dir), args, info, results, all_contenders, ns,
-                 memcpy, notes, failures, load_before, load_after, versions, attempts)
+    data = {
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "machine": info, "size_mib": args.size_mib, "rounds": args.rounds, "quick": args.quick,
+        "ns": ns, "note": args.note, "notes": notes, "versions": versions, "have": have,
+        "memcpy_gbps": memcpy, "load_before": load_before, "load_after": loadavg(),
+        "failures": failures, "results": {str(n): v for n, v in results.items()},
+    }
     with open(os.path.join(svg_dir, "results.json"), "w") as f:
-        json.dump({"machine": info, "size": size, "rounds": args.rounds, "memcpy_gbps": memcpy,
-                   "load_before": load_before, "load_after": load_after,
-                   "results": {str(n): v for n, v in results.items()}}, f, indent=1)
-    log(f"wrote {report} and {svg}")
+        json.dump(data, f, indent=1)
+    render(data, out_dir, svg_dir)
     if failures:
         log(f"{len(failures)} run(s) failed; see the Failures section")
 
+
+def render(data, out_dir, svg_dir):
+    """Writes BENCHMARKS.md and throughput.svg from the figures of a run."""
+    ns = data["ns"]
+    results = {int(n): v for n, v in data["results"].items()}
+    names = [c for c in contenders(data["have"])
+             if any(c.name in results.get(n, {}) for n in ns)]
+    report = os.path.join(out_dir, "BENCHMARKS.md")
+    svg = os.path.join(svg_dir, "throughput.svg")
+    attempts = read_attempts(report)
+    write_svg(svg, results, names, ns,
+              f"teecast and peers on loopback, {data['size_mib']} MiB, "
+              f"{data['machine']['nproc']} cores "
+              f"({'quick' if data['quick'] else 'median of ' + str(data['rounds'])})")
+    write_report(report, os.path.relpath(svg, out_dir), data, results, names, ns, attempts)
+    print(f"wrote {report} and {svg}", file=sys.stderr)
 
 if __name__ == "__main__":
     main()

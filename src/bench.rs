@@ -228,3 +228,44 @@ pub fn rusage(out: &Path, command: &[String]) -> u8 {
         _ => EXIT_FAILED,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn drain_counts_every_byte_until_the_peer_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let block = vec![5u8; 1 << 20];
+            for _ in 0..3 {
+                s.write_all(&block).unwrap();
+            }
+            s.write_all(b"tail").unwrap();
+        });
+        let (stream, _) = listener.accept().unwrap();
+        assert_eq!(drain_one(&stream).unwrap(), 3 * (1 << 20) + 4);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn sendfile_delivers_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("source");
+        let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dest = listener.local_addr().unwrap().to_string();
+        let reader = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        send_one(&path, &dest, data.len() as u64).unwrap();
+        assert!(reader.join().unwrap() == data);
+    }
+}
