@@ -456,7 +456,7 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
     L.append("")
     L.append("```sh")
     L.append("python3 bench/run.py            # full: 1 GiB source, N = 1, 2, 4, 8, 3 rounds "
-             "(~15 min on 2 cores)")
+             "(~7 min on 2 cores)")
     L.append("python3 bench/run.py --quick    # smoke: 256 MiB, 1 round, "
              "written under target/bench-quick/")
     L.append("```")
@@ -465,7 +465,10 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "`cargo build --release`, and as root installs the peers with "
              "`apt-get install -y mbuffer socat netcat-openbsd pv` (a peer that cannot be "
              "installed is skipped, with a note). `--rounds`, `--size-mib`, `--ns` and `--only "
-             "REGEX` narrow a run.")
+             "REGEX` narrow a run; the raw figures go to `bench/results.json`, and "
+             "`python3 bench/run.py --report-from bench/results.json` rewrites this file and the "
+             "chart from them without measuring. The section \"Attempts\" at the end is kept "
+             "when the file is rewritten.")
     L.append("")
     L.append("**How it measures.** The source file sits on tmpfs (`/dev/shm`), so it is in memory "
              "and is read once before the runs. For each N the contenders alternate inside each "
