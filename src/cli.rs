@@ -16,7 +16,7 @@ use teecast::send::{self, Progress, SendOptions};
 use teecast::source::Source;
 use teecast::strategy::Strategy;
 
-use crate::{demo, report};
+use crate::{bench, demo, report};
 
 /// Exit code: every destination confirmed.
 pub const EXIT_OK: u8 = 0;
@@ -45,6 +45,57 @@ enum Command {
     Recv(RecvArgs),
     /// Run a whole transfer on this machine: a 256 MiB file to three local receivers.
     Demo(DemoArgs),
+    /// Accept connections and splice each into /dev/null (benchmark receiver).
+    #[command(hide = true)]
+    Drain(DrainArgs),
+    /// Measure this machine's memory copy bandwidth in GB/s (benchmark limit).
+    #[command(hide = true)]
+    BenchMemcpy(BenchMemcpyArgs),
+    /// Send a file with plain sendfile(2), one thread per destination (benchmark limit).
+    #[command(hide = true)]
+    BenchSendfile(BenchSendfileArgs),
+    /// Run a command; write the CPU time and peak RSS of its process tree (benchmark figures).
+    #[command(hide = true)]
+    BenchRusage(BenchRusageArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchRusageArgs {
+    /// Where to write "user_secs system_secs max_rss_kib".
+    #[arg(long)]
+    out: PathBuf,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct DrainArgs {
+    /// Address to listen on, e.g. 127.0.0.1:0.
+    #[arg(long)]
+    listen: String,
+    /// Connections to accept before exiting.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+}
+
+#[derive(Args, Debug)]
+struct BenchMemcpyArgs {
+    /// Size of each buffer, in MiB.
+    #[arg(long, default_value_t = 256)]
+    size_mib: usize,
+    /// Copies timed; the best is reported.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+}
+
+#[derive(Args, Debug)]
+struct BenchSendfileArgs {
+    /// The file to send.
+    source: PathBuf,
+    /// Receivers as IP:PORT.
+    #[arg(required = true)]
+    destinations: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +201,10 @@ pub fn main() -> ExitCode {
         Command::Send(args) => run_send(args),
         Command::Recv(args) => run_recv(args),
         Command::Demo(args) => demo::run(args.size_mib),
+        Command::Drain(args) => bench::drain(&args.listen, args.count),
+        Command::BenchMemcpy(args) => bench::memcpy(args.size_mib, args.rounds),
+        Command::BenchSendfile(args) => bench::sendfile(&args.source, &args.destinations),
+        Command::BenchRusage(args) => bench::rusage(&args.out, &args.command),
     })
 }
 

@@ -4,6 +4,7 @@
 //! confirm (or a receiver did not store a stream with `--once`); 2 bad usage or unusable input.
 #![deny(unsafe_code)]
 
+mod bench;
 mod cli;
 mod demo;
 mod report;
