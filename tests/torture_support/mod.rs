@@ -144,12 +144,19 @@ impl Receiver {
     pub fn start(dir: PathBuf) -> Receiver {
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = teecast();
-        cmd.args(["recv", "--listen", "127.0.0.1:0", "--once", "--stall-timeout", "80s"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--stall-timeout",
+            "80s",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut proc = Proc::spawn(cmd, "receiver");
         let stdout = Lines::new(proc.child.stdout.take().unwrap());
         let stderr = Lines::new(proc.child.stderr.take().unwrap());
@@ -255,8 +262,7 @@ pub fn random_file(path: &Path, len: u64, seed: u64) {
 }
 
 pub fn sha256_file(path: &Path) -> String {
-    let mut file = std::fs::File::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut hasher = DigestAlgorithm::Sha256.hasher();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -289,6 +295,9 @@ pub struct Scenario {
     pub capture: bool,
     pub change: Change,
     pub seed: u64,
+    /// Hold the transfer in flight (a stopped receiver) until the writer is running. Without the
+    /// gate the writer starts when the first bytes arrive and races the transfer freely.
+    pub gate: bool,
 }
 
 /// What came out of it.
@@ -393,7 +402,8 @@ impl Outcome {
     }
 }
 
-/// Runs one transfer while the source is changed, holding it in flight with the gate.
+/// Runs one transfer while the source is changed, holding it in flight with the gate (when
+/// `s.gate`; the truncation checks rely on it, since without it the send may end first).
 pub fn run(s: &Scenario) -> Outcome {
     let work = tempfile::tempdir().unwrap();
     let name = format!("src-{}.bin", s.seed);
@@ -403,7 +413,7 @@ pub fn run(s: &Scenario) -> Outcome {
         .map(|i| Receiver::start(work.path().join(format!("r{i}"))))
         .collect();
     // The gate: with two receivers or more, stop the first before the send begins.
-    let gated = s.receivers >= 2;
+    let gated = s.gate && s.receivers >= 2;
     if gated {
         receivers[0].proc.pause();
     }
@@ -411,11 +421,18 @@ pub fn run(s: &Scenario) -> Outcome {
     std::fs::create_dir(&capture_dir).unwrap();
     let capture = s.capture.then(|| capture_dir.join("capture.bin"));
     let mut cmd = teecast();
-    cmd.args(["send", "--json", "--digest", "sha256", "--strategy", s.strategy])
-        .args(["--stall-timeout", "80s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "send",
+        "--json",
+        "--digest",
+        "sha256",
+        "--strategy",
+        s.strategy,
+    ])
+    .args(["--stall-timeout", "80s"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if let Some(c) = &capture {
         cmd.arg("--capture").arg(c);
     }
@@ -429,7 +446,7 @@ pub fn run(s: &Scenario) -> Outcome {
     // The send is under way once bytes reach a receiver that is running.
     let watched = &receivers[usize::from(gated)];
     wait_for_partial_file(&watched.dir);
-    if !gated {
+    if s.gate && !gated {
         receivers[0].proc.pause();
     }
     let mode = match s.change {
@@ -446,7 +463,9 @@ pub fn run(s: &Scenario) -> Outcome {
         mutator.finish();
         None
     };
-    receivers[0].proc.resume();
+    if s.gate {
+        receivers[0].proc.resume();
+    }
     let status = sender.wait();
     drop(running);
     let mut results = Vec::new();
@@ -474,10 +493,75 @@ pub fn run(s: &Scenario) -> Outcome {
 fn wait_for_eof(lines: &Lines) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        match lines.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match lines
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return lines.text(),
             Err(mpsc::RecvTimeoutError::Timeout) => panic!("output did not end within {WAIT:?}"),
         }
+    }
+}
+
+/// How one transfer under the writer ended, without panicking (for the soak's tally).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Exit 0 and every receiver (and the capture) holds the digest's bytes.
+    Confirmed,
+    /// Exit 1, a receiver refused the digest, and nobody kept a bad or temporary file.
+    Detected,
+    /// Some receiver kept a final file whose bytes differ from the digest (must never happen).
+    BadFileKept,
+    /// Anything else, with a description.
+    Other(String),
+}
+
+pub fn verdict(out: &Outcome) -> Verdict {
+    let digest = out.digest();
+    let mut kept = 0;
+    for (status, dir, _) in &out.receivers {
+        let names = entries(dir);
+        if names.iter().any(|n| n.ends_with(".part")) {
+            return Verdict::Other(format!("temporary file left: {names:?}"));
+        }
+        if names.iter().any(|n| *n == out.name) {
+            if digest.as_deref() != Some(sha256_file(&dir.join(&out.name)).as_str()) {
+                return Verdict::BadFileKept;
+            }
+            if status.code() != Some(0) {
+                return Verdict::Other(format!("kept a file but exited {status:?}"));
+            }
+            kept += 1;
+        }
+    }
+    let capture_ok = out
+        .capture
+        .as_ref()
+        .is_none_or(|c| c.exists() && digest.as_deref() == Some(sha256_file(c).as_str()));
+    match out.sender.code() {
+        Some(0) if kept == out.receivers.len() && capture_ok => Verdict::Confirmed,
+        Some(1) => {
+            let refused = out.report["destinations"].as_array().map_or(0, |ds| {
+                ds.iter()
+                    .filter(|d| {
+                        d["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("digest-mismatch"))
+                    })
+                    .count()
+            });
+            if refused >= 1 && refused + kept == out.receivers.len() {
+                Verdict::Detected
+            } else {
+                Verdict::Other(format!(
+                    "failed without a detected mismatch: {}",
+                    out.report
+                ))
+            }
+        }
+        other => Verdict::Other(format!(
+            "sender exit {other:?}, kept {kept}, capture ok {capture_ok}"
+        )),
     }
 }
