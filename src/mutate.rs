@@ -125,12 +125,12 @@ pub fn run(
             };
             while !done(&report) {
                 let len = file.metadata()?.len();
-                let region = 1 + (rng.next() % MAX_REGION as u64) as usize;
+                let region = 1 + (rng.next_u64() % MAX_REGION as u64) as usize;
                 rng.fill(&mut buf[..region]);
                 let offset = match mutation {
                     Mutation::Grow => len,
                     _ if len == 0 => 0,
-                    _ => rng.next() % len,
+                    _ => rng.next_u64() % len,
                 };
                 // Rewrite stays inside the file: it changes bytes, never the length.
                 let region = match mutation {
@@ -174,7 +174,7 @@ impl XorShift {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -185,10 +185,10 @@ impl XorShift {
     pub fn fill(&mut self, buf: &mut [u8]) {
         let mut words = buf.chunks_exact_mut(8);
         for w in &mut words {
-            w.copy_from_slice(&self.next().to_le_bytes());
+            w.copy_from_slice(&self.next_u64().to_le_bytes());
         }
         let rest = words.into_remainder();
-        let last = self.next().to_le_bytes();
+        let last = self.next_u64().to_le_bytes();
         rest.copy_from_slice(&last[..rest.len()]);
     }
 }

@@ -342,7 +342,7 @@ impl Outcome {
                 "temporary file left behind: {names:?}\n{}",
                 self.context()
             );
-            if names.iter().any(|n| *n == self.name) {
+            if names.contains(&self.name) {
                 let digest = self.digest().unwrap_or_else(|| {
                     panic!("a file was kept without a digest\n{}", self.context())
                 });
@@ -525,7 +525,7 @@ pub fn verdict(out: &Outcome) -> Verdict {
         if names.iter().any(|n| n.ends_with(".part")) {
             return Verdict::Other(format!("temporary file left: {names:?}"));
         }
-        if names.iter().any(|n| *n == out.name) {
+        if names.contains(&out.name) {
             if digest.as_deref() != Some(sha256_file(&dir.join(&out.name)).as_str()) {
                 return Verdict::BadFileKept;
             }
