@@ -5,12 +5,14 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use teecast::digest::DigestAlgorithm;
+use teecast::mutate::{self, MutateLimits, Mutation};
+use teecast::probe;
 use teecast::recv::{self, RecvOptions, Target};
 use teecast::send::{self, Progress, SendOptions};
 use teecast::source::Source;
@@ -45,6 +47,11 @@ enum Command {
     Recv(RecvArgs),
     /// Run a whole transfer on this machine: a 256 MiB file to three local receivers.
     Demo(DemoArgs),
+    /// Find out by experiment what this kernel's splice, tee, vmsplice and O_DIRECT do.
+    Probe(ProbeArgs),
+    /// Change a file while it is being sent (for tests): rewrite, grow, shrink or truncate it.
+    #[command(hide = true)]
+    Mutate(MutateArgs),
     /// Accept connections and splice each into /dev/null (benchmark receiver).
     #[command(hide = true)]
     Drain(DrainArgs),
@@ -57,6 +64,34 @@ enum Command {
     /// Run a command; write the CPU time and peak RSS of its process tree (benchmark figures).
     #[command(hide = true)]
     BenchRusage(BenchRusageArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// A directory on the filesystem to probe (default: the temporary directory).
+    path: Option<PathBuf>,
+    /// Print the findings as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct MutateArgs {
+    /// The file to change.
+    file: PathBuf,
+    /// rewrite (random regions in place), grow (append), shrink (to half, once) or truncate (to
+    /// 4 KiB, once).
+    #[arg(long, default_value = "rewrite")]
+    mode: Mutation,
+    /// Seed of the random offsets, lengths and bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this long (default: run until killed).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many writes.
+    #[arg(long)]
+    count: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -167,6 +202,9 @@ struct DemoArgs {
     /// Size of the demo file, in MiB.
     #[arg(long, default_value_t = 256)]
     size_mib: u64,
+    /// Rewrite the file while it is sent, once on zerocopy and once on the default path.
+    #[arg(long)]
+    mutate: bool,
 }
 
 /// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
@@ -200,12 +238,69 @@ pub fn main() -> ExitCode {
     ExitCode::from(match cli.command {
         Command::Send(args) => run_send(args),
         Command::Recv(args) => run_recv(args),
+        Command::Demo(args) if args.mutate => demo::run_mutate(args.size_mib),
         Command::Demo(args) => demo::run(args.size_mib),
         Command::Drain(args) => bench::drain(&args.listen, args.count),
         Command::BenchMemcpy(args) => bench::memcpy(args.size_mib, args.rounds),
         Command::BenchSendfile(args) => bench::sendfile(&args.source, &args.destinations),
         Command::BenchRusage(args) => bench::rusage(&args.out, &args.command),
+        Command::Probe(args) => run_probe(args),
+        Command::Mutate(args) => run_mutate(args),
     })
+}
+
+fn run_probe(args: ProbeArgs) -> u8 {
+    let dir = args.path.unwrap_or_else(std::env::temp_dir);
+    if !dir.is_dir() {
+        eprintln!("teecast: {}: not a directory", dir.display());
+        return EXIT_USAGE;
+    }
+    match probe::probe(&dir) {
+        Ok(facts) => {
+            if args.json {
+                println!("{}", report::probe_json(&facts));
+            } else {
+                report::probe_human(&facts);
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!(
+                "teecast: cannot probe {}: {e} (the probe needs to create a file there)",
+                dir.display()
+            );
+            EXIT_FAILED
+        }
+    }
+}
+
+fn run_mutate(args: MutateArgs) -> u8 {
+    let limits = MutateLimits {
+        duration: args.duration,
+        count: args.count,
+    };
+    let never = AtomicBool::new(false);
+    let started = || {
+        println!(
+            "teecast mutate: started {} on {}",
+            args.mode,
+            args.file.display()
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    };
+    match mutate::run(&args.file, args.mode, args.seed, limits, &never, started) {
+        Ok(r) => {
+            println!(
+                "teecast mutate: done: {} operations, {} bytes written, length now {}",
+                r.operations, r.bytes, r.final_len
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("teecast mutate: {}: {e}", args.file.display());
+            EXIT_FAILED
+        }
+    }
 }
 
 fn run_send(args: SendArgs) -> u8 {

@@ -7,9 +7,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use teecast::digest::DigestAlgorithm;
+use teecast::mutate::{self, MutateLimits, Mutation};
 use teecast::recv::{self, RecvOptions, Target};
+use teecast::send::DestStatus;
 use teecast::send::{self, SendOptions};
 use teecast::source::Source;
+use teecast::strategy::Strategy;
 
 use crate::cli::{EXIT_FAILED, EXIT_OK};
 use crate::report;
@@ -153,6 +156,164 @@ fn write_random(path: &Path, len: u64) -> std::io::Result<()> {
         left -= n as u64;
     }
     out.flush()
+}
+
+/// `teecast demo --mutate`: the same transfer while another thread rewrites random regions of the
+/// file, first on `zerocopy` (which can fail: detected, nothing kept), then on the default path
+/// (which cannot).
+pub fn run_mutate(size_mib: u64) -> u8 {
+    match demo_mutate(size_mib) {
+        Ok(true) => EXIT_OK,
+        Ok(false) => EXIT_FAILED,
+        Err(e) => {
+            eprintln!("teecast demo: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// What one transfer under the writer did.
+struct MutatedRun {
+    ok: bool,
+    confirmed: usize,
+    refused: usize,
+    /// Final files whose bytes differ from the digest (must stay 0).
+    bad_files_kept: usize,
+}
+
+/// Tries zerocopy up to this many times to show a failure.
+const ZEROCOPY_ATTEMPTS: u64 = 5;
+
+fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
+    let work = TempDir::new()?;
+    let source_path = work.0.join("demo.bin");
+    println!(
+        "teecast demo: {size_mib} MiB to {RECEIVERS} receivers while another thread rewrites random regions of the file"
+    );
+    write_random(&source_path, size_mib << 20)?;
+    let mut zerocopy_failed = 0;
+    let mut bad = 0;
+    for attempt in 1..=ZEROCOPY_ATTEMPTS {
+        let r = mutated_transfer(&work.0, &source_path, Strategy::ZeroCopy, attempt)?;
+        bad += r.bad_files_kept;
+        println!(
+            "teecast demo: zerocopy, run {attempt}: {}: {} confirmed, {} refused the digest, {} bad files kept",
+            if r.ok { "ok" } else { "FAILED" },
+            r.confirmed,
+            r.refused,
+            r.bad_files_kept
+        );
+        if !r.ok {
+            zerocopy_failed += 1;
+            break;
+        }
+    }
+    let r = mutated_transfer(&work.0, &source_path, Strategy::Auto, 0)?;
+    bad += r.bad_files_kept;
+    println!(
+        "teecast demo: default path ({}): {}: {} confirmed, {} refused, {} bad files kept",
+        Strategy::Auto.resolve(RECEIVERS),
+        if r.ok { "ok" } else { "FAILED" },
+        r.confirmed,
+        r.refused,
+        r.bad_files_kept
+    );
+    if zerocopy_failed > 0 {
+        println!(
+            "teecast demo: zerocopy sent page-cache pages the writer changed in flight; the receivers caught it and kept nothing"
+        );
+    } else {
+        println!(
+            "teecast demo: zerocopy got lucky {ZEROCOPY_ATTEMPTS} times (it can fail; see docs/SOAK.md for how often)"
+        );
+    }
+    println!(
+        "teecast demo: the default path copies once into private memory, so every copy matched{}",
+        if r.ok {
+            ""
+        } else {
+            " — NOT this time: FAILED"
+        }
+    );
+    Ok(r.ok && bad == 0)
+}
+
+fn mutated_transfer(
+    work: &Path,
+    source_path: &Path,
+    strategy: Strategy,
+    seed: u64,
+) -> std::io::Result<MutatedRun> {
+    let mut addresses = Vec::new();
+    let mut receivers = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..RECEIVERS {
+        let dir = work.join(format!("{strategy}-{seed}-receiver-{i}"));
+        std::fs::create_dir(&dir)?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        addresses.push(listener.local_addr()?.to_string());
+        let options = RecvOptions::new(Target::Dir(dir.clone()));
+        dirs.push(dir);
+        receivers.push(std::thread::spawn(move || {
+            recv::serve(&listener, &options, true, &|_, _| {})
+        }));
+    }
+    let source = Source::open(source_path).map_err(std::io::Error::other)?;
+    let options = SendOptions {
+        strategy,
+        ..SendOptions::default()
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = scope.spawn(|| {
+            mutate::run(
+                source_path,
+                Mutation::Rewrite,
+                seed,
+                MutateLimits::default(),
+                &stop,
+                move || {
+                    let _ = tx.send(());
+                },
+            )
+        });
+        // The writer is running before the send begins (or has already failed, and says why).
+        let _ = rx.recv();
+        let result = send::send(&source, &addresses, &options, None);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writer
+            .join()
+            .map_err(|_| std::io::Error::other("the writer panicked"))?;
+        written.map(|_| result)
+    })?;
+    for h in receivers {
+        let _ = h.join();
+    }
+    let mut run = MutatedRun {
+        ok: result.is_success(),
+        confirmed: 0,
+        refused: 0,
+        bad_files_kept: 0,
+    };
+    for d in &result.destinations {
+        match &d.status {
+            DestStatus::Confirmed => run.confirmed += 1,
+            DestStatus::Failed(e) if e.contains("digest-mismatch") => run.refused += 1,
+            _ => {}
+        }
+    }
+    for dir in &dirs {
+        let copy = dir.join("demo.bin");
+        if copy.exists() {
+            let same = result
+                .digest
+                .as_ref()
+                .is_some_and(|d| hash_file(&copy, d.algorithm).is_ok_and(|h| h == d.hex()));
+            run.bad_files_kept += usize::from(!same);
+        }
+    }
+    Ok(run)
 }
 
 /// A directory removed with everything in it when dropped.

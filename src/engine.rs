@@ -715,11 +715,12 @@ impl PipeFiller {
                     let left = want - done;
                     let at = offset + done as u64;
                     if direct && left < page {
-                        // O_DIRECT needs aligned lengths; the last partial block goes through a
-                        // private buffer (a copy of under one page).
+                        // O_DIRECT needs an aligned buffer, offset and length; the last partial
+                        // block is read through the buffered descriptor into a private buffer
+                        // (a copy of under one page), which is as stable as any read().
                         tail.resize(page, 0);
-                        let got =
-                            sys::pread(fd.as_fd(), &mut tail[..left], at).map_err(pipe_err)?;
+                        let got = sys::pread(source.fd(), &mut tail[..left], at)
+                            .map_err(|e| EngineError::Source(e.to_string()))?;
                         if got == 0 {
                             break;
                         }

@@ -11,6 +11,8 @@
 pub mod atomic_file;
 pub mod digest;
 pub mod engine;
+pub mod mutate;
+pub mod probe;
 pub mod recv;
 pub mod send;
 pub mod source;

@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use teecast::probe::KernelFacts;
 use teecast::send::{DestStatus, Progress, SendReport};
+use teecast::strategy::Strategy;
 
 /// The progress line on stderr, redrawn a few times a second while the transfer runs.
 pub struct ProgressDisplay {
@@ -173,4 +175,164 @@ pub fn json(report: &SendReport) -> serde_json::Value {
         })),
         "destinations": destinations,
     })
+}
+
+fn answer<T: Clone + Into<serde_json::Value>>(r: &Result<T, String>) -> serde_json::Value {
+    match r {
+        Ok(v) => v.clone().into(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// The probe's findings as one JSON object: each answer is a value, or `null` with the reason
+/// under `errors`.
+pub fn probe_json(f: &KernelFacts) -> serde_json::Value {
+    let mut errors = serde_json::Map::new();
+    let mut note = |k: &str, e: Option<&String>| {
+        if let Some(e) = e {
+            errors.insert(k.into(), json!(e));
+        }
+    };
+    note(
+        "splice_shares_page_cache",
+        f.splice_shares_page_cache.as_ref().err(),
+    );
+    note(
+        "vmsplice_shares_user_pages",
+        f.vmsplice_shares_user_pages.as_ref().err(),
+    );
+    note("tee_shares_pages", f.tee_shares_pages.as_ref().err());
+    note("o_direct_available", f.o_direct_available.as_ref().err());
+    note(
+        "o_direct_splice_private",
+        f.o_direct_splice_private.as_ref().err(),
+    );
+    note("pipe_max_size", f.pipe_max_size.as_ref().err());
+    note(
+        "pipe_granted_for_1mib",
+        f.pipe_granted_for_1mib.as_ref().err(),
+    );
+    note(
+        "msg_zerocopy_accepted",
+        f.msg_zerocopy_accepted.as_ref().err(),
+    );
+    note("io_uring_usable", f.io_uring_usable.as_ref().err());
+    let stable: Vec<&str> = Strategy::CONCRETE
+        .iter()
+        .filter(|s| s.is_stable_on(f))
+        .map(|s| s.name())
+        .collect();
+    json!({
+        "dir": f.dir.display().to_string(),
+        "filesystem": f.filesystem,
+        "splice_shares_page_cache": answer(&f.splice_shares_page_cache),
+        "vmsplice_shares_user_pages": answer(&f.vmsplice_shares_user_pages),
+        "tee_shares_pages": answer(&f.tee_shares_pages),
+        "o_direct_available": answer(&f.o_direct_available),
+        "o_direct_splice_private": answer(&f.o_direct_splice_private),
+        "pipe_max_size": answer(&f.pipe_max_size),
+        "pipe_granted_for_1mib": answer(&f.pipe_granted_for_1mib),
+        "msg_zerocopy_accepted": answer(&f.msg_zerocopy_accepted),
+        "io_uring_usable": answer(&f.io_uring_usable),
+        "stable_strategies": stable,
+        "auto_for_1_destination": Strategy::Auto.resolve_with(1, f).name(),
+        "auto_for_4_destinations": Strategy::Auto.resolve_with(4, f).name(),
+        "seconds": f.elapsed.as_secs_f64(),
+        "errors": errors,
+    })
+}
+
+/// The probe's findings for people: one line per question, with what the answer means.
+pub fn probe_human(f: &KernelFacts) {
+    fn yes_no(r: &Result<bool, String>, yes: &str, no: &str) -> String {
+        match r {
+            Ok(true) => format!("yes — {yes}"),
+            Ok(false) => format!("no — {no}"),
+            Err(e) => format!("could not tell ({e})"),
+        }
+    }
+    fn maybe(r: &Result<Option<bool>, String>, yes: &str, no: &str, none: &str) -> String {
+        match r {
+            Ok(Some(v)) => yes_no(&Ok(*v), yes, no),
+            Ok(None) => none.to_string(),
+            Err(e) => format!("could not tell ({e})"),
+        }
+    }
+    println!(
+        "teecast probe: {} ({}), {:.1} ms",
+        f.dir.display(),
+        f.filesystem,
+        f.elapsed.as_secs_f64() * 1e3
+    );
+    println!(
+        "  splice file→pipe shares page-cache pages: {}",
+        yes_no(
+            &f.splice_shares_page_cache,
+            "zerocopy is NOT stable here (KERNEL.md §3)",
+            "file splice copies, zerocopy is stable here"
+        )
+    );
+    println!(
+        "  vmsplice shares the user's pages:          {}",
+        yes_no(
+            &f.vmsplice_shares_user_pages,
+            "reusing a buffer corrupts data in flight; teecast uses fresh pages (§2)",
+            "vmsplice copies (the 2026 change); still stable"
+        )
+    );
+    println!(
+        "  tee shares pages:                          {}",
+        maybe(
+            &f.tee_shares_pages,
+            "a tee'd copy is the same page (§1.2)",
+            "tee copied",
+            "nothing to tell: file splice already copies"
+        )
+    );
+    println!(
+        "  O_DIRECT on this filesystem:               {}",
+        yes_no(
+            &f.o_direct_available,
+            "open and splice work",
+            "refused; --strategy direct cannot run here"
+        )
+    );
+    println!(
+        "  O_DIRECT splice gives private pages:       {}",
+        maybe(
+            &f.o_direct_splice_private,
+            "direct is stable here (§1.1)",
+            "direct is NOT stable here",
+            "not applicable"
+        )
+    );
+    let size = |r: &Result<u64, String>| match r {
+        Ok(v) => human_bytes(*v),
+        Err(e) => format!("? ({e})"),
+    };
+    println!(
+        "  pipe-max-size {}, F_SETPIPE_SZ(1 MiB) granted {}",
+        size(&f.pipe_max_size),
+        size(&f.pipe_granted_for_1mib.clone().map(|v| v as u64))
+    );
+    println!(
+        "  SO_ZEROCOPY accepted: {}; io_uring usable: {}",
+        yes_no(
+            &f.msg_zerocopy_accepted,
+            "MSG_ZEROCOPY possible",
+            "no MSG_ZEROCOPY"
+        ),
+        yes_no(&f.io_uring_usable, "SEND_ZC possible", "unavailable")
+    );
+    let stable: Vec<&str> = Strategy::CONCRETE
+        .iter()
+        .filter(|s| s.is_stable_on(f))
+        .map(|s| s.name())
+        .collect();
+    println!("  stable paths here: {}", stable.join(", "));
+    println!(
+        "  auto would pick: {} for 1-3 destinations, {} for 4 or more",
+        Strategy::Auto.resolve_with(1, f),
+        Strategy::Auto.resolve_with(4, f)
+    );
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::probe::KernelFacts;
+
 /// A data path, chosen with `--strategy` (see DESIGN.md, "Data paths").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -83,6 +85,44 @@ impl Strategy {
             other => other,
         }
     }
+
+    /// Whether this path is stable on the kernel and filesystem `facts` describe.
+    ///
+    /// The buffer and pipe-write paths copy with `read`/`write` and are stable everywhere;
+    /// `vmsplice` is too, whether the kernel shares its pages or copies them, because every chunk
+    /// uses fresh pages that are never written again (KERNEL.md §2). `zerocopy` is stable only
+    /// where the probe saw file splice copy (the 2026 proposal, KERNEL.md status flag), `direct`
+    /// only where it saw `O_DIRECT` splice read into private pages (§1.1). `mmap-write` copies
+    /// per socket and is never stable across consumers.
+    pub fn is_stable_on(self, facts: &KernelFacts) -> bool {
+        match self {
+            Self::ZeroCopy => facts.file_splice_copies(),
+            Self::Direct => facts.direct_splice_is_private(),
+            Self::MmapWrite => false,
+            _ => true,
+        }
+    }
+
+    /// The concrete path for `destinations` consumers, given what the probe measured.
+    ///
+    /// The rule: the measured choice of [`Strategy::resolve`] (it copies with `read`, so it is
+    /// stable on any kernel), except that where the probe found that splice from a file *copies*
+    /// into private pages, `zerocopy` is the read-pipe path done inside the kernel — one copy, no
+    /// user buffer, stable — and replaces `read-pipe`. A path the probe found unstable is never
+    /// returned for `Auto`; explicit strategies are returned as asked.
+    ///
+    /// `teecast send` does not probe (it uses [`Strategy::resolve`], whose choices are stable on
+    /// every kernel); `teecast probe` reports what this rule picks for the probed filesystem.
+    pub fn resolve_with(self, destinations: usize, facts: &KernelFacts) -> Strategy {
+        let measured = self.resolve(destinations);
+        match self {
+            Self::Auto if measured == Self::ReadPipe && facts.file_splice_copies() => {
+                Self::ZeroCopy
+            }
+            Self::Auto if !measured.is_stable_on(facts) => Self::ReadWrite,
+            _ => measured,
+        }
+    }
 }
 
 impl fmt::Display for Strategy {
@@ -119,5 +159,41 @@ mod tests {
             assert!(Strategy::Auto.resolve(n).is_stable());
         }
         assert!("splice".parse::<Strategy>().is_err());
+    }
+
+    #[test]
+    fn auto_with_facts_never_picks_a_path_found_unstable() {
+        let worst = KernelFacts::assume_worst(std::path::Path::new("/"));
+        let mut copying = worst.clone();
+        copying.splice_shares_page_cache = Ok(false);
+        copying.o_direct_splice_private = Ok(Some(true));
+        for facts in [&worst, &copying] {
+            for n in 1..=16 {
+                let s = Strategy::Auto.resolve_with(n, facts);
+                assert!(s.is_stable_on(facts), "{s} for {n} destinations");
+            }
+        }
+        assert!(!Strategy::ZeroCopy.is_stable_on(&worst));
+        assert!(Strategy::ZeroCopy.is_stable_on(&copying));
+        assert_eq!(Strategy::Auto.resolve_with(8, &worst), Strategy::ReadPipe);
+        assert_eq!(Strategy::Auto.resolve_with(8, &copying), Strategy::ZeroCopy);
+        assert_eq!(
+            Strategy::Auto.resolve_with(2, &copying),
+            Strategy::ReadWrite
+        );
+        assert_eq!(
+            Strategy::ZeroCopy.resolve_with(2, &worst),
+            Strategy::ZeroCopy,
+            "explicit choices are kept"
+        );
+    }
+
+    #[test]
+    fn auto_with_probed_facts_is_stable_here() {
+        let dir = std::env::temp_dir();
+        let facts = crate::probe::probe(&dir).unwrap();
+        for n in 1..=8 {
+            assert!(Strategy::Auto.resolve_with(n, &facts).is_stable_on(&facts));
+        }
     }
 }

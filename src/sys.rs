@@ -388,6 +388,97 @@ impl Drop for FreshPages {
     }
 }
 
+/// Measures whether `vmsplice` queues references to user pages or copies them (KERNEL.md §1.3,
+/// the 2026 change in its status flag): fills `len` bytes of fresh pages with `before`,
+/// `vmsplice`s them into a new pipe, overwrites them with `after`, then reads the pipe back.
+///
+/// Returns the bytes the pipe gave: all `after` means the pipe held the user's own pages (by
+/// reference), all `before` means the kernel copied at `vmsplice` time.
+///
+/// This is the one place the pages are written after being queued, on purpose: changing what the
+/// pipe returns is exactly what is measured. It is sound for Rust: the pages belong to a mapping
+/// this function owns; once `vmsplice` returns no Rust reference to them is alive, so the write
+/// through a fresh `&mut` slice aliases nothing; the kernel then copies them out inside `read()`,
+/// which happens after the write on this same thread — a syscall, not a Rust memory access, so
+/// there is no data race. The queued pages outlive the unmapping by their own references (§1.6).
+/// `len` is capped at 64 KiB (the default pipe holds it without blocking).
+pub fn vmsplice_then_overwrite(len: usize, before: u8, after: u8) -> io::Result<Vec<u8>> {
+    let len = len.clamp(1, 64 * 1024);
+    let pipe = Pipe::with_size(64 * 1024)?;
+    let mut pages = FreshPages::new(len)?;
+    pages.as_mut_slice()[..len].fill(before);
+    let mut done = 0;
+    while done < len {
+        // SAFETY: the range lies inside the mapping `pages` owns; the slice lives only for this
+        // call, and the kernel only reads it (`pipe.write` is the write end, §1.3).
+        let slice = unsafe { std::slice::from_raw_parts(pages.ptr.as_ptr().add(done), len - done) };
+        let iov = [rustix::pipe::IoSliceRaw::from_slice(slice)];
+        // SAFETY: as above; the pipe is large enough that this never blocks.
+        match unsafe { rustix::pipe::vmsplice(pipe.write.as_fd(), &iov, SpliceFlags::empty()) } {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The measured write: a plain store to memory we own, with no other Rust reference alive.
+    pages.as_mut_slice()[..len].fill(after);
+    let mut out = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match read(pipe.read.as_fd(), &mut out[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    out.truncate(got);
+    Ok(out)
+}
+
+/// `setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, 1)`—Asks a socket to accept `MSG_ZEROCOPY` sends
+/// (KERNEL.md §2, strategy 2). An error means this kernel or socket type refuses it.
+///
+/// # References
+///  - [msg_zerocopy.rst](https://docs.kernel.org/networking/msg_zerocopy.html)
+#[doc(alias = "SO_ZEROCOPY")]
+pub fn set_zerocopy(socket: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::other("socklen overflow"))?;
+    // SAFETY: `socket` is a live descriptor for the duration of the call; the option value is a
+    // c_int on our stack whose size is passed exactly; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_ZEROCOPY,
+            std::ptr::from_ref(&one).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `io_uring_setup(entries, &params)`—Creates (and at once closes) an io_uring instance, to learn
+/// whether io_uring is usable here: a kernel without it, `kernel.io_uring_disabled`, or a seccomp
+/// filter all refuse the call.
+///
+/// # References
+///  - [io_uring_setup(2)](https://man7.org/linux/man-pages/man2/io_uring_setup.2.html)
+#[doc(alias = "io_uring_setup")]
+pub fn io_uring_usable() -> io::Result<()> {
+    let mut params = rustix::io_uring::io_uring_params::default();
+    // SAFETY: the parameters are all zero, so IORING_SETUP_ATTACH_WQ is not set and `wq_fd` is
+    // not read (rustix's contract); the ring is closed when the returned fd drops.
+    let ring = unsafe { rustix::io_uring::io_uring_setup(2, &mut params) }?;
+    drop(ring);
+    Ok(())
+}
+
 /// `fstat(fd).st_size`.
 pub fn file_size(fd: impl AsFd) -> io::Result<u64> {
     let st = rustix::fs::fstat(fd)?;
@@ -491,6 +582,14 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(read(p.read.as_fd(), &mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"fresh");
+    }
+
+    #[test]
+    fn vmsplice_probe_reads_back_one_of_the_two_fills() {
+        let got = vmsplice_then_overwrite(8192, b'a', b'b').unwrap();
+        assert_eq!(got.len(), 8192);
+        // By reference (all b) or copied (all a); never a mix within one probe.
+        assert!(got.iter().all(|&c| c == b'a') || got.iter().all(|&c| c == b'b'));
     }
 
     #[test]
