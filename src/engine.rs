@@ -515,7 +515,11 @@ impl Drop for Chunk {
     }
 }
 
-fn pump_buffers(source: &Source, branches: &mut [Branch], config: &FanoutConfig) -> Result<u64, EngineError> {
+fn pump_buffers(
+    source: &Source,
+    branches: &mut [Branch],
+    config: &FanoutConfig,
+) -> Result<u64, EngineError> {
     let total = source.len();
     let chunk_size = config.buffer_chunk.max(4096);
     let pool = BufferPool::new(config.buffers, chunk_size);
@@ -554,8 +558,11 @@ fn pump_map(
     let Some(total) = source.len().filter(|&l| l > 0) else {
         return Ok(0);
     };
-    let len = usize::try_from(total).map_err(|_| EngineError::Unsupported("file too large to map".into()))?;
-    let map = Arc::new(FileMap::new(source.fd(), len).map_err(|e| EngineError::Source(format!("mmap: {e}")))?);
+    let len = usize::try_from(total)
+        .map_err(|_| EngineError::Unsupported("file too large to map".into()))?;
+    let map = Arc::new(
+        FileMap::new(source.fd(), len).map_err(|e| EngineError::Source(format!("mmap: {e}")))?,
+    );
     let chunk_size = config.buffer_chunk.max(4096);
     let mut buf = vec![0u8; chunk_size];
     let mut sent = 0usize;
@@ -567,9 +574,14 @@ fn pump_map(
             h.update(&buf[..got]);
         }
         // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (KERNEL.md §3).
-        let size = source.current_size().map_err(|e| EngineError::Source(e.to_string()))?;
+        let size = source
+            .current_size()
+            .map_err(|e| EngineError::Source(e.to_string()))?;
         if size < (sent + want) as u64 {
-            return Err(EngineError::Truncated { at: size, expected: total });
+            return Err(EngineError::Truncated {
+                at: size,
+                expected: total,
+            });
         }
         send_to_all(branches, || Piece::Map(map.clone(), sent, want))?;
         sent += want;
