@@ -133,21 +133,22 @@ impl Finished {
 }
 
 impl Running {
-    /// Starts `cmd` with stdout and stderr piped (stdin as the caller set it, else null).
+    /// Starts `cmd` with stdin null and stdout and stderr piped.
     pub fn spawn(cmd: &mut Command) -> Running {
-        Self::spawn_with_stdin(cmd, None).0
+        Self::spawn_with(cmd, Stdio::null(), None).0
     }
 
-    /// Starts `cmd`, feeding its stdin from `stdin` when given (otherwise stdin is null). The
-    /// returned handle is the child's piped stdin when `stdin` was `Some(Stdio::piped())`.
-    pub fn spawn_with_stdin(
+    /// Starts `cmd` with `stdin`, and stdout to `stdout` (piped and captured when `None`);
+    /// stderr is always captured. Returns the child's stdin when `stdin` was `Stdio::piped()`.
+    pub fn spawn_with(
         cmd: &mut Command,
-        stdin: Option<Stdio>,
+        stdin: Stdio,
+        stdout: Option<Stdio>,
     ) -> (Running, Option<ChildStdin>) {
         let what = format!("{cmd:?}");
         let mut child = cmd
-            .stdin(stdin.unwrap_or_else(Stdio::null))
-            .stdout(Stdio::piped())
+            .stdin(stdin)
+            .stdout(stdout.unwrap_or_else(Stdio::piped))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
@@ -189,6 +190,14 @@ impl Running {
     /// deadline.
     pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
         self.wait_line(false, needle, timeout)
+    }
+
+    /// The next stderr line containing `needle`, or `None` when the child closed stderr (it
+    /// exited) or the deadline passed.
+    pub fn try_wait_stderr(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.stderr
+            .as_ref()
+            .and_then(|l| l.wait_for(|line| line.contains(needle), timeout))
     }
 
     fn wait_line(&self, stderr: bool, needle: &str, timeout: Duration) -> String {
