@@ -497,3 +497,8 @@ pub fn send_once(
     let sent = run(&mut cmd);
     (sent, receiver.wait())
 }
+
+/// The SHA-256 of `bytes`, raw.
+pub fn sha256_raw(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
