@@ -49,11 +49,12 @@ fn file_of_256_mib_to_four_receivers_and_a_capture() {
     expect_copies(&source, rs);
 }
 
-#[test]
-fn stdin_through_cat_to_two_receivers() {
+/// `cat SOURCE | teecast send --strategy STRATEGY --digest sha256 - A B`: a pipe as the source,
+/// so the stream is framed in chunks of unknown total length.
+fn stdin_through_cat_to_two_receivers(strategy: &str, len: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.bin");
-    let sha = random_file(&source, 24 * MIB + 5, 42);
+    let sha = random_file(&source, len, seed);
     let rs = receivers(dir.path(), 2);
     let (pipe_out, pipe_in) = std::io::pipe().unwrap();
     // `cat` holds the only write end once this statement ends, so the sender sees its EOF.
@@ -63,7 +64,8 @@ fn stdin_through_cat_to_two_receivers() {
         Some(pipe_in.into()),
     );
     let (sender, _) = Running::spawn_with(
-        teecast(["send", "--digest", "sha256", "-"]).args(rs.iter().map(|(r, _)| r.dest())),
+        teecast(["send", "--digest", "sha256", "--strategy", strategy, "-"])
+            .args(rs.iter().map(|(r, _)| r.dest())),
         pipe_out.into(),
         None,
     );
@@ -71,6 +73,46 @@ fn stdin_through_cat_to_two_receivers() {
     sent.expect_code(0);
     cat.wait(TIMEOUT).expect_code(0);
     assert_eq!(sent.stdout, format!("{sha}  -\n"));
+    expect_copies(&source, rs);
+}
+
+#[test]
+fn stdin_through_cat_to_two_receivers_auto() {
+    stdin_through_cat_to_two_receivers("auto", 24 * MIB + 5, 42);
+}
+
+#[test]
+fn stdin_through_cat_to_two_receivers_pipe_strategies() {
+    for (i, strategy) in ["readwrite", "vmsplice", "read-pipe", "zerocopy"]
+        .into_iter()
+        .enumerate()
+    {
+        stdin_through_cat_to_two_receivers(strategy, 6 * MIB + 3, 80 + i as u64);
+    }
+}
+
+#[test]
+fn empty_stdin_to_two_receivers() {
+    stdin_through_cat_to_two_receivers("auto", 0, 51);
+}
+
+#[test]
+fn capture_with_readwrite_matches_the_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    let capture = dir.path().join("capture.bin");
+    let sha = random_file(&source, 20 * MIB + 1, 52);
+    let rs = receivers(dir.path(), 2);
+    let sent = run(
+        teecast(["send", "--digest", "sha256", "--strategy", "readwrite"])
+            .arg("--capture")
+            .arg(&capture)
+            .arg(&source)
+            .args(rs.iter().map(|(r, _)| r.dest())),
+    );
+    sent.expect_code(0);
+    assert_eq!(sent.stdout, format!("{}\n", digest_line(&sha, &source)));
+    assert_same_file(&source, &capture);
     expect_copies(&source, rs);
 }
 
@@ -156,18 +198,27 @@ fn staller() -> (String, JoinHandle<TcpStream>) {
     (addr, std::thread::spawn(move || accept(&l)))
 }
 
-#[test]
-fn destination_closing_early_fails_alone_readwrite() {
+fn destination_closing_early_fails_alone(strategy: &str, seed: u64) {
     let (addr, peer) = quitter();
-    one_bad_of_three("readwrite", 45, &addr, &[]);
+    one_bad_of_three(strategy, seed, &addr, &[]);
     peer.join().unwrap();
 }
 
-#[test]
-fn destination_closing_early_fails_alone_read_pipe() {
-    let (addr, peer) = quitter();
-    one_bad_of_three("read-pipe", 46, &addr, &[]);
-    peer.join().unwrap();
+macro_rules! per_strategy {
+    ($check:ident: $($test:ident: $strategy:literal, $seed:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            $check($strategy, $seed);
+        }
+    )*};
+}
+
+per_strategy! { destination_closing_early_fails_alone:
+    destination_closing_early_fails_alone_readwrite: "readwrite", 45;
+    destination_closing_early_fails_alone_vmsplice: "vmsplice", 53;
+    destination_closing_early_fails_alone_mmap_pipe: "mmap-pipe", 54;
+    destination_closing_early_fails_alone_read_pipe: "read-pipe", 46;
+    destination_closing_early_fails_alone_direct: "direct", 55;
 }
 
 fn stalled_destination_is_dropped(strategy: &str, seed: u64) {
@@ -178,14 +229,10 @@ fn stalled_destination_is_dropped(strategy: &str, seed: u64) {
     drop(peer.join().unwrap());
 }
 
-#[test]
-fn stalled_destination_is_dropped_readwrite() {
-    stalled_destination_is_dropped("readwrite", 47);
-}
-
-#[test]
-fn stalled_destination_is_dropped_read_pipe() {
-    stalled_destination_is_dropped("read-pipe", 48);
+per_strategy! { stalled_destination_is_dropped:
+    stalled_destination_is_dropped_readwrite: "readwrite", 47;
+    stalled_destination_is_dropped_read_pipe: "read-pipe", 48;
+    stalled_destination_is_dropped_mmap_pipe: "mmap-pipe", 56;
 }
 
 #[test]
