@@ -379,3 +379,19 @@ fn quiet_sender_is_dropped_after_the_stall_timeout() {
     assert!(line.contains("no data"), "{line:?}");
     assert_eq!(list_dir(tmp.path()), Vec::<String>::new());
 }
+
+#[test]
+fn once_receiver_exits_1_and_stores_nothing_when_the_stream_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.bin");
+    let receiver = Receiver::once_to(&out, &[]);
+    let mut bytes = header("cut.bin", Some(4 * MIB));
+    bytes.extend_from_slice(&Prng::new(68).bytes(MIB as usize));
+    let mut s = TcpStream::connect(receiver.addr).unwrap();
+    s.write_all(&bytes).unwrap();
+    drop(s);
+    let received = receiver.wait();
+    received.expect_code(1);
+    assert!(received.stderr.contains("cut short"), "{received:?}");
+    assert_eq!(list_dir(tmp.path()), Vec::<String>::new());
+}

@@ -109,3 +109,36 @@ fn empty_file_arrives_empty() {
         );
     }
 }
+
+#[test]
+fn dir_receiver_stores_concurrent_streams_under_their_names() {
+    let src = tempfile::tempdir().unwrap();
+    let inbox = tempfile::tempdir().unwrap();
+    let receiver = common::Receiver::start(&["--dir".as_ref(), inbox.path().as_os_str()]);
+    let sources: Vec<_> = (0..4u64)
+        .map(|i| {
+            let path = src.path().join(format!("part-{i}.bin"));
+            let sha = random_file(&path, 4 * MIB + i, 90 + i);
+            (path, sha)
+        })
+        .collect();
+    let senders: Vec<_> = sources
+        .iter()
+        .map(|(path, _)| {
+            common::Running::spawn(
+                common::teecast(["send", "--digest", "sha256"])
+                    .arg(path)
+                    .arg(receiver.dest()),
+            )
+        })
+        .collect();
+    for (sender, (path, sha)) in senders.into_iter().zip(&sources) {
+        let sent = sender.wait(common::TIMEOUT);
+        sent.expect_code(0);
+        let stored = inbox.path().join(path.file_name().unwrap());
+        receiver
+            .proc
+            .wait_stdout(&digest_line(sha, &stored), common::TIMEOUT);
+        assert_same_file(path, &stored);
+    }
+}

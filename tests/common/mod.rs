@@ -35,10 +35,10 @@ where
 }
 
 /// One output stream of a child, read line by line on its own thread: every line is kept, and
-/// also handed to whoever waits for a particular line.
+/// each new one wakes whoever waits for a particular line.
 struct Lines {
     all: Arc<Mutex<String>>,
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -56,7 +56,7 @@ impl Lines {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         keep.lock().unwrap().push_str(&line);
-                        let _ = tx.send(line.trim_end_matches('\n').to_string());
+                        let _ = tx.send(());
                     }
                 }
             }
@@ -72,15 +72,31 @@ impl Lines {
         self.all.lock().unwrap().clone()
     }
 
-    /// The next line (from now on) for which `pred` holds, or `None` at the deadline or EOF.
-    fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+    /// The first line so far, or to come before the deadline, that contains `needle`; `None` at
+    /// the deadline or when the stream ended without one.
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
+            let found = self
+                .text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string);
+            if found.is_some() {
+                return found;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(line) if pred(&line) => return Some(line),
+                // A new line arrived: look again.
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self
+                        .text()
+                        .lines()
+                        .find(|l| l.contains(needle))
+                        .map(str::to_string);
+                }
+                Err(RecvTimeoutError::Timeout) => return None,
             }
         }
     }
@@ -180,31 +196,31 @@ impl Running {
         self.stdout.as_ref().map(Lines::text).unwrap_or_default()
     }
 
-    /// Waits for the next stderr line containing `needle`; panics (showing stderr) at the
-    /// deadline.
+    /// Waits for a stderr line (printed so far or to come) containing `needle`; panics (showing
+    /// the output) at the deadline.
     pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
         self.wait_line(true, needle, timeout)
     }
 
-    /// Waits for the next stdout line containing `needle`; panics (showing both streams) at the
-    /// deadline.
+    /// Waits for a stdout line (printed so far or to come) containing `needle`; panics (showing
+    /// the output) at the deadline.
     pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
         self.wait_line(false, needle, timeout)
     }
 
-    /// The next stderr line containing `needle`, or `None` when the child closed stderr (it
-    /// exited) or the deadline passed.
+    /// A stderr line (so far or to come) containing `needle`, or `None` when the child closed
+    /// stderr (it exited) or the deadline passed without one.
     pub fn try_wait_stderr(&self, needle: &str, timeout: Duration) -> Option<String> {
         self.stderr
             .as_ref()
-            .and_then(|l| l.wait_for(|line| line.contains(needle), timeout))
+            .and_then(|l| l.wait_for(needle, timeout))
     }
 
     fn wait_line(&self, stderr: bool, needle: &str, timeout: Duration) -> String {
         let lines = if stderr { &self.stderr } else { &self.stdout };
         lines
             .as_ref()
-            .and_then(|l| l.wait_for(|line| line.contains(needle), timeout))
+            .and_then(|l| l.wait_for(needle, timeout))
             .unwrap_or_else(|| {
                 panic!(
                     "{}: no line containing {needle:?} on {} within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
