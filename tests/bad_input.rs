@@ -395,3 +395,22 @@ fn once_receiver_exits_1_and_stores_nothing_when_the_stream_is_cut() {
     assert!(received.stderr.contains("cut short"), "{received:?}");
     assert_eq!(list_dir(tmp.path()), Vec::<String>::new());
 }
+
+#[test]
+fn capture_in_a_missing_directory_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src.bin");
+    random_file(&source, 4096, 69);
+    let capture = dir.path().join("no such dir").join("capture.bin");
+    let (ls, dests) = idle_destinations(1);
+    usage_error(
+        &[
+            "--capture".as_ref(),
+            capture.as_os_str(),
+            source.as_os_str(),
+            dests[0].as_ref(),
+        ],
+        "capture",
+    );
+    expect_no_connection(&ls);
+}

@@ -270,3 +270,38 @@ fn unreachable_destination_does_not_stop_a_good_one() {
     assert_eq!(st[1].0, "ok", "{sent:?}");
     expect_copies(&source, rs);
 }
+
+#[test]
+fn json_report_of_a_good_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    let len = 5 * MIB + 77;
+    let sha = random_file(&source, len, 57);
+    let rs = receivers(dir.path(), 2);
+    let sent = run(teecast([
+        "send",
+        "--json",
+        "--digest",
+        "sha256",
+        "--name",
+        "given.bin",
+    ])
+    .arg(&source)
+    .args(rs.iter().map(|(r, _)| r.dest())));
+    sent.expect_code(0);
+    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["bytes"], len, "{report}");
+    assert_eq!(report["name"], "given.bin", "{report}");
+    assert_eq!(report["digest"]["algorithm"], "sha256", "{report}");
+    assert_eq!(report["digest"]["hex"], sha.as_str(), "{report}");
+    let dests = report["destinations"].as_array().unwrap();
+    assert_eq!(dests.len(), 2, "{report}");
+    for (d, (r, _)) in dests.iter().zip(&rs) {
+        assert_eq!(d["address"], r.dest().as_str(), "{report}");
+        assert_eq!(d["status"], "ok", "{report}");
+        assert_eq!(d["bytes"], len, "{report}");
+        assert_eq!(d["receiver_digest"], sha.as_str(), "{report}");
+    }
+    expect_copies(&source, rs);
+}
