@@ -694,7 +694,11 @@ impl PipeFiller {
                     let at = usize::try_from(offset).unwrap_or(usize::MAX) + done;
                     match map.write_to(pipe, at, want - done) {
                         Ok(0) => return Ok(done),
-                        Ok(n) => done += n,
+                        Ok(n) => {
+                            // The pipe has its own copy: keep the resident set bounded.
+                            let _ = map.release(at, n);
+                            done += n;
+                        }
                         Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return Ok(done),
                         Err(e) => return Err(pipe_err(e)),
                     }

@@ -454,6 +454,8 @@ impl Sink for SocketSink {
                     )));
                 }
                 Ok(n) => {
+                    // The socket has its own copy: keep the resident set bounded.
+                    let _ = map.release(offset + done, n);
                     done += n;
                     self.count(n);
                 }

@@ -207,6 +207,28 @@ pub fn ignore_sigpipe() {
     }
 }
 
+/// `getrusage(RUSAGE_CHILDREN)`—The peak resident set size, in bytes, of the largest child
+/// process (or descendant it waited for) that this process has waited for. Lets a test or a
+/// benchmark check the memory a whole `teecast` run took.
+///
+/// # References
+///  - [Linux `getrusage`](https://man7.org/linux/man-pages/man2/getrusage.2.html)
+#[doc(alias = "getrusage")]
+pub fn children_peak_rss() -> io::Result<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` points to writable memory the size of a `rusage`, which is all
+    // getrusage writes to.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the struct started zeroed (a valid `rusage`, all plain integers) and getrusage
+    // succeeded, filling it.
+    let usage = unsafe { usage.assume_init() };
+    // ru_maxrss is in kibibytes on Linux.
+    Ok(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+}
+
 /// A read-only shared mapping of a file's first `len` bytes.
 ///
 /// The bytes may change (a concurrent writer) or vanish (a truncation) at any time, so this type
@@ -298,6 +320,52 @@ impl FileMap {
                 return Err(err);
             }
         }
+    }
+}
+
+/// How far before a faulting address the kernel may map pages of a file ("fault around",
+/// `mm/memory.c: do_fault_around()`): within the page-table page, 2 MiB on x86-64 and arm64 with
+/// 4 KiB pages.
+const FAULT_AROUND_LIMIT: usize = 2 * 1024 * 1024;
+
+impl FileMap {
+    /// `madvise(map + offset, len, MADV_DONTNEED)`—Drops this process's page-table entries for
+    /// the pages covering `[offset, offset + len)` (and up to 2 MiB before it), so that bytes already sent stop counting
+    /// towards its resident set (DESIGN.md "Bounded memory": without this a mapping's resident
+    /// size grows to the whole file). The pages stay in the page cache: a shared file mapping
+    /// that is touched again reads the file's bytes again, so this changes memory use, never
+    /// content, and a concurrent `write_to` over the range just faults the pages back in.
+    ///
+    /// # References
+    ///  - [Linux `madvise`](https://man7.org/linux/man-pages/man2/madvise.2.html)
+    #[doc(alias = "madvise")]
+    pub fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "range outside the mapping")
+            })?;
+        // Faulting a page in also maps its neighbours already in the page cache ("fault
+        // around", at most the 2 MiB a page-table page covers), some of them before `offset`,
+        // released earlier: release those again too, or a little leaks at every call.
+        let start = offset.saturating_sub(FAULT_AROUND_LIMIT);
+        let start = start - start % page_size();
+        if end <= start {
+            return Ok(());
+        }
+        // SAFETY: `start` is page-aligned and [start, end) lies inside the live mapping (the
+        // kernel rounds the length up to a page, which stays inside the mapping's last page). No
+        // Rust reference to the mapped bytes exists, and MADV_DONTNEED on a shared file mapping
+        // only unmaps pages that refault from the page cache with the same file contents.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().add(start).cast(),
+                end - start,
+                rustix::mm::Advice::LinuxDontNeed,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -570,6 +638,30 @@ mod tests {
         let err = map.write_to(p.write.as_fd(), 16 * 1024, 4096).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
         assert!(map.write_to(p.write.as_fd(), 0, 1 << 20).is_err());
+    }
+
+    /// Regression: mmap-pipe and mmap-write left every page they had sent mapped, so the
+    /// sender's resident set grew to the size of the file (1 GiB file: 1 GiB RSS).
+    #[test]
+    fn file_map_release_keeps_the_bytes() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let map = FileMap::new(f.as_fd(), data.len()).unwrap();
+        let p = Pipe::with_size(128 * 1024).unwrap();
+        assert_eq!(map.write_to(p.write.as_fd(), 0, 10_000).unwrap(), 10_000);
+        map.release(0, 10_000).unwrap();
+        map.release(10_000, data.len() - 10_000).unwrap();
+        assert!(map.release(1, data.len()).is_err());
+        // Released pages read the file's bytes again.
+        assert_eq!(map.write_to(p.write.as_fd(), 0, 10_000).unwrap(), 10_000);
+        let mut buf = vec![0u8; 20_000];
+        let mut got = 0;
+        while got < buf.len() {
+            got += read(p.read.as_fd(), &mut buf[got..]).unwrap();
+        }
+        assert_eq!(&buf[..10_000], &data[..10_000]);
+        assert_eq!(&buf[10_000..], &data[..10_000]);
     }
 
     #[test]

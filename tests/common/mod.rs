@@ -1,0 +1,513 @@
+//! What the integration tests share: the real `teecast` binary, child processes that are killed
+//! when dropped, receivers listening on ephemeral ports, test-owned TCP peers, random files and
+//! their SHA-256.
+//!
+//! Every wait here has a deadline; nothing sleeps in place of synchronisation.
+#![allow(dead_code)] // each test crate uses a part of this module
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+/// The bound on any single child process or wait in these tests.
+pub const TIMEOUT: Duration = Duration::from_secs(180);
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// A `teecast` command line for the binary under test.
+pub fn teecast<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_teecast"));
+    cmd.args(args);
+    cmd
+}
+
+/// One output stream of a child, read line by line on its own thread: every line is kept, and
+/// each new one wakes whoever waits for a particular line.
+struct Lines {
+    all: Arc<Mutex<String>>,
+    rx: mpsc::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Lines {
+    fn start(stream: impl Read + Send + 'static) -> Lines {
+        let all = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let keep = all.clone();
+        let thread = std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        keep.lock().unwrap().push_str(&line);
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        Lines {
+            all,
+            rx,
+            thread: Some(thread),
+        }
+    }
+
+    fn text(&self) -> String {
+        self.all.lock().unwrap().clone()
+    }
+
+    /// The first line so far, or to come before the deadline, that contains `needle`; `None` at
+    /// the deadline or when the stream ended without one.
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string);
+            if found.is_some() {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                // A new line arrived: look again.
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self
+                        .text()
+                        .lines()
+                        .find(|l| l.contains(needle))
+                        .map(str::to_string);
+                }
+                Err(RecvTimeoutError::Timeout) => return None,
+            }
+        }
+    }
+
+    /// Everything, once the stream has reached EOF.
+    fn finish(mut self) -> String {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.text()
+    }
+}
+
+/// A running child with its stdout and stderr captured; killed and reaped when dropped.
+pub struct Running {
+    child: Child,
+    stdout: Option<Lines>,
+    stderr: Option<Lines>,
+    what: String,
+}
+
+/// A child that has exited, with everything it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The exit code (panics, with the output, when the child died of a signal).
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+
+    /// Asserts the exit code, showing everything the child printed when it differs.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "exit status {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+impl Running {
+    /// Starts `cmd` with stdin null and stdout and stderr piped.
+    pub fn spawn(cmd: &mut Command) -> Running {
+        Self::spawn_with(cmd, Stdio::null(), None).0
+    }
+
+    /// Starts `cmd` with `stdin`, and stdout to `stdout` (piped and captured when `None`);
+    /// stderr is always captured. Returns the child's stdin when `stdin` was `Stdio::piped()`.
+    pub fn spawn_with(
+        cmd: &mut Command,
+        stdin: Stdio,
+        stdout: Option<Stdio>,
+    ) -> (Running, Option<ChildStdin>) {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(stdin)
+            .stdout(stdout.unwrap_or_else(Stdio::piped))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let stdout = child.stdout.take().map(Lines::start);
+        let stderr = child.stderr.take().map(Lines::start);
+        let input = child.stdin.take();
+        (
+            Running {
+                child,
+                stdout,
+                stderr,
+                what,
+            },
+            input,
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the child has printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.as_ref().map(Lines::text).unwrap_or_default()
+    }
+
+    /// What the child has printed on stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout.as_ref().map(Lines::text).unwrap_or_default()
+    }
+
+    /// Waits for a stderr line (printed so far or to come) containing `needle`; panics (showing
+    /// the output) at the deadline.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_line(true, needle, timeout)
+    }
+
+    /// Waits for a stdout line (printed so far or to come) containing `needle`; panics (showing
+    /// the output) at the deadline.
+    pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_line(false, needle, timeout)
+    }
+
+    /// A stderr line (so far or to come) containing `needle`, or `None` when the child closed
+    /// stderr (it exited) or the deadline passed without one.
+    pub fn try_wait_stderr(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.stderr
+            .as_ref()
+            .and_then(|l| l.wait_for(needle, timeout))
+    }
+
+    fn wait_line(&self, stderr: bool, needle: &str, timeout: Duration) -> String {
+        let lines = if stderr { &self.stderr } else { &self.stdout };
+        lines
+            .as_ref()
+            .and_then(|l| l.wait_for(needle, timeout))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no line containing {needle:?} on {} within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    if stderr { "stderr" } else { "stdout" },
+                    self.stdout_so_far(),
+                    self.stderr_so_far()
+                )
+            })
+    }
+
+    /// Waits for the child to exit; kills it and panics (showing its output) at the deadline.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    // Polling interval for the exit, not a synchronisation point.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "{} did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                        self.what,
+                        self.stdout_so_far(),
+                        self.stderr_so_far()
+                    );
+                }
+                Err(e) => panic!("waiting for {}: {e}", self.what),
+            }
+        };
+        Finished {
+            status,
+            stdout: self.stdout.take().map(Lines::finish).unwrap_or_default(),
+            stderr: self.stderr.take().map(Lines::finish).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to completion within [`TIMEOUT`].
+pub fn run(cmd: &mut Command) -> Finished {
+    Running::spawn(cmd).wait(TIMEOUT)
+}
+
+/// A `teecast recv` child listening on an ephemeral port of 127.0.0.1.
+pub struct Receiver {
+    pub proc: Running,
+    pub addr: SocketAddr,
+}
+
+impl Receiver {
+    /// Starts `teecast recv --listen 127.0.0.1:0 ARGS` and reads its port from stderr.
+    pub fn start<S: AsRef<OsStr>>(args: &[S]) -> Receiver {
+        let mut cmd = teecast(["recv", "--listen", "127.0.0.1:0"]);
+        cmd.args(args);
+        let proc = Running::spawn(&mut cmd);
+        let line = proc.wait_stderr("teecast: listening on ", Duration::from_secs(30));
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Receiver { proc, addr }
+    }
+
+    /// `recv --once --output OUT` plus `extra`.
+    pub fn once_to(out: &Path, extra: &[&str]) -> Receiver {
+        let mut args: Vec<&OsStr> = vec!["--once".as_ref(), "--output".as_ref(), out.as_ref()];
+        args.extend(extra.iter().map(OsStr::new));
+        Receiver::start(&args)
+    }
+
+    /// The destination argument for `teecast send`.
+    pub fn dest(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn wait(self) -> Finished {
+        self.proc.wait(TIMEOUT)
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A test-owned listener on an ephemeral port of 127.0.0.1.
+pub fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+/// Accepts one connection within [`TIMEOUT`].
+pub fn accept(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                // Polling interval for the connection, not a synchronisation point.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("no connection on {:?}: {e}", listener.local_addr()),
+        }
+    }
+}
+
+/// Accepts one connection and reads it to EOF on a thread, keeping the bytes.
+pub fn collect_one(listener: TcpListener) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut s = accept(&listener);
+        let mut bytes = Vec::new();
+        s.read_to_end(&mut bytes).unwrap();
+        bytes
+    })
+}
+
+/// Accepts one connection and reads it to EOF on a thread, discarding the bytes; returns how many.
+pub fn drain_one(listener: TcpListener) -> JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut s = accept(&listener);
+        io::copy(&mut s, &mut io::sink()).unwrap()
+    })
+}
+
+/// Deterministic pseudo-random bytes: the BLAKE3 extendable output of a seed. Fast (SIMD, and
+/// built optimised even in test builds) and impossible for any layer to guess or compress.
+pub struct Prng(blake3::OutputReader);
+
+impl Prng {
+    pub fn new(seed: u64) -> Prng {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"teecast test data");
+        hasher.update(&seed.to_le_bytes());
+        Prng(hasher.finalize_xof())
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        self.0.fill(buf);
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// Writes `len` pseudo-random bytes (from `seed`) to `path`; returns their SHA-256, hex.
+pub fn random_file(path: &Path, len: u64, seed: u64) -> String {
+    let mut prng = Prng::new(seed);
+    let mut file = File::create(path).unwrap();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        prng.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.sync_all().unwrap();
+    hex(&hasher.finalize())
+}
+
+/// The SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> String {
+    let mut file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex(&hasher.finalize())
+}
+
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Asserts that two files hold the same bytes, naming the first offset where they differ.
+pub fn assert_same_file(expected: &Path, actual: &Path) {
+    let mut a = BufReader::with_capacity(MIB as usize, File::open(expected).unwrap());
+    let mut b = BufReader::with_capacity(
+        MIB as usize,
+        File::open(actual).unwrap_or_else(|e| panic!("{}: {e}", actual.display())),
+    );
+    let (la, lb) = (
+        a.get_ref().metadata().unwrap().len(),
+        b.get_ref().metadata().unwrap().len(),
+    );
+    assert_eq!(
+        la,
+        lb,
+        "{} is {lb} bytes, {} is {la}",
+        actual.display(),
+        expected.display()
+    );
+    let mut offset = 0u64;
+    loop {
+        let x = a.fill_buf().unwrap().to_vec();
+        if x.is_empty() {
+            return;
+        }
+        let mut y = vec![0u8; x.len()];
+        b.read_exact(&mut y).unwrap();
+        if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+            panic!(
+                "{} differs from {} at byte {}",
+                actual.display(),
+                expected.display(),
+                offset + i as u64
+            );
+        }
+        a.consume(x.len());
+        offset += x.len() as u64;
+    }
+}
+
+/// Every entry of `dir` (hidden ones too), sorted.
+pub fn list_dir(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether `program` can be run (found on PATH).
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            let p: PathBuf = dir.join(program);
+            p.is_file()
+        })
+    })
+}
+
+/// The `<hex>  <path>` line teecast prints for a digest.
+pub fn digest_line(hex: &str, path: &Path) -> String {
+    format!("{hex}  {}", path.display())
+}
+
+/// Sends `source` with `teecast send ARGS SOURCE DEST` to one `recv --once --output OUT`
+/// receiver (given `recv_args`); returns both once they have exited.
+pub fn send_once(
+    source: &Path,
+    out: &Path,
+    send_args: &[&str],
+    recv_args: &[&str],
+) -> (Finished, Finished) {
+    let receiver = Receiver::once_to(out, recv_args);
+    let mut cmd = teecast(["send"]);
+    cmd.args(send_args).arg(source).arg(receiver.dest());
+    let sent = run(&mut cmd);
+    (sent, receiver.wait())
+}
+
+/// The SHA-256 of `bytes`, raw.
+pub fn sha256_raw(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}

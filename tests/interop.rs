@@ -1,0 +1,118 @@
+//! teecast with the tools it has to get along with: a plain TCP listener, `nc`, `socat` and
+//! `sha256sum`.
+
+mod common;
+
+use std::fs::File;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    MIB, Receiver, Running, TIMEOUT, assert_same_file, collect_one, digest_line, free_port, have,
+    listener, random_file, run, sha256_bytes, teecast,
+};
+
+#[test]
+fn raw_send_to_plain_listener_delivers_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    let sha = random_file(&source, 16 * MIB + 1, 31);
+    let (l, addr) = listener();
+    let got = collect_one(l);
+    let sent = run(teecast(["send", "--raw", "--digest", "sha256"])
+        .arg(&source)
+        .arg(&addr));
+    sent.expect_code(0);
+    let bytes = got.join().unwrap();
+    assert_eq!(bytes.len() as u64, 16 * MIB + 1);
+    assert_eq!(sha256_bytes(&bytes), sha);
+    assert_eq!(sent.stdout, format!("{}\n", digest_line(&sha, &source)));
+}
+
+#[test]
+fn raw_send_to_nc() {
+    if !have("nc") {
+        println!("skipped: nc not installed (install netcat-openbsd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    let out = dir.path().join("out.bin");
+    random_file(&source, 16 * MIB, 32);
+    // nc binds a port chosen here; another process may take it first, so try a few.
+    for attempt in 1..=5 {
+        let port = free_port().to_string();
+        let (nc, _) = Running::spawn_with(
+            Command::new("nc").args(["-v", "-d", "-l", "127.0.0.1", &port]),
+            Stdio::null(),
+            Some(File::create(&out).unwrap().into()),
+        );
+        if nc
+            .try_wait_stderr("Listening on", Duration::from_secs(30))
+            .is_none()
+        {
+            let failed = nc.wait(TIMEOUT);
+            assert!(attempt < 5, "nc could not listen: {failed:?}");
+            continue;
+        }
+        let sent = run(teecast(["send", "--raw"])
+            .arg(&source)
+            .arg(format!("127.0.0.1:{port}")));
+        sent.expect_code(0);
+        nc.wait(TIMEOUT).expect_code(0);
+        assert_same_file(&source, &out);
+        return;
+    }
+}
+
+#[test]
+fn socat_into_raw_receiver() {
+    if !have("socat") {
+        println!("skipped: socat not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    let out = dir.path().join("out.bin");
+    let sha = random_file(&source, 16 * MIB + 7, 33);
+    let receiver = Receiver::once_to(&out, &["--raw", "--digest", "sha256"]);
+    let socat = run(Command::new("socat")
+        .arg("-u")
+        .arg(&source)
+        .arg(format!("TCP:{}", receiver.dest())));
+    socat.expect_code(0);
+    let received = receiver.wait();
+    received.expect_code(0);
+    assert_same_file(&source, &out);
+    assert_eq!(received.stdout, format!("{}\n", digest_line(&sha, &out)));
+}
+
+#[test]
+fn sender_digest_line_passes_sha256sum_check() {
+    if !have("sha256sum") {
+        println!("skipped: sha256sum not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data file.bin");
+    let out = dir.path().join("out.bin");
+    random_file(&source, 8 * MIB + 3, 34);
+    let receiver = Receiver::once_to(&out, &[]);
+    let sent = run(teecast(["send", "--digest", "sha256", "data file.bin"])
+        .arg(receiver.dest())
+        .current_dir(dir.path()));
+    sent.expect_code(0);
+    receiver.wait().expect_code(0);
+    std::fs::write(dir.path().join("SHA256SUMS"), &sent.stdout).unwrap();
+    let check = run(Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(dir.path()));
+    check.expect_code(0);
+    assert_eq!(check.stdout, "data file.bin: OK\n");
+    // The check can fail: the same line against different bytes is refused.
+    std::fs::write(&source, b"other bytes").unwrap();
+    let check = run(Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(dir.path()));
+    assert_ne!(check.code(), 0, "{check:?}");
+}
