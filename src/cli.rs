@@ -358,9 +358,7 @@ fn run_send(args: SendArgs) -> u8 {
 }
 
 fn check_send_args(args: &SendArgs, source: &Source) -> Result<(), String> {
-    let strategy = args
-        .strategy
-        .resolve(args.destinations.len() + usize::from(args.capture.is_some()));
+    let strategy = args.strategy.resolve();
     if strategy.needs_regular_file() && source.len().is_none() {
         return Err(format!(
             "--strategy {strategy} needs a regular file as the source, not a stream; use read-pipe or readwrite"

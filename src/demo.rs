@@ -212,7 +212,7 @@ fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
     bad += r.bad_files_kept;
     println!(
         "teecast demo: default path ({}): {}: {} confirmed, {} refused, {} bad files kept",
-        Strategy::Auto.resolve(RECEIVERS),
+        Strategy::Auto.resolve(),
         if r.ok { "ok" } else { "FAILED" },
         r.confirmed,
         r.refused,

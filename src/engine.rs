@@ -146,7 +146,7 @@ pub fn fan_out(
     config: &FanoutConfig,
 ) -> FanoutReport {
     sys::ignore_sigpipe();
-    let strategy = config.strategy.resolve(sinks.len());
+    let strategy = config.strategy.resolve();
     if let Err(e) = check_supported(source, strategy, &sinks) {
         let n = sinks.len();
         return FanoutReport {

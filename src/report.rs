@@ -235,8 +235,7 @@ pub fn probe_json(f: &KernelFacts) -> serde_json::Value {
         "msg_zerocopy_accepted": answer(&f.msg_zerocopy_accepted),
         "io_uring_usable": answer(&f.io_uring_usable),
         "stable_strategies": stable,
-        "auto_for_1_destination": Strategy::Auto.resolve_with(1, f).name(),
-        "auto_for_4_destinations": Strategy::Auto.resolve_with(4, f).name(),
+        "auto": Strategy::Auto.resolve_with(f).name(),
         "seconds": f.elapsed.as_secs_f64(),
         "errors": errors,
     })
@@ -330,9 +329,5 @@ pub fn probe_human(f: &KernelFacts) {
         .map(|s| s.name())
         .collect();
     println!("  stable paths here: {}", stable.join(", "));
-    println!(
-        "  auto would pick: {} for 1-3 destinations, {} for 4 or more",
-        Strategy::Auto.resolve_with(1, f),
-        Strategy::Auto.resolve_with(4, f)
-    );
+    println!("  auto picks: {}", Strategy::Auto.resolve_with(f));
 }

@@ -174,9 +174,7 @@ pub fn send(
         .name
         .clone()
         .unwrap_or_else(|| source.default_name());
-    let strategy = options
-        .strategy
-        .resolve(destinations.len() + usize::from(options.capture.is_some()));
+    let strategy = options.strategy.resolve();
     let mut config = options.fanout.clone();
     config.strategy = strategy;
     config.digest = options.digest;

@@ -52,9 +52,7 @@ fn probe_json_answers_every_question() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    for key in ["auto_for_1_destination", "auto_for_4_destinations"] {
-        assert!(stable.contains(&v[key].as_str().unwrap()), "{key}: {v}");
-    }
+    assert!(stable.contains(&v["auto"].as_str().unwrap()), "auto: {v}");
     assert_eq!(
         stable.contains(&"zerocopy"),
         v["splice_shares_page_cache"] == false
@@ -94,7 +92,7 @@ fn probe_human_output_and_bad_path() {
         out.contains("splice file→pipe shares page-cache pages:"),
         "{out}"
     );
-    assert!(out.contains("auto would pick:"), "{out}");
+    assert!(out.contains("auto picks: readwrite"), "{out}");
     let (code, out) = probe(&["/nonexistent-teecast-dir"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("not a directory"), "{out}");
