@@ -45,8 +45,9 @@ pub trait Sink: Send {
     fn start(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
-    /// Takes exactly `len` bytes that are, or will shortly be, in `pipe` (this consumer's own).
-    fn take_from_pipe(&mut self, pipe: BorrowedFd<'_>, len: usize) -> Result<(), SinkError>;
+    /// Takes everything that arrives in `pipe` (this consumer's own) until its end of file,
+    /// which comes when the filler has put the whole stream in (or given up). Returns the count.
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError>;
     /// Takes bytes from a shared, immutable buffer.
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError>;
     /// Takes `len` bytes of a file mapping from `offset` (the `mmap-write` path).
@@ -317,10 +318,9 @@ fn check_final_size(source: &Source, bytes: u64) -> Result<bool, EngineError> {
     Ok(now > expected)
 }
 
-/// One piece of the stream, as a consumer receives it.
+/// One piece of the stream, as a consumer receives it. On the pipe paths the data itself comes
+/// through the consumer's pipe, and only `End` or `Abort` through the channel.
 enum Piece {
-    /// The next `n` bytes are in the consumer's out pipe.
-    InPipe(usize),
     /// The next bytes are this shared buffer.
     Buffer(Arc<Chunk>),
     /// The next bytes are this range of the file mapping.
@@ -371,11 +371,14 @@ impl Branch {
         self.pending = 0;
     }
 
+    /// Closes the out pipe (the consumer reads to its end) and says how the stream ended.
     fn end(&mut self, length: u64, digest: &Digest) {
+        self.out_w = None;
         self.send(Piece::End(length, Arc::new(digest.clone())));
     }
 
     fn abort(&mut self, reason: &str) {
+        self.out_w = None;
         self.send(Piece::Abort(reason.to_string()));
     }
 
@@ -405,11 +408,19 @@ fn consume(
 ) -> Result<(), SinkError> {
     let result = (|| {
         sink.start()?;
+        // Pipe paths: the data, then End or Abort. A consumer that keeps up sleeps only on its
+        // socket or its pipe, never once per chunk on the channel.
+        let piped = match &pipe {
+            Some(p) => Some(sink.take_pipe(p.as_fd())?),
+            None => None,
+        };
         loop {
             match rx.recv() {
-                Ok(Piece::InPipe(n)) => {
-                    let pipe = pipe.as_ref().ok_or_else(|| SinkError("no pipe".into()))?;
-                    sink.take_from_pipe(pipe.as_fd(), n)?
+                Ok(Piece::End(length, _)) if piped.is_some_and(|got| got != length) => {
+                    return Err(SinkError(format!(
+                        "took {} bytes from the pipe, the stream had {length}",
+                        piped.unwrap_or(0)
+                    )));
                 }
                 Ok(Piece::Buffer(chunk)) => sink.take_from_buffer(chunk.bytes())?,
                 Ok(Piece::Map(map, offset, len)) => sink.take_from_map(&map, offset, len)?,
@@ -821,10 +832,6 @@ fn pump_pipes(
         }
         drain_stages(branches)?;
         for b in branches.iter_mut().filter(|b| b.alive()) {
-            if !b.send(Piece::InPipe(got)) {
-                b.fail()?;
-                continue;
-            }
             let stage = b.stage.as_ref().map(|s| s.write.as_fd());
             let teed = stage
                 .map(|s| sys::tee(src.read.as_fd(), s, got))
@@ -914,22 +921,19 @@ struct HashSink {
 }
 
 impl Sink for HashSink {
-    fn take_from_pipe(&mut self, pipe: BorrowedFd<'_>, len: usize) -> Result<(), SinkError> {
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError> {
         self.buf.resize(256 * 1024, 0);
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(self.buf.len());
-            let n =
-                sys::read(pipe, &mut self.buf[..want]).map_err(|e| SinkError::io("digest", &e))?;
+        let mut total = 0;
+        loop {
+            let n = sys::read(pipe, &mut self.buf).map_err(|e| SinkError::io("digest", &e))?;
             if n == 0 {
-                return Err(SinkError("digest: pipe closed early".into()));
+                return Ok(total);
             }
             if let Some(h) = &mut self.hasher {
                 h.update(&self.buf[..n]);
             }
-            left -= n;
+            total += n as u64;
         }
-        Ok(())
     }
 
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
@@ -977,19 +981,18 @@ impl CaptureSink {
 }
 
 impl Sink for CaptureSink {
-    fn take_from_pipe(&mut self, pipe: BorrowedFd<'_>, len: usize) -> Result<(), SinkError> {
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError> {
         let file = self.file()?;
-        let mut left = len;
-        while left > 0 {
+        let mut total = 0;
+        loop {
             // pipe → file is one copy in the kernel, into the page cache (KERNEL.md §4).
-            let n = sys::splice(pipe, file.as_fd(), left, SpliceFlags::MORE)
+            let n = sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE)
                 .map_err(|e| SinkError::io("capture", &e))?;
             if n == 0 {
-                return Err(SinkError("capture: pipe closed early".into()));
+                return Ok(total);
             }
-            left -= n;
+            total += n as u64;
         }
-        Ok(())
     }
 
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError> {

@@ -355,6 +355,13 @@ impl SocketSink {
         Ok(())
     }
 
+    /// Waits until the pipe has data (true) or has reached its end of file (false).
+    fn wait_for_filler(&self, pipe: BorrowedFd<'_>) -> Result<bool, SinkError> {
+        sys::wait_ready(pipe, Readiness::Readable, None).map_err(|e| self.fail("poll", &e))?;
+        let queued = sys::bytes_queued(pipe).map_err(|e| self.fail("FIONREAD", &e))?;
+        Ok(queued > 0)
+    }
+
     fn read_ack(&mut self) -> Result<Ack, SinkError> {
         let stall = self.options.stall_timeout;
         let stream = self.stream()?;
@@ -385,27 +392,43 @@ impl Sink for SocketSink {
         Ok(())
     }
 
-    fn take_from_pipe(&mut self, pipe: BorrowedFd<'_>, len: usize) -> Result<(), SinkError> {
-        self.chunk_header(len)?;
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError> {
         let stall = self.options.stall_timeout;
-        let mut left = len;
+        let framed_chunks = self.chunked && self.header.is_some();
+        let start = self.sent;
+        // Bytes still due in the current chunk (chunked framing declares what the pipe holds).
+        let mut chunk_left = 0usize;
         let mut last_progress = Instant::now();
-        while left > 0 {
+        loop {
+            if framed_chunks && chunk_left == 0 {
+                let queued = sys::bytes_queued(pipe).map_err(|e| self.fail("FIONREAD", &e))?;
+                if queued == 0 {
+                    if !self.wait_for_filler(pipe)? {
+                        return Ok(self.sent - start);
+                    }
+                    last_progress = Instant::now();
+                    continue;
+                }
+                chunk_left = queued.min(wire::MAX_CHUNK as usize);
+                self.chunk_header(chunk_left)?;
+            }
+            let want = if framed_chunks { chunk_left } else { 1 << 30 };
             let sock = self.stream()?.as_fd();
             // The socket is O_NONBLOCK and the flag makes the pipe side non-blocking, so this
             // never sleeps holding the pipe's lock (KERNEL.md §1.1 "Lock hazard").
-            match sys::splice(pipe, sock, left, SpliceFlags::NONBLOCK | SpliceFlags::MORE) {
-                Ok(0) => return Err(SinkError(format!("{}: pipe closed early", self.address))),
+            match sys::splice(pipe, sock, want, SpliceFlags::NONBLOCK | SpliceFlags::MORE) {
+                Ok(0) => return Ok(self.sent - start),
                 Ok(n) => {
-                    left -= n;
+                    chunk_left = chunk_left.saturating_sub(n);
                     self.count(n);
                     last_progress = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if sys::bytes_queued(pipe).unwrap_or(1) == 0 {
                         // Waiting for the filler is not this destination's stall.
-                        sys::wait_ready(pipe, Readiness::Readable, None)
-                            .map_err(|e| self.fail("poll", &e))?;
+                        if !self.wait_for_filler(pipe)? {
+                            return Ok(self.sent - start);
+                        }
                         last_progress = Instant::now();
                     } else if !sys::wait_ready(
                         sock,
@@ -420,7 +443,6 @@ impl Sink for SocketSink {
                 Err(e) => return Err(self.fail("send", &e)),
             }
         }
-        Ok(())
     }
 
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
