@@ -161,7 +161,7 @@ struct SendArgs {
     /// Give up on a destination that does not accept the connection within this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
-    /// No progress and no summary on stderr.
+    /// No progress and no summary on stderr: only what failed, one line each.
     #[arg(long, short)]
     quiet: bool,
     /// Print the report as one JSON object on stdout (instead of the digest line).
@@ -347,9 +347,7 @@ fn run_send(args: SendArgs) -> u8 {
     {
         println!("{}  {}", d.hex(), result.source);
     }
-    if !args.quiet {
-        report::summary(&result);
-    }
+    report::summary(&result, args.quiet);
     match &result.error {
         Some(e) if e.is_usage() => EXIT_USAGE,
         _ if result.is_success() => EXIT_OK,

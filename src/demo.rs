@@ -74,7 +74,7 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
         .into_iter()
         .map(|(_, h)| h.join().ok().and_then(Result::ok).unwrap_or(false))
         .collect();
-    report::summary(&result);
+    report::summary(&result, false);
 
     let Some(digest) = &result.digest else {
         println!(

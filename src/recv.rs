@@ -103,7 +103,15 @@ pub enum RecvError {
     /// The sender went quiet.
     #[error("no data for {0:.1} s; connection dropped")]
     Stalled(f64),
-    /// A local failure (disk full, permissions).
+    /// The stream cannot be stored here at all (no such directory, no permission).
+    #[error("cannot create a file beside {}: {source}", path.display())]
+    CannotCreate {
+        /// The final name the stream was bound for.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// A local failure while storing (disk full).
     #[error("{context}: {source}")]
     Io {
         /// What was being done.
@@ -121,7 +129,7 @@ impl RecvError {
 
     fn ack_status(&self) -> AckStatus {
         match self {
-            RecvError::Wire(_) => AckStatus::Rejected,
+            RecvError::Wire(_) | RecvError::CannotCreate { .. } => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
             RecvError::DigestMismatch { .. } => AckStatus::DigestMismatch,
             RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
@@ -239,9 +247,39 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
             message: e.to_string(),
         },
     };
+    if let Err(RecvError::Wire(_)) = &result {
+        // Malformed frames after the header: no answer to a peer that does not speak the
+        // protocol (docs/PROTOCOL.md, "Malformed input").
+        return result;
+    }
     // The sender may already be gone; the outcome here stands either way.
     let _ = (&stream).write_all(&ack.encode());
+    if let Err(RecvError::Io { .. } | RecvError::CannotCreate { .. }) = &result {
+        // Refused mid-stream: let the acknowledgement reach the sender before the connection
+        // closes. Closing with unread data would reset it, and a reset can overtake the answer.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        discard_input(&stream, REFUSAL_LINGER.min(options.stall_timeout));
+    }
     result
+}
+
+/// How long a receiver that refused a stream keeps reading (and dropping) what still arrives.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and drops input until EOF, an error, or `limit` has passed.
+fn discard_input(mut stream: &TcpStream, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 fn read_exact(
@@ -304,10 +342,7 @@ fn receive_framed(
     peer: Option<SocketAddr>,
 ) -> Result<Received, RecvError> {
     let path = target_path(options, &header.name)?;
-    let file = AtomicFile::create(&path).map_err(RecvError::io(format!(
-        "creating a file beside {}",
-        path.display()
-    )))?;
+    let file = create_file(&path)?;
     let mut payload = Payload::new(header.digest, options)?;
     match header.length {
         Some(len) => payload.copy(stream.as_fd(), file.file().as_fd(), Some(len))?,
@@ -349,15 +384,20 @@ fn receive_raw(
         Target::File(p) => p.clone(),
         Target::Dir(d) => d.join(raw_name(peer)),
     };
-    let file = AtomicFile::create(&path).map_err(RecvError::io(format!(
-        "creating a file beside {}",
-        path.display()
-    )))?;
+    let file = create_file(&path)?;
     let mut payload = Payload::new(options.digest, options)?;
     payload.copy(stream.as_fd(), file.file().as_fd(), None)?;
     let bytes = payload.bytes;
     let digest = payload.finish();
     commit(file, peer, bytes, digest)
+}
+
+/// Creates the temporary file for a stream bound for `path`; a failure refuses the stream.
+fn create_file(path: &std::path::Path) -> Result<AtomicFile, RecvError> {
+    AtomicFile::create(path).map_err(|source| RecvError::CannotCreate {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Stores a verified stream under its final name.

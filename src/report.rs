@@ -97,7 +97,22 @@ fn rate(bytes: u64, elapsed: Duration) -> f64 {
 }
 
 /// The human summary on stderr: one line per destination, then the capture and the overall result.
-pub fn summary(report: &SendReport) {
+/// With `failures_only` (`--quiet`), only what went wrong, one line each.
+pub fn summary(report: &SendReport, failures_only: bool) {
+    if failures_only {
+        for d in &report.destinations {
+            if let DestStatus::Failed(e) = &d.status {
+                eprintln!("teecast: {}: FAILED: {e}", d.address);
+            }
+        }
+        if let Some((path, Err(e))) = &report.capture {
+            eprintln!("teecast: capture {}: FAILED: {e}", path.display());
+        }
+        if let Some(e) = &report.error {
+            eprintln!("teecast: error: {e}");
+        }
+        return;
+    }
     for d in &report.destinations {
         let status = match &d.status {
             DestStatus::Confirmed => "confirmed".to_string(),

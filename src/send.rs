@@ -362,8 +362,28 @@ impl SocketSink {
         Ok(queued > 0)
     }
 
-    fn read_ack(&mut self) -> Result<Ack, SinkError> {
-        let stall = self.options.stall_timeout;
+    /// A write failed: if the receiver refused the stream mid-way (a full disk, say), its
+    /// acknowledgement is waiting in the socket and says why; otherwise the error itself.
+    fn send_failed(&self, e: &io::Error) -> SinkError {
+        if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
+            && self.header.is_some()
+            && let Ok(ack) = self.read_ack_within(Duration::from_secs(1))
+        {
+            return SinkError(format!(
+                "{}: receiver refused: {} ({})",
+                self.address,
+                ack.status.as_str(),
+                ack.message
+            ));
+        }
+        self.fail("send", e)
+    }
+
+    fn read_ack(&self) -> Result<Ack, SinkError> {
+        self.read_ack_within(self.options.stall_timeout)
+    }
+
+    fn read_ack_within(&self, stall: Duration) -> Result<Ack, SinkError> {
         let stream = self.stream()?;
         let mut prefix = [0u8; wire::PREFIX_LEN];
         read_exact_until(stream, &mut prefix, stall)
@@ -440,7 +460,7 @@ impl Sink for SocketSink {
                         return Err(stalled(&self.address, stall));
                     }
                 }
-                Err(e) => return Err(self.fail("send", &e)),
+                Err(e) => return Err(self.send_failed(&e)),
             }
         }
     }
@@ -456,7 +476,7 @@ impl Sink for SocketSink {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(stalled(&self.address, stall)),
-            Err(e) => Err(self.fail("send", &e)),
+            Err(e) => Err(self.send_failed(&e)),
         }
     }
 
@@ -492,7 +512,7 @@ impl Sink for SocketSink {
                         self.address
                     )));
                 }
-                Err(e) => return Err(self.fail("send", &e)),
+                Err(e) => return Err(self.send_failed(&e)),
             }
         }
         Ok(())

@@ -1,0 +1,142 @@
+//! Storage that fails loses nothing. A full disk: on a small tmpfs the receiver refuses what does
+//! not fit (keeping no file, not even a temporary one) and goes on serving, and a capture that
+//! does not fit fails the send without leaving a file under its final name (these need the right
+//! to mount, and say "skipped" without it). A directory that vanished: the receiver refuses the
+//! stream at once, and the sender reports the receiver's reason.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{MIB, Receiver, list_dir, random_file, run, teecast};
+
+/// A tmpfs of a few MiB mounted on a temporary directory, unmounted on drop.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size_mib: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("disk");
+        std::fs::create_dir(&mount).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(&mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+            return None;
+        }
+        Some(SmallDisk { _dir: dir, mount })
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
+#[test]
+fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
+    let Some(disk) = SmallDisk::mount(8) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.bin");
+    let small = tmp.path().join("small.bin");
+    random_file(&big, 32 * MIB, 1);
+    random_file(&small, MIB, 2);
+    let receiver = Receiver::start(&["--dir".as_ref(), disk.path().as_os_str()]);
+
+    let sent = run(teecast(["send", "--quiet", "--json"])
+        .arg(&big)
+        .arg(receiver.dest()));
+    sent.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let dest = &report["destinations"][0];
+    assert_eq!(dest["status"], "failed", "{report}");
+    assert!(
+        dest["error"].as_str().unwrap().contains("io-error"),
+        "{report}"
+    );
+    assert_eq!(list_dir(disk.path()), Vec::<String>::new());
+    let said = receiver.proc.stderr_so_far();
+    assert!(said.contains("No space left on device"), "{said}");
+
+    // The receiver goes on serving: a stream that fits is stored.
+    run(teecast(["send", "--quiet"])
+        .arg(&small)
+        .arg(receiver.dest()))
+    .expect_code(0);
+    assert_eq!(list_dir(disk.path()), vec!["small.bin".to_string()]);
+    common::assert_same_file(&small, &disk.path().join("small.bin"));
+}
+
+#[test]
+fn capture_on_a_full_disk_fails_the_send_and_leaves_no_file() {
+    let Some(disk) = SmallDisk::mount(8) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source.bin");
+    random_file(&source, 32 * MIB, 3);
+    for strategy in ["readwrite", "read-pipe"] {
+        let out = tmp.path().join(format!("out-{strategy}"));
+        let receiver = Receiver::once_to(&out, &[]);
+        let capture = disk.path().join("capture.bin");
+        let sent = run(
+            teecast(["send", "--quiet", "--strategy", strategy, "--capture"])
+                .arg(&capture)
+                .arg(&source)
+                .arg(receiver.dest()),
+        );
+        sent.expect_code(1);
+        assert!(
+            sent.stderr.contains("No space left on device"),
+            "{strategy}: {}",
+            sent.stderr
+        );
+        assert_eq!(list_dir(disk.path()), Vec::<String>::new(), "{strategy}");
+        // The transfer was abandoned: the receiver keeps nothing either.
+        receiver.wait().expect_code(1);
+        assert!(!out.exists(), "{strategy}");
+    }
+}
+
+#[test]
+fn receiver_that_cannot_create_the_file_refuses_with_its_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let source = tmp.path().join("source.bin");
+    random_file(&source, 16 * MIB, 4);
+    let receiver = Receiver::start(&["--dir".as_ref(), inbox.as_os_str()]);
+    std::fs::remove_dir(&inbox).unwrap();
+
+    let sent = run(teecast(["send", "--quiet", "--json"])
+        .arg(&source)
+        .arg(receiver.dest()));
+    sent.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let error = report["destinations"][0]["error"].as_str().unwrap();
+    assert!(error.contains("rejected"), "{report}");
+    assert!(error.contains("cannot create a file"), "{report}");
+    assert!(!inbox.exists());
+
+    // Still serving: once the directory is back, a stream is stored.
+    std::fs::create_dir(&inbox).unwrap();
+    run(teecast(["send", "--quiet"])
+        .arg(&source)
+        .arg(receiver.dest()))
+    .expect_code(0);
+    common::assert_same_file(&source, &inbox.join("source.bin"));
+}
