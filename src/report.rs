@@ -66,12 +66,14 @@ fn draw(progress: &Progress, names: &[String], total: Option<u64>, elapsed: Dura
         _ => String::new(),
     };
     let of = total.map_or_else(String::new, |t| format!(" of {}", human_bytes(t)));
+    let to = match names {
+        [only] => only.clone(),
+        _ => format!("{} destinations, slowest {}", names.len(), names[slowest]),
+    };
     eprint!(
-        "\r\x1b[K{}{of} to {} destinations, {}/s{eta}, slowest {}",
+        "\r\x1b[K{}{of} to {to}, {}/s{eta}",
         human_bytes(min),
-        names.len(),
         human_bytes(rate as u64),
-        names[slowest]
     );
     let _ = std::io::stderr().flush();
 }
