@@ -428,31 +428,34 @@ fn raw_name(peer: Option<SocketAddr>) -> String {
     }
 }
 
-/// The payload pipeline: socket → pipe → file with splice, and a tee of the same pages read back
-/// for the digest (one copy into the page cache, one for the hash).
+/// The payload pipeline. With a digest: `read()` from the socket into a buffer, hash it while it
+/// is in cache, `write()` it to the file — two copies, and measured faster than splicing into the
+/// file and teeing the same pages back out for the hash (also two copies, twice the syscalls;
+/// BENCHMARKS.md, "Attempts"). Without a digest: socket → pipe → file with splice, one copy.
 struct Payload {
-    pipe: Pipe,
-    hash_pipe: Option<Pipe>,
+    /// `None` with a digest (the buffer path); the splice path's pipe otherwise.
+    pipe: Option<Pipe>,
     hasher: Hasher,
     buf: Vec<u8>,
     bytes: u64,
     stall: Duration,
 }
 
+/// Bytes moved per call.
+const RECEIVE_CHUNK: usize = 1024 * 1024;
+
 impl Payload {
     fn new(digest: DigestAlgorithm, options: &RecvOptions) -> Result<Payload, RecvError> {
-        let pipe = Pipe::with_size(1024 * 1024).map_err(RecvError::io("creating a pipe"))?;
-        let hash_pipe = if digest == DigestAlgorithm::None {
-            None
+        let (pipe, buf) = if digest == DigestAlgorithm::None {
+            let pipe = Pipe::with_size(RECEIVE_CHUNK).map_err(RecvError::io("creating a pipe"))?;
+            (Some(pipe), Vec::new())
         } else {
-            let p = Pipe::with_size(pipe.capacity()).map_err(RecvError::io("creating a pipe"))?;
-            Some(p)
+            (None, vec![0u8; RECEIVE_CHUNK])
         };
         Ok(Payload {
-            buf: vec![0u8; 256 * 1024],
             pipe,
-            hash_pipe,
             hasher: digest.hasher(),
+            buf,
             bytes: 0,
             stall: options.stall_timeout,
         })
@@ -465,17 +468,16 @@ impl Payload {
         file: BorrowedFd<'_>,
         limit: Option<u64>,
     ) -> Result<(), RecvError> {
-        let cap = self.hash_pipe.as_ref().map_or(self.pipe.capacity(), |h| {
-            h.capacity().min(self.pipe.capacity())
-        });
         let mut left = limit;
         loop {
             let want = match left {
                 Some(0) => return Ok(()),
-                Some(l) => usize::try_from(l).unwrap_or(cap).min(cap),
-                None => cap,
+                Some(l) => usize::try_from(l)
+                    .unwrap_or(RECEIVE_CHUNK)
+                    .min(RECEIVE_CHUNK),
+                None => RECEIVE_CHUNK,
             };
-            let n = match sys::splice(sock, self.pipe.write.as_fd(), want, SpliceFlags::MORE) {
+            let n = match self.receive(sock, file, want) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(RecvError::Stalled(self.stall.as_secs_f64()));
@@ -491,7 +493,6 @@ impl Payload {
                     }),
                 };
             }
-            self.store(file, n)?;
             self.bytes += n as u64;
             if let Some(l) = &mut left {
                 *l -= n as u64;
@@ -499,43 +500,42 @@ impl Payload {
         }
     }
 
-    /// The pipe holds `n` bytes: tee them for the digest, splice them into the file.
-    fn store(&mut self, file: BorrowedFd<'_>, n: usize) -> Result<(), RecvError> {
-        if let Some(hp) = &self.hash_pipe {
-            // The hash pipe is empty and as large as the data pipe, so the tee is whole.
-            let t = sys::tee(self.pipe.read.as_fd(), hp.write.as_fd(), n)
-                .map_err(RecvError::io("tee"))?;
-            if t != n {
-                return Err(RecvError::io("tee")(io::Error::other(format!(
-                    "short tee: {t} of {n}"
-                ))));
-            }
-        }
-        let mut left = n;
-        while left > 0 {
-            let m = sys::splice(self.pipe.read.as_fd(), file, left, SpliceFlags::MORE)
-                .map_err(RecvError::io("writing the file"))?;
-            if m == 0 {
-                return Err(RecvError::io("writing the file")(
-                    io::ErrorKind::WriteZero.into(),
-                ));
-            }
-            left -= m;
-        }
-        if let Some(hp) = &self.hash_pipe {
-            let mut left = n;
-            while left > 0 {
-                let want = left.min(self.buf.len());
-                let m = sys::read(hp.read.as_fd(), &mut self.buf[..want])
-                    .map_err(RecvError::io("digest"))?;
-                if m == 0 {
-                    return Err(RecvError::io("digest")(io::ErrorKind::UnexpectedEof.into()));
+    /// Receives up to `want` bytes and stores them; 0 at the end of the stream. Errors from the
+    /// socket come back as they are; errors from the file are wrapped as "writing the file".
+    fn receive(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+        want: usize,
+    ) -> io::Result<usize> {
+        let write_err = |e: io::Error| io::Error::new(e.kind(), format!("writing the file: {e}"));
+        match &self.pipe {
+            Some(pipe) => {
+                let n = sys::splice(sock, pipe.write.as_fd(), want, SpliceFlags::MORE)?;
+                let mut left = n;
+                while left > 0 {
+                    match sys::splice(pipe.read.as_fd(), file, left, SpliceFlags::MORE) {
+                        Ok(0) => return Err(write_err(io::ErrorKind::WriteZero.into())),
+                        Ok(m) => left -= m,
+                        Err(e) => return Err(write_err(e)),
+                    }
                 }
-                self.hasher.update(&self.buf[..m]);
-                left -= m;
+                Ok(n)
+            }
+            None => {
+                let n = sys::read(sock, &mut self.buf[..want])?;
+                self.hasher.update(&self.buf[..n]);
+                let mut done = 0;
+                while done < n {
+                    match sys::write(file, &self.buf[done..n]) {
+                        Ok(0) => return Err(write_err(io::ErrorKind::WriteZero.into())),
+                        Ok(m) => done += m,
+                        Err(e) => return Err(write_err(e)),
+                    }
+                }
+                Ok(n)
             }
         }
-        Ok(())
     }
 
     fn finish(self) -> Digest {
