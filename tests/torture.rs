@@ -5,11 +5,12 @@
 //! The soak — hundreds of these across every path, results written to docs/SOAK.md — is the
 //! ignored test `soak`: `cargo test --release --test torture -- --ignored soak --nocapture`.
 
+mod common;
 mod torture_support;
 
+use common::MIB;
 use torture_support::{Change, Scenario, run};
 
-const MIB: u64 = 1 << 20;
 /// Runs of each unstable path (each may or may not fail; the count is printed).
 const RUNS_UNSTABLE: u64 = 5;
 

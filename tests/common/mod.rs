@@ -186,6 +186,22 @@ impl Running {
         self.child.id()
     }
 
+    fn signal(&self, signal: rustix::process::Signal) -> rustix::io::Result<()> {
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal)
+    }
+
+    /// SIGSTOP: the child stops running; its sockets keep accepting what fits in the kernel.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP)
+            .unwrap_or_else(|e| panic!("SIGSTOP {}: {e}", self.what));
+    }
+
+    /// SIGCONT, after [`Running::pause`].
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT)
+            .unwrap_or_else(|e| panic!("SIGCONT {}: {e}", self.what));
+    }
+
     /// What the child has printed on stderr so far.
     pub fn stderr_so_far(&self) -> String {
         self.stderr.as_ref().map(Lines::text).unwrap_or_default()
@@ -265,6 +281,10 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // A stopped child is continued first, so nothing is left stopped.
+            let _ = self.signal(rustix::process::Signal::CONT);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -299,6 +319,14 @@ impl Receiver {
     /// `recv --once --output OUT` plus `extra`.
     pub fn once_to(out: &Path, extra: &[&str]) -> Receiver {
         let mut args: Vec<&OsStr> = vec!["--once".as_ref(), "--output".as_ref(), out.as_ref()];
+        args.extend(extra.iter().map(OsStr::new));
+        Receiver::start(&args)
+    }
+
+    /// `recv --once --dir DIR` plus `extra`; DIR is created first.
+    pub fn once_in(dir: &Path, extra: &[&str]) -> Receiver {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut args: Vec<&OsStr> = vec!["--once".as_ref(), "--dir".as_ref(), dir.as_ref()];
         args.extend(extra.iter().map(OsStr::new));
         Receiver::start(&args)
     }

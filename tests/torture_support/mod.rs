@@ -9,187 +9,18 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use teecast::digest::DigestAlgorithm;
-use teecast::mutate::XorShift;
+use crate::common::{Receiver, Running, list_dir, random_file, sha256_file, teecast};
 
 /// How long any single wait of the harness may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(90);
 
-pub fn teecast() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_teecast"))
-}
-
-/// A child process killed (and reaped) when dropped, even if it was stopped.
-pub struct Proc {
-    pub child: Child,
-    pub what: String,
-}
-
-impl Proc {
-    pub fn spawn(mut cmd: Command, what: &str) -> Proc {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Proc {
-            child,
-            what: what.to_string(),
-        }
-    }
-
-    fn pid(&self) -> rustix::process::Pid {
-        rustix::process::Pid::from_child(&self.child)
-    }
-
-    /// SIGSTOP: the process stops reading; its sockets keep accepting what fits in the kernel.
-    pub fn pause(&self) {
-        rustix::process::kill_process(self.pid(), rustix::process::Signal::STOP)
-            .unwrap_or_else(|e| panic!("SIGSTOP {}: {e}", self.what));
-    }
-
-    /// SIGCONT.
-    pub fn resume(&self) {
-        rustix::process::kill_process(self.pid(), rustix::process::Signal::CONT)
-            .unwrap_or_else(|e| panic!("SIGCONT {}: {e}", self.what));
-    }
-
-    /// Waits for the exit, at most `WAIT`.
-    pub fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {WAIT:?}",
-                self.what
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::CONT);
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Reads a child's pipe on a thread; lines arrive on a channel and are also kept whole.
-pub struct Lines {
-    rx: mpsc::Receiver<String>,
-    all: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Lines {
-    pub fn new(pipe: impl Read + Send + 'static) -> Lines {
-        let (tx, rx) = mpsc::channel();
-        let all = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let keep = all.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut a) = keep.lock() {
-                    a.push_str(&line);
-                    a.push('\n');
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Lines { rx, all }
-    }
-
-    /// The first line containing `needle`, waiting at most `WAIT`.
-    pub fn wait_for(&self, needle: &str, what: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!(
-                    "{what}: no line with {needle:?} ({e}); output so far:\n{}",
-                    self.text()
-                ),
-            }
-        }
-    }
-
-    /// Everything read so far (call after the process exited for the whole output).
-    pub fn text(&self) -> String {
-        self.all.lock().map(|a| a.clone()).unwrap_or_default()
-    }
-}
-
-/// A `teecast recv --once --dir DIR` on an ephemeral loopback port.
-pub struct Receiver {
-    pub proc: Proc,
-    pub dir: PathBuf,
-    pub address: String,
-    pub stdout: Lines,
-    pub stderr: Lines,
-}
-
-impl Receiver {
-    pub fn start(dir: PathBuf) -> Receiver {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = teecast();
-        cmd.args([
-            "recv",
-            "--listen",
-            "127.0.0.1:0",
-            "--once",
-            "--stall-timeout",
-            "80s",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut proc = Proc::spawn(cmd, "receiver");
-        let stdout = Lines::new(proc.child.stdout.take().unwrap());
-        let stderr = Lines::new(proc.child.stderr.take().unwrap());
-        let line = stderr.wait_for("listening on ", "receiver");
-        let address = line
-            .rsplit("listening on ")
-            .next()
-            .unwrap()
-            .trim()
-            .to_string();
-        Receiver {
-            proc,
-            dir,
-            address,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Names in the receiver's directory (final files and temporary `.part` files).
-    pub fn entries(&self) -> Vec<String> {
-        entries(&self.dir)
-    }
-}
-
-pub fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+/// What every receiver of a scenario is given besides `--once --dir DIR`: a stall timeout longer
+/// than the gate may hold it.
+const RECEIVER_ARGS: [&str; 2] = ["--stall-timeout", "80s"];
 
 /// Waits (at most `WAIT`) until `dir` holds a non-empty `.part` file: the transfer is under way.
 pub fn wait_for_partial_file(dir: &Path) {
@@ -212,65 +43,35 @@ pub fn wait_for_partial_file(dir: &Path) {
     }
 }
 
-/// A `teecast mutate` process.
+/// A `teecast mutate` process (killed when dropped, like every [`Running`]).
 pub struct Mutator {
-    pub proc: Proc,
-    pub stdout: Lines,
+    pub proc: Running,
 }
 
 impl Mutator {
     /// Starts the writer and returns once it reports that its loop has begun.
     pub fn start(file: &Path, mode: &str, seed: u64, count: Option<u64>) -> Mutator {
-        let mut cmd = teecast();
-        cmd.arg("mutate")
-            .arg(file)
-            .args(["--mode", mode, "--seed", &seed.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut cmd = teecast(["mutate"]);
+        cmd.arg(file)
+            .args(["--mode", mode, "--seed", &seed.to_string()]);
         if let Some(c) = count {
             cmd.args(["--count", &c.to_string()]);
         }
-        let mut proc = Proc::spawn(cmd, "mutator");
-        let out: ChildStdout = proc.child.stdout.take().unwrap();
-        let stdout = Lines::new(out);
-        stdout.wait_for("teecast mutate: started", "mutator");
-        Mutator { proc, stdout }
+        let proc = Running::spawn(&mut cmd);
+        proc.wait_stdout("teecast mutate: started", WAIT);
+        Mutator { proc }
     }
 
-    /// Waits for a bounded writer (shrink, truncate, or a `--count`) to finish; asserts success.
-    pub fn finish(mut self) -> String {
-        let status = self.proc.wait();
-        assert_eq!(status.code(), Some(0), "mutator failed");
-        self.stdout.wait_for("teecast mutate: done", "mutator")
-    }
-}
-
-/// A file of `len` seeded random bytes.
-pub fn random_file(path: &Path, len: u64, seed: u64) {
-    let mut rng = XorShift::new(seed);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        rng.fill(&mut block[..n]);
-        out.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    out.flush().unwrap();
-}
-
-pub fn sha256_file(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut hasher = DigestAlgorithm::Sha256.hasher();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).unwrap();
-        if n == 0 {
-            return hasher.finish().hex();
-        }
-        hasher.update(&buf[..n]);
+    /// Waits for a bounded writer (shrink, truncate, or a `--count`) to finish; asserts success
+    /// and returns its "done" line.
+    pub fn finish(self) -> String {
+        let done = self.proc.wait(WAIT);
+        done.expect_code(0);
+        done.stdout
+            .lines()
+            .find(|l| l.contains("teecast mutate: done"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("mutator: no \"teecast mutate: done\" line\n{done:?}"))
     }
 }
 
@@ -326,7 +127,7 @@ impl Outcome {
             self.sender_stderr,
             self.receivers
                 .iter()
-                .map(|(s, d, e)| (s.code(), entries(d), e.clone()))
+                .map(|(s, d, e)| (s.code(), list_dir(d), e.clone()))
                 .collect::<Vec<_>>()
         )
     }
@@ -336,7 +137,7 @@ impl Outcome {
     pub fn assert_no_bad_file_kept(&self) -> usize {
         let mut kept = 0;
         for (status, dir, _) in &self.receivers {
-            let names = entries(dir);
+            let names = list_dir(dir);
             assert!(
                 names.iter().all(|n| !n.ends_with(".part")),
                 "temporary file left behind: {names:?}\n{}",
@@ -374,7 +175,7 @@ impl Outcome {
         let kept = self.assert_no_bad_file_kept();
         assert_eq!(kept, self.receivers.len(), "{}", self.context());
         for (_, dir, stdout) in &self.receivers {
-            assert_eq!(entries(dir), vec![self.name.clone()], "{}", self.context());
+            assert_eq!(list_dir(dir), vec![self.name.clone()], "{}", self.context());
             assert!(
                 stdout.starts_with(&digest),
                 "receiver printed {stdout:?}, sender {digest}"
@@ -390,11 +191,11 @@ impl Outcome {
         assert_eq!(self.sender.code(), Some(1), "{}", self.context());
         assert_eq!(self.report["ok"], false, "{}", self.context());
         for (status, dir, _) in &self.receivers {
-            assert_eq!(entries(dir), Vec::<String>::new(), "{}", self.context());
+            assert_eq!(list_dir(dir), Vec::<String>::new(), "{}", self.context());
             assert_eq!(status.code(), Some(1), "{}", self.context());
         }
         assert_eq!(
-            entries(&self.capture_dir),
+            list_dir(&self.capture_dir),
             Vec::<String>::new(),
             "capture kept\n{}",
             self.context()
@@ -409,8 +210,12 @@ pub fn run(s: &Scenario) -> Outcome {
     let name = format!("src-{}.bin", s.seed);
     let source = work.path().join(&name);
     random_file(&source, s.size, s.seed);
-    let receivers: Vec<Receiver> = (0..s.receivers)
-        .map(|i| Receiver::start(work.path().join(format!("r{i}"))))
+    let dirs: Vec<PathBuf> = (0..s.receivers)
+        .map(|i| work.path().join(format!("r{i}")))
+        .collect();
+    let receivers: Vec<Receiver> = dirs
+        .iter()
+        .map(|dir| Receiver::once_in(dir, &RECEIVER_ARGS))
         .collect();
     // The gate: with two receivers or more, stop the first before the send begins.
     let gated = s.gate && s.receivers >= 2;
@@ -420,32 +225,25 @@ pub fn run(s: &Scenario) -> Outcome {
     let capture_dir = work.path().join("capture");
     std::fs::create_dir(&capture_dir).unwrap();
     let capture = s.capture.then(|| capture_dir.join("capture.bin"));
-    let mut cmd = teecast();
-    cmd.args([
+    let mut cmd = teecast([
         "send",
         "--json",
         "--digest",
         "sha256",
         "--strategy",
         s.strategy,
-    ])
-    .args(["--stall-timeout", "80s"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    ]);
+    cmd.args(["--stall-timeout", "80s"]);
     if let Some(c) = &capture {
         cmd.arg("--capture").arg(c);
     }
     cmd.arg(&source);
     for r in &receivers {
-        cmd.arg(&r.address);
+        cmd.arg(r.dest());
     }
-    let mut sender = Proc::spawn(cmd, "sender");
-    let sender_out = Lines::new(sender.child.stdout.take().unwrap());
-    let sender_err = Lines::new(sender.child.stderr.take().unwrap());
+    let sender = Running::spawn(&mut cmd);
     // The send is under way once bytes reach a receiver that is running.
-    let watched = &receivers[usize::from(gated)];
-    wait_for_partial_file(&watched.dir);
+    wait_for_partial_file(&dirs[usize::from(gated)]);
     if s.gate && !gated {
         receivers[0].proc.pause();
     }
@@ -466,41 +264,27 @@ pub fn run(s: &Scenario) -> Outcome {
     if s.gate {
         receivers[0].proc.resume();
     }
-    let status = sender.wait();
+    let sent = sender.wait(WAIT);
     drop(running);
-    let mut results = Vec::new();
-    for mut r in receivers {
-        let st = r.proc.wait();
-        results.push((st, r.dir.clone(), wait_for_eof(&r.stdout)));
-    }
-    // The reader threads end at EOF, which follows the exit.
-    let text = wait_for_eof(&sender_out);
-    let report: serde_json::Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("sender JSON {e}: {text:?}\n{}", sender_err.text()));
+    let results = receivers
+        .into_iter()
+        .zip(dirs)
+        .map(|(r, dir)| {
+            let done = r.proc.wait(WAIT);
+            (done.status, dir, done.stdout)
+        })
+        .collect();
+    let report: serde_json::Value = serde_json::from_str(sent.stdout.trim())
+        .unwrap_or_else(|e| panic!("sender JSON {e}: {:?}\n{}", sent.stdout, sent.stderr));
     Outcome {
         work,
         name,
-        sender: status,
+        sender: sent.status,
         report,
-        sender_stderr: wait_for_eof(&sender_err),
+        sender_stderr: sent.stderr,
         receivers: results,
         capture_dir,
         capture,
-    }
-}
-
-/// All of a pipe's output, once its reader thread has seen EOF (bounded).
-fn wait_for_eof(lines: &Lines) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match lines
-            .rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return lines.text(),
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("output did not end within {WAIT:?}"),
-        }
     }
 }
 
@@ -521,7 +305,7 @@ pub fn verdict(out: &Outcome) -> Verdict {
     let digest = out.digest();
     let mut kept = 0;
     for (status, dir, _) in &out.receivers {
-        let names = entries(dir);
+        let names = list_dir(dir);
         if names.iter().any(|n| n.ends_with(".part")) {
             return Verdict::Other(format!("temporary file left: {names:?}"));
         }
