@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::{MIB, Receiver, list_dir, random_file, run, teecast};
 
@@ -69,8 +70,10 @@ fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
         "{report}"
     );
     assert_eq!(list_dir(disk.path()), Vec::<String>::new());
-    let said = receiver.proc.stderr_so_far();
-    assert!(said.contains("No space left on device"), "{said}");
+    // The receiver logs the reason once it has answered and closed (bounded wait).
+    receiver
+        .proc
+        .wait_stderr("No space left on device", Duration::from_secs(30));
 
     // The receiver goes on serving: a stream that fits is stored.
     run(teecast(["send", "--quiet"])
