@@ -207,28 +207,6 @@ pub fn ignore_sigpipe() {
     }
 }
 
-/// `getrusage(RUSAGE_CHILDREN)`—The peak resident set size, in bytes, of the largest child
-/// process (or descendant it waited for) that this process has waited for. Lets a test or a
-/// benchmark check the memory a whole `teecast` run took.
-///
-/// # References
-///  - [Linux `getrusage`](https://man7.org/linux/man-pages/man2/getrusage.2.html)
-#[doc(alias = "getrusage")]
-pub fn children_peak_rss() -> io::Result<u64> {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `usage` points to writable memory the size of a `rusage`, which is all
-    // getrusage writes to.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the struct started zeroed (a valid `rusage`, all plain integers) and getrusage
-    // succeeded, filling it.
-    let usage = unsafe { usage.assume_init() };
-    // ru_maxrss is in kibibytes on Linux.
-    Ok(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
-}
-
 /// A read-only shared mapping of a file's first `len` bytes.
 ///
 /// The bytes may change (a concurrent writer) or vanish (a truncation) at any time, so this type

@@ -42,7 +42,7 @@ fn send_to_drains(source: &std::path::Path, strategy: &str, n: usize) -> u64 {
     for d in drains {
         assert_eq!(d.join().unwrap(), LEN, "{strategy}");
     }
-    let peak = teecast::sys::children_peak_rss().unwrap();
+    let peak = teecast::sys::children_usage().unwrap().max_rss_kib * 1024;
     eprintln!(
         "{strategy}: peak RSS so far {:.1} MiB, {:.1} s",
         peak as f64 / MIB as f64,
