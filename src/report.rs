@@ -78,6 +78,14 @@ fn draw(progress: &Progress, names: &[String], total: Option<u64>, elapsed: Dura
     let _ = std::io::stderr().flush();
 }
 
+/// A destination's error without its own address in front (the line already names it).
+fn reason<'a>(address: &str, error: &'a str) -> &'a str {
+    error
+        .strip_prefix(address)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(error)
+}
+
 /// `1.5 GiB`-style sizes.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -104,7 +112,7 @@ pub fn summary(report: &SendReport, failures_only: bool) {
     if failures_only {
         for d in &report.destinations {
             if let DestStatus::Failed(e) = &d.status {
-                eprintln!("teecast: {}: FAILED: {e}", d.address);
+                eprintln!("teecast: {}: FAILED: {}", d.address, reason(&d.address, e));
             }
         }
         if let Some((path, Err(e))) = &report.capture {
@@ -119,7 +127,7 @@ pub fn summary(report: &SendReport, failures_only: bool) {
         let status = match &d.status {
             DestStatus::Confirmed => "confirmed".to_string(),
             DestStatus::Sent => "sent (raw, unconfirmed)".to_string(),
-            DestStatus::Failed(e) => format!("FAILED: {e}"),
+            DestStatus::Failed(e) => format!("FAILED: {}", reason(&d.address, e)),
         };
         eprintln!(
             "teecast: {}: {status}, {} in {:.2} s ({}/s)",

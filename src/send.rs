@@ -228,7 +228,6 @@ pub fn send(
             progress: progress.clone(),
             outcome: outcomes[i].clone(),
             started,
-            sent: 0,
         }));
     }
     if let Some(path) = &options.capture {
@@ -309,7 +308,6 @@ struct SocketSink {
     progress: Arc<Progress>,
     outcome: Arc<Mutex<Option<DestReport>>>,
     started: Instant,
-    sent: u64,
 }
 
 impl SocketSink {
@@ -328,15 +326,19 @@ impl SocketSink {
             o.get_or_insert(DestReport {
                 address: self.address.clone(),
                 status,
-                bytes: self.sent,
+                bytes: self.sent(),
                 receiver_digest,
                 elapsed: self.started.elapsed(),
             });
         }
     }
 
-    fn count(&mut self, n: usize) {
-        self.sent += n as u64;
+    /// Payload bytes written to this destination so far (the progress counter is the record).
+    fn sent(&self) -> u64 {
+        self.progress.sent[self.index].load(Ordering::Relaxed)
+    }
+
+    fn count(&self, n: usize) {
         self.progress.sent[self.index].fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -415,7 +417,7 @@ impl Sink for SocketSink {
     fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError> {
         let stall = self.options.stall_timeout;
         let framed_chunks = self.chunked && self.header.is_some();
-        let start = self.sent;
+        let start = self.sent();
         // Bytes still due in the current chunk (chunked framing declares what the pipe holds).
         let mut chunk_left = 0usize;
         let mut last_progress = Instant::now();
@@ -424,7 +426,7 @@ impl Sink for SocketSink {
                 let queued = sys::bytes_queued(pipe).map_err(|e| self.fail("FIONREAD", &e))?;
                 if queued == 0 {
                     if !self.wait_for_filler(pipe)? {
-                        return Ok(self.sent - start);
+                        return Ok(self.sent() - start);
                     }
                     last_progress = Instant::now();
                     continue;
@@ -437,7 +439,7 @@ impl Sink for SocketSink {
             // The socket is O_NONBLOCK and the flag makes the pipe side non-blocking, so this
             // never sleeps holding the pipe's lock (KERNEL.md §1.1 "Lock hazard").
             match sys::splice(pipe, sock, want, SpliceFlags::NONBLOCK | SpliceFlags::MORE) {
-                Ok(0) => return Ok(self.sent - start),
+                Ok(0) => return Ok(self.sent() - start),
                 Ok(n) => {
                     chunk_left = chunk_left.saturating_sub(n);
                     self.count(n);
@@ -447,7 +449,7 @@ impl Sink for SocketSink {
                     if sys::bytes_queued(pipe).unwrap_or(1) == 0 {
                         // Waiting for the filler is not this destination's stall.
                         if !self.wait_for_filler(pipe)? {
-                            return Ok(self.sent - start);
+                            return Ok(self.sent() - start);
                         }
                         last_progress = Instant::now();
                     } else if !sys::wait_ready(
