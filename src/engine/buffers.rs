@@ -3,10 +3,11 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::{Branch, EngineError, FanoutConfig, Piece, check_short, next_want, read_source};
+use super::{
+    Branch, EngineError, FanoutConfig, Piece, check_short, map_source, next_want, read_source,
+};
 use crate::digest::Hasher;
 use crate::source::Source;
-use crate::sys::FileMap;
 
 /// A bounded pool of equally sized buffers; [`Chunk`]s return theirs when the last consumer
 /// drops them, so memory never exceeds `count × size`.
@@ -96,14 +97,11 @@ pub(super) fn pump_map(
     config: &FanoutConfig,
     mut hasher: Option<&mut Hasher>,
 ) -> Result<u64, EngineError> {
-    let Some(total) = source.len().filter(|&l| l > 0) else {
+    let (Some(total), Some(map)) = (source.len(), map_source(source)?) else {
         return Ok(0);
     };
-    let len = usize::try_from(total)
-        .map_err(|_| EngineError::Unsupported("file too large to map".into()))?;
-    let map = Arc::new(
-        FileMap::new(source.fd(), len).map_err(|e| EngineError::Source(format!("mmap: {e}")))?,
-    );
+    let map = Arc::new(map);
+    let len = map.len();
     let chunk_size = config.buffer_chunk.max(4096);
     let mut buf = vec![0u8; chunk_size];
     let mut sent = 0usize;

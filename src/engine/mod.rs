@@ -470,6 +470,18 @@ fn next_want(total: Option<u64>, sent: u64, chunk: usize) -> usize {
     }
 }
 
+/// Maps the whole source file; `None` for a stream or an empty file (nothing to map).
+fn map_source(source: &Source) -> Result<Option<FileMap>, EngineError> {
+    let Some(len) = source.len().filter(|&l| l > 0) else {
+        return Ok(None);
+    };
+    let len = usize::try_from(len)
+        .map_err(|_| EngineError::Unsupported("file too large to map".into()))?;
+    let map =
+        FileMap::new(source.fd(), len).map_err(|e| EngineError::Source(format!("mmap: {e}")))?;
+    Ok(Some(map))
+}
+
 /// A short read of a file of known length means it was truncated under us.
 fn check_short(total: Option<u64>, sent: u64, want: usize, got: usize) -> Result<(), EngineError> {
     match total {

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::pipe::SpliceFlags;
 
-use super::{Branch, EngineError, FanoutConfig, check_short, next_want, read_source};
+use super::{Branch, EngineError, FanoutConfig, check_short, map_source, next_want, read_source};
 use crate::digest::Hasher;
 use crate::source::Source;
 use crate::strategy::Strategy;
@@ -23,37 +23,40 @@ enum PipeFiller {
     Vmsplice,
     /// `write()` into the pipe from a mapping of the file.
     Map(FileMap),
-    /// `splice` from a descriptor (the file itself, or an `O_DIRECT` one) into the pipe; the
-    /// buffer serves an unaligned `O_DIRECT` tail.
-    Splice(OwnedFd, Vec<u8>),
+    /// `splice` from a descriptor: the file itself, or an `O_DIRECT` one (`direct`), whose
+    /// unaligned tail goes through the `tail` buffer.
+    Splice {
+        /// The descriptor spliced from.
+        fd: OwnedFd,
+        /// Opened with `O_DIRECT`: lengths must be whole pages.
+        direct: bool,
+        /// Private buffer for an `O_DIRECT` file's last partial page.
+        tail: Vec<u8>,
+    },
 }
 
 impl PipeFiller {
     fn new(source: &Source, strategy: Strategy, chunk: usize) -> Result<PipeFiller, EngineError> {
-        let total = source.len();
         Ok(match strategy {
             Strategy::ReadPipe => PipeFiller::Read(vec![0u8; chunk]),
             Strategy::Vmsplice => PipeFiller::Vmsplice,
-            Strategy::MmapPipe => match total {
-                Some(len) if len > 0 => PipeFiller::Map(
-                    FileMap::new(
-                        source.fd(),
-                        usize::try_from(len).map_err(|_| {
-                            EngineError::Unsupported("file too large to map".into())
-                        })?,
-                    )
-                    .map_err(|e| EngineError::Source(format!("mmap: {e}")))?,
-                ),
-                _ => PipeFiller::Read(vec![0u8; chunk]),
+            Strategy::MmapPipe => match map_source(source)? {
+                Some(map) => PipeFiller::Map(map),
+                None => PipeFiller::Read(vec![0u8; chunk]),
             },
-            Strategy::ZeroCopy => PipeFiller::Splice(
-                source
+            Strategy::ZeroCopy => PipeFiller::Splice {
+                fd: source
                     .fd()
                     .try_clone_to_owned()
                     .map_err(|e| EngineError::Source(e.to_string()))?,
-                Vec::new(),
-            ),
-            Strategy::Direct => PipeFiller::Splice(open_direct(source)?, Vec::new()),
+                direct: false,
+                tail: Vec::new(),
+            },
+            Strategy::Direct => PipeFiller::Splice {
+                fd: open_direct(source)?,
+                direct: true,
+                tail: Vec::new(),
+            },
             other => {
                 return Err(EngineError::Unsupported(format!(
                     "{other} is not a pipe path"
@@ -115,9 +118,8 @@ impl PipeFiller {
                 }
                 Ok(done)
             }
-            PipeFiller::Splice(fd, tail) => {
-                let direct =
-                    !tail.is_empty() || source.len().is_some_and(|_| is_direct(fd.as_fd()));
+            PipeFiller::Splice { fd, direct, tail } => {
+                let direct = *direct;
                 if source.len().is_none() {
                     // A stream: whatever the producer has ready, up to `want`.
                     return sys::splice(fd.as_fd(), pipe, want, SpliceFlags::MORE)
@@ -154,10 +156,6 @@ impl PipeFiller {
             }
         }
     }
-}
-
-fn is_direct(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::DIRECT))
 }
 
 /// Opens the source again with `O_DIRECT`, so splice reads into private pages (KERNEL.md §1.1).
