@@ -143,8 +143,8 @@ struct SendArgs {
     /// Data path: auto, readwrite, mmap-write, vmsplice, mmap-pipe, read-pipe, zerocopy, direct.
     #[arg(long, default_value = "auto")]
     strategy: Strategy,
-    /// Digest: blake3, sha256, xxh3-128 or none.
-    #[arg(long, default_value = "blake3")]
+    /// Digest: xxh3-128 (fast), blake3 or sha256 (cryptographic), or none.
+    #[arg(long, default_value = "xxh3-128")]
     digest: DigestAlgorithm,
     /// Name announced to receivers (default: the source's file name; "stdin" for -).
     #[arg(long)]
@@ -186,8 +186,8 @@ struct RecvArgs {
     /// Accept a bare stream (from nc or socat) until EOF and print its digest.
     #[arg(long)]
     raw: bool,
-    /// Digest computed in --raw mode: blake3, sha256, xxh3-128 or none.
-    #[arg(long, default_value = "blake3")]
+    /// Digest computed in --raw mode: xxh3-128, blake3, sha256 or none.
+    #[arg(long, default_value = "xxh3-128")]
     digest: DigestAlgorithm,
     /// Drop a connection that sends nothing for this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -356,7 +356,8 @@ fn run_send(args: SendArgs) -> u8 {
 }
 
 fn check_send_args(args: &SendArgs, source: &Source) -> Result<(), String> {
-    let strategy = args.strategy.resolve();
+    // Explicit paths only: `auto` never picks one that cannot serve the case.
+    let strategy = args.strategy;
     if strategy.needs_regular_file() && source.len().is_none() {
         return Err(format!(
             "--strategy {strategy} needs a regular file as the source, not a stream; use read-pipe or readwrite"

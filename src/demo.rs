@@ -174,6 +174,8 @@ pub fn run_mutate(size_mib: u64) -> u8 {
 
 /// What one transfer under the writer did.
 struct MutatedRun {
+    /// The path the send took.
+    strategy: Strategy,
     ok: bool,
     confirmed: usize,
     refused: usize,
@@ -212,7 +214,7 @@ fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
     bad += r.bad_files_kept;
     println!(
         "teecast demo: default path ({}): {}: {} confirmed, {} refused, {} bad files kept",
-        Strategy::Auto.resolve(),
+        r.strategy,
         if r.ok { "ok" } else { "FAILED" },
         r.confirmed,
         r.refused,
@@ -291,6 +293,7 @@ fn mutated_transfer(
         let _ = h.join();
     }
     let mut run = MutatedRun {
+        strategy: result.strategy,
         ok: result.is_success(),
         confirmed: 0,
         refused: 0,

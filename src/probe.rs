@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +26,9 @@ const NEW: u8 = b'n';
 const BLOCK: usize = 4096;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `statfs` `f_type` of tmpfs (and of `memfd_create` files).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// What the probe found. Each answer is `Err(reason)` when the experiment itself could not run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +152,19 @@ pub fn probe(dir: &Path) -> io::Result<KernelFacts> {
     Ok(facts)
 }
 
+/// Whether `O_DIRECT` splice from tmpfs reads into private pages, asked of an in-memory file
+/// (`memfd_create`, which is tmpfs), so it needs no writable directory and takes microseconds.
+/// False when the experiment cannot run or the pages are shared.
+pub fn tmpfs_direct_splice_is_private() -> bool {
+    Scratch::in_memory().is_ok_and(|s| s.direct_splice_private().unwrap_or(false))
+}
+
+/// Whether `fd` is a file on tmpfs (which serves `O_DIRECT` from memory, not from a disk).
+pub fn is_on_tmpfs(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(fd).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
+}
+
 fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -188,6 +204,23 @@ impl Scratch {
         .map_err(io::Error::from);
         std::fs::remove_file(&path)?;
         let scratch = Scratch { file, direct };
+        scratch.reset()?;
+        Ok(scratch)
+    }
+
+    /// The same two pages in memory: a `memfd`, opened again with `O_DIRECT` through `/proc`.
+    fn in_memory() -> io::Result<Scratch> {
+        let fd = rustix::fs::memfd_create("teecast-probe", rustix::fs::MemfdFlags::CLOEXEC)?;
+        let direct = rustix::fs::open(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from);
+        let scratch = Scratch {
+            file: File::from(fd),
+            direct,
+        };
         scratch.reset()?;
         Ok(scratch)
     }
@@ -308,7 +341,7 @@ fn filesystem_name(dir: &Path) -> String {
     let magic = st.f_type as i64;
     match magic {
         0xEF53 => "ext4".into(),
-        0x0102_1994 => "tmpfs".into(),
+        TMPFS_MAGIC => "tmpfs".into(),
         0x5846_5342 => "xfs".into(),
         0x9123_683E => "btrfs".into(),
         0x794C_7630 => "overlayfs".into(),

@@ -41,12 +41,12 @@ pub struct RecvOptions {
 }
 
 impl RecvOptions {
-    /// Options for `target` with the defaults (framed, BLAKE3 in raw mode, 30 s stall timeout).
+    /// Options for `target` with the defaults (framed, XXH3-128 in raw mode, 30 s stall timeout).
     pub fn new(target: Target) -> RecvOptions {
         RecvOptions {
             target,
             raw: false,
-            digest: DigestAlgorithm::Blake3,
+            digest: DigestAlgorithm::default(),
             stall_timeout: Duration::from_secs(30),
             max_connections: 64,
         }

@@ -260,7 +260,10 @@ pub fn probe_json(f: &KernelFacts) -> serde_json::Value {
         "msg_zerocopy_accepted": answer(&f.msg_zerocopy_accepted),
         "io_uring_usable": answer(&f.io_uring_usable),
         "stable_strategies": stable,
-        "auto": Strategy::Auto.resolve_with(f).name(),
+        "auto": Strategy::auto_steps(f)
+            .iter()
+            .map(|(from, s)| serde_json::json!({"from_destinations": from, "strategy": s.name()}))
+            .collect::<Vec<_>>(),
         "seconds": f.elapsed.as_secs_f64(),
         "errors": errors,
     })
@@ -354,5 +357,15 @@ pub fn probe_human(f: &KernelFacts) {
         .map(|s| s.name())
         .collect();
     println!("  stable paths here: {}", stable.join(", "));
-    println!("  auto picks: {}", Strategy::Auto.resolve_with(f));
+    let steps = Strategy::auto_steps(f);
+    let picks: Vec<String> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, (from, s))| match steps.get(i + 1) {
+            Some((next, _)) if next - 1 == *from => format!("{s} for {from} destination(s)"),
+            Some((next, _)) => format!("{s} for {from}–{} destinations", next - 1),
+            None => format!("{s} for {from} or more"),
+        })
+        .collect();
+    println!("  auto picks: {}", picks.join(", "));
 }

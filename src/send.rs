@@ -14,7 +14,7 @@ use rustix::pipe::SpliceFlags;
 use crate::digest::{Digest, DigestAlgorithm, to_hex};
 use crate::engine::{self, CaptureSink, EngineError, FanoutConfig, Sink, SinkError};
 use crate::source::Source;
-use crate::strategy::Strategy;
+use crate::strategy::{Case, Strategy};
 use crate::sys::{self, FileMap, Readiness};
 use crate::wire::{self, Ack, AckStatus, Header, MessageKind, Trailer};
 
@@ -44,7 +44,7 @@ impl Default for SendOptions {
     fn default() -> Self {
         SendOptions {
             strategy: Strategy::Auto,
-            digest: DigestAlgorithm::Blake3,
+            digest: DigestAlgorithm::default(),
             name: None,
             raw: false,
             capture: None,
@@ -174,7 +174,9 @@ pub fn send(
         .name
         .clone()
         .unwrap_or_else(|| source.default_name());
-    let strategy = options.strategy.resolve();
+    let strategy = options
+        .strategy
+        .resolve(Case::of(source, destinations.len()));
     let mut config = options.fanout.clone();
     config.strategy = strategy;
     config.digest = options.digest;

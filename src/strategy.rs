@@ -3,7 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::probe::KernelFacts;
+use crate::probe::{self, KernelFacts};
+use crate::source::Source;
 
 /// A data path, chosen with `--strategy` (see DESIGN.md, "Data paths").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,15 +74,22 @@ impl Strategy {
         matches!(self, Self::MmapWrite | Self::MmapPipe | Self::Direct)
     }
 
-    /// The concrete path for a transfer, whatever the number of destinations.
+    /// The concrete path for `case`: `auto` follows the measured rule, other paths are kept.
     ///
-    /// The rule, from the benchmark (BENCHMARKS.md: 2 cores, loopback, 1 to 8 destinations): a
-    /// pooled buffer filled by `read()` and written to each destination by its own thread was the
-    /// fastest stable path at every N measured, ahead of every pipe path (whose spliced pages also
-    /// cost the receivers twice the CPU). Its stability rests on `read()` copying, which no kernel
-    /// change the probe looks for alters, so the choice needs no probe at send time.
-    pub fn resolve(self) -> Strategy {
+    /// The rule, from the benchmark (BENCHMARKS.md: 2 cores, loopback, 1 to 8 destinations):
+    /// - a file on tmpfs, from [`DIRECT_FROM`] destinations, when `O_DIRECT` splice reads into
+    ///   private pages there: `direct`, whose one copy (the kernel's, into fresh pages) is shared
+    ///   by every destination;
+    /// - any source, from [`PIPES_FROM`] destinations: `read-pipe`, one more copy, still shared;
+    /// - otherwise `readwrite`: a copy per destination costs less than the pipes' page
+    ///   references until there are enough destinations.
+    ///
+    /// `readwrite` and `read-pipe` copy with `read()`/`write()`, stable on any kernel; `direct`
+    /// is chosen only where the probe of [`Case::of`] saw private pages.
+    pub fn resolve(self, case: Case) -> Strategy {
         match self {
+            Self::Auto if case.tmpfs_direct && case.destinations >= DIRECT_FROM => Self::Direct,
+            Self::Auto if case.destinations >= PIPES_FROM => Self::ReadPipe,
             Self::Auto => Self::ReadWrite,
             other => other,
         }
@@ -104,14 +112,61 @@ impl Strategy {
         }
     }
 
-    /// The concrete path given what the probe measured: the
-    /// measured choice of [`Strategy::resolve`], never a path the probe found unstable (then
-    /// `readwrite`, which copies with `read()` and is stable on any kernel). Explicit strategies
-    /// are returned as asked. `teecast probe` reports what this rule picks for a filesystem.
-    pub fn resolve_with(self, facts: &KernelFacts) -> Strategy {
-        match self.resolve() {
+    /// The concrete path for `destinations` on the filesystem `facts` describe: the rule of
+    /// [`Strategy::resolve`], never a path the probe found unstable (then `readwrite`, which
+    /// copies with `read()` and is stable on any kernel). Explicit strategies are returned as
+    /// asked. `teecast probe` reports what this picks.
+    pub fn resolve_with(self, facts: &KernelFacts, destinations: usize) -> Strategy {
+        let case = Case {
+            destinations,
+            tmpfs_direct: facts.filesystem == "tmpfs" && facts.direct_splice_is_private(),
+        };
+        match self.resolve(case) {
             measured if self == Self::Auto && !measured.is_stable_on(facts) => Self::ReadWrite,
             measured => measured,
+        }
+    }
+
+    /// What `auto` picks on the filesystem `facts` describe, as `(from, path)` steps: `path` from
+    /// `from` destinations on, up to the next step.
+    pub fn auto_steps(facts: &KernelFacts) -> Vec<(usize, Strategy)> {
+        let mut steps: Vec<(usize, Strategy)> = Vec::new();
+        for n in 1..=DIRECT_FROM.max(PIPES_FROM) {
+            let s = Self::Auto.resolve_with(facts, n);
+            if steps.last().is_none_or(|&(_, last)| last != s) {
+                steps.push((n, s));
+            }
+        }
+        steps
+    }
+}
+
+/// From this many destinations `auto` picks `direct` for a file on tmpfs (BENCHMARKS.md).
+pub const DIRECT_FROM: usize = 3;
+/// From this many destinations `auto` picks `read-pipe` (BENCHMARKS.md).
+pub const PIPES_FROM: usize = 6;
+
+/// What the `auto` rule looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Case {
+    /// Destinations the stream goes to.
+    pub destinations: usize,
+    /// The source is a regular file on tmpfs, and `O_DIRECT` splice from tmpfs reads into
+    /// private pages (probed).
+    pub tmpfs_direct: bool,
+}
+
+impl Case {
+    /// The case of sending `source` to `destinations`; probes `O_DIRECT` on tmpfs (in memory,
+    /// microseconds) only when the answer could change the choice.
+    pub fn of(source: &Source, destinations: usize) -> Case {
+        let tmpfs_direct = destinations >= DIRECT_FROM
+            && source.len().is_some()
+            && probe::is_on_tmpfs(source.fd())
+            && probe::tmpfs_direct_splice_is_private();
+        Case {
+            destinations,
+            tmpfs_direct,
         }
     }
 }
@@ -146,7 +201,15 @@ mod tests {
         for s in Strategy::CONCRETE {
             assert_eq!(s.name().parse::<Strategy>(), Ok(s));
         }
-        assert!(Strategy::Auto.resolve().is_stable());
+        for destinations in 0..=16 {
+            for tmpfs_direct in [false, true] {
+                let case = Case {
+                    destinations,
+                    tmpfs_direct,
+                };
+                assert!(Strategy::Auto.resolve(case).is_stable(), "{case:?}");
+            }
+        }
         assert!("splice".parse::<Strategy>().is_err());
     }
 
@@ -156,16 +219,32 @@ mod tests {
         let mut copying = worst.clone();
         copying.splice_shares_page_cache = Ok(false);
         copying.o_direct_splice_private = Ok(Some(true));
-        for facts in [&worst, &copying] {
-            let s = Strategy::Auto.resolve_with(facts);
-            assert!(s.is_stable_on(facts), "{s}");
+        let mut tmpfs_worst = worst.clone();
+        tmpfs_worst.filesystem = "tmpfs".into();
+        let mut tmpfs_private = copying.clone();
+        tmpfs_private.filesystem = "tmpfs".into();
+        for facts in [&worst, &copying, &tmpfs_worst, &tmpfs_private] {
+            for n in 1..=16 {
+                let s = Strategy::Auto.resolve_with(facts, n);
+                assert!(s.is_stable_on(facts), "{s} at {n}");
+            }
         }
         assert!(!Strategy::ZeroCopy.is_stable_on(&worst));
         assert!(Strategy::ZeroCopy.is_stable_on(&copying));
-        assert_eq!(Strategy::Auto.resolve_with(&worst), Strategy::ReadWrite);
-        assert_eq!(Strategy::Auto.resolve_with(&copying), Strategy::ReadWrite);
+        let steps = |f: &KernelFacts| Strategy::auto_steps(f);
+        use Strategy::{Direct, ReadPipe, ReadWrite};
+        assert_eq!(steps(&worst), [(1, ReadWrite), (PIPES_FROM, ReadPipe)]);
+        assert_eq!(steps(&copying), [(1, ReadWrite), (PIPES_FROM, ReadPipe)]);
         assert_eq!(
-            Strategy::ZeroCopy.resolve_with(&worst),
+            steps(&tmpfs_worst),
+            [(1, ReadWrite), (PIPES_FROM, ReadPipe)]
+        );
+        assert_eq!(
+            steps(&tmpfs_private),
+            [(1, ReadWrite), (DIRECT_FROM, Direct)]
+        );
+        assert_eq!(
+            Strategy::ZeroCopy.resolve_with(&worst, 1),
             Strategy::ZeroCopy,
             "explicit choices are kept"
         );
@@ -175,6 +254,34 @@ mod tests {
     fn auto_with_probed_facts_is_stable_here() {
         let dir = std::env::temp_dir();
         let facts = crate::probe::probe(&dir).unwrap();
-        assert!(Strategy::Auto.resolve_with(&facts).is_stable_on(&facts));
+        for n in 1..=16 {
+            assert!(Strategy::Auto.resolve_with(&facts, n).is_stable_on(&facts));
+        }
+    }
+
+    #[test]
+    fn case_of_a_tmpfs_file_agrees_with_the_probe_of_its_directory() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            println!("skipped: no /dev/shm");
+            return;
+        };
+        let path = dir.path().join("f");
+        std::fs::write(&path, [7u8; 8192]).unwrap();
+        let source = Source::open(&path).unwrap();
+        let facts = crate::probe::probe(dir.path()).unwrap();
+        assert_eq!(facts.filesystem, "tmpfs");
+        for n in [1, 2, DIRECT_FROM, 8] {
+            assert_eq!(
+                Strategy::Auto.resolve(Case::of(&source, n)),
+                Strategy::Auto.resolve_with(&facts, n),
+                "{n} destinations"
+            );
+        }
+        // A stream is never given a path that needs a regular file.
+        let stdin = Source::stdin().unwrap();
+        assert_ne!(
+            Strategy::Auto.resolve(Case::of(&stdin, 8)),
+            Strategy::Direct
+        );
     }
 }

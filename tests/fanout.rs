@@ -305,3 +305,44 @@ fn json_report_of_a_good_transfer() {
     }
     expect_copies(&source, rs);
 }
+
+/// What `teecast probe DIR --json` says auto picks for `n` destinations on DIR's filesystem.
+fn probed_auto(dir: &Path, n: usize) -> String {
+    let probed = run(teecast(["probe", "--json"]).arg(dir));
+    probed.expect_code(0);
+    let facts: serde_json::Value = serde_json::from_str(&probed.stdout).unwrap();
+    let steps = facts["auto"].as_array().unwrap();
+    let step = steps
+        .iter()
+        .rev()
+        .find(|s| s["from_destinations"].as_u64().unwrap() <= n as u64)
+        .unwrap();
+    step["strategy"].as_str().unwrap().to_string()
+}
+
+/// auto follows the rule `teecast probe` reports, at every step of it, on the temporary
+/// directory's filesystem and on tmpfs (where it can pick `direct`), and every copy arrives.
+#[test]
+fn auto_takes_the_path_the_probe_reports_for_each_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    for dir in std::iter::once(tmp.path()).chain(shm.as_ref().map(|d| d.path())) {
+        let source = dir.join("source.bin");
+        random_file(&source, 3 * MIB + 5, 58);
+        for n in [1, 3, 6] {
+            let rs = receivers(tmp.path(), n);
+            let sent = run(teecast(["send", "--json"])
+                .arg(&source)
+                .args(rs.iter().map(|(r, _)| r.dest())));
+            sent.expect_code(0);
+            let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+            assert_eq!(
+                report["strategy"].as_str().unwrap(),
+                probed_auto(dir, n),
+                "{n} destinations from {}",
+                dir.display()
+            );
+            expect_copies(&source, rs);
+        }
+    }
+}

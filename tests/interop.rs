@@ -1,5 +1,5 @@
 //! teecast with the tools it has to get along with: a plain TCP listener, `nc`, `socat` and
-//! `sha256sum`.
+//! `sha256sum` and `xxh128sum`.
 
 mod common;
 
@@ -87,32 +87,45 @@ fn socat_into_raw_receiver() {
     assert_eq!(received.stdout, format!("{}\n", digest_line(&sha, &out)));
 }
 
-#[test]
-fn sender_digest_line_passes_sha256sum_check() {
-    if !have("sha256sum") {
-        println!("skipped: sha256sum not installed");
+/// Sends with `digest_args`, then checks the printed line with `tool -c`, which must accept it,
+/// and refuse it once the source has changed.
+fn digest_line_passes_check(tool: &str, digest_args: &[&str], seed: u64) {
+    if !have(tool) {
+        println!("skipped: {tool} not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("data file.bin");
     let out = dir.path().join("out.bin");
-    random_file(&source, 8 * MIB + 3, 34);
+    random_file(&source, 8 * MIB + 3, seed);
     let receiver = Receiver::once_to(&out, &[]);
-    let sent = run(teecast(["send", "--digest", "sha256", "data file.bin"])
+    let sent = run(teecast(["send"])
+        .args(digest_args)
+        .arg("data file.bin")
         .arg(receiver.dest())
         .current_dir(dir.path()));
     sent.expect_code(0);
     receiver.wait().expect_code(0);
-    std::fs::write(dir.path().join("SHA256SUMS"), &sent.stdout).unwrap();
-    let check = run(Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
+    std::fs::write(dir.path().join("SUMS"), &sent.stdout).unwrap();
+    let check = run(Command::new(tool)
+        .args(["-c", "SUMS"])
         .current_dir(dir.path()));
     check.expect_code(0);
     assert_eq!(check.stdout, "data file.bin: OK\n");
     // The check can fail: the same line against different bytes is refused.
     std::fs::write(&source, b"other bytes").unwrap();
-    let check = run(Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
+    let check = run(Command::new(tool)
+        .args(["-c", "SUMS"])
         .current_dir(dir.path()));
     assert_ne!(check.code(), 0, "{check:?}");
+}
+
+#[test]
+fn sender_digest_line_passes_sha256sum_check() {
+    digest_line_passes_check("sha256sum", &["--digest", "sha256"], 34);
+}
+
+#[test]
+fn default_digest_line_passes_xxh128sum_check() {
+    digest_line_passes_check("xxh128sum", &[], 35);
 }

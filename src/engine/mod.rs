@@ -24,7 +24,7 @@ use std::thread;
 
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::source::Source;
-use crate::strategy::Strategy;
+use crate::strategy::{Case, Strategy};
 use crate::sys::{self, FileMap, Pipe};
 
 use buffers::{Chunk, pump_buffers, pump_map};
@@ -124,7 +124,7 @@ impl Default for FanoutConfig {
     fn default() -> Self {
         FanoutConfig {
             strategy: Strategy::ReadWrite,
-            digest: DigestAlgorithm::Blake3,
+            digest: DigestAlgorithm::default(),
             pipe_chunk: 256 * 1024,
             pipe_size: 1024 * 1024,
             buffer_chunk: 1024 * 1024,
@@ -153,7 +153,7 @@ pub fn fan_out(
     config: &FanoutConfig,
 ) -> FanoutReport {
     sys::ignore_sigpipe();
-    let strategy = config.strategy.resolve();
+    let strategy = config.strategy.resolve(Case::of(source, sinks.len()));
     if let Err(e) = check_supported(source, strategy, &sinks) {
         let n = sinks.len();
         return FanoutReport {

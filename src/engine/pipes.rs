@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::pipe::SpliceFlags;
 
@@ -159,21 +159,26 @@ impl PipeFiller {
 }
 
 /// Opens the source again with `O_DIRECT`, so splice reads into private pages (KERNEL.md §1.1).
+/// Through `/proc/self/fd`, so it is the same file even if its name now points elsewhere.
 fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
     let path = source.path().ok_or_else(|| {
         EngineError::Unsupported("--strategy direct needs a regular file, not a stream".into())
     })?;
-    rustix::fs::open(
-        path,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| {
-        EngineError::Unsupported(format!(
-            "{}: this filesystem refuses O_DIRECT ({e}); use --strategy read-pipe",
-            path.display()
-        ))
-    })
+    let flags =
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
+    let same_file = format!("/proc/self/fd/{}", source.fd().as_raw_fd());
+    rustix::fs::open(same_file.as_str(), flags, rustix::fs::Mode::empty())
+        .or_else(|e| match e {
+            // No /proc: the name will do.
+            rustix::io::Errno::NOENT => rustix::fs::open(path, flags, rustix::fs::Mode::empty()),
+            e => Err(e),
+        })
+        .map_err(|e| {
+            EngineError::Unsupported(format!(
+                "{}: this filesystem refuses O_DIRECT ({e}); use --strategy read-pipe",
+                path.display()
+            ))
+        })
 }
 
 fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
