@@ -114,8 +114,11 @@ def contenders(have):
     out = []
     for s in STRATEGIES:
         ns = {1} if s == "mmap-write" else None
-        out.append(Contender(f"teecast {s}", "teecast", "drain", teecast_raw(s, "blake3"), ns,
+        out.append(Contender(f"teecast {s}", "teecast", "drain", teecast_raw(s, "xxh3-128"), ns,
                              chart=(s == "auto")))
+        if s == "auto":
+            out.append(Contender("teecast auto --digest blake3", "teecast", "drain",
+                                 teecast_raw(s, "blake3"), chart=False))
         out.append(Contender(f"teecast {s} --digest none", "teecast", "drain",
                              teecast_raw(s, "none"), ns))
     if have.get("mbuffer"):
@@ -342,6 +345,10 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+def filesystem(path):
+    return sh(["stat", "-f", "-c", "%T", path]).stdout.strip() or "?"
+
+
 def make_source(path, size):
     chunk = 16 * MiB
     with open(path, "wb") as f:
@@ -470,8 +477,9 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "chart from them without measuring. The section \"Attempts\" at the end is kept "
              "when the file is rewritten.")
     L.append("")
-    L.append("**How it measures.** The source file sits on tmpfs (`/dev/shm`), so it is in memory "
-             "and is read once before the runs. For each N the contenders alternate inside each "
+    L.append("**How it measures.** The source file sits on tmpfs (`/dev/shm`) unless "
+             "`--source-dir` puts it elsewhere, so it is in memory; it is read once before the "
+             "runs. For each N the contenders alternate inside each "
              "round, and every run starts fresh receivers, one process per destination. Two "
              "kinds of receiver:")
     L.append("")
@@ -479,7 +487,7 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "through a pipe: no copy on the receiving side beyond what loopback TCP itself does. "
              "Into these, teecast sends with `--raw` (bare bytes, no framing, no "
              "acknowledgement), exactly like the peers, so the comparison is apples to apples. "
-             "The digest (blake3 by default) is still computed by the sender unless "
+             "The digest (xxh3-128 by default) is still computed by the sender unless "
              "`--digest none`.")
     L.append("- *real*: teecast with its protocol (framing, digest, end-to-end confirmation) "
              "into `teecast recv --dir` receivers that write and verify the files on tmpfs.")
@@ -516,7 +524,8 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              + (data["note"] or "The machine is shared; other load may have been present."))
     L.append(f"- Date: {data['date']}; "
              f"teecast {info.get('commit', '?')}")
-    L.append(f"- Source: {data['size_mib']} MiB of random bytes on {info['shm']}; rounds: "
+    L.append(f"- Source: {data['size_mib']} MiB of random bytes in "
+             f"{info.get('source_dir', info['shm'])}; rounds: "
              f"{data['rounds']}; N: {', '.join(map(str, ns))}")
     if memcpy:
         L.append(f"- memcpy bandwidth: {memcpy:.2f} GB/s")
@@ -674,6 +683,8 @@ def main():
     ap.add_argument("--only", help="run only contenders whose name matches this regex")
     ap.add_argument("--note", help="a sentence about the machine's load, for the report")
     ap.add_argument("--out", help="directory for BENCHMARKS.md, the chart and results.json")
+    ap.add_argument("--source-dir", help="where the source file goes (default /dev/shm, tmpfs); "
+                    "a disk filesystem measures a page-cached file instead")
     ap.add_argument("--report-from", metavar="RESULTS_JSON",
                     help="measure nothing: rewrite the report and chart from a results.json")
     args = ap.parse_args()
@@ -708,9 +719,11 @@ def main():
     info["commit"] = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     info["shm"] = shm + (" (tmpfs)" if shm == "/dev/shm" else "")
+    src_dir = args.source_dir or shm
+    info["source_dir"] = f"{src_dir} ({filesystem(src_dir)})"
     size = args.size_mib * MiB
     free = shutil.disk_usage(shm).free
-    src = os.path.join(shm, f"teecast-bench-source-{os.getpid()}")
+    src = os.path.join(src_dir, f"teecast-bench-source-{os.getpid()}")
     load_before = loadavg()
     log("memcpy bandwidth: bench-memcpy")
     memcpy = memcpy_bandwidth()
