@@ -77,20 +77,19 @@ impl Strategy {
     /// The concrete path for `case`: `auto` follows the measured rule, other paths are kept.
     ///
     /// The rule, from the benchmark (BENCHMARKS.md: 2 cores, loopback, 1 to 8 destinations):
-    /// - a file on tmpfs, from [`DIRECT_FROM`] destinations, when `O_DIRECT` splice reads into
-    ///   private pages there: `direct`, whose one copy (the kernel's, into fresh pages) is shared
-    ///   by every destination;
-    /// - any source, from [`PIPES_FROM`] destinations: `read-pipe`, one more copy, still shared;
-    /// - otherwise `readwrite`: a copy per destination costs less than the pipes' page
-    ///   references until there are enough destinations.
+    /// below [`SHARED_COPY_FROM`] destinations, `readwrite`, whose copy per destination cost
+    /// no more than the pipe paths' page references (which also cost the receivers more);
+    /// from there on, one copy shared through pipes: `direct` for a file on tmpfs where
+    /// `O_DIRECT` splice reads into private pages (the kernel's one copy, into fresh pages),
+    /// `read-pipe` for anything else.
     ///
     /// `readwrite` and `read-pipe` copy with `read()`/`write()`, stable on any kernel; `direct`
     /// is chosen only where the probe of [`Case::of`] saw private pages.
     pub fn resolve(self, case: Case) -> Strategy {
         match self {
-            Self::Auto if case.tmpfs_direct && case.destinations >= DIRECT_FROM => Self::Direct,
-            Self::Auto if case.destinations >= PIPES_FROM => Self::ReadPipe,
-            Self::Auto => Self::ReadWrite,
+            Self::Auto if case.destinations < SHARED_COPY_FROM => Self::ReadWrite,
+            Self::Auto if case.tmpfs_direct => Self::Direct,
+            Self::Auto => Self::ReadPipe,
             other => other,
         }
     }
@@ -131,7 +130,7 @@ impl Strategy {
     /// `from` destinations on, up to the next step.
     pub fn auto_steps(facts: &KernelFacts) -> Vec<(usize, Strategy)> {
         let mut steps: Vec<(usize, Strategy)> = Vec::new();
-        for n in 1..=DIRECT_FROM.max(PIPES_FROM) {
+        for n in 1..=SHARED_COPY_FROM {
             let s = Self::Auto.resolve_with(facts, n);
             if steps.last().is_none_or(|&(_, last)| last != s) {
                 steps.push((n, s));
@@ -141,10 +140,8 @@ impl Strategy {
     }
 }
 
-/// From this many destinations `auto` picks `direct` for a file on tmpfs (BENCHMARKS.md).
-pub const DIRECT_FROM: usize = 3;
-/// From this many destinations `auto` picks `read-pipe` (BENCHMARKS.md).
-pub const PIPES_FROM: usize = 6;
+/// From this many destinations `auto` shares one copy through pipes (BENCHMARKS.md).
+pub const SHARED_COPY_FROM: usize = 6;
 
 /// What the `auto` rule looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -160,7 +157,7 @@ impl Case {
     /// The case of sending `source` to `destinations`; probes `O_DIRECT` on tmpfs (in memory,
     /// microseconds) only when the answer could change the choice.
     pub fn of(source: &Source, destinations: usize) -> Case {
-        let tmpfs_direct = destinations >= DIRECT_FROM
+        let tmpfs_direct = destinations >= SHARED_COPY_FROM
             && source.len().is_some()
             && probe::is_on_tmpfs(source.fd())
             && probe::tmpfs_direct_splice_is_private();
@@ -233,16 +230,11 @@ mod tests {
         assert!(Strategy::ZeroCopy.is_stable_on(&copying));
         let steps = |f: &KernelFacts| Strategy::auto_steps(f);
         use Strategy::{Direct, ReadPipe, ReadWrite};
-        assert_eq!(steps(&worst), [(1, ReadWrite), (PIPES_FROM, ReadPipe)]);
-        assert_eq!(steps(&copying), [(1, ReadWrite), (PIPES_FROM, ReadPipe)]);
-        assert_eq!(
-            steps(&tmpfs_worst),
-            [(1, ReadWrite), (PIPES_FROM, ReadPipe)]
-        );
-        assert_eq!(
-            steps(&tmpfs_private),
-            [(1, ReadWrite), (DIRECT_FROM, Direct)]
-        );
+        let from = SHARED_COPY_FROM;
+        assert_eq!(steps(&worst), [(1, ReadWrite), (from, ReadPipe)]);
+        assert_eq!(steps(&copying), [(1, ReadWrite), (from, ReadPipe)]);
+        assert_eq!(steps(&tmpfs_worst), [(1, ReadWrite), (from, ReadPipe)]);
+        assert_eq!(steps(&tmpfs_private), [(1, ReadWrite), (from, Direct)]);
         assert_eq!(
             Strategy::ZeroCopy.resolve_with(&worst, 1),
             Strategy::ZeroCopy,
@@ -270,7 +262,7 @@ mod tests {
         let source = Source::open(&path).unwrap();
         let facts = crate::probe::probe(dir.path()).unwrap();
         assert_eq!(facts.filesystem, "tmpfs");
-        for n in [1, 2, DIRECT_FROM, 8] {
+        for n in [1, 2, SHARED_COPY_FROM - 1, SHARED_COPY_FROM, 8] {
             assert_eq!(
                 Strategy::Auto.resolve(Case::of(&source, n)),
                 Strategy::Auto.resolve_with(&facts, n),
