@@ -39,6 +39,10 @@ MiB = 1 << 20
 STRATEGIES = ["auto", "readwrite", "mmap-write", "vmsplice", "mmap-pipe", "read-pipe",
               "zerocopy", "direct"]
 PEER_PACKAGES = ["mbuffer", "socat", "netcat-openbsd", "pv"]
+# The second pass, from a page-cached file on a disk filesystem.
+DISK_CONTENDERS = ["teecast auto", "teecast auto --digest none", "teecast readwrite",
+                   "teecast read-pipe", "mbuffer -s 1M -m 64M", "socat -b 1M", "cat | tee | nc",
+                   "sendfile(2) (limit)"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +414,10 @@ def meaning(results, names, ns, memcpy):
         best = max(((g(f"teecast {s} --digest none", n) or 0, s) for s in stable),
                    default=(0, None))
         parts = [f"**N = {n}:** teecast auto delivers {fmt(auto)} GB/s per destination"]
+        for peer in ("socat -b 1M", "cat | tee | nc"):
+            pv = g(peer, n)
+            if pv:
+                parts.append(f"{ratio(auto, pv)} {peer}")
         if mt or md:
             parts.append(f"{ratio(auto, mt)} mbuffer tuned and {ratio(auto, md)} mbuffer default")
         parts.append(f"without the digest {fmt(auto_none)} GB/s "
@@ -446,6 +454,40 @@ def meaning(results, names, ns, memcpy):
                    f"CPU per GiB delivered, before syscalls, the digest and loopback TCP itself "
                    f"(whose receive side copies again, in the receiver's CPU time).")
     return out
+
+
+def disk_section(data, names, ns):
+    """The second pass: the same contenders from a page-cached file on a disk filesystem."""
+    disk = data.get("disk")
+    if not disk:
+        return []
+    results = {int(n): v for n, v in disk["results"].items()}
+    g = lambda name, n: median_of(results, name, n, "wall")  # noqa: E731
+    L = [f"## From a page-cached file on a disk filesystem", "",
+         f"The same runs with the source in {disk['dir']}, read once before (so it is in the "
+         "page cache), for a narrower set of contenders: wall seconds, median (spread) over "
+         "the rounds.", "",
+         "| contender | " + " | ".join(f"N = {n}" for n in ns) + " |",
+         "|---|" + "---:|" * len(ns)]
+    for c in names:
+        cells = []
+        for n in ns:
+            runs = [r for r in results.get(n, {}).get(c.name, []) if "error" not in r]
+            cells.append(med_range([r["wall"] for r in runs], "{:.2f}") if runs else "")
+        if any(cells):
+            L.append(f"| {c.name.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+    L.append("")
+    ratios = []
+    for n in ns:
+        auto = g("teecast auto", n)
+        peers = [(p, g(p, n)) for p in ("mbuffer -s 1M -m 64M", "socat -b 1M", "cat | tee | nc")]
+        said = [f"{v / auto:.2f}× faster than {p}" for p, v in peers if v and auto]
+        if said:
+            ratios.append(f"N = {n}: teecast auto is " + ", ".join(said))
+    if ratios:
+        L.append("In this pass: " + "; ".join(ratios) + ".")
+        L.append("")
+    return L
 
 
 def fmt(v):
@@ -563,6 +605,7 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
                      f"{col('recv_cpu_per_gib', '{:.2f}')} | "
                      f"{statistics.median(r['rss_mib'] for r in ok):.0f} |")
         L.append("")
+    L.extend(disk_section(data, names, ns))
     if failures:
         L.append("## Failures")
         L.append("")
@@ -685,6 +728,9 @@ def main():
     ap.add_argument("--out", help="directory for BENCHMARKS.md, the chart and results.json")
     ap.add_argument("--source-dir", help="where the source file goes (default /dev/shm, tmpfs); "
                     "a disk filesystem measures a page-cached file instead")
+    ap.add_argument("--disk-dir", help="where the second, narrower pass puts its page-cached "
+                    "source file (default: target/ of the repository)")
+    ap.add_argument("--no-disk", action="store_true", help="skip that second pass")
     ap.add_argument("--report-from", metavar="RESULTS_JSON",
                     help="measure nothing: rewrite the report and chart from a results.json")
     args = ap.parse_args()
@@ -733,48 +779,74 @@ def main():
     all_contenders = contenders(have)
     if args.only:
         all_contenders = [c for c in all_contenders if re.search(args.only, c.name)]
-    results = {}
     failures = []
     try:
-        for n in ns:
-            todo = [c for c in all_contenders if c.runs_at(n)]
-            if size * (n + 1) + 256 * MiB > free:
-                skipped = [c.name for c in todo if c.receiver == "recv"]
-                if skipped:
-                    notes.append(f"N = {n}: not enough room on {shm} for {n} received copies; "
-                                 f"skipped {', '.join(skipped)}")
-                todo = [c for c in todo if c.receiver != "recv"]
-            results[n] = {c.name: [] for c in todo}
-            for r in range(args.rounds):
-                k = r % len(todo) if todo else 0
-                order = todo[k:] + todo[:k]
-                if r % 2:
-                    order.reverse()
-                for c in order:
-                    try:
-                        fig = run_once(c, n, src, size, shm)
-                        log(f"N={n} round {r + 1}/{args.rounds} {c.name}: "
-                            f"{fig['wall']:.2f} s, {fig['gbps']:.2f} GB/s/dest, "
-                            f"{fig['cpu_per_gib']:.2f} CPU s/GiB, {fig['rss_mib']:.0f} MiB")
-                    except Failure as e:
-                        fig = {"error": str(e)}
-                        failures.append(f"N = {n}, round {r + 1}, {c.name}:\n{e}")
-                        log(f"N={n} round {r + 1}/{args.rounds} {c.name}: FAILED\n{e}")
-                    results[n][c.name].append(fig)
+        results = measure(all_contenders, ns, args.rounds, src, size, shm, free, notes, failures,
+                          log)
     finally:
         os.unlink(src)
+    disk = None
+    disk_dir = None if args.no_disk else (args.disk_dir or os.path.join(ROOT, "target"))
+    if disk_dir and filesystem(disk_dir) == "tmpfs":
+        notes.append(f"{disk_dir} is on tmpfs: no page-cached disk file to measure")
+        disk_dir = None
+    disk_todo = [c for c in all_contenders if c.name in DISK_CONTENDERS]
+    if disk_dir and disk_todo:
+        os.makedirs(disk_dir, exist_ok=True)
+        dsrc = os.path.join(disk_dir, f"teecast-bench-source-{os.getpid()}")
+        log(f"source: {args.size_mib} MiB of random bytes at {dsrc} (page-cached)")
+        make_source(dsrc, size)
+        try:
+            disk = {"dir": f"{disk_dir} ({filesystem(disk_dir)})",
+                    "results": {str(n): v for n, v in measure(
+                        disk_todo, ns, args.rounds, dsrc, size, shm, free, notes, failures,
+                        log, "disk ").items()}}
+        finally:
+            os.unlink(dsrc)
     data = {
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "machine": info, "size_mib": args.size_mib, "rounds": args.rounds, "quick": args.quick,
         "ns": ns, "note": args.note, "notes": notes, "versions": versions, "have": have,
         "memcpy_gbps": memcpy, "load_before": load_before, "load_after": loadavg(),
         "failures": failures, "results": {str(n): v for n, v in results.items()},
+        "disk": disk,
     }
     with open(os.path.join(svg_dir, "results.json"), "w") as f:
         json.dump(data, f, indent=1)
     render(data, out_dir, svg_dir)
     if failures:
         log(f"{len(failures)} run(s) failed; see the Failures section")
+
+
+def measure(todo_all, ns, rounds, src, size, shm, free, notes, failures, log, tag=""):
+    """Every contender at every N, alternating inside each round; {n: {name: [figures]}}."""
+    results = {}
+    for n in ns:
+        todo = [c for c in todo_all if c.runs_at(n)]
+        if size * (n + 1) + 256 * MiB > free:
+            skipped = [c.name for c in todo if c.receiver == "recv"]
+            if skipped:
+                notes.append(f"N = {n}: not enough room on {shm} for {n} received copies; "
+                             f"skipped {', '.join(skipped)}")
+            todo = [c for c in todo if c.receiver != "recv"]
+        results[n] = {c.name: [] for c in todo}
+        for r in range(rounds):
+            k = r % len(todo) if todo else 0
+            order = todo[k:] + todo[:k]
+            if r % 2:
+                order.reverse()
+            for c in order:
+                try:
+                    fig = run_once(c, n, src, size, shm)
+                    log(f"{tag}N={n} round {r + 1}/{rounds} {c.name}: "
+                        f"{fig['wall']:.2f} s, {fig['gbps']:.2f} GB/s/dest, "
+                        f"{fig['cpu_per_gib']:.2f} CPU s/GiB, {fig['rss_mib']:.0f} MiB")
+                except Failure as e:
+                    fig = {"error": str(e)}
+                    failures.append(f"{tag}N = {n}, round {r + 1}, {c.name}:\n{e}")
+                    log(f"{tag}N={n} round {r + 1}/{rounds} {c.name}: FAILED\n{e}")
+                results[n][c.name].append(fig)
+    return results
 
 
 def render(data, out_dir, svg_dir):
