@@ -505,7 +505,7 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
     L.append("")
     L.append("```sh")
     L.append("python3 bench/run.py            # full: 1 GiB source, N = 1, 2, 4, 8, 3 rounds "
-             "(~7 min on 2 cores)")
+             "(~6 min on 2 cores; --rounds 5 ~9 min)")
     L.append("python3 bench/run.py --quick    # smoke: 256 MiB, 1 round, "
              "written under target/bench-quick/")
     L.append("```")
@@ -517,7 +517,10 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "REGEX` narrow a run; the raw figures go to `bench/results.json`, and "
              "`python3 bench/run.py --report-from bench/results.json` rewrites this file and the "
              "chart from them without measuring. The section \"Attempts\" at the end is kept "
-             "when the file is rewritten.")
+             "when the file is rewritten. A second, narrower pass repeats the main contenders "
+             "from a page-cached file on a disk filesystem (`--disk-dir`, default the "
+             "repository's `target/`; `--no-disk` skips it). `python3 bench/ab.py` alternates "
+             "any commands into fresh drains, for experiments (\"Attempts\").")
     L.append("")
     L.append("**How it measures.** The source file sits on tmpfs (`/dev/shm`) unless "
              "`--source-dir` puts it elsewhere, so it is in memory; it is read once before the "
