@@ -13,7 +13,7 @@ use rustix::pipe::SpliceFlags;
 
 use crate::atomic_file::AtomicFile;
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
-use crate::sys::{self, Pipe};
+use crate::sys::{self, AlignedBuf, Pipe};
 use crate::wire::{self, Ack, AckStatus, Header, MessageKind, Trailer, WireError};
 
 /// Where received streams go.
@@ -436,7 +436,7 @@ struct Payload {
     /// `None` with a digest (the buffer path); the splice path's pipe otherwise.
     pipe: Option<Pipe>,
     hasher: Hasher,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     bytes: u64,
     stall: Duration,
 }
@@ -448,9 +448,9 @@ impl Payload {
     fn new(digest: DigestAlgorithm, options: &RecvOptions) -> Result<Payload, RecvError> {
         let (pipe, buf) = if digest == DigestAlgorithm::None {
             let pipe = Pipe::with_size(RECEIVE_CHUNK).map_err(RecvError::io("creating a pipe"))?;
-            (Some(pipe), Vec::new())
+            (Some(pipe), AlignedBuf::new(0))
         } else {
-            (None, vec![0u8; RECEIVE_CHUNK])
+            (None, AlignedBuf::new(RECEIVE_CHUNK))
         };
         Ok(Payload {
             pipe,

@@ -20,6 +20,38 @@ pub fn page_size() -> usize {
     rustix::param::page_size()
 }
 
+/// A zeroed buffer whose bytes start on a page boundary. The kernel copies into and out of user
+/// buffers a page at a time, and copies between unequally aligned addresses cost more; a plain
+/// `Vec` of a megabyte starts 16 bytes into its first page (BENCHMARKS.md, "Attempts").
+pub struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes, page-aligned.
+    pub fn new(len: usize) -> AlignedBuf {
+        let page = page_size();
+        let vec = vec![0u8; len + page];
+        let start = vec.as_ptr().align_offset(page).min(page);
+        AlignedBuf { vec, start, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+}
+
 /// A pipe: both ends, closed on exec, blocking (non-blocking behaviour is asked per call with
 /// `SPLICE_F_NONBLOCK`, so one end's mode never leaks into the other's).
 #[derive(Debug)]
@@ -660,6 +692,18 @@ mod tests {
         assert_eq!(got.len(), 8192);
         // By reference (all b) or copied (all a); never a mix within one probe.
         assert!(got.iter().all(|&c| c == b'a') || got.iter().all(|&c| c == b'b'));
+    }
+
+    #[test]
+    fn aligned_buffers_start_on_a_page_and_hold_exactly_their_length() {
+        for len in [0, 1, 4095, 4096, 1 << 20] {
+            let mut buf = AlignedBuf::new(len);
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % page_size(), 0, "{len}");
+            assert!(buf.iter().all(|&b| b == 0));
+            buf.fill(7);
+            assert!(buf.iter().all(|&b| b == 7));
+        }
     }
 
     #[test]

@@ -8,23 +8,24 @@ use super::{
 };
 use crate::digest::Hasher;
 use crate::source::Source;
+use crate::sys::AlignedBuf;
 
 /// A bounded pool of equally sized buffers; [`Chunk`]s return theirs when the last consumer
 /// drops them, so memory never exceeds `count × size`.
 pub(super) struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Vec<AlignedBuf>>,
     returned: Condvar,
 }
 
 impl BufferPool {
     fn new(count: usize, size: usize) -> Arc<BufferPool> {
         Arc::new(BufferPool {
-            free: Mutex::new((0..count.max(1)).map(|_| vec![0u8; size]).collect()),
+            free: Mutex::new((0..count.max(1)).map(|_| AlignedBuf::new(size)).collect()),
             returned: Condvar::new(),
         })
     }
 
-    fn take(&self) -> Vec<u8> {
+    fn take(&self) -> AlignedBuf {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(buf) = free.pop() {
@@ -37,20 +38,22 @@ impl BufferPool {
 
 /// One filled buffer, shared read-only by every consumer.
 pub(super) struct Chunk {
-    buf: Vec<u8>,
+    buf: Option<AlignedBuf>,
     len: usize,
     pool: Arc<BufferPool>,
 }
 
 impl Chunk {
     pub(super) fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf.as_ref().map_or(&[], |b| &b[..self.len])
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
+        let Some(buf) = self.buf.take() else {
+            return;
+        };
         let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
         free.push(buf);
         self.pool.returned.notify_one();
@@ -78,7 +81,7 @@ pub(super) fn pump_buffers(
             break;
         }
         let chunk = Arc::new(Chunk {
-            buf,
+            buf: Some(buf),
             len: got,
             pool: pool.clone(),
         });

@@ -13,12 +13,12 @@ use super::{Branch, EngineError, FanoutConfig, check_short, map_source, next_wan
 use crate::digest::Hasher;
 use crate::source::Source;
 use crate::strategy::Strategy;
-use crate::sys::{self, FileMap, FreshPages, Pipe};
+use crate::sys::{self, AlignedBuf, FileMap, FreshPages, Pipe};
 
 /// How stable bytes get into the source pipe.
 enum PipeFiller {
     /// `read()` into a reused buffer, `write()` it into the pipe.
-    Read(Vec<u8>),
+    Read(AlignedBuf),
     /// `read()` into fresh pages, `vmsplice` them.
     Vmsplice,
     /// `write()` into the pipe from a mapping of the file.
@@ -38,11 +38,11 @@ enum PipeFiller {
 impl PipeFiller {
     fn new(source: &Source, strategy: Strategy, chunk: usize) -> Result<PipeFiller, EngineError> {
         Ok(match strategy {
-            Strategy::ReadPipe => PipeFiller::Read(vec![0u8; chunk]),
+            Strategy::ReadPipe => PipeFiller::Read(AlignedBuf::new(chunk)),
             Strategy::Vmsplice => PipeFiller::Vmsplice,
             Strategy::MmapPipe => match map_source(source)? {
                 Some(map) => PipeFiller::Map(map),
-                None => PipeFiller::Read(vec![0u8; chunk]),
+                None => PipeFiller::Read(AlignedBuf::new(chunk)),
             },
             Strategy::ZeroCopy => PipeFiller::Splice {
                 fd: source
