@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,12 +211,10 @@ impl Scratch {
     /// The same two pages in memory: a `memfd`, opened again with `O_DIRECT` through `/proc`.
     fn in_memory() -> io::Result<Scratch> {
         let fd = rustix::fs::memfd_create("teecast-probe", rustix::fs::MemfdFlags::CLOEXEC)?;
-        let direct = rustix::fs::open(
-            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        let direct = sys::reopen(
+            fd.as_fd(),
             OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io::Error::from);
+        );
         let scratch = Scratch {
             file: File::from(fd),
             direct,

@@ -448,7 +448,7 @@ impl Payload {
     fn new(digest: DigestAlgorithm, options: &RecvOptions) -> Result<Payload, RecvError> {
         let (pipe, buf) = if digest == DigestAlgorithm::None {
             let pipe = Pipe::with_size(RECEIVE_CHUNK).map_err(RecvError::io("creating a pipe"))?;
-            (Some(pipe), AlignedBuf::new(0))
+            (Some(pipe), AlignedBuf::default())
         } else {
             (None, AlignedBuf::new(RECEIVE_CHUNK))
         };

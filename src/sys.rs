@@ -39,6 +39,17 @@ impl AlignedBuf {
     }
 }
 
+impl Default for AlignedBuf {
+    /// An empty buffer, with nothing allocated.
+    fn default() -> AlignedBuf {
+        AlignedBuf {
+            vec: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+}
+
 impl std::ops::Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -50,6 +61,18 @@ impl std::ops::DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.vec[self.start..self.start + self.len]
     }
+}
+
+/// Opens the file behind `fd` again, through `/proc/self/fd`, with `flags` (e.g. `O_DIRECT`):
+/// the same file even if its name has since moved or been replaced.
+pub fn reopen(fd: BorrowedFd<'_>, flags: rustix::fs::OFlags) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        flags,
+        rustix::fs::Mode::empty(),
+    )?)
 }
 
 /// A pipe: both ends, closed on exec, blocking (non-blocking behaviour is asked per call with

@@ -38,22 +38,20 @@ impl BufferPool {
 
 /// One filled buffer, shared read-only by every consumer.
 pub(super) struct Chunk {
-    buf: Option<AlignedBuf>,
+    buf: AlignedBuf,
     len: usize,
     pool: Arc<BufferPool>,
 }
 
 impl Chunk {
     pub(super) fn bytes(&self) -> &[u8] {
-        self.buf.as_ref().map_or(&[], |b| &b[..self.len])
+        &self.buf[..self.len]
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        let Some(buf) = self.buf.take() else {
-            return;
-        };
+        let buf = std::mem::take(&mut self.buf);
         let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
         free.push(buf);
         self.pool.returned.notify_one();
@@ -81,7 +79,7 @@ pub(super) fn pump_buffers(
             break;
         }
         let chunk = Arc::new(Chunk {
-            buf: Some(buf),
+            buf,
             len: got,
             pool: pool.clone(),
         });

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::pipe::SpliceFlags;
 
@@ -166,12 +166,13 @@ fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
     })?;
     let flags =
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
-    let same_file = format!("/proc/self/fd/{}", source.fd().as_raw_fd());
-    rustix::fs::open(same_file.as_str(), flags, rustix::fs::Mode::empty())
-        .or_else(|e| match e {
+    sys::reopen(source.fd(), flags)
+        .or_else(|e| match e.kind() {
             // No /proc: the name will do.
-            rustix::io::Errno::NOENT => rustix::fs::open(path, flags, rustix::fs::Mode::empty()),
-            e => Err(e),
+            io::ErrorKind::NotFound => {
+                Ok(rustix::fs::open(path, flags, rustix::fs::Mode::empty())?)
+            }
+            _ => Err(e),
         })
         .map_err(|e| {
             EngineError::Unsupported(format!(
