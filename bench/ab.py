@@ -11,23 +11,21 @@ median CPU seconds of the sender's process tree. Used for the experiments in BEN
 ("Attempts"); `bench/run.py` is the full benchmark. Needs `cargo build --release` first.
 """
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "teecast")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import start_receiver  # noqa: E402  (the benchmark's own drains)
 
 
 def run(n, cmd):
     drains, addrs = [], []
     for _ in range(n):
-        p = subprocess.Popen([BIN, "drain", "--listen", "127.0.0.1:0", "--count", "1"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        addrs.append(re.search(r"on (\S+)", p.stderr.readline()).group(1))
+        p, addr = start_receiver("drain", None)
         drains.append(p)
+        addrs.append(addr)
     full = cmd.replace("{addrs}", " ".join(addrs)).replace(
         "{mbo}", " ".join("-O " + a for a in addrs))
     t0 = time.monotonic()

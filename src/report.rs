@@ -242,11 +242,7 @@ pub fn probe_json(f: &KernelFacts) -> serde_json::Value {
         f.msg_zerocopy_accepted.as_ref().err(),
     );
     note("io_uring_usable", f.io_uring_usable.as_ref().err());
-    let stable: Vec<&str> = Strategy::CONCRETE
-        .iter()
-        .filter(|s| s.is_stable_on(f))
-        .map(|s| s.name())
-        .collect();
+    let stable: Vec<&str> = Strategy::stable_on(f).iter().map(|s| s.name()).collect();
     json!({
         "dir": f.dir.display().to_string(),
         "filesystem": f.filesystem,
@@ -351,11 +347,7 @@ pub fn probe_human(f: &KernelFacts) {
         ),
         yes_no(&f.io_uring_usable, "SEND_ZC possible", "unavailable")
     );
-    let stable: Vec<&str> = Strategy::CONCRETE
-        .iter()
-        .filter(|s| s.is_stable_on(f))
-        .map(|s| s.name())
-        .collect();
+    let stable: Vec<&str> = Strategy::stable_on(f).iter().map(|s| s.name()).collect();
     println!("  stable paths here: {}", stable.join(", "));
     let steps = Strategy::auto_steps(f);
     let picks: Vec<String> = steps

@@ -14,7 +14,7 @@ use rustix::pipe::SpliceFlags;
 use crate::digest::{Digest, DigestAlgorithm, to_hex};
 use crate::engine::{self, CaptureSink, EngineError, FanoutConfig, Sink, SinkError};
 use crate::source::Source;
-use crate::strategy::{Case, Strategy};
+use crate::strategy::Strategy;
 use crate::sys::{self, FileMap, Readiness};
 use crate::wire::{self, Ack, AckStatus, Header, MessageKind, Trailer};
 
@@ -174,9 +174,7 @@ pub fn send(
         .name
         .clone()
         .unwrap_or_else(|| source.default_name());
-    let strategy = options
-        .strategy
-        .resolve(Case::of(source, destinations.len()));
+    let strategy = options.strategy.for_transfer(source, destinations.len());
     let mut config = options.fanout.clone();
     config.strategy = strategy;
     config.digest = options.digest;

@@ -94,6 +94,23 @@ impl Strategy {
         }
     }
 
+    /// The concrete path for sending `source` to `destinations`: `auto` looks at the case (which
+    /// may run the probe of [`Case::of`]); other paths are kept as asked, without looking.
+    pub fn for_transfer(self, source: &Source, destinations: usize) -> Strategy {
+        match self {
+            Self::Auto => self.resolve(Case::of(source, destinations)),
+            other => other,
+        }
+    }
+
+    /// The concrete paths that are stable on the kernel and filesystem `facts` describe.
+    pub fn stable_on(facts: &KernelFacts) -> Vec<Strategy> {
+        Self::CONCRETE
+            .into_iter()
+            .filter(|s| s.is_stable_on(facts))
+            .collect()
+    }
+
     /// Whether this path is stable on the kernel and filesystem `facts` describe.
     ///
     /// The buffer and pipe-write paths copy with `read`/`write` and are stable everywhere;
@@ -264,16 +281,13 @@ mod tests {
         assert_eq!(facts.filesystem, "tmpfs");
         for n in [1, 2, SHARED_COPY_FROM - 1, SHARED_COPY_FROM, 8] {
             assert_eq!(
-                Strategy::Auto.resolve(Case::of(&source, n)),
+                Strategy::Auto.for_transfer(&source, n),
                 Strategy::Auto.resolve_with(&facts, n),
                 "{n} destinations"
             );
         }
         // A stream is never given a path that needs a regular file.
         let stdin = Source::stdin().unwrap();
-        assert_ne!(
-            Strategy::Auto.resolve(Case::of(&stdin, 8)),
-            Strategy::Direct
-        );
+        assert_ne!(Strategy::Auto.for_transfer(&stdin, 8), Strategy::Direct);
     }
 }

@@ -6,6 +6,20 @@ use std::path::Path;
 
 use common::{MIB, assert_same_file, digest_line, random_file, send_once};
 
+/// `send --strategy STRATEGY --digest sha256 SOURCE` to a `recv --once --output OUT` receiver;
+/// both must exit 0.
+fn send_sha256(source: &Path, out: &Path, strategy: &str) -> (common::Finished, common::Finished) {
+    let (sent, received) = send_once(
+        source,
+        out,
+        &["--strategy", strategy, "--digest", "sha256"],
+        &[],
+    );
+    sent.expect_code(0);
+    received.expect_code(0);
+    (sent, received)
+}
+
 /// Sends a 64 MiB random file with `--strategy STRATEGY --digest sha256`; checks the stored copy,
 /// both exit codes, and the sender's `<hex>  <path>` line against a SHA-256 computed here.
 fn sha256_transfer(strategy: &str, seed: u64) {
@@ -13,14 +27,7 @@ fn sha256_transfer(strategy: &str, seed: u64) {
     let source = dir.path().join("source.bin");
     let out = dir.path().join("out.bin");
     let sha = random_file(&source, 64 * MIB, seed);
-    let (sent, received) = send_once(
-        &source,
-        &out,
-        &["--strategy", strategy, "--digest", "sha256"],
-        &[],
-    );
-    sent.expect_code(0);
-    received.expect_code(0);
+    let (sent, received) = send_sha256(&source, &out, strategy);
     assert_same_file(&source, &out);
     assert_eq!(sent.stdout, format!("{}\n", digest_line(&sha, &source)));
     assert!(
@@ -93,14 +100,7 @@ fn empty_file_arrives_empty() {
     std::fs::write(&source, b"").unwrap();
     for strategy in ["auto", "readwrite", "read-pipe", "vmsplice", "mmap-pipe"] {
         let out = dir.path().join(format!("out-{strategy}"));
-        let (sent, received) = send_once(
-            &source,
-            &out,
-            &["--strategy", strategy, "--digest", "sha256"],
-            &[],
-        );
-        sent.expect_code(0);
-        received.expect_code(0);
+        let (sent, _) = send_sha256(&source, &out, strategy);
         assert_eq!(std::fs::metadata(&out).unwrap().len(), 0, "{strategy}");
         assert_eq!(
             sent.stdout,

@@ -24,7 +24,7 @@ use std::thread;
 
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::source::Source;
-use crate::strategy::{Case, Strategy};
+use crate::strategy::Strategy;
 use crate::sys::{self, FileMap, Pipe};
 
 use buffers::{Chunk, pump_buffers, pump_map};
@@ -153,7 +153,7 @@ pub fn fan_out(
     config: &FanoutConfig,
 ) -> FanoutReport {
     sys::ignore_sigpipe();
-    let strategy = config.strategy.resolve(Case::of(source, sinks.len()));
+    let strategy = config.strategy.for_transfer(source, sinks.len());
     if let Err(e) = check_supported(source, strategy, &sinks) {
         let n = sinks.len();
         return FanoutReport {
