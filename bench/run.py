@@ -32,6 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "teecast")
+BENCH = os.path.join(ROOT, "target", "release", "teecast-bench")
 HOST = "127.0.0.1"
 GiB = 1 << 30
 MiB = 1 << 20
@@ -107,7 +108,7 @@ def tee_nc(src, addrs):
 
 
 def sendfile_limit(src, addrs):
-    return [BIN, "bench-sendfile", src] + addrs
+    return [BENCH, "sendfile", src] + addrs
 
 
 def teecast_framed(src, addrs):
@@ -149,7 +150,7 @@ class Failure(Exception):
 
 def start_receiver(kind, outdir):
     if kind == "drain":
-        argv = [BIN, "drain", "--listen", f"{HOST}:0", "--count", "1"]
+        argv = [BENCH, "drain", "--listen", f"{HOST}:0", "--count", "1"]
     else:
         argv = [BIN, "recv", "--listen", f"{HOST}:0", "--dir", outdir, "--once"]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -213,7 +214,7 @@ def run_once(c, n, src, size, shm):
         os.close(rufd)
         timeout = 60 + size * n / 100e6
         t0 = time.perf_counter()
-        sender = subprocess.Popen([BIN, "bench-rusage", "--out", rufile, "--"] + argv,
+        sender = subprocess.Popen([BENCH, "rusage", "--out", rufile, "--"] + argv,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=errf, start_new_session=True)
         everyone = [sender] + [p for (p, _), _ in receivers]
@@ -370,7 +371,7 @@ def make_source(path, size):
 def memcpy_bandwidth():
     vals = []
     for _ in range(3):
-        r = sh([BIN, "bench-memcpy", "--size-mib", "256", "--rounds", "5"])
+        r = sh([BENCH, "memcpy", "--size-mib", "256", "--rounds", "5"])
         if r.returncode == 0:
             vals.append(float(r.stdout.strip()))
     return statistics.median(vals) if vals else None
@@ -544,7 +545,7 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "user + system time of the whole sender process tree per GiB "
              "*delivered* (size × N); **recv CPU s/GiB** the same for all receivers together; "
              "**RSS** peak resident size of the sender (`ru_maxrss`; for a pipeline, its largest "
-             "process). Sender CPU and RSS come from `teecast bench-rusage`, a small process "
+             "process). Sender CPU and RSS come from `teecast-bench rusage`, a small process "
              "that runs the sender and reads `getrusage(RUSAGE_CHILDREN)` after waiting for it "
              "(so a shell pipeline counts every process it waited for, and the harness's own "
              "memory does not leak into the child's peak RSS at fork); receiver CPU from "
@@ -552,9 +553,9 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "buffer) counts the touched pages in its RSS. Tables show the median "
              "and, in brackets, the spread min–max over the rounds.")
     L.append("")
-    L.append("The limits: **memcpy** is this machine's copy bandwidth (`teecast bench-memcpy`, "
-             "256 MiB buffers, best of 5, median of 3); **sendfile(2)** is `teecast "
-             "bench-sendfile`, a plain kernel send of the file to each destination (one thread "
+    L.append("The limits: **memcpy** is this machine's copy bandwidth (`teecast-bench memcpy`, "
+             "256 MiB buffers, best of 5, median of 3); **sendfile(2)** is `"
+             "teecast-bench sendfile`, a plain kernel send of the file to each destination (one thread "
              "each, no protocol, no digest, zero copy and not stable): what the kernel alone "
              "does on the same drains.")
     L.append("")
@@ -774,7 +775,7 @@ def main():
     free = shutil.disk_usage(shm).free
     src = os.path.join(src_dir, f"teecast-bench-source-{os.getpid()}")
     load_before = loadavg()
-    log("memcpy bandwidth: bench-memcpy")
+    log("memcpy bandwidth: teecast-bench memcpy")
     memcpy = memcpy_bandwidth()
     log(f"  {memcpy} GB/s")
     log(f"source: {args.size_mib} MiB of random bytes at {src}")

@@ -1,0 +1,407 @@
+//! Command-line arguments, parsed in two stages: clap's raw arguments, then resolved options for
+//! the library.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::mutate::{self, MutateLimits, Mutation};
+use teecast::digest::DigestAlgorithm;
+use teecast::probe;
+use teecast::recv::{self, RecvOptions, Target};
+use teecast::send::{self, Progress, SendOptions};
+use teecast::source::Source;
+use teecast::strategy::Strategy;
+
+use crate::{demo, report};
+
+/// Exit code: every destination confirmed.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a destination failed or did not confirm.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage or unusable input.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "teecast",
+    version,
+    about = "Send one stream to many TCP destinations, stable, with as few copies as the kernel allows, confirmed end to end.",
+    after_help = "Exit codes: 0 every destination confirmed the digest; 1 a destination failed or did not confirm; 2 bad usage or unusable input."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send a file (or - for standard input) to receivers.
+    Send(SendArgs),
+    /// Receive streams, verify them, and store them under their final names.
+    Recv(RecvArgs),
+    /// Run a whole transfer on this machine: a 256 MiB file to three local receivers.
+    Demo(DemoArgs),
+    /// Find out by experiment what this kernel's splice, tee, vmsplice and O_DIRECT do.
+    Probe(ProbeArgs),
+    /// Change a file while it is being sent (for tests): rewrite, grow, shrink or truncate it.
+    #[command(hide = true)]
+    Mutate(MutateArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// A directory on the filesystem to probe (default: the temporary directory).
+    path: Option<PathBuf>,
+    /// Print the findings as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct MutateArgs {
+    /// The file to change.
+    file: PathBuf,
+    /// rewrite (random regions in place), grow (append), shrink (to half, once) or truncate (to
+    /// 4 KiB, once).
+    #[arg(long, default_value = "rewrite")]
+    mode: Mutation,
+    /// Seed of the random offsets, lengths and bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this long (default: run until killed).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many writes.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// The file to send, or - for standard input.
+    source: PathBuf,
+    /// Receivers as HOST:PORT.
+    #[arg(required = true)]
+    destinations: Vec<String>,
+    /// Data path: auto, readwrite, mmap-write, vmsplice, mmap-pipe, read-pipe, zerocopy, direct.
+    #[arg(long, default_value = "auto")]
+    strategy: Strategy,
+    /// Digest: xxh3-128 (fast), blake3 or sha256 (cryptographic), or none.
+    #[arg(long, default_value = "xxh3-128")]
+    digest: DigestAlgorithm,
+    /// Name announced to receivers (default: the source's file name; "stdin" for -).
+    #[arg(long)]
+    name: Option<String>,
+    /// Send the bare bytes with no framing, to any TCP listener (nc, socat).
+    #[arg(long)]
+    raw: bool,
+    /// Also write exactly the bytes sent to FILE.
+    #[arg(long, value_name = "FILE")]
+    capture: Option<PathBuf>,
+    /// Drop a destination that accepts no data for this long (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    stall_timeout: Duration,
+    /// Give up on a destination that does not accept the connection within this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// No progress and no summary on stderr: only what failed, one line each.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the report as one JSON object on stdout (instead of the digest line).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RecvArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7000 or 127.0.0.1:0.
+    #[arg(long)]
+    listen: String,
+    /// Store every stream at this path.
+    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    output: Option<PathBuf>,
+    /// Store each stream in this directory under its announced name.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Exit after one transfer: 0 if it was stored and verified, 1 otherwise.
+    #[arg(long)]
+    once: bool,
+    /// Accept a bare stream (from nc or socat) until EOF and print its digest.
+    #[arg(long)]
+    raw: bool,
+    /// Digest computed in --raw mode: xxh3-128, blake3, sha256 or none.
+    #[arg(long, default_value = "xxh3-128")]
+    digest: DigestAlgorithm,
+    /// Drop a connection that sends nothing for this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    stall_timeout: Duration,
+    /// Print nothing on stderr but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Size of the demo file, in MiB.
+    #[arg(long, default_value_t = 256)]
+    size_mib: u64,
+    /// Rewrite the file while it is sent, once on zerocopy and once on the default path.
+    #[arg(long)]
+    mutate: bool,
+}
+
+/// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 30s, 500ms or 2m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    ExitCode::from(match cli.command {
+        Command::Send(args) => run_send(args),
+        Command::Recv(args) => run_recv(args),
+        Command::Demo(args) if args.mutate => demo::run_mutate(args.size_mib),
+        Command::Demo(args) => demo::run(args.size_mib),
+        Command::Probe(args) => run_probe(args),
+        Command::Mutate(args) => run_mutate(args),
+    })
+}
+
+fn run_probe(args: ProbeArgs) -> u8 {
+    let dir = args.path.unwrap_or_else(std::env::temp_dir);
+    if !dir.is_dir() {
+        eprintln!("teecast: {}: not a directory", dir.display());
+        return EXIT_USAGE;
+    }
+    match probe::probe(&dir) {
+        Ok(facts) => {
+            if args.json {
+                println!("{}", report::probe_json(&facts));
+            } else {
+                report::probe_human(&facts);
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!(
+                "teecast: cannot probe {}: {e} (the probe needs to create a file there)",
+                dir.display()
+            );
+            EXIT_FAILED
+        }
+    }
+}
+
+fn run_mutate(args: MutateArgs) -> u8 {
+    let limits = MutateLimits {
+        duration: args.duration,
+        count: args.count,
+    };
+    let never = AtomicBool::new(false);
+    let started = || {
+        println!(
+            "teecast mutate: started {} on {}",
+            args.mode,
+            args.file.display()
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    };
+    match mutate::run(&args.file, args.mode, args.seed, limits, &never, started) {
+        Ok(r) => {
+            println!(
+                "teecast mutate: done: {} operations, {} bytes written, length now {}",
+                r.operations, r.bytes, r.final_len
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("teecast mutate: {}: {e}", args.file.display());
+            EXIT_FAILED
+        }
+    }
+}
+
+fn run_send(args: SendArgs) -> u8 {
+    let source = match Source::open(&args.source) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("teecast: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if let Err(e) = check_send_args(&args, &source) {
+        eprintln!("teecast: {e}");
+        return EXIT_USAGE;
+    }
+    let options = SendOptions {
+        strategy: args.strategy,
+        digest: args.digest,
+        name: args.name.clone(),
+        raw: args.raw,
+        capture: args.capture.clone(),
+        stall_timeout: args.stall_timeout,
+        connect_timeout: args.connect_timeout,
+        ..SendOptions::default()
+    };
+    let progress = Arc::new(Progress {
+        sent: args
+            .destinations
+            .iter()
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    });
+    let display = (!args.quiet)
+        .then(|| report::ProgressDisplay::start(progress.clone(), &args.destinations, source.len()))
+        .flatten();
+    let result = send::send(&source, &args.destinations, &options, Some(progress));
+    if let Some(d) = display {
+        d.stop();
+    }
+    if args.json {
+        println!("{}", report::json(&result));
+    } else if let Some(d) = &result.digest
+        && result.error.is_none()
+        && d.algorithm != DigestAlgorithm::None
+    {
+        println!("{}  {}", d.hex(), result.source);
+    }
+    report::summary(&result, args.quiet);
+    match &result.error {
+        Some(e) if e.is_usage() => EXIT_USAGE,
+        _ if result.is_success() => EXIT_OK,
+        _ => EXIT_FAILED,
+    }
+}
+
+fn check_send_args(args: &SendArgs, source: &Source) -> Result<(), String> {
+    // Explicit paths only: `auto` never picks one that cannot serve the case.
+    let strategy = args.strategy;
+    if strategy.needs_regular_file() && source.len().is_none() {
+        return Err(format!(
+            "--strategy {strategy} needs a regular file as the source, not a stream; use read-pipe or readwrite"
+        ));
+    }
+    if strategy == Strategy::MmapWrite && (args.destinations.len() > 1 || args.capture.is_some()) {
+        return Err(
+            "--strategy mmap-write copies separately for each consumer, so two could see different bytes; it serves exactly one destination and no capture (use mmap-pipe or read-pipe)".into(),
+        );
+    }
+    Ok(())
+}
+
+fn run_recv(args: RecvArgs) -> u8 {
+    let target = match (&args.output, &args.dir) {
+        (Some(p), None) => Target::File(p.clone()),
+        (None, Some(d)) => {
+            if !d.is_dir() {
+                eprintln!("teecast: {}: not a directory", d.display());
+                return EXIT_USAGE;
+            }
+            Target::Dir(d.clone())
+        }
+        _ => {
+            eprintln!("teecast: give exactly one of --output or --dir");
+            return EXIT_USAGE;
+        }
+    };
+    let listener = match TcpListener::bind(&args.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("teecast: cannot listen on {}: {e}", args.listen);
+            return EXIT_USAGE;
+        }
+    };
+    if !args.quiet
+        && let Ok(addr) = listener.local_addr()
+    {
+        eprintln!("teecast: listening on {addr}");
+    }
+    let options = RecvOptions {
+        raw: args.raw,
+        digest: args.digest,
+        stall_timeout: args.stall_timeout,
+        ..RecvOptions::new(target)
+    };
+    let quiet = args.quiet;
+    let on_result = move |peer: Option<std::net::SocketAddr>,
+                          result: &Result<recv::Received, recv::RecvError>| {
+        let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        match result {
+            Ok(r) => {
+                if r.digest.algorithm != DigestAlgorithm::None {
+                    println!("{}  {}", r.digest.hex(), r.path.display());
+                }
+                if !quiet {
+                    eprintln!(
+                        "teecast: {peer}: stored {} ({} bytes, {} verified)",
+                        r.path.display(),
+                        r.bytes,
+                        r.digest.algorithm
+                    );
+                }
+            }
+            Err(e) => eprintln!("teecast: {peer}: {e}"),
+        }
+    };
+    match recv::serve(&listener, &options, args.once, &on_result) {
+        Ok(true) => EXIT_OK,
+        Ok(false) => EXIT_FAILED,
+        Err(e) => {
+            eprintln!("teecast: accepting connections: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn arguments_parse() {
+        Cli::command_for_tests().debug_assert();
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Reads and writes on descriptors, retried on `EINTR`.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+/// `ioctl(fd, FIONREAD)`—How many bytes wait in a pipe or socket.
+pub fn bytes_queued(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let n = rustix::io::ioctl_fionread(fd)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// `write(fd, buf, len)`, retrying on `EINTR`.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    retry_eintr(|| rustix::io::write(fd, buf))
+}
+
+/// `read(fd, buf, len)`, retrying on `EINTR`.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry_eintr(|| rustix::io::read(fd, &mut *buf))
+}
+
+/// `pread(fd, buf, len, offset)`, retrying on `EINTR`.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    retry_eintr(|| rustix::io::pread(fd, &mut *buf, offset))
+}
+
+/// Calls `call` again while it fails with `EINTR`.
+pub(crate) fn retry_eintr<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}

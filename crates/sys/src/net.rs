@@ -1,0 +1,32 @@
+//! Socket options.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+/// `setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, 1)`—Asks a socket to accept `MSG_ZEROCOPY` sends
+/// (KERNEL.md §2, strategy 2). An error means this kernel or socket type refuses it.
+///
+/// # References
+///  - [msg_zerocopy.rst](https://docs.kernel.org/networking/msg_zerocopy.html)
+#[doc(alias = "SO_ZEROCOPY")]
+pub fn set_zerocopy(socket: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::other("socklen overflow"))?;
+    // SAFETY: `socket` is a live descriptor for the duration of the call; the option value is a
+    // c_int on our stack whose size is passed exactly; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_ZEROCOPY,
+            std::ptr::from_ref(&one).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

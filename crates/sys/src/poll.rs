@@ -1,0 +1,89 @@
+//! Waiting for readiness with `poll`.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+/// Which readiness to wait for in [`wait_ready`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Data can be read (or the peer hung up).
+    Readable,
+    /// Data can be written (or the peer hung up).
+    Writable,
+}
+
+/// `poll(&{fd, events}, 1, timeout)`—Waits until `fd` is ready, up to `deadline`.
+///
+/// Returns `Ok(true)` when ready (including error and hang-up states, which the next call
+/// reports), `Ok(false)` when the deadline passed first. `None` waits without limit.
+pub fn wait_ready(
+    fd: BorrowedFd<'_>,
+    readiness: Readiness,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    let events = match readiness {
+        Readiness::Readable => PollFlags::IN,
+        Readiness::Writable => PollFlags::OUT,
+    };
+    loop {
+        // Even past the deadline, look once (timeout 0): ready beats late.
+        let timeout = deadline.map(|d| timespec(d.saturating_duration_since(Instant::now())));
+        let mut fds = [PollFd::from_borrowed_fd(fd, events)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `poll(fds, n, -1)` for writability of several fds: returns the indices that are writable (or
+/// in an error or hang-up state). Waits until at least one is.
+pub fn wait_any_writable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<usize>> {
+    loop {
+        let mut polls: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::OUT))
+            .collect();
+        match rustix::event::poll(&mut polls, None) {
+            Ok(0) => continue,
+            Ok(_) => {
+                return Ok(polls
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.revents().is_empty())
+                    .map(|(i, _)| i)
+                    .collect());
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipe::Pipe;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn wait_ready_times_out_on_an_empty_pipe() {
+        let p = Pipe::with_size(4096).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert!(!wait_ready(p.read.as_fd(), Readiness::Readable, Some(deadline)).unwrap());
+        assert!(wait_ready(p.write.as_fd(), Readiness::Writable, Some(deadline)).unwrap());
+    }
+}

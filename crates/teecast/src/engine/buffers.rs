@@ -1,0 +1,143 @@
+//! The buffer paths: `readwrite` (one pooled buffer, filled by `read()`, shared read-only by every
+//! consumer) and `mmap-write` (ranges of a file mapping, copied by the kernel into the socket).
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::{
+    Branch, EngineError, FanoutConfig, Piece, check_short, map_source, next_want, read_source,
+};
+use crate::digest::Hasher;
+use crate::source::Source;
+use teecast_sys::AlignedBuf;
+
+/// A bounded pool of equally sized buffers; [`Chunk`]s return theirs when the last consumer
+/// drops them, so memory never exceeds `count × size`.
+pub(super) struct BufferPool {
+    free: Mutex<Vec<AlignedBuf>>,
+    returned: Condvar,
+}
+
+impl BufferPool {
+    fn new(count: usize, size: usize) -> Arc<BufferPool> {
+        Arc::new(BufferPool {
+            free: Mutex::new((0..count.max(1)).map(|_| AlignedBuf::new(size)).collect()),
+            returned: Condvar::new(),
+        })
+    }
+
+    fn take(&self) -> AlignedBuf {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(buf) = free.pop() {
+                return buf;
+            }
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// One filled buffer, shared read-only by every consumer.
+pub(super) struct Chunk {
+    buf: AlignedBuf,
+    len: usize,
+    pool: Arc<BufferPool>,
+}
+
+impl Chunk {
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(buf);
+        self.pool.returned.notify_one();
+    }
+}
+
+pub(super) fn pump_buffers(
+    source: &Source,
+    branches: &mut [Branch],
+    config: &FanoutConfig,
+) -> Result<u64, EngineError> {
+    let total = source.len();
+    let chunk_size = config.buffer_chunk.max(4096);
+    let pool = BufferPool::new(config.buffers, chunk_size);
+    let mut sent = 0u64;
+    loop {
+        let want = next_want(total, sent, chunk_size);
+        if want == 0 {
+            break;
+        }
+        let mut buf = pool.take();
+        let got = read_source(source, &mut buf[..want], sent)?;
+        check_short(total, sent, want, got)?;
+        if got == 0 {
+            break;
+        }
+        let chunk = Arc::new(Chunk {
+            buf,
+            len: got,
+            pool: pool.clone(),
+        });
+        send_to_all(branches, || Piece::Buffer(chunk.clone()))?;
+        sent += got as u64;
+    }
+    Ok(sent)
+}
+
+/// mmap-write: each chunk is a range of the mapping, copied by the kernel straight into the
+/// socket. The digest comes from a separate read of the file, so a concurrent writer makes the
+/// receiver's check fail loudly: this path is stable per socket only.
+pub(super) fn pump_map(
+    source: &Source,
+    branches: &mut [Branch],
+    config: &FanoutConfig,
+    mut hasher: Option<&mut Hasher>,
+) -> Result<u64, EngineError> {
+    let (Some(total), Some(map)) = (source.len(), map_source(source)?) else {
+        return Ok(0);
+    };
+    let map = Arc::new(map);
+    let len = map.len();
+    let chunk_size = config.buffer_chunk.max(4096);
+    let mut buf = vec![0u8; chunk_size];
+    let mut sent = 0usize;
+    while sent < len {
+        let want = (len - sent).min(chunk_size);
+        if let Some(h) = hasher.as_deref_mut() {
+            let got = read_source(source, &mut buf[..want], sent as u64)?;
+            check_short(Some(total), sent as u64, want, got)?;
+            h.update(&buf[..got]);
+        }
+        // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (KERNEL.md §3).
+        let size = source
+            .current_size()
+            .map_err(|e| EngineError::Source(e.to_string()))?;
+        if size < (sent + want) as u64 {
+            return Err(EngineError::Truncated {
+                at: size,
+                expected: total,
+            });
+        }
+        send_to_all(branches, || Piece::Map(map.clone(), sent, want))?;
+        sent += want;
+    }
+    Ok(total)
+}
+
+/// Hands a piece to every live consumer; fails when a required one or every destination is gone.
+fn send_to_all(branches: &mut [Branch], piece: impl Fn() -> Piece) -> Result<(), EngineError> {
+    for b in branches.iter_mut().filter(|b| b.alive()) {
+        if !b.send(piece()) {
+            b.fail()?;
+        }
+    }
+    if !branches.iter().any(|b| b.alive() && !b.required) {
+        return Err(EngineError::AllFailed);
+    }
+    Ok(())
+}

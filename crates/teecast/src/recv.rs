@@ -1,0 +1,544 @@
+//! Receiving: splice each stream from its socket into a temporary file, check the digest against
+//! the sender's trailer, fsync, rename, and acknowledge. Anything malformed closes that connection
+//! only, leaves no file behind, and the receiver goes on serving.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use rustix::pipe::SpliceFlags;
+
+use crate::digest::{Digest, DigestAlgorithm, Hasher};
+use crate::store::AtomicFile;
+use teecast_proto::wire::{self, Ack, AckStatus, Header, MessageKind, Trailer, WireError};
+use teecast_sys::{self as sys, AlignedBuf, Pipe};
+
+/// Where received streams go.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Every stream to this one path (one at a time).
+    File(PathBuf),
+    /// Each stream into this directory under its announced name.
+    Dir(PathBuf),
+}
+
+/// How to receive.
+#[derive(Clone, Debug)]
+pub struct RecvOptions {
+    /// Where streams are stored.
+    pub target: Target,
+    /// Accept a bare stream (no framing) until EOF.
+    pub raw: bool,
+    /// The digest to compute in raw mode (framed streams announce theirs).
+    pub digest: DigestAlgorithm,
+    /// Give up on a connection that sends nothing for this long.
+    pub stall_timeout: Duration,
+    /// Connections served at once in directory mode; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl RecvOptions {
+    /// Options for `target` with the defaults (framed, XXH3-128 in raw mode, 30 s stall timeout).
+    pub fn new(target: Target) -> RecvOptions {
+        RecvOptions {
+            target,
+            raw: false,
+            digest: DigestAlgorithm::default(),
+            stall_timeout: Duration::from_secs(30),
+            max_connections: 64,
+        }
+    }
+}
+
+/// A stream stored and verified.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The sender.
+    pub peer: Option<SocketAddr>,
+    /// Where the stream now is.
+    pub path: PathBuf,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// The digest of what was stored.
+    pub digest: Digest,
+}
+
+/// Why a stream was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The peer's bytes broke the protocol.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// The connection ended before the stream did.
+    #[error("stream cut short after {got} payload bytes: {detail}")]
+    Truncated {
+        /// Payload bytes received.
+        got: u64,
+        /// What was missing.
+        detail: String,
+    },
+    /// The sender's trailer disagrees with what arrived.
+    #[error(
+        "digest mismatch: the sender announced {announced}, the received bytes hash to {received}; file discarded"
+    )]
+    DigestMismatch {
+        /// Hex digest from the trailer.
+        announced: String,
+        /// Hex digest of the received bytes.
+        received: String,
+    },
+    /// The trailer's length disagrees with what arrived.
+    #[error(
+        "length mismatch: the sender announced {announced} bytes, {received} arrived; file discarded"
+    )]
+    LengthMismatch {
+        /// Length in the header or trailer.
+        announced: u64,
+        /// Bytes received.
+        received: u64,
+    },
+    /// The sender went quiet.
+    #[error("no data for {0:.1} s; connection dropped")]
+    Stalled(f64),
+    /// The stream cannot be stored here at all (no such directory, no permission).
+    #[error("cannot create a file beside {}: {source}", path.display())]
+    CannotCreate {
+        /// The final name the stream was bound for.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// A local failure while storing (disk full).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+impl RecvError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> RecvError {
+        let context = context.into();
+        move |source| RecvError::Io { context, source }
+    }
+
+    fn ack_status(&self) -> AckStatus {
+        match self {
+            RecvError::Wire(_) | RecvError::CannotCreate { .. } => AckStatus::Rejected,
+            RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
+            RecvError::DigestMismatch { .. } => AckStatus::DigestMismatch,
+            RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
+            RecvError::Io { .. } => AckStatus::IoError,
+        }
+    }
+}
+
+/// Called once per connection with the peer and what became of its stream.
+pub type ResultHandler = dyn Fn(Option<SocketAddr>, &Result<Received, RecvError>) + Sync;
+
+/// Accepts connections on `listener` and stores each stream, calling `on_result` for each.
+///
+/// With `once`, returns after the first connection with whether it was stored. Otherwise serves
+/// forever: in directory mode each connection on its own thread (up to `max_connections` at
+/// once), in file mode one after another.
+pub fn serve(
+    listener: &TcpListener,
+    options: &RecvOptions,
+    once: bool,
+    on_result: &ResultHandler,
+) -> io::Result<bool> {
+    sys::ignore_sigpipe();
+    let slots = Slots::new(options.max_connections.max(1));
+    std::thread::scope(|scope| {
+        loop {
+            let (stream, peer) = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if once || matches!(options.target, Target::File(_)) {
+                let result = receive(stream, options);
+                on_result(Some(peer), &result);
+                if once {
+                    return Ok(result.is_ok());
+                }
+                continue;
+            }
+            let slot = slots.acquire();
+            scope.spawn(move || {
+                let result = receive(stream, options);
+                on_result(Some(peer), &result);
+                drop(slot);
+            });
+        }
+    })
+}
+
+/// A counting semaphore bounding the connections served at once.
+struct Slots {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+/// One connection's place; released on drop.
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            released: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Receives one stream from `stream` and stores it; answers the sender with an acknowledgement
+/// (framed mode) when the header could be read.
+pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, RecvError> {
+    let peer = stream.peer_addr().ok();
+    stream
+        .set_read_timeout(Some(options.stall_timeout))
+        .map_err(RecvError::io("setting the read timeout"))?;
+    if options.raw {
+        return receive_raw(&stream, options, peer);
+    }
+    let header = read_header(&stream, options)?;
+    let result = receive_framed(&stream, options, &header, peer);
+    let ack = match &result {
+        Ok(r) => Ack {
+            status: AckStatus::Ok,
+            bytes: r.bytes,
+            digest: r.digest.bytes.clone(),
+            message: String::new(),
+        },
+        Err(e) => Ack {
+            status: e.ack_status(),
+            bytes: 0,
+            digest: Vec::new(),
+            message: e.to_string(),
+        },
+    };
+    if let Err(RecvError::Wire(_)) = &result {
+        // Malformed frames after the header: no answer to a peer that does not speak the
+        // protocol (docs/PROTOCOL.md, "Malformed input").
+        return result;
+    }
+    // The sender may already be gone; the outcome here stands either way.
+    let _ = (&stream).write_all(&ack.encode());
+    if let Err(RecvError::Io { .. } | RecvError::CannotCreate { .. }) = &result {
+        // Refused mid-stream: let the acknowledgement reach the sender before the connection
+        // closes. Closing with unread data would reset it, and a reset can overtake the answer.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        discard_input(&stream, REFUSAL_LINGER.min(options.stall_timeout));
+    }
+    result
+}
+
+/// How long a receiver that refused a stream keeps reading (and dropping) what still arrives.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and drops input until EOF, an error, or `limit` has passed.
+fn discard_input(mut stream: &TcpStream, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn read_exact(
+    mut stream: &TcpStream,
+    buf: &mut [u8],
+    options: &RecvOptions,
+    got: u64,
+    what: &str,
+) -> Result<(), RecvError> {
+    stream.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => RecvError::Truncated {
+            got,
+            detail: format!("connection closed before the {what}"),
+        },
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            RecvError::Stalled(options.stall_timeout.as_secs_f64())
+        }
+        _ => RecvError::Io {
+            context: format!("reading the {what}"),
+            source: e,
+        },
+    })
+}
+
+fn read_message(
+    stream: &TcpStream,
+    kind: MessageKind,
+    options: &RecvOptions,
+    got: u64,
+) -> Result<Vec<u8>, RecvError> {
+    let what = kind.to_string();
+    let mut prefix = [0u8; wire::PREFIX_LEN];
+    read_exact(stream, &mut prefix, options, got, &what)?;
+    let len = wire::decode_prefix(&prefix, kind)?;
+    let mut body = vec![0u8; len];
+    read_exact(stream, &mut body, options, got, &what)?;
+    Ok(body)
+}
+
+fn read_header(stream: &TcpStream, options: &RecvOptions) -> Result<Header, RecvError> {
+    let body = read_message(stream, MessageKind::Header, options, 0)?;
+    Ok(Header::decode_body(&body)?)
+}
+
+fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> {
+    match &options.target {
+        Target::File(p) => Ok(p.clone()),
+        Target::Dir(d) => {
+            // The wire layer already refused '/', '..' and NUL; check again where it matters.
+            wire::validate_name(name)?;
+            Ok(d.join(name))
+        }
+    }
+}
+
+fn receive_framed(
+    stream: &TcpStream,
+    options: &RecvOptions,
+    header: &Header,
+    peer: Option<SocketAddr>,
+) -> Result<Received, RecvError> {
+    let path = target_path(options, &header.name)?;
+    let file = create_file(&path)?;
+    let mut payload = Payload::new(header.digest, options)?;
+    match header.length {
+        Some(len) => payload.copy(stream.as_fd(), file.file().as_fd(), Some(len))?,
+        None => loop {
+            let mut ch = [0u8; wire::CHUNK_HEADER_LEN];
+            read_exact(stream, &mut ch, options, payload.bytes, "chunk header")?;
+            let n = wire::decode_chunk_header(&ch)?;
+            if n == 0 {
+                break;
+            }
+            payload.copy(stream.as_fd(), file.file().as_fd(), Some(u64::from(n)))?;
+        },
+    }
+    let body = read_message(stream, MessageKind::Trailer, options, payload.bytes)?;
+    let trailer = Trailer::decode_body(&body, header.digest)?;
+    let bytes = payload.bytes;
+    let digest = payload.finish();
+    if trailer.length != bytes || header.length.is_some_and(|l| l != bytes) {
+        return Err(RecvError::LengthMismatch {
+            announced: trailer.length,
+            received: bytes,
+        });
+    }
+    if trailer.digest != digest.bytes {
+        return Err(RecvError::DigestMismatch {
+            announced: crate::digest::to_hex(&trailer.digest),
+            received: digest.hex(),
+        });
+    }
+    commit(file, peer, bytes, digest)
+}
+
+fn receive_raw(
+    stream: &TcpStream,
+    options: &RecvOptions,
+    peer: Option<SocketAddr>,
+) -> Result<Received, RecvError> {
+    let path = match &options.target {
+        Target::File(p) => p.clone(),
+        Target::Dir(d) => d.join(raw_name(peer)),
+    };
+    let file = create_file(&path)?;
+    let mut payload = Payload::new(options.digest, options)?;
+    payload.copy(stream.as_fd(), file.file().as_fd(), None)?;
+    let bytes = payload.bytes;
+    let digest = payload.finish();
+    commit(file, peer, bytes, digest)
+}
+
+/// Creates the temporary file for a stream bound for `path`; a failure refuses the stream.
+fn create_file(path: &std::path::Path) -> Result<AtomicFile, RecvError> {
+    AtomicFile::create(path).map_err(|source| RecvError::CannotCreate {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Stores a verified stream under its final name.
+fn commit(
+    file: AtomicFile,
+    peer: Option<SocketAddr>,
+    bytes: u64,
+    digest: Digest,
+) -> Result<Received, RecvError> {
+    let context = format!("storing {}", file.target().display());
+    let path = file.commit().map_err(RecvError::io(context))?;
+    Ok(Received {
+        peer,
+        path,
+        bytes,
+        digest,
+    })
+}
+
+fn raw_name(peer: Option<SocketAddr>) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    match peer {
+        Some(p) => format!("raw-{}-{}-{secs}", p.ip(), p.port()),
+        None => format!("raw-{secs}"),
+    }
+}
+
+/// The payload pipeline. With a digest: `read()` from the socket into a buffer, hash it while it
+/// is in cache, `write()` it to the file — two copies, and measured faster than splicing into the
+/// file and teeing the same pages back out for the hash (also two copies, twice the syscalls;
+/// BENCHMARKS.md, "Attempts"). Without a digest: socket → pipe → file with splice, one copy.
+struct Payload {
+    /// `None` with a digest (the buffer path); the splice path's pipe otherwise.
+    pipe: Option<Pipe>,
+    hasher: Hasher,
+    buf: AlignedBuf,
+    bytes: u64,
+    stall: Duration,
+}
+
+/// Bytes moved per call.
+const RECEIVE_CHUNK: usize = 1024 * 1024;
+
+impl Payload {
+    fn new(digest: DigestAlgorithm, options: &RecvOptions) -> Result<Payload, RecvError> {
+        let (pipe, buf) = if digest == DigestAlgorithm::None {
+            let pipe = Pipe::with_size(RECEIVE_CHUNK).map_err(RecvError::io("creating a pipe"))?;
+            (Some(pipe), AlignedBuf::default())
+        } else {
+            (None, AlignedBuf::new(RECEIVE_CHUNK))
+        };
+        Ok(Payload {
+            pipe,
+            hasher: Hasher::new(digest),
+            buf,
+            bytes: 0,
+            stall: options.stall_timeout,
+        })
+    }
+
+    /// Moves `limit` bytes (or everything until EOF when `None`) from the socket to the file.
+    fn copy(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+        limit: Option<u64>,
+    ) -> Result<(), RecvError> {
+        let mut left = limit;
+        loop {
+            let want = match left {
+                Some(0) => return Ok(()),
+                Some(l) => usize::try_from(l)
+                    .unwrap_or(RECEIVE_CHUNK)
+                    .min(RECEIVE_CHUNK),
+                None => RECEIVE_CHUNK,
+            };
+            let n = match self.receive(sock, file, want) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(RecvError::Stalled(self.stall.as_secs_f64()));
+                }
+                Err(e) => return Err(RecvError::io("receiving")(e)),
+            };
+            if n == 0 {
+                return match left {
+                    None => Ok(()),
+                    Some(l) => Err(RecvError::Truncated {
+                        got: self.bytes,
+                        detail: format!("connection closed with {l} payload bytes still due"),
+                    }),
+                };
+            }
+            self.bytes += n as u64;
+            if let Some(l) = &mut left {
+                *l -= n as u64;
+            }
+        }
+    }
+
+    /// Receives up to `want` bytes and stores them; 0 at the end of the stream. Errors from the
+    /// socket come back as they are; errors from the file are wrapped as "writing the file".
+    fn receive(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+        want: usize,
+    ) -> io::Result<usize> {
+        let write_err = |e: io::Error| io::Error::new(e.kind(), format!("writing the file: {e}"));
+        match &self.pipe {
+            Some(pipe) => {
+                let n = sys::splice(sock, pipe.write.as_fd(), want, SpliceFlags::MORE)?;
+                let mut left = n;
+                while left > 0 {
+                    match sys::splice(pipe.read.as_fd(), file, left, SpliceFlags::MORE) {
+                        Ok(0) => return Err(write_err(io::ErrorKind::WriteZero.into())),
+                        Ok(m) => left -= m,
+                        Err(e) => return Err(write_err(e)),
+                    }
+                }
+                Ok(n)
+            }
+            None => {
+                let n = sys::read(sock, &mut self.buf[..want])?;
+                self.hasher.update(&self.buf[..n]);
+                let mut done = 0;
+                while done < n {
+                    match sys::write(file, &self.buf[done..n]) {
+                        Ok(0) => return Err(write_err(io::ErrorKind::WriteZero.into())),
+                        Ok(m) => done += m,
+                        Err(e) => return Err(write_err(e)),
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    fn finish(self) -> Digest {
+        self.hasher.finish()
+    }
+}
