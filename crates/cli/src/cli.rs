@@ -4,19 +4,20 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::mutate::{self, MutateLimits, Mutation};
 use teecast::digest::DigestAlgorithm;
+use teecast::engine::{CaptureError, EngineError, Unsupported};
 use teecast::probe;
 use teecast::recv::{self, RecvOptions, Target};
-use teecast::send::{self, Progress, SendOptions};
+use teecast::send::{DestFailure, SendError, SendOptions, Transfer};
 use teecast::source::Source;
 use teecast::strategy::Strategy;
+use teecast::transport::ConnectError;
 
 use crate::{demo, report};
 
@@ -256,31 +257,30 @@ fn run_send(args: SendArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    if let Err(e) = check_send_args(&args, &source) {
-        eprintln!("teecast: {e}");
-        return EXIT_USAGE;
+    let mut options = SendOptions::default()
+        .strategy(args.strategy)
+        .digest(args.digest)
+        .raw(args.raw)
+        .stall_timeout(args.stall_timeout)
+        .connect_timeout(args.connect_timeout);
+    if let Some(name) = &args.name {
+        options = options.name(name);
     }
-    let options = SendOptions {
-        strategy: args.strategy,
-        digest: args.digest,
-        name: args.name.clone(),
-        raw: args.raw,
-        capture: args.capture.clone(),
-        stall_timeout: args.stall_timeout,
-        connect_timeout: args.connect_timeout,
-        ..SendOptions::default()
+    if let Some(capture) = &args.capture {
+        options = options.capture(capture);
+    }
+    let transfer = match Transfer::new(&source, &args.destinations, &options) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("teecast: {}", send_error_with_hint(&e));
+            return EXIT_USAGE;
+        }
     };
-    let progress = Arc::new(Progress {
-        sent: args
-            .destinations
-            .iter()
-            .map(|_| AtomicU64::new(0))
-            .collect(),
-    });
+    let progress = transfer.progress();
     let display = (!args.quiet)
         .then(|| report::ProgressDisplay::start(progress.clone(), &args.destinations, source.len()))
         .flatten();
-    let result = send::send(&source, &args.destinations, &options, Some(progress));
+    let result = transfer.run();
     if let Some(d) = display {
         d.stop();
     }
@@ -293,27 +293,50 @@ fn run_send(args: SendArgs) -> u8 {
         println!("{}  {}", d.hex(), result.source);
     }
     report::summary(&result, args.quiet);
-    match &result.error {
-        Some(e) if e.is_usage() => EXIT_USAGE,
-        _ if result.is_success() => EXIT_OK,
-        _ => EXIT_FAILED,
+    if result.is_success() {
+        EXIT_OK
+    } else if matches!(result.capture, Some((_, Err(CaptureError::Create { .. }))))
+        || matches!(
+            result.error,
+            Some(SendError::Engine(EngineError::Unsupported(_)))
+        )
+    {
+        // The capture's path or the data path cannot serve this source: nothing was sent.
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
     }
 }
 
-fn check_send_args(args: &SendArgs, source: &Source) -> Result<(), String> {
-    // Explicit paths only: `auto` never picks one that cannot serve the case.
-    let strategy = args.strategy;
-    if strategy.needs_regular_file() && source.len().is_none() {
-        return Err(format!(
-            "--strategy {strategy} needs a regular file as the source, not a stream; use read-pipe or readwrite"
-        ));
+/// A request the library refused, with the flag that changes it.
+pub fn send_error_with_hint(e: &SendError) -> String {
+    let unsupported = match e {
+        SendError::Unsupported(u) | SendError::Engine(EngineError::Unsupported(u)) => Some(u),
+        _ => None,
+    };
+    let hint = match (e, unsupported) {
+        (_, Some(Unsupported::NeedsRegularFile(_))) => " (use --strategy read-pipe or readwrite)",
+        (_, Some(Unsupported::MmapWriteNeedsOneConsumer)) => {
+            " (use --strategy mmap-pipe or read-pipe)"
+        }
+        (_, Some(Unsupported::NoDirect { .. })) => " (use --strategy read-pipe)",
+        (SendError::Name(_), _) => " (use --name)",
+        _ => "",
+    };
+    format!("{e}{hint}")
+}
+
+/// A destination's failure, with the flag that governs it.
+pub fn with_hint(e: &DestFailure) -> String {
+    match e {
+        DestFailure::Stalled(_) | DestFailure::NoAck(_) => format!("{e} (--stall-timeout)"),
+        DestFailure::Connect(ConnectError::Connect { source, .. })
+            if source.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            format!("{e} (--connect-timeout)")
+        }
+        _ => e.to_string(),
     }
-    if strategy == Strategy::MmapWrite && (args.destinations.len() > 1 || args.capture.is_some()) {
-        return Err(
-            "--strategy mmap-write copies separately for each consumer, so two could see different bytes; it serves exactly one destination and no capture (use mmap-pipe or read-pipe)".into(),
-        );
-    }
-    Ok(())
 }
 
 fn run_recv(args: RecvArgs) -> u8 {

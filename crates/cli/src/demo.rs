@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::mutate::{self, MutateLimits, Mutation};
 use teecast::digest::{DigestAlgorithm, Hasher};
+use teecast::proto::wire::AckStatus;
 use teecast::recv::{self, RecvOptions, Target};
-use teecast::send::DestStatus;
 use teecast::send::{self, SendOptions};
+use teecast::send::{Delivered, DestFailure};
 use teecast::source::Source;
 use teecast::strategy::Strategy;
 
@@ -65,11 +66,8 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
 
     let source = Source::open(&source_path).map_err(std::io::Error::other)?;
     let capture = work.0.join("capture.bin");
-    let options = SendOptions {
-        capture: Some(capture.clone()),
-        ..SendOptions::default()
-    };
-    let result = send::send(&source, &addresses, &options, None);
+    let options = SendOptions::default().capture(&capture);
+    let result = send::send(&source, &addresses, &options);
     let stored: Vec<bool> = receivers
         .into_iter()
         .map(|(_, h)| h.join().ok().and_then(Result::ok).unwrap_or(false))
@@ -261,10 +259,7 @@ fn mutated_transfer(
         }));
     }
     let source = Source::open(source_path).map_err(std::io::Error::other)?;
-    let options = SendOptions {
-        strategy,
-        ..SendOptions::default()
-    };
+    let options = SendOptions::default().strategy(strategy);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -282,7 +277,7 @@ fn mutated_transfer(
         });
         // The writer is running before the send begins (or has already failed, and says why).
         let _ = rx.recv();
-        let result = send::send(&source, &addresses, &options, None);
+        let result = send::send(&source, &addresses, &options);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let written = writer
             .join()
@@ -300,9 +295,12 @@ fn mutated_transfer(
         bad_files_kept: 0,
     };
     for d in &result.destinations {
-        match &d.status {
-            DestStatus::Confirmed => run.confirmed += 1,
-            DestStatus::Failed(e) if e.contains("digest-mismatch") => run.refused += 1,
+        match &d.outcome {
+            Ok(Delivered::Confirmed { .. }) => run.confirmed += 1,
+            Err(DestFailure::Refused {
+                status: AckStatus::DigestMismatch,
+                ..
+            }) => run.refused += 1,
             _ => {}
         }
     }

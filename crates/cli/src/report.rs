@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use teecast::digest::to_hex;
 use teecast::probe::KernelFacts;
-use teecast::send::{DestStatus, Progress, SendReport};
+use teecast::send::{Delivered, DestFailure, DestReport, Progress, SendError, SendReport};
 use teecast::strategy::Strategy;
 
 /// The progress line on stderr, redrawn a few times a second while the transfer runs.
@@ -51,11 +52,7 @@ impl ProgressDisplay {
 }
 
 fn draw(progress: &Progress, names: &[String], total: Option<u64>, elapsed: Duration) {
-    let sent: Vec<u64> = progress
-        .sent
-        .iter()
-        .map(|s| s.load(Ordering::Relaxed))
-        .collect();
+    let sent = progress.sent();
     let Some((slowest, &min)) = sent.iter().enumerate().min_by_key(|(_, b)| **b) else {
         return;
     };
@@ -78,12 +75,13 @@ fn draw(progress: &Progress, names: &[String], total: Option<u64>, elapsed: Dura
     let _ = std::io::stderr().flush();
 }
 
-/// A destination's error without its own address in front (the line already names it).
-fn reason<'a>(address: &str, error: &'a str) -> &'a str {
-    error
-        .strip_prefix(address)
-        .and_then(|rest| rest.strip_prefix(": "))
-        .unwrap_or(error)
+/// The human word for a destination's outcome.
+fn status_line(d: &DestReport) -> String {
+    match &d.outcome {
+        Ok(Delivered::Confirmed { .. }) => "confirmed".to_string(),
+        Ok(Delivered::Sent) => "sent (raw, unconfirmed)".to_string(),
+        Err(e) => format!("FAILED: {}", crate::cli::with_hint(e)),
+    }
 }
 
 /// `1.5 GiB`-style sizes.
@@ -110,25 +108,19 @@ fn rate(bytes: u64, elapsed: Duration) -> f64 {
 /// With `failures_only` (`--quiet`), only what went wrong, one line each.
 pub fn summary(report: &SendReport, failures_only: bool) {
     if failures_only {
-        for d in &report.destinations {
-            if let DestStatus::Failed(e) = &d.status {
-                eprintln!("teecast: {}: FAILED: {}", d.address, reason(&d.address, e));
-            }
+        for d in report.destinations.iter().filter(|d| !d.is_ok()) {
+            eprintln!("teecast: {}: {}", d.address, status_line(d));
         }
         if let Some((path, Err(e))) = &report.capture {
             eprintln!("teecast: capture {}: FAILED: {e}", path.display());
         }
         if let Some(e) = &report.error {
-            eprintln!("teecast: error: {e}");
+            eprintln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
         }
         return;
     }
     for d in &report.destinations {
-        let status = match &d.status {
-            DestStatus::Confirmed => "confirmed".to_string(),
-            DestStatus::Sent => "sent (raw, unconfirmed)".to_string(),
-            DestStatus::Failed(e) => format!("FAILED: {}", reason(&d.address, e)),
-        };
+        let status = status_line(d);
         eprintln!(
             "teecast: {}: {status}, {} in {:.2} s ({}/s)",
             d.address,
@@ -149,7 +141,7 @@ pub fn summary(report: &SendReport, failures_only: bool) {
         );
     }
     if let Some(e) = &report.error {
-        eprintln!("teecast: error: {e}");
+        eprintln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
     }
     let ok = report.destinations.iter().filter(|d| d.is_ok()).count();
     eprintln!(
@@ -167,17 +159,25 @@ pub fn json(report: &SendReport) -> serde_json::Value {
         .destinations
         .iter()
         .map(|d| {
-            let (status, error) = match &d.status {
-                DestStatus::Confirmed => ("ok", None),
-                DestStatus::Sent => ("sent", None),
-                DestStatus::Failed(e) => ("failed", Some(e.clone())),
+            let ack_status = match &d.outcome {
+                Err(DestFailure::Refused { status, .. }) => Some(status.as_str()),
+                _ => None,
+            };
+            let (status, kind, error, receiver_digest) = match &d.outcome {
+                Ok(Delivered::Confirmed { receiver_digest }) => {
+                    ("ok", None, None, Some(to_hex(receiver_digest)))
+                }
+                Ok(Delivered::Sent) => ("sent", None, None, None),
+                Err(e) => ("failed", Some(e.kind()), Some(e.to_string()), None),
             };
             json!({
                 "address": d.address,
                 "status": status,
+                "kind": kind,
+                "ack_status": ack_status,
                 "error": error,
                 "bytes": d.bytes,
-                "receiver_digest": d.receiver_digest,
+                "receiver_digest": receiver_digest,
                 "seconds": d.elapsed.as_secs_f64(),
                 "bytes_per_second": rate(d.bytes, d.elapsed),
             })
@@ -192,11 +192,13 @@ pub fn json(report: &SendReport) -> serde_json::Value {
         "seconds": report.elapsed.as_secs_f64(),
         "digest": report.digest.as_ref().map(|d| json!({"algorithm": d.algorithm.name(), "hex": d.hex()})),
         "error": report.error.as_ref().map(|e| e.to_string()),
+        "error_kind": report.error.as_ref().map(SendError::kind),
         "source_grew": report.source_grew,
         "capture": report.capture.as_ref().map(|(p, r)| json!({
             "path": p.display().to_string(),
             "status": if r.is_ok() { "ok" } else { "failed" },
-            "error": r.as_ref().err(),
+            "kind": r.as_ref().err().map(|e| e.kind()),
+            "error": r.as_ref().err().map(ToString::to_string),
         })),
         "destinations": destinations,
     })

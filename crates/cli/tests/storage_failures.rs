@@ -65,10 +65,8 @@ fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
     let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
     let dest = &report["destinations"][0];
     assert_eq!(dest["status"], "failed", "{report}");
-    assert!(
-        dest["error"].as_str().unwrap().contains("io-error"),
-        "{report}"
-    );
+    assert_eq!(dest["kind"], "refused", "{report}");
+    assert_eq!(dest["ack_status"], "io-error", "{report}");
     assert_eq!(list_dir(disk.path()), Vec::<String>::new());
     // The receiver logs the reason once it has answered and closed (bounded wait).
     receiver
@@ -130,9 +128,17 @@ fn receiver_that_cannot_create_the_file_refuses_with_its_reason() {
         .arg(receiver.dest()));
     sent.expect_code(1);
     let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
-    let error = report["destinations"][0]["error"].as_str().unwrap();
-    assert!(error.contains("rejected"), "{report}");
-    assert!(error.contains("cannot create a file"), "{report}");
+    let dest = &report["destinations"][0];
+    assert_eq!(dest["kind"], "refused", "{report}");
+    assert_eq!(dest["ack_status"], "rejected", "{report}");
+    // The receiver's reason reaches the sender's user.
+    assert!(
+        dest["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot create a file"),
+        "{report}"
+    );
     assert!(!inbox.exists());
 
     // Still serving: once the directory is back, a stream is stored.

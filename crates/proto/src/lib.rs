@@ -1,6 +1,6 @@
 //! The teecast protocol, with no I/O and no clock: the framed messages a sender and a receiver
-//! exchange around a payload, their limits and validation, and the order of a
-//! session as state machines that say what to read or write next.
+//! exchange around a payload, their limits and validation, and (in [`session`]) the order
+//! of a session as state machines that say what to read or write next.
 //!
 //! Nothing in this crate reads a socket, a file or a clock, and it has no `unsafe` and no libc:
 //! it turns bytes into values and values into bytes, deterministically, so every decoder and the
@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod digest;
+pub mod session;
 pub mod wire;
 
 pub use digest::DigestAlgorithm;

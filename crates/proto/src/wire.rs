@@ -313,15 +313,21 @@ fn magic_hint(expected: MessageKind, found: &[u8; 4]) -> String {
     .to_string()
 }
 
-/// Peer-supplied text made safe for a one-line message: quoted, escaped, cut at 64 chars.
+/// Peer-supplied text made safe for a one-line message or a terminal: quoted, every control
+/// character (escape sequences included) escaped, cut at 64 chars.
 fn show_text(text: &str) -> String {
-    const SHOWN: usize = 64;
+    escape_text(text, 64)
+}
+
+/// Peer-supplied text made safe for a one-line message or a terminal: quoted, every control
+/// character (escape sequences included) escaped, cut at `max_chars` characters (then `…`).
+pub fn escape_text(text: &str, max_chars: usize) -> String {
     let mut shown: String = text
         .chars()
-        .take(SHOWN)
+        .take(max_chars)
         .flat_map(char::escape_debug)
         .collect();
-    if text.chars().nth(SHOWN).is_some() {
+    if text.chars().nth(max_chars).is_some() {
         shown.push('…');
     }
     format!("\"{shown}\"")

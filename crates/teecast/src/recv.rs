@@ -2,18 +2,20 @@
 //! the sender's trailer, fsync, rename, and acknowledge. Anything malformed closes that connection
 //! only, leaves no file behind, and the receiver goes on serving.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
 
-use crate::digest::{Digest, DigestAlgorithm, Hasher};
+use crate::digest::{Digest, DigestAlgorithm, Hasher, to_hex};
 use crate::store::AtomicFile;
-use teecast_proto::wire::{self, Ack, AckStatus, Header, MessageKind, Trailer, WireError};
+use crate::transport;
+use teecast_proto::session::{self, Mismatch, Next, ReceiverSession};
+use teecast_proto::wire::{self, AckStatus, WireError};
 use teecast_sys::{self as sys, AlignedBuf, Pipe};
 
 /// Where received streams go.
@@ -68,27 +70,32 @@ pub struct Received {
 
 /// Why a stream was not stored.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The peer's bytes broke the protocol.
     #[error("{0}")]
     Wire(#[from] WireError),
     /// The connection ended before the stream did.
-    #[error("stream cut short after {got} payload bytes: {detail}")]
+    #[error(
+        "stream cut short after {got} payload bytes: the connection closed during the {during}"
+    )]
     Truncated {
         /// Payload bytes received.
         got: u64,
-        /// What was missing.
-        detail: String,
+        /// What was being read: "header", "payload", "chunk header", "trailer".
+        during: &'static str,
     },
     /// The sender's trailer disagrees with what arrived.
     #[error(
-        "digest mismatch: the sender announced {announced}, the received bytes hash to {received}; file discarded"
+        "digest mismatch: the sender announced {}, the received bytes hash to {}; file discarded",
+        to_hex(announced),
+        to_hex(received)
     )]
     DigestMismatch {
-        /// Hex digest from the trailer.
-        announced: String,
-        /// Hex digest of the received bytes.
-        received: String,
+        /// The digest in the trailer.
+        announced: Vec<u8>,
+        /// The digest of the received bytes.
+        received: Vec<u8>,
     },
     /// The trailer's length disagrees with what arrived.
     #[error(
@@ -100,31 +107,48 @@ pub enum RecvError {
         /// Bytes received.
         received: u64,
     },
-    /// The sender went quiet.
-    #[error("no data for {0:.1} s; connection dropped")]
-    Stalled(f64),
+    /// The sender went quiet, or did not finish a message in time.
+    #[error("no data for {:.1} s; connection dropped", .0.as_secs_f64())]
+    Stalled(Duration),
     /// The stream cannot be stored here at all (no such directory, no permission).
     #[error("cannot create a file beside {}: {source}", path.display())]
     CannotCreate {
         /// The final name the stream was bound for.
         path: PathBuf,
         /// The system's error.
+        #[source]
         source: io::Error,
     },
     /// A local failure while storing (disk full).
-    #[error("{context}: {source}")]
+    #[error("{op}: {source}")]
     Io {
-        /// What was being done.
-        context: String,
+        /// What was being done: "receiving", "writing the file", "storing the file".
+        op: &'static str,
         /// The system's error.
+        #[source]
         source: io::Error,
     },
 }
 
 impl RecvError {
-    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> RecvError {
-        let context = context.into();
-        move |source| RecvError::Io { context, source }
+    fn io(op: &'static str) -> impl FnOnce(io::Error) -> RecvError {
+        move |source| RecvError::Io { op, source }
+    }
+
+    /// A failed framing read during `during`, after `got` payload bytes.
+    fn reading(
+        during: &'static str,
+        got: u64,
+        stall: Duration,
+    ) -> impl FnOnce(io::Error) -> RecvError {
+        move |e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => RecvError::Truncated { got, during },
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RecvError::Stalled(stall),
+            _ => RecvError::Io {
+                op: "receiving",
+                source: e,
+            },
+        }
     }
 
     fn ack_status(&self) -> AckStatus {
@@ -134,6 +158,20 @@ impl RecvError {
             RecvError::DigestMismatch { .. } => AckStatus::DigestMismatch,
             RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
             RecvError::Io { .. } => AckStatus::IoError,
+        }
+    }
+
+    /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`,
+    /// `length-mismatch`, `stalled`, `cannot-create` or `io`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RecvError::Wire(_) => "protocol",
+            RecvError::Truncated { .. } => "truncated",
+            RecvError::DigestMismatch { .. } => "digest-mismatch",
+            RecvError::LengthMismatch { .. } => "length-mismatch",
+            RecvError::Stalled(_) => "stalled",
+            RecvError::CannotCreate { .. } => "cannot-create",
+            RecvError::Io { .. } => "io",
         }
     }
 }
@@ -231,21 +269,15 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
     if options.raw {
         return receive_raw(&stream, options, peer);
     }
-    let header = read_header(&stream, options)?;
-    let result = receive_framed(&stream, options, &header, peer);
+    let mut session = ReceiverSession::new();
+    let result = receive_framed(&stream, options, &mut session, peer);
+    if session.header().is_none() {
+        // No header, no answer: the peer does not speak the protocol.
+        return result;
+    }
     let ack = match &result {
-        Ok(r) => Ack {
-            status: AckStatus::Ok,
-            bytes: r.bytes,
-            digest: r.digest.bytes.clone(),
-            message: String::new(),
-        },
-        Err(e) => Ack {
-            status: e.ack_status(),
-            bytes: 0,
-            digest: Vec::new(),
-            message: e.to_string(),
-        },
+        Ok(r) => session::ack(AckStatus::Ok, r.bytes, &r.digest.bytes, ""),
+        Err(e) => session::ack(e.ack_status(), 0, &[], &e.to_string()),
     };
     if let Err(RecvError::Wire(_)) = &result {
         // Malformed frames after the header: no answer to a peer that does not speak the
@@ -253,7 +285,7 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
         return result;
     }
     // The sender may already be gone; the outcome here stands either way.
-    let _ = (&stream).write_all(&ack.encode());
+    let _ = transport::write_all(&stream, &ack, Instant::now() + options.stall_timeout);
     if let Err(RecvError::Io { .. } | RecvError::CannotCreate { .. }) = &result {
         // Refused mid-stream: let the acknowledgement reach the sender before the connection
         // closes. Closing with unread data would reset it, and a reset can overtake the answer.
@@ -282,48 +314,6 @@ fn discard_input(mut stream: &TcpStream, limit: Duration) {
     }
 }
 
-fn read_exact(
-    mut stream: &TcpStream,
-    buf: &mut [u8],
-    options: &RecvOptions,
-    got: u64,
-    what: &str,
-) -> Result<(), RecvError> {
-    stream.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => RecvError::Truncated {
-            got,
-            detail: format!("connection closed before the {what}"),
-        },
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            RecvError::Stalled(options.stall_timeout.as_secs_f64())
-        }
-        _ => RecvError::Io {
-            context: format!("reading the {what}"),
-            source: e,
-        },
-    })
-}
-
-fn read_message(
-    stream: &TcpStream,
-    kind: MessageKind,
-    options: &RecvOptions,
-    got: u64,
-) -> Result<Vec<u8>, RecvError> {
-    let what = kind.to_string();
-    let mut prefix = [0u8; wire::PREFIX_LEN];
-    read_exact(stream, &mut prefix, options, got, &what)?;
-    let len = wire::decode_prefix(&prefix, kind)?;
-    let mut body = vec![0u8; len];
-    read_exact(stream, &mut body, options, got, &what)?;
-    Ok(body)
-}
-
-fn read_header(stream: &TcpStream, options: &RecvOptions) -> Result<Header, RecvError> {
-    let body = read_message(stream, MessageKind::Header, options, 0)?;
-    Ok(Header::decode_body(&body)?)
-}
-
 fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> {
     match &options.target {
         Target::File(p) => Ok(p.clone()),
@@ -335,43 +325,78 @@ fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> 
     }
 }
 
+/// Drives `session` over `stream`: the header within one stall timeout of the connection, each
+/// later frame (chunk header, trailer) within one of the payload before it, the payload into
+/// the temporary file; then checks length and digest against the trailer and stores the file.
 fn receive_framed(
     stream: &TcpStream,
     options: &RecvOptions,
-    header: &Header,
+    session: &mut ReceiverSession,
     peer: Option<SocketAddr>,
 ) -> Result<Received, RecvError> {
-    let path = target_path(options, &header.name)?;
-    let file = create_file(&path)?;
-    let mut payload = Payload::new(header.digest, options)?;
-    match header.length {
-        Some(len) => payload.copy(stream.as_fd(), file.file().as_fd(), Some(len))?,
-        None => loop {
-            let mut ch = [0u8; wire::CHUNK_HEADER_LEN];
-            read_exact(stream, &mut ch, options, payload.bytes, "chunk header")?;
-            let n = wire::decode_chunk_header(&ch)?;
-            if n == 0 {
-                break;
+    let stall = options.stall_timeout;
+    let mut deadline = Instant::now() + stall;
+    let mut buf = Vec::new();
+    let mut store: Option<(AtomicFile, Payload)> = None;
+    loop {
+        match session.next() {
+            Next::Framing(n) => {
+                let during = match (session.header(), &store) {
+                    (None, _) => "header",
+                    (Some(h), _) if h.length.is_none() => "chunk header or trailer",
+                    _ => "trailer",
+                };
+                buf.resize(n, 0);
+                transport::read_exact(stream, &mut buf, deadline).map_err(RecvError::reading(
+                    during,
+                    session.received(),
+                    stall,
+                ))?;
+                session.framing(&buf)?;
+                if store.is_none()
+                    && let Some(header) = session.header()
+                {
+                    let path = target_path(options, &header.name)?;
+                    store = Some((create_file(&path)?, Payload::new(header.digest, options)?));
+                }
             }
-            payload.copy(stream.as_fd(), file.file().as_fd(), Some(u64::from(n)))?;
-        },
+            Next::Payload(n) => {
+                let Some((file, payload)) = &mut store else {
+                    unreachable!("the session asks for payload only after its header");
+                };
+                let before = payload.bytes;
+                payload.copy(stream.as_fd(), file.file().as_fd(), Some(n))?;
+                session.payload(payload.bytes - before);
+                deadline = Instant::now() + stall;
+            }
+            Next::Verify => break,
+        }
     }
-    let body = read_message(stream, MessageKind::Trailer, options, payload.bytes)?;
-    let trailer = Trailer::decode_body(&body, header.digest)?;
+    let Some((file, payload)) = store else {
+        unreachable!("the session verifies only after its header");
+    };
     let bytes = payload.bytes;
     let digest = payload.finish();
-    if trailer.length != bytes || header.length.is_some_and(|l| l != bytes) {
-        return Err(RecvError::LengthMismatch {
-            announced: trailer.length,
+    session.verify(&digest.bytes).map_err(|m| match m {
+        Mismatch::Length {
+            announced,
+            received,
+        } => RecvError::LengthMismatch {
+            announced,
+            received,
+        },
+        Mismatch::Digest {
+            announced,
+            received,
+        } => RecvError::DigestMismatch {
+            announced,
+            received,
+        },
+        _ => RecvError::LengthMismatch {
+            announced: 0,
             received: bytes,
-        });
-    }
-    if trailer.digest != digest.bytes {
-        return Err(RecvError::DigestMismatch {
-            announced: crate::digest::to_hex(&trailer.digest),
-            received: digest.hex(),
-        });
-    }
+        },
+    })?;
     commit(file, peer, bytes, digest)
 }
 
@@ -407,8 +432,7 @@ fn commit(
     bytes: u64,
     digest: Digest,
 ) -> Result<Received, RecvError> {
-    let context = format!("storing {}", file.target().display());
-    let path = file.commit().map_err(RecvError::io(context))?;
+    let path = file.commit().map_err(RecvError::io("storing the file"))?;
     Ok(Received {
         peer,
         path,
@@ -477,19 +501,13 @@ impl Payload {
                     .min(RECEIVE_CHUNK),
                 None => RECEIVE_CHUNK,
             };
-            let n = match self.receive(sock, file, want) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(RecvError::Stalled(self.stall.as_secs_f64()));
-                }
-                Err(e) => return Err(RecvError::io("receiving")(e)),
-            };
+            let n = self.receive(sock, file, want)?;
             if n == 0 {
                 return match left {
                     None => Ok(()),
-                    Some(l) => Err(RecvError::Truncated {
+                    Some(_) => Err(RecvError::Truncated {
                         got: self.bytes,
-                        detail: format!("connection closed with {l} payload bytes still due"),
+                        during: "payload",
                     }),
                 };
             }
@@ -500,18 +518,27 @@ impl Payload {
         }
     }
 
-    /// Receives up to `want` bytes and stores them; 0 at the end of the stream. Errors from the
-    /// socket come back as they are; errors from the file are wrapped as "writing the file".
+    /// Receives up to `want` bytes and stores them; 0 at the end of the stream. A socket that
+    /// stays quiet for the stall timeout (its `SO_RCVTIMEO`) is `Stalled`.
     fn receive(
         &mut self,
         sock: BorrowedFd<'_>,
         file: BorrowedFd<'_>,
         want: usize,
-    ) -> io::Result<usize> {
-        let write_err = |e: io::Error| io::Error::new(e.kind(), format!("writing the file: {e}"));
+    ) -> Result<usize, RecvError> {
+        let stall = self.stall;
+        let read_err = move |e: io::Error| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RecvError::Stalled(stall),
+            _ => RecvError::Io {
+                op: "receiving",
+                source: e,
+            },
+        };
+        let write_err = RecvError::io("writing the file");
         match &self.pipe {
             Some(pipe) => {
-                let n = sys::splice(sock, pipe.write.as_fd(), want, SpliceFlags::MORE)?;
+                let n = sys::splice(sock, pipe.write.as_fd(), want, SpliceFlags::MORE)
+                    .map_err(read_err)?;
                 let mut left = n;
                 while left > 0 {
                     match sys::splice(pipe.read.as_fd(), file, left, SpliceFlags::MORE) {
@@ -523,7 +550,7 @@ impl Payload {
                 Ok(n)
             }
             None => {
-                let n = sys::read(sock, &mut self.buf[..want])?;
+                let n = sys::read(sock, &mut self.buf[..want]).map_err(read_err)?;
                 self.hasher.update(&self.buf[..n]);
                 let mut done = 0;
                 while done < n {

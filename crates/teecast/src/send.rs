@@ -1,54 +1,52 @@
-//! Sending: one source to many destinations, each framed with the wire protocol (or raw), each
+//! Sending: one source to many destinations, each framed by a [`SenderSession`] (or raw), each
 //! confirmed by the receiver's acknowledgement.
+//!
+//! [`Transfer::new`] checks the request and resolves the data path once; its [`Progress`] can be
+//! watched from another thread while [`Transfer::run`] sends. [`send`] does both.
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
-
-use crate::digest::{Digest, DigestAlgorithm, to_hex};
-use crate::engine::{self, CaptureSink, EngineError, FanoutConfig, Sink, SinkError};
-use crate::source::Source;
-use crate::strategy::Strategy;
-use crate::transport::{connect, read_exact_until, write_all_until};
-use teecast_proto::wire::{self, Ack, AckStatus, Header, MessageKind, Trailer};
+use teecast_proto::session::{OrderError, SenderSession, Verdict};
+use teecast_proto::wire::{self, AckStatus, Header, WireError};
 use teecast_sys::{self as sys, FileMap, Readiness};
 
-/// How to send.
+use crate::digest::{Digest, DigestAlgorithm};
+use crate::engine::{
+    self, Abandoned, CaptureError, Consumer, EngineError, FanoutConfig, Unsupported,
+};
+use crate::source::Source;
+use crate::strategy::Strategy;
+use crate::transport::{self, ConnectError, ReadError};
+
+/// How to send. Build it with [`SendOptions::default`] and the setters.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SendOptions {
-    /// The data path.
-    pub strategy: Strategy,
-    /// The digest announced and checked.
-    pub digest: DigestAlgorithm,
     /// The name announced to receivers (default: the source's file name).
     pub name: Option<String>,
     /// Send bare bytes, no framing and no acknowledgement.
     pub raw: bool,
-    /// Also write exactly the bytes sent to this file.
-    pub capture: Option<PathBuf>,
     /// Drop a destination that accepts no data for this long (also bounds the wait for its
     /// acknowledgement).
     pub stall_timeout: Duration,
     /// Give up on a destination that does not accept the connection within this long.
     pub connect_timeout: Duration,
-    /// Engine sizes (chunks, pipes, buffers); its strategy and digest are set from the above.
+    /// The data path, the digest, the capture and the engine's sizes.
     pub fanout: FanoutConfig,
 }
 
 impl Default for SendOptions {
     fn default() -> Self {
         SendOptions {
-            strategy: Strategy::Auto,
-            digest: DigestAlgorithm::default(),
             name: None,
             raw: false,
-            capture: None,
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             fanout: FanoutConfig::default(),
@@ -56,28 +54,150 @@ impl Default for SendOptions {
     }
 }
 
-/// What happened at one destination.
+impl SendOptions {
+    /// Sets the data path.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.fanout.strategy = strategy;
+        self
+    }
+    /// Sets the digest announced and checked.
+    pub fn digest(mut self, digest: DigestAlgorithm) -> Self {
+        self.fanout.digest = digest;
+        self
+    }
+    /// Sets the name announced.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Sends bare bytes (no framing, no acknowledgement).
+    pub fn raw(mut self, raw: bool) -> Self {
+        self.raw = raw;
+        self
+    }
+    /// Also writes exactly the bytes sent to `path`.
+    pub fn capture(mut self, path: impl Into<PathBuf>) -> Self {
+        self.fanout.capture = Some(path.into());
+        self
+    }
+    /// Sets the stall timeout.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+    /// Sets the engine's settings (path, digest, capture and sizes together).
+    pub fn fanout(mut self, fanout: FanoutConfig) -> Self {
+        self.fanout = fanout;
+        self
+    }
+}
+
+/// What a destination that has everything reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DestStatus {
-    /// The receiver acknowledged the digest.
-    Confirmed,
+pub enum Delivered {
+    /// The receiver acknowledged the digest; its own digest of what it stored.
+    Confirmed {
+        /// The receiver's digest.
+        receiver_digest: Vec<u8>,
+    },
     /// Raw mode: every byte was written and the connection closed cleanly (nothing to confirm).
     Sent,
-    /// The destination failed; the reason.
-    Failed(String),
+}
+
+/// Why a destination failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DestFailure {
+    /// The connection could not be made.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// It accepted no data for the stall timeout.
+    #[error("stalled: accepted no data for {:.1} s", .0.as_secs_f64())]
+    Stalled(Duration),
+    /// It sent no acknowledgement within the timeout.
+    #[error("no acknowledgement within {:.1} s", .0.as_secs_f64())]
+    NoAck(Duration),
+    /// The receiver refused the stream.
+    #[error(
+        "the receiver refused: {status} ({}); it received {bytes} bytes",
+        wire::escape_text(message, 200)
+    )]
+    Refused {
+        /// The acknowledgement's status.
+        status: AckStatus,
+        /// The receiver's explanation (peer text: escaped when shown).
+        message: String,
+        /// Payload bytes it says it received.
+        bytes: u64,
+    },
+    /// The receiver said ok, but with another byte count or digest than was sent.
+    #[error("the receiver's acknowledgement does not match: it counted {bytes} bytes")]
+    Unconfirmed {
+        /// Payload bytes it says it received.
+        bytes: u64,
+        /// Its digest.
+        receiver_digest: Vec<u8>,
+    },
+    /// The connection was reset or closed before the acknowledgement.
+    #[error("the connection was closed by the receiver: {0}")]
+    Reset(#[source] io::Error),
+    /// The acknowledgement is not valid protocol.
+    #[error("bad acknowledgement: {0}")]
+    BadAck(#[source] WireError),
+    /// A call on the socket failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// The call.
+        op: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The source shrank under its mapping (`mmap-write`).
+    #[error("the source shrank under its mapping")]
+    SourceShrank,
+    /// The session was driven out of order (a bug).
+    #[error("protocol order: {0}")]
+    Order(#[from] OrderError),
+    /// The transfer ended before this destination had the stream.
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+}
+
+impl DestFailure {
+    /// A short, stable name for machines: `connect`, `stalled`, `no-ack`, `refused`,
+    /// `unconfirmed`, `reset`, `bad-ack`, `io`, `source-shrank`, `order` or `abandoned`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DestFailure::Connect(_) => "connect",
+            DestFailure::Stalled(_) => "stalled",
+            DestFailure::NoAck(_) => "no-ack",
+            DestFailure::Refused { .. } => "refused",
+            DestFailure::Unconfirmed { .. } => "unconfirmed",
+            DestFailure::Reset(_) => "reset",
+            DestFailure::BadAck(_) => "bad-ack",
+            DestFailure::Io { .. } => "io",
+            DestFailure::SourceShrank => "source-shrank",
+            DestFailure::Order(_) => "order",
+            DestFailure::Abandoned(_) => "abandoned",
+        }
+    }
 }
 
 /// One destination's outcome.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DestReport {
     /// The address as given.
     pub address: String,
-    /// The outcome.
-    pub status: DestStatus,
+    /// What happened.
+    pub outcome: Result<Delivered, DestFailure>,
     /// Payload bytes written to it.
     pub bytes: u64,
-    /// The digest the receiver reported, hex.
-    pub receiver_digest: Option<String>,
     /// From the start of the transfer to the outcome.
     pub elapsed: Duration,
 }
@@ -85,46 +205,73 @@ pub struct DestReport {
 impl DestReport {
     /// True when the destination has everything (confirmed, or fully sent in raw mode).
     pub fn is_ok(&self) -> bool {
-        matches!(self.status, DestStatus::Confirmed | DestStatus::Sent)
+        self.outcome.is_ok()
     }
 }
 
-/// Live counters of a transfer, for progress displays.
-#[derive(Debug, Default)]
+/// Live counters of a transfer, for progress displays: made by [`Transfer::new`], one per
+/// destination.
+#[derive(Debug)]
 pub struct Progress {
-    /// Payload bytes written to each destination, in order.
-    pub sent: Vec<AtomicU64>,
+    sent: Vec<AtomicU64>,
 }
 
-/// Why a send failed as a whole.
+impl Progress {
+    fn new(destinations: usize) -> Progress {
+        Progress {
+            sent: (0..destinations).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Payload bytes written so far to each destination, in order.
+    pub fn sent(&self) -> Vec<u64> {
+        self.sent
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn add(&self, destination: usize, n: usize) {
+        if let Some(s) = self.sent.get(destination) {
+            s.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn of(&self, destination: usize) -> u64 {
+        self.sent
+            .get(destination)
+            .map_or(0, |s| s.load(Ordering::Relaxed))
+    }
+}
+
+/// Why a send failed as a whole, or could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The engine could not move the stream (source, pipes, every destination, the capture).
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The request cannot be served: a path the source or options do not allow.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
     /// The announced name is not valid on the wire.
-    #[error("cannot announce this name: {0} (use --name)")]
-    Name(wire::WireError),
-    /// The capture file could not be created.
-    #[error("capture {path}: {source}")]
-    Capture {
-        /// The capture path.
-        path: PathBuf,
-        /// The system's error.
-        source: io::Error,
-    },
+    #[error("cannot announce this name: {0}")]
+    Name(#[source] WireError),
+    /// No destination was given.
+    #[error("no destination given")]
+    NoDestinations,
 }
 
 impl SendError {
-    /// True when the request itself cannot be served (a path the source or filesystem does not
-    /// support, a bad name), rather than a failure during the transfer.
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            SendError::Engine(EngineError::Unsupported(_))
-                | SendError::Name(_)
-                | SendError::Capture { .. }
-        )
+    /// A short, stable name for machines: the engine's kinds, or `unsupported`, `name`,
+    /// `no-destinations`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SendError::Engine(e) => e.kind(),
+            SendError::Unsupported(_) => "unsupported",
+            SendError::Name(_) => "name",
+            SendError::NoDestinations => "no-destinations",
+        }
     }
 }
 
@@ -146,7 +293,7 @@ pub struct SendReport {
     /// Each destination, in order.
     pub destinations: Vec<DestReport>,
     /// The capture file and its outcome.
-    pub capture: Option<(PathBuf, Result<(), String>)>,
+    pub capture: Option<(PathBuf, Result<(), CaptureError>)>,
     /// The source grew during the send; the announced length went out.
     pub source_grew: bool,
     /// Wall time of the transfer.
@@ -163,252 +310,297 @@ impl SendReport {
     }
 }
 
-/// Sends `source` to every address in `destinations` (`HOST:PORT`).
-pub fn send(
-    source: &Source,
-    destinations: &[String],
-    options: &SendOptions,
-    progress: Option<Arc<Progress>>,
-) -> SendReport {
-    let started = Instant::now();
-    let name = options
-        .name
-        .clone()
-        .unwrap_or_else(|| source.default_name());
-    let strategy = options.strategy.for_transfer(source, destinations.len());
-    let mut config = options.fanout.clone();
-    config.strategy = strategy;
-    config.digest = options.digest;
-    let mut report = SendReport {
-        source: source.display().to_string(),
-        name: name.clone(),
-        strategy,
-        digest: None,
-        bytes: 0,
-        error: None,
-        destinations: Vec::new(),
-        capture: None,
-        source_grew: false,
-        elapsed: Duration::ZERO,
-    };
-    let header = if options.raw {
-        None
-    } else {
-        let header = Header {
-            name,
-            length: source.len(),
-            digest: options.digest,
-            route: Vec::new(),
-        };
-        match header.encode() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                report.error = Some(SendError::Name(e));
-                return report;
-            }
-        }
-    };
-    let progress = progress.unwrap_or_else(|| {
-        Arc::new(Progress {
-            sent: destinations.iter().map(|_| AtomicU64::new(0)).collect(),
-        })
-    });
-    let outcomes: Vec<Arc<Mutex<Option<DestReport>>>> = destinations
-        .iter()
-        .map(|_| Arc::new(Mutex::new(None)))
-        .collect();
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    for (i, address) in destinations.iter().enumerate() {
-        sinks.push(Box::new(SocketSink {
-            address: address.clone(),
-            index: i,
-            stream: None,
-            header: header.clone(),
-            chunked: source.len().is_none(),
-            options: options.clone(),
-            progress: progress.clone(),
-            outcome: outcomes[i].clone(),
-            started,
-        }));
-    }
-    if let Some(path) = &options.capture {
-        match CaptureSink::create(path) {
-            Ok(c) => sinks.push(Box::new(c)),
-            Err(source) => {
-                report.error = Some(SendError::Capture {
-                    path: path.clone(),
-                    source,
-                });
-                return report;
-            }
-        }
-    }
-    let fanout = engine::fan_out(source, sinks, &config);
-    report.bytes = fanout.bytes;
-    report.source_grew = fanout.source_grew;
-    match fanout.result {
-        Ok(d) => report.digest = Some(d),
-        Err(e) => report.error = Some(e.into()),
-    }
-    for (i, address) in destinations.iter().enumerate() {
-        let recorded = outcomes[i].lock().ok().and_then(|mut o| o.take());
-        let dest = recorded.unwrap_or_else(|| DestReport {
-            address: address.clone(),
-            status: DestStatus::Failed(match &fanout.sinks[i] {
-                Err(e) => e.to_string(),
-                Ok(()) => "no outcome recorded".into(),
-            }),
-            bytes: progress.sent[i].load(Ordering::Relaxed),
-            receiver_digest: None,
-            elapsed: started.elapsed(),
-        });
-        report.destinations.push(dest);
-    }
-    if let Some(path) = &options.capture {
-        let outcome = match fanout.sinks.get(destinations.len()) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("capture did not run".into()),
-        };
-        report.capture = Some((path.clone(), outcome));
-    }
-    report.elapsed = started.elapsed();
-    report
+/// A send, checked and ready to run.
+#[derive(Debug)]
+pub struct Transfer<'a> {
+    source: &'a Source,
+    destinations: Vec<String>,
+    options: SendOptions,
+    header: Option<Header>,
+    name: String,
+    progress: Arc<Progress>,
 }
 
-/// A destination socket: frames the stream (header, chunks, trailer), moves the payload, reads
-/// the acknowledgement.
-struct SocketSink {
-    address: String,
+impl<'a> Transfer<'a> {
+    /// Checks the request — the name, the data path for this source and these destinations,
+    /// the engine's sizes — and resolves `auto` to a concrete path, before anything connects.
+    pub fn new(
+        source: &'a Source,
+        destinations: &[String],
+        options: &SendOptions,
+    ) -> Result<Transfer<'a>, SendError> {
+        if destinations.is_empty() {
+            return Err(SendError::NoDestinations);
+        }
+        let mut options = options.clone();
+        let consumers = destinations.len() + usize::from(options.fanout.capture.is_some());
+        options.fanout.strategy = options.fanout.strategy.for_transfer(source, consumers);
+        options.fanout.validate()?;
+        engine::check(source, options.fanout.strategy, consumers)?;
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| source.default_name());
+        let header = (!options.raw).then(|| Header {
+            name: name.clone(),
+            length: source.len(),
+            digest: options.fanout.digest,
+            route: Vec::new(),
+        });
+        if let Some(h) = &header {
+            h.encode().map_err(SendError::Name)?;
+        }
+        Ok(Transfer {
+            source,
+            destinations: destinations.to_vec(),
+            progress: Arc::new(Progress::new(destinations.len())),
+            options,
+            header,
+            name,
+        })
+    }
+
+    /// The counters of this transfer, to watch while it runs.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// The concrete data path.
+    pub fn strategy(&self) -> Strategy {
+        self.options.fanout.strategy
+    }
+
+    /// Sends, and reports every destination.
+    pub fn run(self) -> SendReport {
+        let started = Instant::now();
+        let sinks: Vec<DestSink<'_>> = self
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(index, address)| DestSink {
+                address,
+                index,
+                stream: None,
+                session: None,
+                header: self.header.as_ref(),
+                options: &self.options,
+                progress: &self.progress,
+            })
+            .collect();
+        let fanout = engine::fan_out(self.source, sinks, &self.options.fanout);
+        let destinations = self
+            .destinations
+            .iter()
+            .zip(fanout.consumers)
+            .enumerate()
+            .map(|(i, (address, outcome))| DestReport {
+                address: address.clone(),
+                outcome,
+                bytes: self.progress.of(i),
+                elapsed: started.elapsed(),
+            })
+            .collect();
+        let (digest, error) = match fanout.result {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(SendError::Engine(e))),
+        };
+        SendReport {
+            source: self.source.display().to_string(),
+            name: self.name,
+            strategy: fanout.strategy,
+            digest,
+            bytes: fanout.bytes,
+            error,
+            destinations,
+            capture: self.options.fanout.capture.clone().zip(fanout.capture),
+            source_grew: fanout.source_grew,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// Sends `source` to every address in `destinations` (`HOST:PORT`): [`Transfer::new`], then
+/// [`Transfer::run`]. A request that cannot start comes back as the report's error.
+pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> SendReport {
+    match Transfer::new(source, destinations, options) {
+        Ok(t) => t.run(),
+        Err(e) => SendReport {
+            source: source.display().to_string(),
+            name: options
+                .name
+                .clone()
+                .unwrap_or_else(|| source.default_name()),
+            strategy: options.fanout.strategy,
+            digest: None,
+            bytes: 0,
+            error: Some(e),
+            destinations: Vec::new(),
+            capture: None,
+            source_grew: false,
+            elapsed: Duration::ZERO,
+        },
+    }
+}
+
+/// A destination socket: drives a [`SenderSession`] (header, chunks, trailer, acknowledgement)
+/// around the payload the engine hands it, or writes the bare payload in raw mode.
+struct DestSink<'a> {
+    address: &'a str,
     index: usize,
     stream: Option<TcpStream>,
-    /// The encoded header, or `None` in raw mode.
-    header: Option<Vec<u8>>,
-    /// Unknown length: frame the payload in chunks.
-    chunked: bool,
-    options: SendOptions,
-    progress: Arc<Progress>,
-    outcome: Arc<Mutex<Option<DestReport>>>,
-    started: Instant,
+    /// The session, or `None` in raw mode.
+    session: Option<SenderSession>,
+    header: Option<&'a Header>,
+    options: &'a SendOptions,
+    progress: &'a Progress,
 }
 
-impl SocketSink {
-    fn stream(&self) -> Result<&TcpStream, SinkError> {
+impl DestSink<'_> {
+    fn stream(&self) -> Result<&TcpStream, DestFailure> {
         self.stream
             .as_ref()
-            .ok_or_else(|| SinkError("not connected".into()))
+            .ok_or(DestFailure::Abandoned(Abandoned::Transfer))
     }
 
-    fn fail(&self, what: &str, e: &io::Error) -> SinkError {
-        SinkError(format!("{}: {what}: {e}", self.address))
+    fn stall(&self) -> Duration {
+        self.options.stall_timeout
     }
 
-    fn record(&self, status: DestStatus, receiver_digest: Option<String>) {
-        if let Ok(mut o) = self.outcome.lock() {
-            o.get_or_insert(DestReport {
-                address: self.address.clone(),
-                status,
-                bytes: self.sent(),
-                receiver_digest,
-                elapsed: self.started.elapsed(),
-            });
+    /// Writes framing bytes, by one deadline a stall timeout away.
+    fn write_framing(&self, bytes: &[u8]) -> Result<(), DestFailure> {
+        let deadline = Instant::now() + self.stall();
+        transport::write_all(self.stream()?, bytes, deadline).map_err(|e| self.write_failed(e))
+    }
+
+    /// Accounts `n` payload bytes written.
+    fn count(&mut self, n: usize) -> Result<(), DestFailure> {
+        self.progress.add(self.index, n);
+        match &mut self.session {
+            Some(s) if !s.is_chunked() => Ok(s.payload(n as u64)?),
+            _ => Ok(()),
         }
     }
 
-    /// Payload bytes written to this destination so far (the progress counter is the record).
-    fn sent(&self) -> u64 {
-        self.progress.sent[self.index].load(Ordering::Relaxed)
-    }
-
-    fn count(&self, n: usize) {
-        self.progress.sent[self.index].fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// Writes framing bytes, waiting for room up to the stall timeout.
-    fn write_framing(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
-        let stall = self.options.stall_timeout;
-        let stream = self.stream()?;
-        write_all_until(stream, bytes, stall).map_err(|e| self.fail("write", &e))
-    }
-
-    fn chunk_header(&mut self, len: usize) -> Result<(), SinkError> {
-        if self.chunked && self.header.is_some() {
-            let len = u32::try_from(len).map_err(|_| SinkError("chunk too large".into()))?;
-            self.write_framing(&wire::encode_chunk_header(len))?;
-        }
-        Ok(())
+    /// The chunk header in front of `len` payload bytes, when the session is chunked.
+    fn chunk_header(&mut self, len: usize) -> Result<(), DestFailure> {
+        let header = match &mut self.session {
+            Some(s) if s.is_chunked() => s.chunk(len)?,
+            _ => return Ok(()),
+        };
+        self.write_framing(&header)
     }
 
     /// Waits until the pipe has data (true) or has reached its end of file (false).
-    fn wait_for_filler(&self, pipe: BorrowedFd<'_>) -> Result<bool, SinkError> {
-        sys::wait_ready(pipe, Readiness::Readable, None).map_err(|e| self.fail("poll", &e))?;
-        let queued = sys::bytes_queued(pipe).map_err(|e| self.fail("FIONREAD", &e))?;
-        Ok(queued > 0)
+    fn wait_for_filler(&self, pipe: BorrowedFd<'_>) -> Result<bool, DestFailure> {
+        let io = |op| move |source| DestFailure::Io { op, source };
+        sys::wait_ready(pipe, Readiness::Readable, None).map_err(io("poll"))?;
+        Ok(sys::bytes_queued(pipe).map_err(io("FIONREAD"))? > 0)
     }
 
     /// A write failed: if the receiver refused the stream mid-way (a full disk, say), its
     /// acknowledgement is waiting in the socket and says why; otherwise the error itself.
-    fn send_failed(&self, e: &io::Error) -> SinkError {
-        if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
-            && self.header.is_some()
-            && let Ok(ack) = self.read_ack_within(Duration::from_secs(1))
-        {
-            return SinkError(format!(
-                "{}: receiver refused: {} ({})",
-                self.address,
-                ack.status.as_str(),
-                ack.message
-            ));
+    fn write_failed(&self, e: io::Error) -> DestFailure {
+        if e.kind() == io::ErrorKind::TimedOut {
+            return DestFailure::Stalled(self.stall());
         }
-        self.fail("send", e)
+        if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
+            && let Some(session) = &self.session
+            && let Ok(stream) = self.stream()
+            && let Ok(body) = transport::read_message(
+                stream,
+                session.ack_reader(),
+                Instant::now() + Duration::from_secs(1),
+            )
+            && let Ok(ack) = wire::Ack::decode_body(&body)
+        {
+            return refused(ack);
+        }
+        match e.raw_os_error() {
+            Some(libc::EPIPE | libc::ECONNRESET) => DestFailure::Reset(e),
+            _ => DestFailure::Io {
+                op: "send",
+                source: e,
+            },
+        }
     }
 
-    fn read_ack(&self) -> Result<Ack, SinkError> {
-        self.read_ack_within(self.options.stall_timeout)
-    }
-
-    fn read_ack_within(&self, stall: Duration) -> Result<Ack, SinkError> {
-        let stream = self.stream()?;
-        let mut prefix = [0u8; wire::PREFIX_LEN];
-        read_exact_until(stream, &mut prefix, stall)
-            .map_err(|e| self.fail("reading the acknowledgement", &e))?;
-        let body_len = wire::decode_prefix(&prefix, MessageKind::Ack)
-            .map_err(|e| SinkError(format!("{}: bad acknowledgement: {e}", self.address)))?;
-        let mut body = vec![0u8; body_len];
-        read_exact_until(stream, &mut body, stall)
-            .map_err(|e| self.fail("reading the acknowledgement", &e))?;
-        Ack::decode_body(&body)
-            .map_err(|e| SinkError(format!("{}: bad acknowledgement: {e}", self.address)))
+    /// Reads and judges the acknowledgement, by one deadline a stall timeout away.
+    fn read_ack(&mut self, digest: &Digest) -> Result<Delivered, DestFailure> {
+        let stall = self.stall();
+        let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
+            return Err(DestFailure::Abandoned(Abandoned::Transfer));
+        };
+        let body = transport::read_message(stream, session.ack_reader(), Instant::now() + stall)
+            .map_err(|e| match e {
+                ReadError::Wire(w) => DestFailure::BadAck(w),
+                ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    DestFailure::NoAck(stall)
+                }
+                ReadError::Io(e) => DestFailure::Reset(e),
+            })?;
+        match session
+            .ack(&body, &digest.bytes)
+            .map_err(DestFailure::BadAck)?
+        {
+            Verdict::Confirmed(ack) => Ok(Delivered::Confirmed {
+                receiver_digest: ack.digest,
+            }),
+            Verdict::Refused(ack) if ack.status == AckStatus::Ok => Err(DestFailure::Unconfirmed {
+                bytes: ack.bytes,
+                receiver_digest: ack.digest,
+            }),
+            Verdict::Refused(ack) => Err(refused(ack)),
+        }
     }
 }
 
-impl Sink for SocketSink {
-    fn start(&mut self) -> Result<(), SinkError> {
-        let stream = connect(&self.address, self.options.connect_timeout)
-            .map_err(|e| SinkError(format!("{}: cannot connect: {e}", self.address)))?;
+fn refused(ack: wire::Ack) -> DestFailure {
+    DestFailure::Refused {
+        status: ack.status,
+        message: ack.message,
+        bytes: ack.bytes,
+    }
+}
+
+impl Consumer for DestSink<'_> {
+    type Outcome = Delivered;
+    type Error = DestFailure;
+
+    fn start(&mut self) -> Result<(), DestFailure> {
+        let stream = transport::connect(self.address, self.options.connect_timeout)?;
         stream
             .set_nonblocking(true)
-            .map_err(|e| self.fail("set non-blocking", &e))?;
+            .map_err(|source| DestFailure::Io {
+                op: "set non-blocking",
+                source,
+            })?;
         self.stream = Some(stream);
-        if let Some(header) = self.header.clone() {
-            self.write_framing(&header)?;
+        if let Some(header) = self.header {
+            let (session, encoded) = SenderSession::start(header)
+                .map_err(|_| DestFailure::Abandoned(Abandoned::NotStarted))?;
+            self.session = Some(session);
+            self.write_framing(&encoded)?;
         }
         Ok(())
     }
 
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError> {
-        let stall = self.options.stall_timeout;
-        let framed_chunks = self.chunked && self.header.is_some();
-        let start = self.sent();
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, DestFailure> {
+        let stall = self.stall();
+        let chunked = self.session.as_ref().is_some_and(SenderSession::is_chunked);
+        let start = self.progress.of(self.index);
+        let took = |s: &Self| s.progress.of(s.index) - start;
         // Bytes still due in the current chunk (chunked framing declares what the pipe holds).
         let mut chunk_left = 0usize;
         let mut last_progress = Instant::now();
         loop {
-            if framed_chunks && chunk_left == 0 {
-                let queued = sys::bytes_queued(pipe).map_err(|e| self.fail("FIONREAD", &e))?;
+            if chunked && chunk_left == 0 {
+                let queued = sys::bytes_queued(pipe).map_err(|source| DestFailure::Io {
+                    op: "FIONREAD",
+                    source,
+                })?;
                 if queued == 0 {
                     if !self.wait_for_filler(pipe)? {
-                        return Ok(self.sent() - start);
+                        return Ok(took(self));
                     }
                     last_progress = Instant::now();
                     continue;
@@ -416,139 +608,93 @@ impl Sink for SocketSink {
                 chunk_left = queued.min(wire::MAX_CHUNK as usize);
                 self.chunk_header(chunk_left)?;
             }
-            let want = if framed_chunks { chunk_left } else { 1 << 30 };
+            let want = if chunked { chunk_left } else { 1 << 30 };
             let sock = self.stream()?.as_fd();
             // The socket is O_NONBLOCK and the flag makes the pipe side non-blocking, so this
             // never sleeps holding the pipe's lock (KERNEL.md §1.1 "Lock hazard").
             match sys::splice(pipe, sock, want, SpliceFlags::NONBLOCK | SpliceFlags::MORE) {
-                Ok(0) => return Ok(self.sent() - start),
+                Ok(0) => return Ok(took(self)),
                 Ok(n) => {
                     chunk_left = chunk_left.saturating_sub(n);
-                    self.count(n);
+                    self.count(n)?;
                     last_progress = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if sys::bytes_queued(pipe).unwrap_or(1) == 0 {
                         // Waiting for the filler is not this destination's stall.
                         if !self.wait_for_filler(pipe)? {
-                            return Ok(self.sent() - start);
+                            return Ok(took(self));
                         }
                         last_progress = Instant::now();
-                    } else if !sys::wait_ready(
-                        sock,
-                        Readiness::Writable,
-                        Some(last_progress + stall),
-                    )
-                    .map_err(|e| self.fail("poll", &e))?
-                    {
-                        return Err(stalled(&self.address, stall));
+                    } else {
+                        let stream = self.stream()?;
+                        transport::wait(stream, Readiness::Writable, last_progress + stall)
+                            .map_err(|e| self.write_failed(e))?;
                     }
                 }
-                Err(e) => return Err(self.send_failed(&e)),
+                Err(e) => return Err(self.write_failed(e)),
             }
         }
     }
 
-    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), DestFailure> {
         self.chunk_header(bytes.len())?;
-        let stall = self.options.stall_timeout;
-        let stream = self.stream()?;
-        let written = write_all_until(stream, bytes, stall);
-        match written {
-            Ok(()) => {
-                self.count(bytes.len());
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(stalled(&self.address, stall)),
-            Err(e) => Err(self.send_failed(&e)),
-        }
+        let deadline = Instant::now() + self.stall();
+        transport::write_all(self.stream()?, bytes, deadline).map_err(|e| self.write_failed(e))?;
+        self.count(bytes.len())
     }
 
-    fn take_from_map(&mut self, map: &FileMap, offset: usize, len: usize) -> Result<(), SinkError> {
+    fn take_from_map(
+        &mut self,
+        map: &FileMap,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), DestFailure> {
         self.chunk_header(len)?;
-        let stall = self.options.stall_timeout;
         let mut done = 0;
         while done < len {
             let sock = self.stream()?.as_fd();
             match map.write_to(sock, offset + done, len - done) {
-                Ok(0) => {
-                    return Err(SinkError(format!(
-                        "{}: the source shrank under its mapping",
-                        self.address
-                    )));
-                }
+                Ok(0) => return Err(DestFailure::SourceShrank),
                 Ok(n) => {
                     // The socket has its own copy: keep the resident set bounded.
                     let _ = map.release(offset + done, n);
                     done += n;
-                    self.count(n);
+                    self.count(n)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !sys::wait_ready(sock, Readiness::Writable, Some(Instant::now() + stall))
-                        .map_err(|e| self.fail("poll", &e))?
-                    {
-                        return Err(stalled(&self.address, stall));
-                    }
+                    let stream = self.stream()?;
+                    transport::wait(stream, Readiness::Writable, Instant::now() + self.stall())
+                        .map_err(|e| self.write_failed(e))?;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
-                    return Err(SinkError(format!(
-                        "{}: the source shrank under its mapping",
-                        self.address
-                    )));
+                    return Err(DestFailure::SourceShrank);
                 }
-                Err(e) => return Err(self.send_failed(&e)),
+                Err(e) => return Err(self.write_failed(e)),
             }
         }
         Ok(())
     }
 
-    fn finish(&mut self, length: u64, digest: &Digest) -> Result<(), SinkError> {
-        if self.header.is_none() {
-            let stream = self.stream()?;
-            stream
+    fn finish(&mut self, _length: u64, digest: &Digest) -> Result<Delivered, DestFailure> {
+        let Some(session) = &mut self.session else {
+            self.stream()?
                 .shutdown(Shutdown::Write)
-                .map_err(|e| self.fail("shutdown", &e))?;
-            self.record(DestStatus::Sent, None);
-            return Ok(());
-        }
-        if self.chunked {
-            self.write_framing(&wire::encode_chunk_header(0))?;
-        }
-        let trailer = Trailer {
-            length,
-            digest: digest.bytes.clone(),
+                .map_err(|source| DestFailure::Io {
+                    op: "shutdown",
+                    source,
+                })?;
+            return Ok(Delivered::Sent);
         };
-        self.write_framing(&trailer.encode())?;
-        let ack = self.read_ack()?;
-        let receiver_digest = Some(to_hex(&ack.digest));
-        if ack.status == AckStatus::Ok && ack.bytes == length && ack.digest == digest.bytes {
-            self.record(DestStatus::Confirmed, receiver_digest);
-            Ok(())
-        } else {
-            let reason = format!(
-                "{}: receiver refused: {} ({}; it received {} bytes)",
-                self.address,
-                ack.status.as_str(),
-                ack.message,
-                ack.bytes
-            );
-            self.record(DestStatus::Failed(reason.clone()), receiver_digest);
-            Err(SinkError(reason))
-        }
+        let end = session.finish(&digest.bytes)?;
+        self.write_framing(&end)?;
+        self.read_ack(digest)
     }
 
-    fn abort(&mut self, reason: &str) {
+    fn abort(&mut self) {
         // Closing without a trailer tells the receiver to discard what it has.
         if let Some(s) = self.stream.take() {
             let _ = s.shutdown(Shutdown::Both);
         }
-        self.record(DestStatus::Failed(reason.to_string()), None);
     }
-}
-
-fn stalled(address: &str, stall: Duration) -> SinkError {
-    SinkError(format!(
-        "{address}: stalled: accepted no data for {:.1} s (--stall-timeout)",
-        stall.as_secs_f64()
-    ))
 }

@@ -1,4 +1,6 @@
-//! Sources: a regular file of known length, or a stream (standard input) of unknown length.
+//! Sources: what the engine reads from. A regular file (known length, read by offset), standard
+//! input (a stream of unknown length), or any descriptor a caller hands over — a socket whose
+//! length a protocol announced is a stream of known length.
 
 use std::fs::File;
 use std::io;
@@ -36,6 +38,7 @@ pub struct Source {
     display: String,
     path: Option<PathBuf>,
     len: Option<u64>,
+    seekable: bool,
 }
 
 impl Source {
@@ -63,6 +66,7 @@ impl Source {
             display: path.display().to_string(),
             path: Some(path.to_path_buf()),
             len,
+            seekable: meta.is_file(),
         })
     }
 
@@ -80,7 +84,24 @@ impl Source {
             display: "-".into(),
             path: None,
             len: None,
+            seekable: false,
         })
+    }
+
+    /// Any descriptor, read from its current position to its end: a pipe, a socket, a
+    /// character device. `length` is the number of bytes to send when it is known (a protocol
+    /// announced it), `None` to send until end of file. `display` names it in reports.
+    ///
+    /// Such a source is never read by offset: the paths that need a regular file (`mmap-pipe`,
+    /// `mmap-write`, `zerocopy`, `direct`) refuse it.
+    pub fn from_fd(fd: impl Into<OwnedFd>, length: Option<u64>, display: &str) -> Source {
+        Source {
+            fd: fd.into(),
+            display: display.to_string(),
+            path: None,
+            len: length,
+            seekable: false,
+        }
     }
 
     /// The descriptor to read from.
@@ -94,7 +115,12 @@ impl Source {
         self.len
     }
 
-    /// True when the source is a regular file of length zero.
+    /// True for a regular file, read by offset; false for a stream read in order.
+    pub fn is_seekable(&self) -> bool {
+        self.seekable
+    }
+
+    /// True when the source has a known length of zero.
     pub fn is_empty(&self) -> bool {
         self.len == Some(0)
     }

@@ -1,51 +1,83 @@
-//! Transport: connecting to a destination, and reading and writing a non-blocking socket with a
-//! deadline.
+//! Transport: connecting to a destination, and reading and writing a socket against a
+//! deadline. One module for both sides, so every exchange — a header, a trailer, an
+//! acknowledgement — is bounded by a *total* deadline, however the peer drips its bytes.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use teecast_proto::session::FrameReader;
+use teecast_proto::wire::WireError;
 use teecast_sys::{self as sys, Readiness};
 
-/// Connects to `address`, trying each resolved address within `timeout`.
-pub fn connect(address: &str, timeout: Duration) -> io::Result<TcpStream> {
-    let addrs: Vec<_> = address
-        .to_socket_addrs()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {address}: {e}")))?
-        .collect();
-    let mut last = io::Error::new(
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The name did not resolve, or resolved to nothing.
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        /// The address as given.
+        address: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Every resolved address refused or timed out; the last error.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// The address tried last.
+        address: SocketAddr,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Connects to `address` (`host:port`), trying each resolved address within `timeout`.
+pub fn connect(address: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let resolve = |source| ConnectError::Resolve {
+        address: address.to_string(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = address.to_socket_addrs().map_err(resolve)?.collect();
+    let mut last = Err(resolve(io::Error::new(
         io::ErrorKind::NotFound,
-        format!("{address} resolves to nothing"),
-    );
+        "it resolves to no address",
+    )));
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
             Ok(s) => return Ok(s),
-            Err(e) => last = e,
+            Err(source) => {
+                last = Err(ConnectError::Connect {
+                    address: addr,
+                    source,
+                })
+            }
         }
     }
-    Err(last)
+    last
 }
 
-/// Writes all of `bytes` to a non-blocking socket, waiting at most `stall` for each bit of room.
-pub fn write_all_until(
-    mut stream: &TcpStream,
-    mut bytes: &[u8],
-    stall: Duration,
-) -> io::Result<()> {
+/// Waits until `stream` is ready for `readiness`, or fails with `TimedOut` at `deadline`.
+pub fn wait(stream: &TcpStream, readiness: Readiness, deadline: Instant) -> io::Result<()> {
+    if sys::wait_ready(stream.as_fd(), readiness, Some(deadline))? {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::TimedOut.into())
+    }
+}
+
+/// Writes all of `bytes` to `stream` (blocking or not) by `deadline`.
+pub fn write_all(mut stream: &TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
     while !bytes.is_empty() {
         match stream.write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !sys::wait_ready(
-                    stream.as_fd(),
-                    Readiness::Writable,
-                    Some(Instant::now() + stall),
-                )? {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
+                wait(stream, Readiness::Writable, deadline)?;
             }
             Err(e) => return Err(e),
         }
@@ -53,33 +85,115 @@ pub fn write_all_until(
     Ok(())
 }
 
-/// Reads exactly `buf.len()` bytes from a non-blocking socket, waiting at most `stall` for each.
-pub fn read_exact_until(mut stream: &TcpStream, buf: &mut [u8], stall: Duration) -> io::Result<()> {
+/// Reads exactly `buf.len()` bytes from `stream` by `deadline`. The end of the stream before
+/// that is `UnexpectedEof`.
+pub fn read_exact(mut stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
+        // Wait first, so a blocking socket never blocks past the deadline either.
+        wait(stream, Readiness::Readable, deadline)?;
         match stream.read(&mut buf[done..]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed by the receiver",
-                ));
-            }
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !sys::wait_ready(
-                    stream.as_fd(),
-                    Readiness::Readable,
-                    Some(Instant::now() + stall),
-                )? {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no answer within --stall-timeout",
-                    ));
-                }
-            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Why a framed message could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The socket failed, closed early (`UnexpectedEof`) or the deadline passed (`TimedOut`).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The bytes are not a valid message of the kind expected.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Reads one framed message with `reader` by `deadline` — never a byte beyond it — and returns
+/// its body.
+pub fn read_message(
+    stream: &TcpStream,
+    mut reader: FrameReader,
+    deadline: Instant,
+) -> Result<Vec<u8>, ReadError> {
+    loop {
+        let mut buf = vec![0; reader.wanted()];
+        read_exact(stream, &mut buf, deadline)?;
+        if let (_, Some(body)) = reader.push(&buf)? {
+            return Ok(body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use teecast_proto::wire::MessageKind;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    /// A peer that drips a message a byte at a time never gets more than the one total
+    /// deadline: reading stops at it, though every single byte arrived within it.
+    #[test]
+    fn a_dripping_peer_is_bounded_by_the_total_deadline() {
+        let (mut client, server) = pair();
+        let dripper = std::thread::spawn(move || {
+            for b in teecast_proto::session::ack(
+                teecast_proto::wire::AckStatus::Ok,
+                0,
+                &[],
+                "a message long enough to drip for a while",
+            ) {
+                if client.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        let got = read_message(
+            &server,
+            FrameReader::new(MessageKind::Ack),
+            started + Duration::from_millis(200),
+        );
+        let took = started.elapsed();
+        assert!(
+            matches!(&got, Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        drop(server);
+        dripper.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_peer_is_an_unexpected_end() {
+        let (client, server) = pair();
+        drop(client);
+        let mut buf = [0u8; 4];
+        let err =
+            read_exact(&server, &mut buf, Instant::now() + Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn connecting_to_a_name_that_does_not_resolve_says_so() {
+        let err = connect("127.0.0.1", Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, ConnectError::Resolve { .. }), "{err:?}");
+    }
 }

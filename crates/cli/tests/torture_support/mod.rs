@@ -328,11 +328,7 @@ pub fn verdict(out: &Outcome) -> Verdict {
         Some(1) => {
             let refused = out.report["destinations"].as_array().map_or(0, |ds| {
                 ds.iter()
-                    .filter(|d| {
-                        d["error"]
-                            .as_str()
-                            .is_some_and(|e| e.contains("digest-mismatch"))
-                    })
+                    .filter(|d| d["kind"] == "refused" && d["ack_status"] == "digest-mismatch")
                     .count()
             });
             if refused >= 1 && refused + kept == out.receivers.len() {

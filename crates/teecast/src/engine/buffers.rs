@@ -64,7 +64,7 @@ pub(super) fn pump_buffers(
     config: &FanoutConfig,
 ) -> Result<u64, EngineError> {
     let total = source.len();
-    let chunk_size = config.buffer_chunk.max(4096);
+    let chunk_size = config.buffer_chunk;
     let pool = BufferPool::new(config.buffers, chunk_size);
     let mut sent = 0u64;
     loop {
@@ -103,7 +103,7 @@ pub(super) fn pump_map(
     };
     let map = Arc::new(map);
     let len = map.len();
-    let chunk_size = config.buffer_chunk.max(4096);
+    let chunk_size = config.buffer_chunk;
     let mut buf = vec![0u8; chunk_size];
     let mut sent = 0usize;
     while sent < len {
@@ -116,7 +116,10 @@ pub(super) fn pump_map(
         // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (KERNEL.md §3).
         let size = source
             .current_size()
-            .map_err(|e| EngineError::Source(e.to_string()))?;
+            .map_err(|source| EngineError::Source {
+                op: "fstat",
+                source,
+            })?;
         if size < (sent + want) as u64 {
             return Err(EngineError::Truncated {
                 at: size,

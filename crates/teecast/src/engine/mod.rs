@@ -1,16 +1,17 @@
-//! The engine: a *filler* turns the source into stable bytes, a *fan-out* hands those bytes to
-//! every consumer ([`Sink`]): destination sockets, the capture file, the digest.
+//! The engine: a *filler* turns the [`Source`] into stable bytes, a *fan-out* hands those bytes
+//! to every *consumer* ([`Consumer`]): the caller's (destination sockets, say), the capture file
+//! and the digest.
 //!
 //! Two fan-outs exist. On the pipe paths the filler puts one chunk into a source pipe; the chunk
 //! is `tee`d into a private, empty *stage* pipe per consumer (tee into an empty pipe at least as
-//! large as the source is never short, KERNEL.md §1.2), the source is then drained, and each stage
-//! is spliced into the consumer's *out* pipe as room appears, so consumers run a chunk or more
-//! apart without ever sharing a pipe's reading end. On the buffer paths one buffer from a
+//! large as the source is never short, KERNEL.md §1.2), the source is then emptied, and each
+//! stage is spliced into the consumer's *out* pipe as room appears, so consumers run a chunk or
+//! more apart without ever sharing a pipe's reading end. On the buffer paths one buffer from a
 //! bounded pool is shared, read-only, by every consumer. Each consumer runs on its own thread.
 //! The slowest consumer sets the pace; a consumer that fails is dropped and the others go on,
-//! unless it is required (capture, digest), which ends the transfer.
+//! but the capture and the digest are required: their failure ends the transfer.
 //!
-//! The engine knows nothing of the wire protocol: framing belongs to the sinks.
+//! The engine knows nothing of the wire protocol: framing belongs to the consumers.
 
 mod buffers;
 mod pipes;
@@ -18,63 +19,122 @@ mod sinks;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, ScopedJoinHandle};
 
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
 use crate::source::Source;
 use crate::strategy::Strategy;
-use teecast_sys::{self as sys, FileMap, Pipe};
+use teecast_sys::{self as sys, Pipe};
 
 use buffers::{Chunk, pump_buffers, pump_map};
 use pipes::pump_pipes;
-pub use sinks::CaptureSink;
-use sinks::HashSink;
+pub use sinks::{CaptureError, CaptureSink};
+use sinks::{DigestError, DigestSink};
+pub use teecast_sys::FileMap;
 
-/// A consumer's failure, in one line for the report.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
-
-impl SinkError {
-    /// `context: error`.
-    pub fn io(context: &str, err: &io::Error) -> SinkError {
-        SinkError(format!("{context}: {err}"))
-    }
+/// Why the engine stopped feeding a consumer before the stream ended. Every consumer's error
+/// type converts from it, so a consumer reports the engine's reasons in its own terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Abandoned {
+    /// The transfer as a whole failed (the source, a pipe, a required consumer, every
+    /// destination); the fan-out's result says why.
+    #[error("the transfer was abandoned")]
+    Transfer,
+    /// The transfer could not start (an unusable data path or options); nothing was sent.
+    #[error("the transfer did not start")]
+    NotStarted,
+    /// The consumer took a different number of bytes from its pipe than the stream had.
+    #[error("took {took} bytes from the pipe, the stream had {length}")]
+    Miscounted {
+        /// Bytes the consumer took.
+        took: u64,
+        /// Bytes in the stream.
+        length: u64,
+    },
+    /// The path hands out ranges of a file mapping and this consumer cannot take them.
+    #[error("this consumer cannot take data from a file mapping")]
+    NoMapping,
+    /// The consumer's thread panicked.
+    #[error("the consumer's thread panicked")]
+    Panicked,
 }
 
 /// A consumer of the stable stream. Each runs on a thread of its own and receives the stream in
-/// order, in one of three forms depending on the data path.
-pub trait Sink: Send {
+/// order, in one of three forms depending on the data path: its own pipe ([`take_pipe`]),
+/// shared read-only buffers ([`take_from_buffer`]) or ranges of a file mapping
+/// ([`take_from_map`], `mmap-write` only).
+///
+/// [`take_pipe`]: Consumer::take_pipe
+/// [`take_from_buffer`]: Consumer::take_from_buffer
+/// [`take_from_map`]: Consumer::take_from_map
+pub trait Consumer: Send {
+    /// What the consumer reports when it has the whole stream (a receiver's confirmation, say).
+    type Outcome: Send;
+    /// Why it failed; the engine's own reasons ([`Abandoned`]) convert into it.
+    type Error: From<Abandoned> + Send;
+
     /// Called once before any data (connect, write a header).
-    fn start(&mut self) -> Result<(), SinkError> {
+    fn start(&mut self) -> Result<(), Self::Error> {
         Ok(())
     }
     /// Takes everything that arrives in `pipe` (this consumer's own) until its end of file,
     /// which comes when the filler has put the whole stream in (or given up). Returns the count.
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError>;
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, Self::Error>;
     /// Takes bytes from a shared, immutable buffer.
-    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError>;
+    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
     /// Takes `len` bytes of a file mapping from `offset` (the `mmap-write` path).
-    fn take_from_map(&mut self, map: &FileMap, offset: usize, len: usize) -> Result<(), SinkError> {
+    fn take_from_map(
+        &mut self,
+        map: &FileMap,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), Self::Error> {
         let _ = (map, offset, len);
-        Err(SinkError(
-            "this consumer cannot take data from a file mapping".into(),
-        ))
+        Err(Abandoned::NoMapping.into())
     }
     /// The stream ended after `length` bytes with `digest`.
-    fn finish(&mut self, length: u64, digest: &Digest) -> Result<(), SinkError>;
-    /// The stream was abandoned; clean up (remove temporary files, close connections).
-    fn abort(&mut self, reason: &str);
-    /// Whether a failure of this consumer must end the whole transfer (a capture file).
-    fn is_required(&self) -> bool {
-        false
+    fn finish(&mut self, length: u64, digest: &Digest) -> Result<Self::Outcome, Self::Error>;
+    /// The stream was abandoned or this consumer failed; clean up (remove temporary files,
+    /// close connections).
+    fn abort(&mut self);
+}
+
+impl<C: Consumer + ?Sized> Consumer for Box<C> {
+    type Outcome = C::Outcome;
+    type Error = C::Error;
+
+    fn start(&mut self) -> Result<(), Self::Error> {
+        (**self).start()
+    }
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, Self::Error> {
+        (**self).take_pipe(pipe)
+    }
+    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        (**self).take_from_buffer(bytes)
+    }
+    fn take_from_map(
+        &mut self,
+        map: &FileMap,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), Self::Error> {
+        (**self).take_from_map(map, offset, len)
+    }
+    fn finish(&mut self, length: u64, digest: &Digest) -> Result<Self::Outcome, Self::Error> {
+        (**self).finish(length, digest)
+    }
+    fn abort(&mut self) {
+        (**self).abort()
     }
 }
 
 /// Why a fan-out failed as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The source ended before the length announced at the start.
     #[error(
@@ -87,29 +147,109 @@ pub enum EngineError {
         expected: u64,
     },
     /// Reading the source failed.
-    #[error("reading the source: {0}")]
-    Source(String),
-    /// The chosen path cannot serve this source or these consumers.
-    #[error("{0}")]
-    Unsupported(String),
+    #[error("reading the source: {op}: {source}")]
+    Source {
+        /// The call that failed.
+        op: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The chosen path cannot serve this source, these consumers or these options.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
     /// A pipe operation failed.
-    #[error("{0}")]
-    Pipe(String),
+    #[error("{op}: {source}")]
+    Pipe {
+        /// The call that failed.
+        op: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel broke an assumption of the pipe paths (a short tee into an empty pipe, a
+    /// source pipe larger than its stages).
+    #[error("the kernel broke a pipe-path assumption: {0}")]
+    PipeInvariant(&'static str),
     /// Every destination failed; there is nobody left to send to.
     #[error("every destination failed")]
     AllFailed,
-    /// A required consumer (capture or digest) failed.
-    #[error("{0}")]
-    Required(String),
+    /// The capture failed (the report's capture outcome says how).
+    #[error("the capture failed")]
+    Capture,
+    /// The digest consumer failed.
+    #[error("the digest failed: {0}")]
+    Digest(#[source] DigestError),
 }
 
-/// Settings of one fan-out.
+impl EngineError {
+    /// A short, stable name for machines: `truncated`, `source`, `unsupported`, `pipe`,
+    /// `pipe-invariant`, `all-failed`, `capture` or `digest`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Truncated { .. } => "truncated",
+            EngineError::Source { .. } => "source",
+            EngineError::Unsupported(_) => "unsupported",
+            EngineError::Pipe { .. } => "pipe",
+            EngineError::PipeInvariant(_) => "pipe-invariant",
+            EngineError::AllFailed => "all-failed",
+            EngineError::Capture => "capture",
+            EngineError::Digest(_) => "digest",
+        }
+    }
+}
+
+/// A data path or option the engine refuses, before anything is sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unsupported {
+    /// The path maps or seeks the source, which is a stream.
+    #[error("the {0} path needs a regular file as the source, not a stream")]
+    NeedsRegularFile(Strategy),
+    /// `mmap-write` copies separately for each consumer, so two could see different bytes.
+    #[error(
+        "the mmap-write path copies separately for each consumer, so two consumers could see different bytes; it serves exactly one destination and no capture"
+    )]
+    MmapWriteNeedsOneConsumer,
+    /// No consumer was given.
+    #[error("no destination given")]
+    NoConsumers,
+    /// The filesystem refuses `O_DIRECT` for the source.
+    #[error("{path}: this filesystem refuses O_DIRECT ({reason})")]
+    NoDirect {
+        /// The source.
+        path: PathBuf,
+        /// The system's answer.
+        reason: String,
+    },
+    /// The file is larger than this machine can map.
+    #[error("the file is too large to map")]
+    TooLargeToMap,
+    /// A size in the options is zero or out of range.
+    #[error("{name} must be between {min} and {max} bytes, not {value}")]
+    Size {
+        /// The option.
+        name: &'static str,
+        /// The value given.
+        value: usize,
+        /// The smallest allowed.
+        min: usize,
+        /// The largest allowed.
+        max: usize,
+    },
+}
+
+/// Settings of one fan-out. Built with [`FanoutConfig::default`] and the setters; sizes are
+/// checked by [`FanoutConfig::validate`] (and by [`fan_out`] before anything is sent).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct FanoutConfig {
-    /// A concrete data path (not `Auto`).
+    /// The data path; `Auto` is resolved once, by [`Strategy::for_transfer`].
     pub strategy: Strategy,
     /// The digest to compute over the stable bytes.
     pub digest: DigestAlgorithm,
+    /// Also write exactly the bytes sent to this file (it appears only when complete).
+    pub capture: Option<PathBuf>,
     /// Bytes per chunk on the pipe paths (kept below the pipe sizes).
     pub pipe_chunk: usize,
     /// Size of each consumer's out pipe.
@@ -123,8 +263,9 @@ pub struct FanoutConfig {
 impl Default for FanoutConfig {
     fn default() -> Self {
         FanoutConfig {
-            strategy: Strategy::ReadWrite,
+            strategy: Strategy::Auto,
             digest: DigestAlgorithm::default(),
+            capture: None,
             pipe_chunk: 256 * 1024,
             pipe_size: 1024 * 1024,
             buffer_chunk: 1024 * 1024,
@@ -133,194 +274,312 @@ impl Default for FanoutConfig {
     }
 }
 
+/// Bounds of the sizes in [`FanoutConfig`]: a page at least, and at most what a pipe or an
+/// allocation sensibly holds.
+const SIZE_LIMITS: (usize, usize) = (4096, 256 << 20);
+
+impl FanoutConfig {
+    /// Sets the data path.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the digest.
+    pub fn digest(mut self, digest: DigestAlgorithm) -> Self {
+        self.digest = digest;
+        self
+    }
+
+    /// Also writes the stream to `path`.
+    pub fn capture(mut self, path: impl Into<PathBuf>) -> Self {
+        self.capture = Some(path.into());
+        self
+    }
+
+    /// Checks every size: chunks, pipes and buffers of at least a page (4096 bytes) and at
+    /// most 256 MiB, and at least one buffer.
+    pub fn validate(&self) -> Result<(), Unsupported> {
+        let (min, max) = SIZE_LIMITS;
+        for (name, value) in [
+            ("the pipe chunk", self.pipe_chunk),
+            ("the pipe size", self.pipe_size),
+            ("the buffer size", self.buffer_chunk),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(Unsupported::Size {
+                    name,
+                    value,
+                    min,
+                    max,
+                });
+            }
+        }
+        if !(1..=1024).contains(&self.buffers) {
+            return Err(Unsupported::Size {
+                name: "the buffer count",
+                value: self.buffers,
+                min: 1,
+                max: 1024,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a fan-out did.
 #[derive(Debug)]
-pub struct FanoutReport {
+pub struct FanoutReport<O, E> {
+    /// The concrete path that was used.
+    pub strategy: Strategy,
     /// The digest of the stable bytes, or why the transfer failed as a whole.
     pub result: Result<Digest, EngineError>,
     /// Bytes taken from the source.
     pub bytes: u64,
-    /// Each sink's outcome, in the order given.
-    pub sinks: Vec<Result<(), SinkError>>,
+    /// Each consumer's outcome, in the order given.
+    pub consumers: Vec<Result<O, E>>,
+    /// The capture's outcome, when one was asked for.
+    pub capture: Option<Result<(), CaptureError>>,
     /// The source file was longer at the end than announced (only the announced bytes went out).
     pub source_grew: bool,
 }
 
-/// Sends `source` to every sink over the path in `config`, and returns what happened.
-pub fn fan_out(
+/// Sends `source` to every consumer over the path in `config`, and returns what happened.
+///
+/// ```
+/// use teecast::engine::{Abandoned, Consumer, FanoutConfig, fan_out};
+/// use teecast::digest::Digest;
+/// use teecast::source::Source;
+///
+/// /// Counts the bytes it is given.
+/// struct Count(u64);
+///
+/// impl Consumer for Count {
+///     type Outcome = u64;
+///     type Error = Abandoned;
+///     fn take_pipe(&mut self, pipe: std::os::fd::BorrowedFd<'_>) -> Result<u64, Abandoned> {
+///         let mut file = std::fs::File::from(pipe.try_clone_to_owned().unwrap());
+///         let n = std::io::copy(&mut file, &mut std::io::sink()).unwrap();
+///         self.0 += n;
+///         Ok(n)
+///     }
+///     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), Abandoned> {
+///         self.0 += bytes.len() as u64;
+///         Ok(())
+///     }
+///     fn finish(&mut self, _length: u64, _digest: &Digest) -> Result<u64, Abandoned> {
+///         Ok(self.0)
+///     }
+///     fn abort(&mut self) {}
+/// }
+///
+/// let mut file = tempfile::NamedTempFile::new().unwrap();
+/// std::io::Write::write_all(&mut file, &[7u8; 100_000]).unwrap();
+/// let source = Source::open(file.path()).unwrap();
+/// let report = fan_out(&source, vec![Count(0), Count(0)], &FanoutConfig::default());
+/// assert_eq!(report.bytes, 100_000);
+/// assert!(report.result.is_ok());
+/// assert!(report.consumers.iter().all(|c| matches!(c, Ok(100_000))));
+/// ```
+pub fn fan_out<C: Consumer>(
     source: &Source,
-    sinks: Vec<Box<dyn Sink + '_>>,
+    consumers: Vec<C>,
     config: &FanoutConfig,
-) -> FanoutReport {
+) -> FanoutReport<C::Outcome, C::Error> {
     sys::ignore_sigpipe();
-    let strategy = config.strategy.for_transfer(source, sinks.len());
-    if let Err(e) = check_supported(source, strategy, &sinks) {
-        let n = sinks.len();
-        return FanoutReport {
-            result: Err(e.clone()),
-            bytes: 0,
-            sinks: vec![Err(SinkError(e.to_string())); n],
-            source_grew: false,
-        };
+    let wanted = consumers.len() + usize::from(config.capture.is_some());
+    let strategy = config.strategy.for_transfer(source, wanted);
+    let refuse = |error: EngineError, consumers: Vec<C>| FanoutReport {
+        strategy,
+        result: Err(error),
+        bytes: 0,
+        consumers: consumers
+            .into_iter()
+            .map(|_| Err(Abandoned::NotStarted.into()))
+            .collect(),
+        capture: config
+            .capture
+            .as_ref()
+            .map(|_| Err(CaptureError::Abandoned(Abandoned::NotStarted))),
+        source_grew: false,
+    };
+    if let Err(e) = config
+        .validate()
+        .and_then(|()| check(source, strategy, wanted))
+    {
+        return refuse(e.into(), consumers);
     }
+    let capture = match config
+        .capture
+        .as_deref()
+        .map(CaptureSink::create)
+        .transpose()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let mut report = refuse(EngineError::Capture, consumers);
+            report.capture = Some(Err(e));
+            return report;
+        }
+    };
     // Paths that read into a buffer they own hash it there; the others hash a copy of the stable
-    // stream on a branch of its own (never the source: KERNEL.md §3).
+    // stream on a consumer of its own (never the source: KERNEL.md §3).
     let filler_hashes = matches!(
         strategy,
         Strategy::ReadPipe | Strategy::Vmsplice | Strategy::MmapWrite
     );
-    let digest_slot = Arc::new(Mutex::new(None));
-    let mut all: Vec<Box<dyn Sink + '_>> = sinks;
-    let hash_index = (!filler_hashes && config.digest != DigestAlgorithm::None).then(|| {
-        all.push(Box::new(HashSink {
+    let digest_consumer =
+        (!filler_hashes && config.digest != DigestAlgorithm::None).then(|| DigestSink {
             hasher: Some(Hasher::new(config.digest)),
-            slot: digest_slot.clone(),
             buf: Vec::new(),
-        }));
-        all.len() - 1
-    });
+        });
     let mut filler_hasher = filler_hashes.then(|| Hasher::new(config.digest));
-    let required: Vec<bool> = all.iter().map(|s| s.is_required()).collect();
 
     thread::scope(|scope| {
-        let mut handles = Vec::new();
-        let mut links = Vec::new();
-        let mut setup_error = None;
-        for sink in all {
-            let required = sink.is_required();
-            let (tx, rx, pipes) = if strategy.uses_pipes() {
-                let (tx, rx) = mpsc::channel();
-                match branch_pipes(config) {
-                    Ok(p) => (Link::Unbounded(tx), rx, Some(p)),
-                    Err(e) => {
-                        setup_error
-                            .get_or_insert(EngineError::Pipe(format!("creating pipes: {e}")));
-                        (Link::Unbounded(tx), rx, None)
-                    }
-                }
-            } else {
-                let (tx, rx) = mpsc::sync_channel(config.buffers.max(1));
-                (Link::Bounded(tx), rx, None)
-            };
-            let (stage, out_w, out_r) = match pipes {
-                Some((stage, out)) => (Some(stage), Some(out.write), Some(out.read)),
-                None => (None, None, None),
-            };
-            handles.push(scope.spawn(move || consume(sink, rx, out_r)));
-            links.push(Branch {
-                tx: Some(tx),
-                stage,
-                out_w,
-                pending: 0,
-                required,
-            });
-        }
-        let pumped = match setup_error {
-            Some(e) => Err(e),
-            None => match strategy {
-                Strategy::ReadWrite => pump_buffers(source, &mut links, config),
-                Strategy::MmapWrite => pump_map(source, &mut links, config, filler_hasher.as_mut()),
-                _ => pump_pipes(source, strategy, &mut links, config, filler_hasher.as_mut()),
-            },
+        let mut branches = Vec::new();
+        let mut setup = Ok(());
+        let mut lanes = Lanes {
+            scope,
+            strategy,
+            config,
+            branches: &mut branches,
+            setup: &mut setup,
         };
+        let handles: Vec<_> = consumers
+            .into_iter()
+            .map(|c| lanes.spawn(c, false))
+            .collect();
+        let capture_handle = capture.map(|c| lanes.spawn(c, true));
+        let digest_handle = digest_consumer.map(|c| lanes.spawn(c, true));
+        let capture_at = handles.len();
+        let digest_at = capture_at + usize::from(capture_handle.is_some());
+
+        let pumped = setup.and_then(|()| match strategy {
+            Strategy::ReadWrite => pump_buffers(source, &mut branches, config),
+            Strategy::MmapWrite => pump_map(source, &mut branches, config, filler_hasher.as_mut()),
+            _ => pump_pipes(
+                source,
+                strategy,
+                &mut branches,
+                config,
+                filler_hasher.as_mut(),
+            ),
+        });
         let pumped =
             pumped.and_then(|bytes| check_final_size(source, bytes).map(|grew| (bytes, grew)));
-        let (bytes, source_grew, result) = match pumped {
+        let mut digest_handle = digest_handle;
+        let (bytes, source_grew, mut result) = match pumped {
             Ok((bytes, grew)) => {
-                let digest = match (filler_hasher, hash_index) {
+                let digest = match (filler_hasher, digest_handle.take()) {
                     (Some(h), _) => Ok(h.finish()),
-                    (None, Some(i)) => {
-                        links[i].end(bytes, &Digest::none());
-                        match handles.remove(i).join() {
-                            Ok(Ok(())) => digest_slot
-                                .lock()
-                                .ok()
-                                .and_then(|mut d| d.take())
-                                .ok_or_else(|| {
-                                    EngineError::Required("digest branch gave no digest".into())
-                                }),
-                            Ok(Err(e)) => Err(EngineError::Required(format!("digest: {e}"))),
-                            Err(_) => Err(EngineError::Required("digest thread panicked".into())),
-                        }
+                    (None, Some(handle)) => {
+                        branches[digest_at].end(bytes, &Digest::none());
+                        join(handle).map_err(EngineError::Digest)
                     }
                     (None, None) => Ok(Digest::none()),
                 };
-                if let Some(i) = hash_index {
-                    links.remove(i);
-                }
                 match &digest {
-                    Ok(d) => links.iter_mut().for_each(|l| l.end(bytes, d)),
-                    Err(e) => links.iter_mut().for_each(|l| l.abort(&e.to_string())),
+                    Ok(d) => branches.iter_mut().for_each(|b| b.end(bytes, d)),
+                    Err(_) => branches.iter_mut().for_each(Branch::abort),
                 }
                 (bytes, grew, digest)
             }
             Err(e) => {
-                links.iter_mut().for_each(|l| l.abort(&e.to_string()));
+                branches.iter_mut().for_each(Branch::abort);
                 (0, false, Err(e))
             }
         };
-        drop(links);
-        let sinks: Vec<Result<(), SinkError>> = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(SinkError("consumer thread panicked".into())))
-            })
-            .collect();
-        // Name the required consumer that failed, rather than the generic error of the filler.
-        let result = result.map_err(|e| match e {
-            EngineError::Required(generic) => EngineError::Required(
-                sinks
-                    .iter()
-                    .zip(&required)
-                    .find_map(|(r, req)| r.as_ref().err().filter(|_| *req).map(|e| e.0.clone()))
-                    .unwrap_or(generic),
-            ),
-            other => other,
-        });
+        drop(branches);
+        let consumers: Vec<_> = handles.into_iter().map(join).collect();
+        let capture = capture_handle.map(join);
+        // The filler saw only that a required consumer went (Branch::fail); when it was the
+        // digest, say so and why.
+        if let Some(Err(DigestError::Read(e))) = digest_handle.map(join)
+            && matches!(result, Err(EngineError::Capture))
+            && !matches!(capture, Some(Err(_)))
+        {
+            result = Err(EngineError::Digest(DigestError::Read(e)));
+        }
         FanoutReport {
+            strategy,
             result,
             bytes,
-            sinks,
+            consumers,
+            capture,
             source_grew,
         }
     })
 }
 
-fn check_supported(
-    source: &Source,
+/// Starts consumers on threads of `scope`, each with its branch.
+struct Lanes<'scope, 'env, 'a> {
+    scope: &'scope thread::Scope<'scope, 'env>,
     strategy: Strategy,
-    sinks: &[Box<dyn Sink + '_>],
-) -> Result<(), EngineError> {
-    if strategy.needs_regular_file() && source.len().is_none() {
-        return Err(EngineError::Unsupported(format!(
-            "--strategy {strategy} needs a regular file as the source, not a stream; use read-pipe or readwrite"
-        )));
+    config: &'a FanoutConfig,
+    branches: &'a mut Vec<Branch>,
+    /// The first failure to set a branch up.
+    setup: &'a mut Result<(), EngineError>,
+}
+
+impl<'scope> Lanes<'scope, '_, '_> {
+    /// Starts `consumer` on a thread of its own; `required` ends the transfer if it fails.
+    fn spawn<C: Consumer + 'scope>(
+        &mut self,
+        consumer: C,
+        required: bool,
+    ) -> ScopedJoinHandle<'scope, Result<C::Outcome, C::Error>> {
+        let (branch, rx, out) = Branch::new(self.strategy, self.config, required, self.setup);
+        self.branches.push(branch);
+        self.scope.spawn(move || consume(consumer, rx, out))
     }
-    if strategy == Strategy::MmapWrite && sinks.len() != 1 {
-        return Err(EngineError::Unsupported(
-            "--strategy mmap-write copies separately for each consumer, so two consumers could see different bytes; it serves exactly one destination and no capture (use mmap-pipe or read-pipe)".into(),
-        ));
+}
+
+fn join<O, E: From<Abandoned>>(handle: ScopedJoinHandle<'_, Result<O, E>>) -> Result<O, E> {
+    handle
+        .join()
+        .unwrap_or_else(|_| Err(Abandoned::Panicked.into()))
+}
+
+/// Checks that `strategy` can serve `source` and `consumers` consumers (the caller's and the
+/// capture): the one validation of a data path, run by [`fan_out`] and before a send connects.
+pub fn check(source: &Source, strategy: Strategy, consumers: usize) -> Result<(), Unsupported> {
+    if strategy.needs_regular_file() && !source.is_seekable() {
+        return Err(Unsupported::NeedsRegularFile(strategy));
     }
-    if sinks.is_empty() {
-        return Err(EngineError::Unsupported("no destination given".into()));
+    if strategy == Strategy::MmapWrite && consumers != 1 {
+        return Err(Unsupported::MmapWriteNeedsOneConsumer);
+    }
+    if consumers == 0 {
+        return Err(Unsupported::NoConsumers);
     }
     Ok(())
 }
 
-/// After the last byte: a file shorter than announced was truncated during the send (its tail
-/// may have gone out as zeros, KERNEL.md §3), so the transfer fails; a longer one only grew.
+/// After the last byte: a source that gave fewer bytes than announced was cut; a file shorter
+/// now than announced was truncated during the send (its tail may have gone out as zeros,
+/// KERNEL.md §3), so the transfer fails; a longer one only grew.
 fn check_final_size(source: &Source, bytes: u64) -> Result<bool, EngineError> {
     let Some(expected) = source.len() else {
         return Ok(false);
     };
+    if bytes < expected {
+        return Err(EngineError::Truncated {
+            at: bytes,
+            expected,
+        });
+    }
+    if !source.is_seekable() {
+        return Ok(false);
+    }
     let now = source
         .current_size()
-        .map_err(|e| EngineError::Source(e.to_string()))?;
+        .map_err(|source| EngineError::Source {
+            op: "fstat",
+            source,
+        })?;
     if now < expected {
         return Err(EngineError::Truncated { at: now, expected });
     }
-    debug_assert_eq!(bytes, expected);
     Ok(now > expected)
 }
 
@@ -334,17 +593,19 @@ enum Piece {
     /// The stream ended: `length` bytes with this digest.
     End(u64, Arc<Digest>),
     /// The stream was abandoned.
-    Abort(String),
+    Abort,
 }
 
-enum Link {
+/// The channel to one consumer: unbounded on the pipe paths (the pipe bounds the data),
+/// bounded by the pool on the buffer paths.
+enum Channel {
     Unbounded(Sender<Piece>),
     Bounded(SyncSender<Piece>),
 }
 
 /// The filler's side of one consumer.
 struct Branch {
-    tx: Option<Link>,
+    tx: Option<Channel>,
     stage: Option<Pipe>,
     out_w: Option<OwnedFd>,
     /// Bytes in `stage` not yet moved to the out pipe.
@@ -353,6 +614,49 @@ struct Branch {
 }
 
 impl Branch {
+    /// A branch for a consumer, with its channel's receiving end and, on the pipe paths, the
+    /// reading end of its out pipe. A pipe that cannot be made is recorded in `setup`.
+    fn new(
+        strategy: Strategy,
+        config: &FanoutConfig,
+        required: bool,
+        setup: &mut Result<(), EngineError>,
+    ) -> (Branch, Receiver<Piece>, Option<OwnedFd>) {
+        let (tx, rx) = if strategy.uses_pipes() {
+            let (tx, rx) = mpsc::channel();
+            (Channel::Unbounded(tx), rx)
+        } else {
+            let (tx, rx) = mpsc::sync_channel(config.buffers);
+            (Channel::Bounded(tx), rx)
+        };
+        let mut branch = Branch {
+            tx: Some(tx),
+            stage: None,
+            out_w: None,
+            pending: 0,
+            required,
+        };
+        let mut out_r = None;
+        if strategy.uses_pipes() {
+            match branch_pipes(config) {
+                Ok((stage, out)) => {
+                    branch.stage = Some(stage);
+                    branch.out_w = Some(out.write);
+                    out_r = Some(out.read);
+                }
+                Err(source) => {
+                    if setup.is_ok() {
+                        *setup = Err(EngineError::Pipe {
+                            op: "creating pipes",
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        (branch, rx, out_r)
+    }
+
     fn alive(&self) -> bool {
         self.tx.is_some()
     }
@@ -360,8 +664,8 @@ impl Branch {
     /// Sends a piece; false (and the branch is dropped) when the consumer has gone.
     fn send(&mut self, piece: Piece) -> bool {
         let ok = match &self.tx {
-            Some(Link::Unbounded(tx)) => tx.send(piece).is_ok(),
-            Some(Link::Bounded(tx)) => tx.send(piece).is_ok(),
+            Some(Channel::Unbounded(tx)) => tx.send(piece).is_ok(),
+            Some(Channel::Bounded(tx)) => tx.send(piece).is_ok(),
             None => false,
         };
         if !ok {
@@ -383,18 +687,17 @@ impl Branch {
         self.send(Piece::End(length, Arc::new(digest.clone())));
     }
 
-    fn abort(&mut self, reason: &str) {
+    fn abort(&mut self) {
         self.out_w = None;
-        self.send(Piece::Abort(reason.to_string()));
+        self.send(Piece::Abort);
     }
 
     /// Marks the branch failed; an error if the transfer cannot go on without it.
     fn fail(&mut self) -> Result<(), EngineError> {
         self.drop_consumer();
         if self.required {
-            return Err(EngineError::Required(
-                "the capture or digest consumer failed".into(),
-            ));
+            // The capture or the digest: the joined outcome names which and why.
+            return Err(EngineError::Capture);
         }
         Ok(())
     }
@@ -407,39 +710,37 @@ fn branch_pipes(config: &FanoutConfig) -> io::Result<(Pipe, Pipe)> {
     ))
 }
 
-fn consume(
-    mut sink: Box<dyn Sink + '_>,
+fn consume<C: Consumer>(
+    mut consumer: C,
     rx: Receiver<Piece>,
     pipe: Option<OwnedFd>,
-) -> Result<(), SinkError> {
+) -> Result<C::Outcome, C::Error> {
     let result = (|| {
-        sink.start()?;
+        consumer.start()?;
         // Pipe paths: the data, then End or Abort. A consumer that keeps up sleeps only on its
         // socket or its pipe, never once per chunk on the channel.
         let piped = match &pipe {
-            Some(p) => Some(sink.take_pipe(p.as_fd())?),
+            Some(p) => Some(consumer.take_pipe(p.as_fd())?),
             None => None,
         };
         loop {
             match rx.recv() {
-                Ok(Piece::End(length, _)) if piped.is_some_and(|got| got != length) => {
-                    return Err(SinkError(format!(
-                        "took {} bytes from the pipe, the stream had {length}",
-                        piped.unwrap_or(0)
-                    )));
+                Ok(Piece::End(length, _)) if piped.is_some_and(|took| took != length) => {
+                    return Err(Abandoned::Miscounted {
+                        took: piped.unwrap_or(0),
+                        length,
+                    }
+                    .into());
                 }
-                Ok(Piece::Buffer(chunk)) => sink.take_from_buffer(chunk.bytes())?,
-                Ok(Piece::Map(map, offset, len)) => sink.take_from_map(&map, offset, len)?,
-                Ok(Piece::End(length, digest)) => return sink.finish(length, &digest),
-                Ok(Piece::Abort(reason)) => {
-                    return Err(SinkError(format!("transfer abandoned: {reason}")));
-                }
-                Err(_) => return Err(SinkError("transfer abandoned".into())),
+                Ok(Piece::Buffer(chunk)) => consumer.take_from_buffer(chunk.bytes())?,
+                Ok(Piece::Map(map, offset, len)) => consumer.take_from_map(&map, offset, len)?,
+                Ok(Piece::End(length, digest)) => return consumer.finish(length, &digest),
+                Ok(Piece::Abort) | Err(_) => return Err(Abandoned::Transfer.into()),
             }
         }
     })();
-    if let Err(e) = &result {
-        sink.abort(&e.0);
+    if result.is_err() {
+        consumer.abort();
     }
     result
 }
@@ -449,12 +750,12 @@ fn consume(
 fn read_source(source: &Source, buf: &mut [u8], offset: u64) -> Result<usize, EngineError> {
     let mut done = 0;
     while done < buf.len() {
-        let n = if source.len().is_some() {
+        let n = if source.is_seekable() {
             sys::pread(source.fd(), &mut buf[done..], offset + done as u64)
         } else {
             sys::read(source.fd(), &mut buf[done..])
         }
-        .map_err(|e| EngineError::Source(e.to_string()))?;
+        .map_err(|source| EngineError::Source { op: "read", source })?;
         if n == 0 {
             break;
         }
@@ -470,19 +771,18 @@ fn next_want(total: Option<u64>, sent: u64, chunk: usize) -> usize {
     }
 }
 
-/// Maps the whole source file; `None` for a stream or an empty file (nothing to map).
+/// Maps the whole source file; `None` for an empty file (nothing to map).
 fn map_source(source: &Source) -> Result<Option<FileMap>, EngineError> {
     let Some(len) = source.len().filter(|&l| l > 0) else {
         return Ok(None);
     };
-    let len = usize::try_from(len)
-        .map_err(|_| EngineError::Unsupported("file too large to map".into()))?;
-    let map =
-        FileMap::new(source.fd(), len).map_err(|e| EngineError::Source(format!("mmap: {e}")))?;
+    let len = usize::try_from(len).map_err(|_| Unsupported::TooLargeToMap)?;
+    let map = FileMap::new(source.fd(), len)
+        .map_err(|source| EngineError::Source { op: "mmap", source })?;
     Ok(Some(map))
 }
 
-/// A short read of a file of known length means it was truncated under us.
+/// A short read of a source of known length means it was cut (a file truncated under us).
 fn check_short(total: Option<u64>, sent: u64, want: usize, got: usize) -> Result<(), EngineError> {
     match total {
         Some(expected) if got < want => Err(EngineError::Truncated {

@@ -9,7 +9,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::pipe::SpliceFlags;
 
-use super::{Branch, EngineError, FanoutConfig, check_short, map_source, next_want, read_source};
+use super::{
+    Branch, EngineError, FanoutConfig, Unsupported, check_short, map_source, next_want, read_source,
+};
 use crate::digest::Hasher;
 use crate::source::Source;
 use crate::strategy::Strategy;
@@ -48,7 +50,7 @@ impl PipeFiller {
                 fd: source
                     .fd()
                     .try_clone_to_owned()
-                    .map_err(|e| EngineError::Source(e.to_string()))?,
+                    .map_err(|source| EngineError::Source { op: "dup", source })?,
                 direct: false,
                 tail: Vec::new(),
             },
@@ -57,11 +59,7 @@ impl PipeFiller {
                 direct: true,
                 tail: Vec::new(),
             },
-            other => {
-                return Err(EngineError::Unsupported(format!(
-                    "{other} is not a pipe path"
-                )));
-            }
+            other => unreachable!("{other} is not a pipe path"),
         })
     }
 
@@ -75,7 +73,10 @@ impl PipeFiller {
         want: usize,
         hasher: Option<&mut Hasher>,
     ) -> Result<usize, EngineError> {
-        let pipe_err = |e: io::Error| EngineError::Pipe(format!("filling the pipe: {e}"));
+        let pipe_err = |source: io::Error| EngineError::Pipe {
+            op: "filling the pipe",
+            source,
+        };
         match self {
             PipeFiller::Read(buf) => {
                 let got = read_source(source, &mut buf[..want], offset)?;
@@ -100,7 +101,10 @@ impl PipeFiller {
                     // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (§3).
                     let size = source
                         .current_size()
-                        .map_err(|e| EngineError::Source(e.to_string()))?;
+                        .map_err(|source| EngineError::Source {
+                            op: "fstat",
+                            source,
+                        })?;
                     if size < offset + want as u64 {
                         return Ok(done);
                     }
@@ -120,7 +124,7 @@ impl PipeFiller {
             }
             PipeFiller::Splice { fd, direct, tail } => {
                 let direct = *direct;
-                if source.len().is_none() {
+                if !source.is_seekable() {
                     // A stream: whatever the producer has ready, up to `want`.
                     return sys::splice(fd.as_fd(), pipe, want, SpliceFlags::MORE)
                         .map_err(pipe_err);
@@ -135,8 +139,13 @@ impl PipeFiller {
                         // block is read through the buffered descriptor into a private buffer
                         // (a copy of under one page), which is as stable as any read().
                         tail.resize(page, 0);
-                        let got = sys::pread(source.fd(), &mut tail[..left], at)
-                            .map_err(|e| EngineError::Source(e.to_string()))?;
+                        let got =
+                            sys::pread(source.fd(), &mut tail[..left], at).map_err(|source| {
+                                EngineError::Source {
+                                    op: "pread",
+                                    source,
+                                }
+                            })?;
                         if got == 0 {
                             break;
                         }
@@ -148,7 +157,12 @@ impl PipeFiller {
                     match sys::splice_from_offset(fd.as_fd(), at, pipe, len, SpliceFlags::MORE) {
                         Ok(0) => break,
                         Ok(n) => done += n,
-                        Err(e) => return Err(EngineError::Source(e.to_string())),
+                        Err(source) => {
+                            return Err(EngineError::Source {
+                                op: "splice",
+                                source,
+                            });
+                        }
                     }
                 }
                 debug_assert!(hasher.is_none(), "splice paths hash on a branch");
@@ -161,9 +175,9 @@ impl PipeFiller {
 /// Opens the source again with `O_DIRECT`, so splice reads into private pages (KERNEL.md §1.1).
 /// Through `/proc/self/fd`, so it is the same file even if its name now points elsewhere.
 fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
-    let path = source.path().ok_or_else(|| {
-        EngineError::Unsupported("--strategy direct needs a regular file, not a stream".into())
-    })?;
+    let path = source
+        .path()
+        .ok_or(Unsupported::NeedsRegularFile(Strategy::Direct))?;
     let flags =
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
     sys::reopen(source.fd(), flags)
@@ -175,10 +189,10 @@ fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
             _ => Err(e),
         })
         .map_err(|e| {
-            EngineError::Unsupported(format!(
-                "{}: this filesystem refuses O_DIRECT ({e}); use --strategy read-pipe",
-                path.display()
-            ))
+            EngineError::from(Unsupported::NoDirect {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
         })
 }
 
@@ -206,20 +220,23 @@ pub(super) fn pump_pipes(
         .filter_map(|b| b.stage.as_ref().map(Pipe::capacity))
         .min()
         .unwrap_or(config.pipe_chunk);
-    let src = Pipe::with_size(stage_cap)
-        .map_err(|e| EngineError::Pipe(format!("creating a pipe: {e}")))?;
+    let src = Pipe::with_size(stage_cap).map_err(|source| EngineError::Pipe {
+        op: "creating a pipe",
+        source,
+    })?;
     if src.capacity() > stage_cap {
-        return Err(EngineError::Pipe(format!(
-            "the kernel granted a {} byte source pipe for {} byte stages; cannot tee safely",
-            src.capacity(),
-            stage_cap
-        )));
+        return Err(EngineError::PipeInvariant(
+            "the source pipe is larger than the stages it is teed into",
+        ));
     }
     let chunk = config.pipe_chunk.min(src.capacity());
     let sink = File::options()
         .write(true)
         .open("/dev/null")
-        .map_err(|e| EngineError::Pipe(format!("/dev/null: {e}")))?;
+        .map_err(|source| EngineError::Pipe {
+            op: "opening /dev/null",
+            source,
+        })?;
     let mut filler = PipeFiller::new(source, strategy, chunk)?;
     let total = source.len();
     let mut sent = 0u64;
@@ -239,11 +256,11 @@ pub(super) fn pump_pipes(
             let teed = stage
                 .map(|s| sys::tee(src.read.as_fd(), s, got))
                 .transpose()
-                .map_err(|e| EngineError::Pipe(format!("tee: {e}")))?;
+                .map_err(|source| EngineError::Pipe { op: "tee", source })?;
             if teed != Some(got) {
-                return Err(EngineError::Pipe(format!(
-                    "tee into an empty stage pipe took {teed:?} of {got} bytes"
-                )));
+                return Err(EngineError::PipeInvariant(
+                    "a tee into an empty stage pipe was short",
+                ));
             }
             b.pending = got;
         }
@@ -254,9 +271,12 @@ pub(super) fn pump_pipes(
         let mut left = got;
         while left > 0 {
             let n = sys::splice(src.read.as_fd(), sink.as_fd(), left, SpliceFlags::empty())
-                .map_err(|e| EngineError::Pipe(format!("draining the source pipe: {e}")))?;
+                .map_err(|source| EngineError::Pipe {
+                    op: "emptying the source pipe",
+                    source,
+                })?;
             if n == 0 {
-                return Err(EngineError::Pipe("source pipe ran dry".into()));
+                return Err(EngineError::PipeInvariant("the source pipe ran dry"));
             }
             left -= n;
         }
@@ -309,6 +329,6 @@ fn drain_stages(branches: &mut [Branch]) -> Result<(), EngineError> {
             .iter()
             .filter_map(|&i| branches[i].out_w.as_ref().map(|f| f.as_fd()))
             .collect();
-        sys::wait_any_writable(&fds).map_err(|e| EngineError::Pipe(format!("poll: {e}")))?;
+        sys::wait_any_writable(&fds).map_err(|source| EngineError::Pipe { op: "poll", source })?;
     }
 }

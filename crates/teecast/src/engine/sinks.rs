@@ -1,29 +1,44 @@
-//! The consumers the engine provides: the digest branch and the capture file.
+//! The consumers the engine provides: the digest and the capture file.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
 
 use rustix::pipe::SpliceFlags;
 
-use super::{Sink, SinkError};
+use super::{Abandoned, Consumer};
 use crate::digest::{Digest, Hasher};
+use crate::store::AtomicFile;
 use teecast_sys as sys;
 
-/// The digest branch: hashes a copy of the stable stream.
-pub(super) struct HashSink {
+/// Why the digest consumer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DigestError {
+    /// Reading its pipe failed.
+    #[error("reading the digest's pipe: {0}")]
+    Read(#[source] io::Error),
+    /// The engine stopped feeding it.
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+}
+
+/// The digest consumer: hashes a copy of the stable stream (a tee of the stable pipe).
+pub(super) struct DigestSink {
     pub(super) hasher: Option<Hasher>,
-    pub(super) slot: Arc<Mutex<Option<Digest>>>,
     pub(super) buf: Vec<u8>,
 }
 
-impl Sink for HashSink {
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError> {
+impl Consumer for DigestSink {
+    type Outcome = Digest;
+    type Error = DigestError;
+
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, DigestError> {
         self.buf.resize(256 * 1024, 0);
         let mut total = 0;
         loop {
-            let n = sys::read(pipe, &mut self.buf).map_err(|e| SinkError::io("digest", &e))?;
+            let n = sys::read(pipe, &mut self.buf).map_err(DigestError::Read)?;
             if n == 0 {
                 return Ok(total);
             }
@@ -34,58 +49,106 @@ impl Sink for HashSink {
         }
     }
 
-    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), DigestError> {
         if let Some(h) = &mut self.hasher {
             h.update(bytes);
         }
         Ok(())
     }
 
-    fn finish(&mut self, _length: u64, _digest: &Digest) -> Result<(), SinkError> {
-        let digest = self.hasher.take().map(Hasher::finish);
-        *self
-            .slot
-            .lock()
-            .map_err(|_| SinkError("digest slot poisoned".into()))? = digest;
-        Ok(())
+    fn finish(&mut self, _length: u64, _digest: &Digest) -> Result<Digest, DigestError> {
+        Ok(self.hasher.take().map_or_else(Digest::none, Hasher::finish))
     }
 
-    fn abort(&mut self, _reason: &str) {}
+    fn abort(&mut self) {}
+}
 
-    fn is_required(&self) -> bool {
-        true
+/// Why the capture failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaptureError {
+    /// The capture's temporary file could not be created beside its path.
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        /// The capture path.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing, syncing or renaming the file failed (a full disk, say).
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done: "writing", "storing".
+        op: &'static str,
+        /// The capture path.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The engine stopped feeding it.
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+}
+
+impl CaptureError {
+    /// A short, stable name for machines: `create`, `io` or `abandoned`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CaptureError::Create { .. } => "create",
+            CaptureError::Io { .. } => "io",
+            CaptureError::Abandoned(_) => "abandoned",
+        }
     }
 }
 
 /// The capture: exactly the bytes that were sent, in a file that appears only when complete.
 pub struct CaptureSink {
-    file: Option<crate::store::AtomicFile>,
+    file: Option<AtomicFile>,
+    path: PathBuf,
 }
 
 impl CaptureSink {
     /// Prepares `path` (written under a temporary name until the stream completes).
-    pub fn create(path: &std::path::Path) -> io::Result<CaptureSink> {
+    pub fn create(path: &Path) -> Result<CaptureSink, CaptureError> {
+        let file = AtomicFile::create(path).map_err(|source| CaptureError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(CaptureSink {
-            file: Some(crate::store::AtomicFile::create(path)?),
+            file: Some(file),
+            path: path.to_path_buf(),
         })
     }
 
-    fn file(&self) -> Result<&File, SinkError> {
+    fn io(&self, op: &'static str) -> impl FnOnce(io::Error) -> CaptureError + '_ {
+        move |source| CaptureError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn file(&self) -> Result<&File, CaptureError> {
         self.file
             .as_ref()
-            .map(|f| f.file())
-            .ok_or_else(|| SinkError("capture already closed".into()))
+            .map(AtomicFile::file)
+            .ok_or(CaptureError::Abandoned(Abandoned::Transfer))
     }
 }
 
-impl Sink for CaptureSink {
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, SinkError> {
+impl Consumer for CaptureSink {
+    type Outcome = ();
+    type Error = CaptureError;
+
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, CaptureError> {
         let file = self.file()?;
         let mut total = 0;
         loop {
             // pipe → file is one copy in the kernel, into the page cache (KERNEL.md §4).
             let n = sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE)
-                .map_err(|e| SinkError::io("capture", &e))?;
+                .map_err(self.io("writing"))?;
             if n == 0 {
                 return Ok(total);
             }
@@ -93,28 +156,20 @@ impl Sink for CaptureSink {
         }
     }
 
-    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
-        use std::io::Write;
+    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), CaptureError> {
         let mut file = self.file()?;
-        file.write_all(bytes)
-            .map_err(|e| SinkError::io("capture", &e))
+        file.write_all(bytes).map_err(self.io("writing"))
     }
 
-    fn finish(&mut self, _length: u64, _digest: &Digest) -> Result<(), SinkError> {
+    fn finish(&mut self, _length: u64, _digest: &Digest) -> Result<(), CaptureError> {
         let file = self
             .file
             .take()
-            .ok_or_else(|| SinkError("capture already closed".into()))?;
-        file.commit()
-            .map(|_| ())
-            .map_err(|e| SinkError::io("capture", &e))
+            .ok_or(CaptureError::Abandoned(Abandoned::Transfer))?;
+        file.commit().map(|_| ()).map_err(self.io("storing"))
     }
 
-    fn abort(&mut self, _reason: &str) {
+    fn abort(&mut self) {
         self.file = None;
-    }
-
-    fn is_required(&self) -> bool {
-        true
     }
 }
