@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use teecast::digest::to_hex;
-use teecast::probe::KernelFacts;
+use teecast::probe::{KernelFacts, Unanswered};
 use teecast::send::{Delivered, DestFailure, DestReport, Progress, SendError, SendReport};
 use teecast::strategy::Strategy;
 
@@ -204,7 +204,7 @@ pub fn json(report: &SendReport) -> serde_json::Value {
     })
 }
 
-fn answer<T: Clone + Into<serde_json::Value>>(r: &Result<T, String>) -> serde_json::Value {
+fn answer<T: Clone + Into<serde_json::Value>>(r: &Result<T, Unanswered>) -> serde_json::Value {
     match r {
         Ok(v) => v.clone().into(),
         Err(_) => serde_json::Value::Null,
@@ -215,9 +215,9 @@ fn answer<T: Clone + Into<serde_json::Value>>(r: &Result<T, String>) -> serde_js
 /// under `errors`.
 pub fn probe_json(f: &KernelFacts) -> serde_json::Value {
     let mut errors = serde_json::Map::new();
-    let mut note = |k: &str, e: Option<&String>| {
+    let mut note = |k: &str, e: Option<&Unanswered>| {
         if let Some(e) = e {
-            errors.insert(k.into(), json!(e));
+            errors.insert(k.into(), json!(e.to_string()));
         }
     };
     note(
@@ -269,14 +269,14 @@ pub fn probe_json(f: &KernelFacts) -> serde_json::Value {
 
 /// The probe's findings for people: one line per question, with what the answer means.
 pub fn probe_human(f: &KernelFacts) {
-    fn yes_no(r: &Result<bool, String>, yes: &str, no: &str) -> String {
+    fn yes_no(r: &Result<bool, Unanswered>, yes: &str, no: &str) -> String {
         match r {
             Ok(true) => format!("yes — {yes}"),
             Ok(false) => format!("no — {no}"),
             Err(e) => format!("could not tell ({e})"),
         }
     }
-    fn maybe(r: &Result<Option<bool>, String>, yes: &str, no: &str, none: &str) -> String {
+    fn maybe(r: &Result<Option<bool>, Unanswered>, yes: &str, no: &str, none: &str) -> String {
         match r {
             Ok(Some(v)) => yes_no(&Ok(*v), yes, no),
             Ok(None) => none.to_string(),
@@ -331,7 +331,7 @@ pub fn probe_human(f: &KernelFacts) {
             "not applicable"
         )
     );
-    let size = |r: &Result<u64, String>| match r {
+    let size = |r: &Result<u64, Unanswered>| match r {
         Ok(v) => human_bytes(*v),
         Err(e) => format!("? ({e})"),
     };

@@ -11,6 +11,43 @@
 //! `teecast-cli`) is the only layer that knows flags, exit codes and JSON.
 //!
 //! The API is blocking: every transfer runs on the calling thread plus one thread per consumer.
+//!
+//! # Example
+//!
+//! Send a small file to one receiver on loopback; the receiver stores it in a directory under
+//! its announced name and confirms the digest:
+//!
+//! ```
+//! use std::net::TcpListener;
+//! use teecast::recv::{self, RecvOptions, Target};
+//! use teecast::send::{self, SendOptions};
+//! use teecast::source::Source;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let file = dir.path().join("hello.txt");
+//! std::fs::write(&file, b"hello, every destination\n")?;
+//!
+//! // A receiver on an ephemeral port, taking one stream into its own directory.
+//! let incoming = tempfile::tempdir()?;
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let address = listener.local_addr()?.to_string();
+//! let options = RecvOptions::new(Target::Dir(incoming.path().to_path_buf()));
+//! let receiver = std::thread::spawn(move || {
+//!     let (stream, _) = listener.accept()?;
+//!     recv::receive(stream, &options).map_err(std::io::Error::other)
+//! });
+//!
+//! let source = Source::open(&file)?;
+//! let report = send::send(&source, &[address], &SendOptions::default());
+//! assert!(report.is_success());
+//!
+//! let received = receiver.join().expect("the receiver panicked")?;
+//! assert_eq!(received.path, incoming.path().join("hello.txt"));
+//! assert_eq!(std::fs::read(&received.path)?, b"hello, every destination\n");
+//! # Ok(())
+//! # }
+//! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

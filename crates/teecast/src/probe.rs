@@ -30,7 +30,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// `statfs` `f_type` of tmpfs (and of `memfd_create` files).
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
-/// What the probe found. Each answer is `Err(reason)` when the experiment itself could not run.
+/// What the probe found. Each answer is `Err(why)` when the experiment itself could not run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelFacts {
     /// The directory whose filesystem was probed.
@@ -39,28 +39,28 @@ pub struct KernelFacts {
     pub filesystem: String,
     /// `splice(file→pipe)`, `pwrite`, read the pipe: true when the pipe shows the new bytes, i.e.
     /// the pipe holds page-cache pages by reference and zero-copy sends are unstable (§1.1, §3).
-    pub splice_shares_page_cache: Result<bool, String>,
+    pub splice_shares_page_cache: Result<bool, Unanswered>,
     /// `vmsplice` a buffer, overwrite the buffer, read the pipe: true when the pipe shows the new
     /// bytes (pre-7.2 behaviour, §1.3); false when `vmsplice` copies (the 2026 change).
-    pub vmsplice_shares_user_pages: Result<bool, String>,
+    pub vmsplice_shares_user_pages: Result<bool, Unanswered>,
     /// Splice a file block into a pipe, `tee` it into a second pipe, `pwrite`, read the second:
     /// true when the tee'd copy shows the new bytes (tee takes a reference, §1.2). `None` when
     /// file splice copies, which leaves nothing shared for tee to reveal.
-    pub tee_shares_pages: Result<Option<bool>, String>,
+    pub tee_shares_pages: Result<Option<bool>, Unanswered>,
     /// Whether this filesystem accepts `open(O_DIRECT)` and `splice` of one block from it.
-    pub o_direct_available: Result<bool, String>,
+    pub o_direct_available: Result<bool, Unanswered>,
     /// `splice(O_DIRECT file→pipe)`, `pwrite`, read the pipe: true when the pipe still shows the
     /// old bytes, i.e. the kernel read into private pages (≥6.5, §1.1). `None` when `O_DIRECT`
     /// is not available.
-    pub o_direct_splice_private: Result<Option<bool>, String>,
+    pub o_direct_splice_private: Result<Option<bool>, Unanswered>,
     /// `/proc/sys/fs/pipe-max-size`: the largest pipe an unprivileged process may ask for (§1.5).
-    pub pipe_max_size: Result<u64, String>,
+    pub pipe_max_size: Result<u64, Unanswered>,
     /// What `F_SETPIPE_SZ` granted when asked for 1 MiB.
-    pub pipe_granted_for_1mib: Result<usize, String>,
+    pub pipe_granted_for_1mib: Result<usize, Unanswered>,
     /// Whether a TCP socket accepts `SO_ZEROCOPY` (the `MSG_ZEROCOPY` path of §2).
-    pub msg_zerocopy_accepted: Result<bool, String>,
+    pub msg_zerocopy_accepted: Result<bool, Unanswered>,
     /// Whether `io_uring_setup` succeeds (`IORING_OP_SEND_ZC` of §2 needs it).
-    pub io_uring_usable: Result<bool, String>,
+    pub io_uring_usable: Result<bool, Unanswered>,
     /// How long the probe took.
     pub elapsed: Duration,
 }
@@ -77,10 +77,10 @@ impl KernelFacts {
             tee_shares_pages: Ok(Some(true)),
             o_direct_available: Ok(false),
             o_direct_splice_private: Ok(None),
-            pipe_max_size: Err("not probed".into()),
-            pipe_granted_for_1mib: Err("not probed".into()),
-            msg_zerocopy_accepted: Err("not probed".into()),
-            io_uring_usable: Err("not probed".into()),
+            pipe_max_size: Err(Unanswered::NotProbed),
+            pipe_granted_for_1mib: Err(Unanswered::NotProbed),
+            msg_zerocopy_accepted: Err(Unanswered::NotProbed),
+            io_uring_usable: Err(Unanswered::NotProbed),
             elapsed: Duration::ZERO,
         }
     }
@@ -113,20 +113,24 @@ pub fn probe(dir: &Path) -> io::Result<KernelFacts> {
         o_direct_splice_private: Ok(None),
         pipe_max_size: std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
             .map_err(text)
-            .and_then(|s| s.trim().parse().map_err(text)),
+            .and_then(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| Unanswered::Unparsable("/proc/sys/fs/pipe-max-size"))
+            }),
         pipe_granted_for_1mib: Pipe::with_size(1 << 20).map(|p| p.capacity()).map_err(text),
         msg_zerocopy_accepted: msg_zerocopy_accepted().map_err(text),
         io_uring_usable: match sys::io_uring_usable() {
             Ok(()) => Ok(true),
             Err(e) if refused(&e) => Ok(false),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(text(e)),
         },
         elapsed: Duration::ZERO,
     };
     facts.tee_shares_pages = match facts.splice_shares_page_cache {
         Ok(true) => scratch.tee_shares().map(Some).map_err(text),
         Ok(false) => Ok(None),
-        Err(ref e) => Err(e.clone()),
+        Err(e) => Err(e),
     };
     match o_direct {
         Ok(()) => match scratch.direct_splice_private() {
@@ -138,14 +142,19 @@ pub fn probe(dir: &Path) -> io::Result<KernelFacts> {
                 facts.o_direct_available = Ok(false);
             }
             Err(e) => {
-                facts.o_direct_available = Err(e.to_string());
-                facts.o_direct_splice_private = Err(e.to_string());
+                let why = text(e);
+                facts.o_direct_available = Err(why);
+                facts.o_direct_splice_private = Err(why);
             }
         },
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => facts.o_direct_available = Ok(false),
         Err(e) => {
-            facts.o_direct_available = Err(e.to_string());
-            facts.o_direct_splice_private = Err(e.to_string());
+            let why = Unanswered::Io {
+                kind: e.kind(),
+                errno: e.raw_os_error(),
+            };
+            facts.o_direct_available = Err(why);
+            facts.o_direct_splice_private = Err(why);
         }
     }
     facts.elapsed = started.elapsed();
@@ -165,8 +174,31 @@ pub fn is_on_tmpfs(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     rustix::fs::fstatfs(fd).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
 }
 
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
+fn text(e: io::Error) -> Unanswered {
+    Unanswered::Io {
+        kind: e.kind(),
+        errno: e.raw_os_error(),
+    }
+}
+
+/// Why the probe has no answer to a question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unanswered {
+    /// The question was not asked ([`KernelFacts::assume_worst`]).
+    #[error("not probed")]
+    NotProbed,
+    /// The experiment's system call failed.
+    #[error("{}", errno.map_or_else(|| io::Error::from(*kind), io::Error::from_raw_os_error))]
+    Io {
+        /// The error's kind.
+        kind: io::ErrorKind,
+        /// The system's error number, when there is one.
+        errno: Option<i32>,
+    },
+    /// A kernel file did not hold what it should.
+    #[error("{0} holds no number")]
+    Unparsable(&'static str),
 }
 
 /// Errors that mean "not offered here" rather than "the experiment broke".

@@ -192,19 +192,22 @@ impl fmt::Display for Strategy {
 }
 
 impl FromStr for Strategy {
-    type Err = String;
+    type Err = UnknownStrategy;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         std::iter::once(Self::Auto)
             .chain(Self::CONCRETE)
             .find(|st| st.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown strategy '{s}': choose auto, readwrite, mmap-write, vmsplice, mmap-pipe, read-pipe, zerocopy or direct"
-                )
-            })
+            .ok_or_else(|| UnknownStrategy(s.to_string()))
     }
 }
+
+/// A strategy name that is none of `auto` and [`Strategy::CONCRETE`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown strategy {0:?}: choose auto, readwrite, mmap-write, vmsplice, mmap-pipe, read-pipe, zerocopy or direct"
+)]
+pub struct UnknownStrategy(pub String);
 
 #[cfg(test)]
 mod tests {

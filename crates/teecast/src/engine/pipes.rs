@@ -250,7 +250,7 @@ pub(super) fn pump_pipes(
         if got == 0 {
             break;
         }
-        drain_stages(branches)?;
+        flush_stages(branches)?;
         for b in branches.iter_mut().filter(|b| b.alive()) {
             let stage = b.stage.as_ref().map(|s| s.write.as_fd());
             let teed = stage
@@ -283,7 +283,7 @@ pub(super) fn pump_pipes(
         push_stages(branches)?;
         sent += got as u64;
     }
-    drain_stages(branches)?;
+    flush_stages(branches)?;
     Ok(sent)
 }
 
@@ -319,7 +319,7 @@ fn push_stages(branches: &mut [Branch]) -> Result<Vec<usize>, EngineError> {
 }
 
 /// Empties every stage into its out pipe, waiting for the slowest consumer.
-fn drain_stages(branches: &mut [Branch]) -> Result<(), EngineError> {
+fn flush_stages(branches: &mut [Branch]) -> Result<(), EngineError> {
     loop {
         let full = push_stages(branches)?;
         if full.is_empty() {
