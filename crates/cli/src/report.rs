@@ -338,7 +338,7 @@ pub fn probe_human(f: &KernelFacts) {
     println!(
         "  pipe-max-size {}, F_SETPIPE_SZ(1 MiB) granted {}",
         size(&f.pipe_max_size),
-        size(&f.pipe_granted_for_1mib.clone().map(|v| v as u64))
+        size(&f.pipe_granted_for_1mib.map(|v| v as u64))
     );
     println!(
         "  SO_ZEROCOPY accepted: {}; io_uring usable: {}",

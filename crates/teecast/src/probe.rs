@@ -393,16 +393,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let facts = probe(dir.path()).unwrap();
         // The experiments themselves must run here; their answers depend on the kernel.
-        let splice = facts.splice_shares_page_cache.clone().unwrap();
-        facts.vmsplice_shares_user_pages.clone().unwrap();
-        let tee = facts.tee_shares_pages.clone().unwrap();
+        let splice = facts.splice_shares_page_cache.unwrap();
+        facts.vmsplice_shares_user_pages.unwrap();
+        let tee = facts.tee_shares_pages.unwrap();
         assert_eq!(
             tee.is_some(),
             splice,
             "tee is measured exactly when splice shares"
         );
-        assert!(facts.pipe_granted_for_1mib.clone().unwrap() >= 64 * 1024);
-        assert!(facts.pipe_max_size.clone().unwrap() >= 4096);
+        assert!(facts.pipe_granted_for_1mib.unwrap() >= 64 * 1024);
+        assert!(facts.pipe_max_size.unwrap() >= 4096);
         // The scratch file is gone.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
