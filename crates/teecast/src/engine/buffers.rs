@@ -4,7 +4,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::{
-    Branch, EngineError, FanoutConfig, Piece, check_short, map_source, next_want, read_source,
+    Branch, EngineError, FanoutConfig, Piece, check_short, fresh_size, map_source, next_want,
+    read_source,
 };
 use crate::digest::Hasher;
 use crate::source::Source;
@@ -114,12 +115,7 @@ pub(super) fn pump_map(
             h.update(&buf[..got]);
         }
         // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (KERNEL.md §3).
-        let size = source
-            .current_size()
-            .map_err(|source| EngineError::Source {
-                op: "fstat",
-                source,
-            })?;
+        let size = fresh_size(source)?;
         if size < (sent + want) as u64 {
             return Err(EngineError::Truncated {
                 at: size,

@@ -571,16 +571,19 @@ fn check_final_size(source: &Source, bytes: u64) -> Result<bool, EngineError> {
     if !source.is_seekable() {
         return Ok(false);
     }
-    let now = source
-        .current_size()
-        .map_err(|source| EngineError::Source {
-            op: "fstat",
-            source,
-        })?;
+    let now = fresh_size(source)?;
     if now < expected {
         return Err(EngineError::Truncated { at: now, expected });
     }
     Ok(now > expected)
+}
+
+/// The source file's size now (to notice a truncation during the send).
+fn fresh_size(source: &Source) -> Result<u64, EngineError> {
+    source.current_size().map_err(|source| EngineError::Source {
+        op: "fstat",
+        source,
+    })
 }
 
 /// One piece of the stream, as a consumer receives it. On the pipe paths the data itself comes

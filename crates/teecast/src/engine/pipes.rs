@@ -10,7 +10,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::pipe::SpliceFlags;
 
 use super::{
-    Branch, EngineError, FanoutConfig, Unsupported, check_short, map_source, next_want, read_source,
+    Branch, EngineError, FanoutConfig, Unsupported, check_short, fresh_size, map_source, next_want,
+    read_source,
 };
 use crate::digest::Hasher;
 use crate::source::Source;
@@ -99,12 +100,7 @@ impl PipeFiller {
                 let mut done = 0;
                 while done < want {
                     // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (§3).
-                    let size = source
-                        .current_size()
-                        .map_err(|source| EngineError::Source {
-                            op: "fstat",
-                            source,
-                        })?;
+                    let size = fresh_size(source)?;
                     if size < offset + want as u64 {
                         return Ok(done);
                     }
