@@ -366,12 +366,10 @@ fn run_recv(args: RecvArgs) -> u8 {
     {
         eprintln!("teecast: listening on {addr}");
     }
-    let options = RecvOptions {
-        raw: args.raw,
-        digest: args.digest,
-        stall_timeout: args.stall_timeout,
-        ..RecvOptions::new(target)
-    };
+    let options = RecvOptions::new(target)
+        .raw(args.raw)
+        .digest(args.digest)
+        .stall_timeout(args.stall_timeout);
     let quiet = args.quiet;
     let on_result = move |peer: Option<std::net::SocketAddr>,
                           result: &Result<recv::Received, recv::RecvError>| {

@@ -48,8 +48,8 @@ fn regression_direct_tail_pread_einval_on_unaligned_sizes() {
     }
 }
 
-/// sysfs refuses `open(O_DIRECT)` (EINVAL): the send stops with usage exit 2, says which strategy
-/// to use instead, and the receiver keeps nothing.
+/// sysfs refuses `open(O_DIRECT)` (EINVAL): the send stops with usage exit 2 before it connects,
+/// says which strategy to use instead, and the receiver keeps nothing.
 #[test]
 fn direct_on_a_filesystem_refusing_o_direct_says_what_to_use() {
     let source = Path::new("/sys/devices/system/cpu/online");
@@ -61,6 +61,9 @@ fn direct_on_a_filesystem_refusing_o_direct_says_what_to_use() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("refuses O_DIRECT"), "{stderr}");
     assert!(stderr.contains("--strategy read-pipe"), "{stderr}");
+    // Refused before any connection: the receiver still waits for its one stream, and ends
+    // (refusing it) only when a peer connects and sends nothing.
+    drop(std::net::TcpStream::connect(receiver.dest()).unwrap());
     assert_eq!(receiver.proc.wait(WAIT).status.code(), Some(1));
     assert_eq!(list_dir(&dir), Vec::<String>::new());
 }

@@ -303,12 +303,12 @@ fn magic_hint(expected: MessageKind, found: &[u8; 4]) -> String {
     }
     match expected {
         MessageKind::Header => {
-            "is the sender speaking the teecast protocol? (use --raw for a bare stream)"
+            "is the sender speaking the teecast protocol? (a bare stream needs a raw receiver)"
         }
         MessageKind::Trailer => {
             "the sender sent more payload than it announced, or is not speaking the teecast protocol"
         }
-        MessageKind::Ack => "is the receiver a teecast receiver, and not one started with --raw?",
+        MessageKind::Ack => "is the receiver a teecast receiver, and not a raw one?",
     }
     .to_string()
 }
@@ -1165,7 +1165,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("\"TCHD\""), "{text}");
         assert!(text.contains("47 45 54 20"), "{text}");
-        assert!(text.contains("--raw"), "{text}");
+        assert!(text.contains("raw receiver"), "{text}");
     }
 
     #[test]

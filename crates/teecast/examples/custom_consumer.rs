@@ -178,7 +178,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let digest = report
             .result
             .map_err(|e| format!("{}: the fan-out failed: {e}", strategy.name()))?;
-        assert_eq!(report.strategy, strategy);
+        assert_eq!(report.strategy, Some(strategy));
         assert_eq!(report.bytes, direct.len() as u64);
         assert_eq!(digest, want_digest, "the engine's digest");
 

@@ -27,8 +27,9 @@ pub enum Target {
     Dir(PathBuf),
 }
 
-/// How to receive.
+/// How to receive. Build it with [`RecvOptions::new`] and the setters.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RecvOptions {
     /// Where streams are stored.
     pub target: Target,
@@ -52,6 +53,30 @@ impl RecvOptions {
             stall_timeout: Duration::from_secs(30),
             max_connections: 64,
         }
+    }
+
+    /// Accepts bare streams (no framing) until EOF.
+    pub fn raw(mut self, raw: bool) -> Self {
+        self.raw = raw;
+        self
+    }
+
+    /// Sets the digest computed in raw mode.
+    pub fn digest(mut self, digest: DigestAlgorithm) -> Self {
+        self.digest = digest;
+        self
+    }
+
+    /// Sets the stall timeout.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// Sets how many connections are served at once in directory mode (at least one).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
     }
 }
 

@@ -407,7 +407,7 @@ impl<'a> Transfer<'a> {
         SendReport {
             source: self.source.display().to_string(),
             name: self.name,
-            strategy: fanout.strategy,
+            strategy: fanout.strategy.unwrap_or(self.options.fanout.strategy),
             digest,
             bytes: fanout.bytes,
             error,

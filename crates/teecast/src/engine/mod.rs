@@ -30,7 +30,7 @@ use crate::strategy::Strategy;
 use teecast_sys::{self as sys, Pipe};
 
 use buffers::{Chunk, pump_buffers, pump_map};
-use pipes::pump_pipes;
+use pipes::{SourceFiller, pump_pipes};
 pub use sinks::{CaptureError, CaptureSink};
 use sinks::{DigestError, DigestSink};
 pub use teecast_sys::FileMap;
@@ -130,6 +130,32 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
     fn abort(&mut self) {
         (**self).abort()
     }
+}
+
+/// A filler of the pipe paths: puts the next stable bytes of a stream into the engine's source
+/// pipe. The engine's own fillers read a [`Source`] (`read-pipe`, `vmsplice`, `mmap-pipe`,
+/// `zerocopy`, `direct`); [`fan_out_filled`] runs the pipe fan-out over any other, such as a
+/// socket spliced into the pipe (received pages are private, so they are stable).
+///
+/// Stability is the filler's promise: once `fill` returns, the bytes it put into the pipe never
+/// change, whatever happens to where they came from (KERNEL.md §3) — a copy (`read` then
+/// `write`), fresh pages never written again (`vmsplice`), or private pages (an `O_DIRECT`
+/// splice, a socket's received data). A filler that splices page-cache pages breaks it.
+pub trait Filler: Send {
+    /// Puts up to `want` bytes of the stream, those from `offset` on, into `pipe` and returns
+    /// how many; fewer than `want` only at the end of the stream. When [`Filler::hashes`], feeds
+    /// the same bytes to `hasher`.
+    fn fill(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        offset: u64,
+        want: usize,
+        hasher: Option<&mut Hasher>,
+    ) -> Result<usize, EngineError>;
+
+    /// True when `fill` hashes what it puts in (it holds the bytes in a buffer of its own);
+    /// false when the engine must hash a `tee` of the pipe on a consumer of its own.
+    fn hashes(&self) -> bool;
 }
 
 /// Why a fan-out failed as a whole.
@@ -330,8 +356,8 @@ impl FanoutConfig {
 /// What a fan-out did.
 #[derive(Debug)]
 pub struct FanoutReport<O, E> {
-    /// The concrete path that was used.
-    pub strategy: Strategy,
+    /// The concrete path that was used (`None` for a caller's [`Filler`]).
+    pub strategy: Option<Strategy>,
     /// The digest of the stable bytes, or why the transfer failed as a whole.
     pub result: Result<Digest, EngineError>,
     /// Bytes taken from the source.
@@ -386,10 +412,76 @@ pub fn fan_out<C: Consumer>(
     consumers: Vec<C>,
     config: &FanoutConfig,
 ) -> FanoutReport<C::Outcome, C::Error> {
-    sys::ignore_sigpipe();
     let wanted = consumers.len() + usize::from(config.capture.is_some());
     let strategy = config.strategy.for_transfer(source, wanted);
-    let refuse = |error: EngineError, consumers: Vec<C>| FanoutReport {
+    let plan = config
+        .validate()
+        .and_then(|()| check(source, strategy, wanted))
+        .map_err(EngineError::from)
+        .and_then(|()| {
+            Ok(match strategy {
+                Strategy::ReadWrite => Plan::Buffers,
+                Strategy::MmapWrite => Plan::Map,
+                _ => Plan::Pipes(Box::new(SourceFiller::new(source, strategy)?)),
+            })
+        });
+    match plan {
+        Ok(plan) => run(
+            plan,
+            Some(source),
+            source.len(),
+            Some(strategy),
+            consumers,
+            config,
+        ),
+        Err(e) => refuse(e, Some(strategy), consumers, config),
+    }
+}
+
+/// The pipe fan-out over a caller's `filler`, for a stream of `length` bytes (`None`: until
+/// the filler has no more). `config.strategy` is not used; its sizes, digest and capture are.
+pub fn fan_out_filled<C: Consumer>(
+    filler: impl Filler,
+    length: Option<u64>,
+    consumers: Vec<C>,
+    config: &FanoutConfig,
+) -> FanoutReport<C::Outcome, C::Error> {
+    let wanted = consumers.len() + usize::from(config.capture.is_some());
+    let checked = config.validate().and(match wanted {
+        0 => Err(Unsupported::NoConsumers),
+        _ => Ok(()),
+    });
+    match checked {
+        Ok(()) => run(
+            Plan::Pipes(Box::new(filler)),
+            None,
+            length,
+            None,
+            consumers,
+            config,
+        ),
+        Err(e) => refuse(e.into(), None, consumers, config),
+    }
+}
+
+/// How the stable bytes are made, chosen (and opened) before any consumer starts.
+enum Plan<'a> {
+    /// `readwrite`: pooled buffers shared by every consumer.
+    Buffers,
+    /// `mmap-write`: ranges of a mapping of the file.
+    Map,
+    /// A pipe path: this filler, then tee into every consumer's pipe.
+    Pipes(Box<dyn Filler + 'a>),
+}
+
+/// The report of a fan-out that did not start: every consumer and the capture `NotStarted`.
+fn refuse<C: Consumer>(
+    error: EngineError,
+    strategy: Option<Strategy>,
+    consumers: Vec<C>,
+    config: &FanoutConfig,
+) -> FanoutReport<C::Outcome, C::Error> {
+    FanoutReport {
         strategy,
         result: Err(error),
         bytes: 0,
@@ -402,13 +494,21 @@ pub fn fan_out<C: Consumer>(
             .as_ref()
             .map(|_| Err(CaptureError::Abandoned(Abandoned::NotStarted))),
         source_grew: false,
-    };
-    if let Err(e) = config
-        .validate()
-        .and_then(|()| check(source, strategy, wanted))
-    {
-        return refuse(e.into(), consumers);
     }
+}
+
+/// Runs `plan`: starts every consumer (the caller's, the capture, the digest), pumps the
+/// stream, ends or abandons it, and joins every outcome. `source` is the file behind the plan,
+/// when there is one, for the buffer paths and the final size check.
+fn run<C: Consumer>(
+    mut plan: Plan<'_>,
+    source: Option<&Source>,
+    length: Option<u64>,
+    strategy: Option<Strategy>,
+    consumers: Vec<C>,
+    config: &FanoutConfig,
+) -> FanoutReport<C::Outcome, C::Error> {
+    sys::ignore_sigpipe();
     let capture = match config
         .capture
         .as_deref()
@@ -417,17 +517,19 @@ pub fn fan_out<C: Consumer>(
     {
         Ok(c) => c,
         Err(e) => {
-            let mut report = refuse(EngineError::Capture, consumers);
+            let mut report = refuse(EngineError::Capture, strategy, consumers, config);
             report.capture = Some(Err(e));
             return report;
         }
     };
-    // Paths that read into a buffer they own hash it there; the others hash a copy of the stable
-    // stream on a consumer of its own (never the source: KERNEL.md §3).
-    let filler_hashes = matches!(
-        strategy,
-        Strategy::ReadPipe | Strategy::Vmsplice | Strategy::MmapWrite
-    );
+    // Fillers that read into a buffer they own hash it there; otherwise a consumer of the
+    // engine's own hashes a copy of the stable stream (never the source: KERNEL.md §3).
+    let filler_hashes = match &plan {
+        Plan::Buffers => false,
+        Plan::Map => true,
+        Plan::Pipes(filler) => filler.hashes(),
+    };
+    let uses_pipes = matches!(plan, Plan::Pipes(_));
     let digest_consumer =
         (!filler_hashes && config.digest != DigestAlgorithm::None).then(|| DigestSink {
             hasher: Some(Hasher::new(config.digest)),
@@ -440,7 +542,7 @@ pub fn fan_out<C: Consumer>(
         let mut setup = Ok(());
         let mut lanes = Lanes {
             scope,
-            strategy,
+            uses_pipes,
             config,
             branches: &mut branches,
             setup: &mut setup,
@@ -454,19 +556,24 @@ pub fn fan_out<C: Consumer>(
         let capture_at = handles.len();
         let digest_at = capture_at + usize::from(capture_handle.is_some());
 
-        let pumped = setup.and_then(|()| match strategy {
-            Strategy::ReadWrite => pump_buffers(source, &mut branches, config),
-            Strategy::MmapWrite => pump_map(source, &mut branches, config, filler_hasher.as_mut()),
-            _ => pump_pipes(
-                source,
-                strategy,
+        let pumped = setup.and_then(|()| match (&mut plan, source) {
+            (Plan::Buffers, Some(source)) => pump_buffers(source, &mut branches, config),
+            (Plan::Map, Some(source)) => {
+                pump_map(source, &mut branches, config, filler_hasher.as_mut())
+            }
+            (Plan::Pipes(filler), _) => pump_pipes(
+                filler.as_mut(),
+                length,
                 &mut branches,
                 config,
                 filler_hasher.as_mut(),
             ),
+            (Plan::Buffers | Plan::Map, None) => {
+                unreachable!("only fan_out makes buffer plans, always with a source")
+            }
         });
-        let pumped =
-            pumped.and_then(|bytes| check_final_size(source, bytes).map(|grew| (bytes, grew)));
+        let pumped = pumped
+            .and_then(|bytes| check_final_size(source, length, bytes).map(|grew| (bytes, grew)));
         let mut digest_handle = digest_handle;
         let (bytes, source_grew, mut result) = match pumped {
             Ok((bytes, grew)) => {
@@ -514,7 +621,7 @@ pub fn fan_out<C: Consumer>(
 /// Starts consumers on threads of `scope`, each with its branch.
 struct Lanes<'scope, 'env, 'a> {
     scope: &'scope thread::Scope<'scope, 'env>,
-    strategy: Strategy,
+    uses_pipes: bool,
     config: &'a FanoutConfig,
     branches: &'a mut Vec<Branch>,
     /// The first failure to set a branch up.
@@ -528,7 +635,7 @@ impl<'scope> Lanes<'scope, '_, '_> {
         consumer: C,
         required: bool,
     ) -> ScopedJoinHandle<'scope, Result<C::Outcome, C::Error>> {
-        let (branch, rx, out) = Branch::new(self.strategy, self.config, required, self.setup);
+        let (branch, rx, out) = Branch::new(self.uses_pipes, self.config, required, self.setup);
         self.branches.push(branch);
         self.scope.spawn(move || consume(consumer, rx, out))
     }
@@ -558,8 +665,12 @@ pub fn check(source: &Source, strategy: Strategy, consumers: usize) -> Result<()
 /// After the last byte: a source that gave fewer bytes than announced was cut; a file shorter
 /// now than announced was truncated during the send (its tail may have gone out as zeros,
 /// KERNEL.md §3), so the transfer fails; a longer one only grew.
-fn check_final_size(source: &Source, bytes: u64) -> Result<bool, EngineError> {
-    let Some(expected) = source.len() else {
+fn check_final_size(
+    source: Option<&Source>,
+    length: Option<u64>,
+    bytes: u64,
+) -> Result<bool, EngineError> {
+    let Some(expected) = length else {
         return Ok(false);
     };
     if bytes < expected {
@@ -568,9 +679,9 @@ fn check_final_size(source: &Source, bytes: u64) -> Result<bool, EngineError> {
             expected,
         });
     }
-    if !source.is_seekable() {
+    let Some(source) = source.filter(|s| s.is_seekable()) else {
         return Ok(false);
-    }
+    };
     let now = fresh_size(source)?;
     if now < expected {
         return Err(EngineError::Truncated { at: now, expected });
@@ -620,12 +731,12 @@ impl Branch {
     /// A branch for a consumer, with its channel's receiving end and, on the pipe paths, the
     /// reading end of its out pipe. A pipe that cannot be made is recorded in `setup`.
     fn new(
-        strategy: Strategy,
+        uses_pipes: bool,
         config: &FanoutConfig,
         required: bool,
         setup: &mut Result<(), EngineError>,
     ) -> (Branch, Receiver<Piece>, Option<OwnedFd>) {
-        let (tx, rx) = if strategy.uses_pipes() {
+        let (tx, rx) = if uses_pipes {
             let (tx, rx) = mpsc::channel();
             (Channel::Unbounded(tx), rx)
         } else {
@@ -640,7 +751,7 @@ impl Branch {
             required,
         };
         let mut out_r = None;
-        if strategy.uses_pipes() {
+        if uses_pipes {
             match branch_pipes(config) {
                 Ok((stage, out)) => {
                     branch.stage = Some(stage);

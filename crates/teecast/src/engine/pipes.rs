@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::pipe::SpliceFlags;
 
 use super::{
-    Branch, EngineError, FanoutConfig, Unsupported, check_short, fresh_size, map_source, next_want,
-    read_source,
+    Branch, EngineError, FanoutConfig, Filler, Unsupported, check_short, fresh_size, map_source,
+    next_want, read_source,
 };
 use crate::digest::Hasher;
 use crate::source::Source;
@@ -38,14 +38,47 @@ enum PipeFiller {
     },
 }
 
+/// The filler of a pipe path over a [`Source`].
+pub(super) struct SourceFiller<'a> {
+    source: &'a Source,
+    kind: PipeFiller,
+}
+
+impl<'a> SourceFiller<'a> {
+    /// The filler of `strategy` (a pipe path) for `source`; opens what it needs (a mapping, an
+    /// `O_DIRECT` descriptor) now, so a path the source cannot use fails before anything starts.
+    pub(super) fn new(source: &'a Source, strategy: Strategy) -> Result<Self, EngineError> {
+        Ok(SourceFiller {
+            source,
+            kind: PipeFiller::new(source, strategy)?,
+        })
+    }
+}
+
+impl Filler for SourceFiller<'_> {
+    fn fill(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        offset: u64,
+        want: usize,
+        hasher: Option<&mut Hasher>,
+    ) -> Result<usize, EngineError> {
+        self.kind.fill(self.source, pipe, offset, want, hasher)
+    }
+
+    fn hashes(&self) -> bool {
+        matches!(self.kind, PipeFiller::Read(_) | PipeFiller::Vmsplice)
+    }
+}
+
 impl PipeFiller {
-    fn new(source: &Source, strategy: Strategy, chunk: usize) -> Result<PipeFiller, EngineError> {
+    fn new(source: &Source, strategy: Strategy) -> Result<PipeFiller, EngineError> {
         Ok(match strategy {
-            Strategy::ReadPipe => PipeFiller::Read(AlignedBuf::new(chunk)),
+            Strategy::ReadPipe => PipeFiller::Read(AlignedBuf::default()),
             Strategy::Vmsplice => PipeFiller::Vmsplice,
             Strategy::MmapPipe => match map_source(source)? {
                 Some(map) => PipeFiller::Map(map),
-                None => PipeFiller::Read(AlignedBuf::new(chunk)),
+                None => PipeFiller::Read(AlignedBuf::default()),
             },
             Strategy::ZeroCopy => PipeFiller::Splice {
                 fd: source
@@ -80,6 +113,9 @@ impl PipeFiller {
         };
         match self {
             PipeFiller::Read(buf) => {
+                if buf.len() < want {
+                    *buf = AlignedBuf::new(want);
+                }
                 let got = read_source(source, &mut buf[..want], offset)?;
                 if let Some(h) = hasher {
                     h.update(&buf[..got]);
@@ -203,9 +239,11 @@ fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The pipe fan-out: `filler` puts each chunk into the source pipe, which is teed into every
+/// branch's stage and then emptied; `total` is the stream's length when known.
 pub(super) fn pump_pipes(
-    source: &Source,
-    strategy: Strategy,
+    filler: &mut dyn Filler,
+    total: Option<u64>,
     branches: &mut [Branch],
     config: &FanoutConfig,
     mut hasher: Option<&mut Hasher>,
@@ -233,15 +271,13 @@ pub(super) fn pump_pipes(
             op: "opening /dev/null",
             source,
         })?;
-    let mut filler = PipeFiller::new(source, strategy, chunk)?;
-    let total = source.len();
     let mut sent = 0u64;
     loop {
         let want = next_want(total, sent, chunk);
         if want == 0 {
             break;
         }
-        let got = filler.fill(source, src.write.as_fd(), sent, want, hasher.as_deref_mut())?;
+        let got = filler.fill(src.write.as_fd(), sent, want, hasher.as_deref_mut())?;
         check_short(total, sent, want, got)?;
         if got == 0 {
             break;

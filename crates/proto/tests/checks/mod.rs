@@ -1,0 +1,231 @@
+//! The properties the fuzz targets check, shared by the targets in `fuzz/fuzz_targets/` and by
+//! `tests/fuzz_corpus.rs`, which replays the committed corpus in `cargo test`.
+//!
+//! Each function takes one fuzzer input, panics if a property does not hold, and returns whether
+//! the input decoded (so the replay test can tell how many inputs reached the success path).
+//! No function here may panic on its own account for any input: only a failed assertion about
+//! the decoders may.
+
+use teecast_proto::digest::DigestAlgorithm;
+use teecast_proto::wire::{
+    Ack, CHUNK_HEADER_LEN, Header, MAX_CHUNK, MAX_DIGEST_LEN, MAX_MESSAGE_LEN, MessageKind,
+    PREFIX_LEN, Trailer, VERSION, WireError, decode_chunk_header, decode_prefix,
+    encode_chunk_header,
+};
+
+/// Every error a decoder returns must print as one line without control characters: the
+/// messages quote peer-supplied text and end up in logs and terminals.
+fn check_error(err: &WireError) {
+    let text = err.to_string();
+    assert!(!text.is_empty(), "empty message for {err:?}");
+    assert!(
+        !text.chars().any(char::is_control),
+        "control character in the message for {err:?}: {text:?}"
+    );
+}
+
+/// Splits a framed message into its body after checking that its prefix announces exactly
+/// that body for `kind`.
+fn framed_body(encoded: &[u8], kind: MessageKind) -> &[u8] {
+    let (prefix, body) = encoded
+        .split_first_chunk::<PREFIX_LEN>()
+        .expect("an encoded message is at least a prefix long");
+    assert_eq!(
+        decode_prefix(prefix, kind),
+        Ok(body.len()),
+        "the prefix of an encoded {kind} does not announce its body"
+    );
+    body
+}
+
+/// `prefix`: the first [`PREFIX_LEN`] bytes, decoded as the prefix of each kind. It must not
+/// panic; it must accept exactly the prefixes with the kind's magic, version 1 and a length
+/// within the kind's limit, and then return that length.
+pub fn prefix(data: &[u8]) -> bool {
+    let Some(prefix) = data.first_chunk::<PREFIX_LEN>() else {
+        return false;
+    };
+    let [m0, m1, m2, m3, v0, v1, l0, l1, l2, l3] = *prefix;
+    let announced = u32::from_be_bytes([l0, l1, l2, l3]);
+    let mut decoded = false;
+    for kind in MessageKind::ALL {
+        let acceptable = [m0, m1, m2, m3] == kind.magic()
+            && u16::from_be_bytes([v0, v1]) == VERSION
+            && usize::try_from(announced).is_ok_and(|len| len <= kind.max_body_len());
+        match decode_prefix(prefix, kind) {
+            Ok(len) => {
+                assert!(acceptable, "{kind} prefix {prefix:02x?} accepted");
+                assert!(len <= kind.max_body_len(), "{kind} body length {len}");
+                assert_eq!(Ok(len), usize::try_from(announced));
+                decoded = true;
+            }
+            Err(err) => {
+                assert!(!acceptable, "{kind} prefix {prefix:02x?} refused: {err:?}");
+                check_error(&err);
+            }
+        }
+    }
+    decoded
+}
+
+/// `header`: the whole input as a header body. A decoded header must re-encode, its prefix
+/// must announce the body, the body must be the input byte for byte (the encoding is
+/// canonical), and decoding it again must give an equal header.
+pub fn header(data: &[u8]) -> bool {
+    match Header::decode_body(data) {
+        Ok(header) => {
+            let encoded = header.encode().unwrap_or_else(|err| {
+                panic!("decoded header {header:?} does not re-encode: {err}")
+            });
+            let body = framed_body(&encoded, MessageKind::Header);
+            assert_eq!(body, data, "header {header:?} re-encodes to other bytes");
+            assert_eq!(Header::decode_body(body), Ok(header));
+            true
+        }
+        Err(err) => {
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `trailer`: the first byte picks the header's digest algorithm (its id modulo the number of
+/// algorithms), the rest is a trailer body. A decoded trailer must carry a digest of the
+/// algorithm's length, re-encode to the same body, and decode again to an equal trailer.
+pub fn trailer(data: &[u8]) -> bool {
+    let Some((&selector, body)) = data.split_first() else {
+        return false;
+    };
+    let algorithm = DigestAlgorithm::ALL[usize::from(selector) % DigestAlgorithm::ALL.len()];
+    match Trailer::decode_body(body, algorithm) {
+        Ok(trailer) => {
+            assert_eq!(trailer.digest.len(), algorithm.output_len());
+            let encoded = trailer.encode();
+            let reencoded = framed_body(&encoded, MessageKind::Trailer);
+            assert_eq!(
+                reencoded, body,
+                "trailer {trailer:?} re-encodes to other bytes"
+            );
+            assert_eq!(Trailer::decode_body(reencoded, algorithm), Ok(trailer));
+            true
+        }
+        Err(err) => {
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `ack`: the whole input as an ack body. A decoded ack is within the limits (so encoding cuts
+/// nothing), re-encodes to the same body, and decodes again to an equal ack.
+pub fn ack(data: &[u8]) -> bool {
+    match Ack::decode_body(data) {
+        Ok(ack) => {
+            assert!(ack.digest.len() <= MAX_DIGEST_LEN, "{ack:?}");
+            assert!(ack.message.len() <= MAX_MESSAGE_LEN, "{ack:?}");
+            let encoded = ack.encode();
+            let body = framed_body(&encoded, MessageKind::Ack);
+            assert_eq!(body, data, "ack {ack:?} re-encodes to other bytes");
+            assert_eq!(Ack::decode_body(body), Ok(ack));
+            true
+        }
+        Err(err) => {
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `chunk_header`: the first [`CHUNK_HEADER_LEN`] bytes as a chunk header. It is accepted
+/// exactly when the length is at most [`MAX_CHUNK`], and then re-encodes to the same bytes.
+pub fn chunk_header(data: &[u8]) -> bool {
+    let Some(bytes) = data.first_chunk::<CHUNK_HEADER_LEN>() else {
+        return false;
+    };
+    let announced = u32::from_be_bytes(*bytes);
+    match decode_chunk_header(bytes) {
+        Ok(len) => {
+            assert_eq!(len, announced);
+            assert!(len <= MAX_CHUNK, "chunk of {len} bytes accepted");
+            assert_eq!(&encode_chunk_header(len), bytes);
+            true
+        }
+        Err(err) => {
+            assert_eq!(err, WireError::ChunkTooLong(announced));
+            assert!(announced > MAX_CHUNK, "chunk of {announced} bytes refused");
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `receiver_session`: a [`ReceiverSession`] driven over the input as a receiver's I/O layer
+/// drives it, the reads cut into pieces whose sizes come from the input's first byte. It must
+/// not panic; it must never ask for more framing bytes than a prefix and the largest body, nor
+/// count more payload than the header announced; it may reach `Verify` only with a header and
+/// after exactly the announced payload; and `verify` may accept only a count the header agrees
+/// with. Returns whether the session reached `Verify`.
+///
+/// [`ReceiverSession`]: teecast_proto::session::ReceiverSession
+pub fn receiver_session(data: &[u8]) -> bool {
+    use teecast_proto::session::{Next, ReceiverSession};
+    use teecast_proto::wire::MAX_HEADER_BODY;
+
+    let Some((&cut, wire)) = data.split_first() else {
+        return false;
+    };
+    // Piece sizes 1..=8, or whole reads when the low bits are zero.
+    let piece = |want: usize| match cut & 7 {
+        0 => want,
+        n => want.min(usize::from(n)),
+    };
+    let mut s = ReceiverSession::new();
+    let mut at = 0;
+    let mut payload = 0u64;
+    loop {
+        match s.next() {
+            Next::Framing(n) => {
+                assert!(n > 0, "asked for no framing bytes");
+                assert!(
+                    n <= PREFIX_LEN + MAX_HEADER_BODY,
+                    "asked for {n} framing bytes"
+                );
+                let end = (at + piece(n)).min(wire.len());
+                if end == at {
+                    return false;
+                }
+                if let Err(err) = s.framing(&wire[at..end]) {
+                    check_error(&err);
+                    return false;
+                }
+                at = end;
+            }
+            Next::Payload(n) => {
+                assert!(n > 0, "asked for no payload bytes");
+                let take = usize::try_from(n).unwrap_or(usize::MAX).min(piece(1 << 20));
+                let end = at.saturating_add(take).min(wire.len());
+                if end == at {
+                    return false;
+                }
+                s.payload((end - at) as u64);
+                payload += (end - at) as u64;
+                at = end;
+                assert_eq!(s.received(), payload);
+                if let Some(len) = s.header().and_then(|h| h.length) {
+                    assert!(payload <= len, "{payload} payload bytes of {len} announced");
+                }
+            }
+            Next::Verify => {
+                let header = s.header().expect("verify without a header");
+                if let Some(len) = header.length {
+                    assert_eq!(payload, len, "verify after {payload} of {len} bytes");
+                }
+                let empty = header.digest.output_len() == 0;
+                if s.verify(&[]).is_ok() {
+                    assert!(empty, "an empty digest verified a {}", header.digest);
+                }
+                return true;
+            }
+        }
+    }
+}

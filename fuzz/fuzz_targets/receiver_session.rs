@@ -1,0 +1,14 @@
+//! The input as what a peer sends a receiver, driven through the receiver's session (see
+//! `checks::receiver_session`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+// The checks are shared with the corpus replay test in crates/proto/tests/fuzz_corpus.rs.
+#[allow(dead_code)]
+#[path = "../../crates/proto/tests/checks/mod.rs"]
+mod checks;
+
+fuzz_target!(|data: &[u8]| {
+    checks::receiver_session(data);
+});
