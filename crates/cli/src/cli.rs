@@ -10,12 +10,15 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::mutate::{self, MutateLimits, Mutation};
+use teecast::auth::{self, Key, KeyError};
 use teecast::digest::DigestAlgorithm;
 use teecast::engine::{CaptureError, EngineError, Unsupported};
 use teecast::probe;
+use teecast::proto::wire::WireError;
 use teecast::recv::{self, RecvOptions, Target};
 use teecast::send::{DestFailure, SendError, SendOptions, Transfer};
 use teecast::source::Source;
+use teecast::store;
 use teecast::strategy::Strategy;
 use teecast::transport::ConnectError;
 
@@ -50,9 +53,36 @@ enum Command {
     Demo(DemoArgs),
     /// Find out by experiment what this kernel's splice, tee, vmsplice and O_DIRECT do.
     Probe(ProbeArgs),
+    /// Write a fresh random key to FILE (mode 0600; never overwrites), for --key-file.
+    Keygen(KeygenArgs),
     /// Change a file while it is being sent (for tests): rewrite, grow, shrink or truncate it.
     #[command(hide = true)]
     Mutate(MutateArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// The key file to create.
+    file: PathBuf,
+}
+
+/// Where the pre-shared key comes from (never the command line itself).
+#[derive(Args, Debug)]
+struct KeyArgs {
+    /// Authenticate with the key in FILE (made by `teecast keygen`, mode 0600); both ends need
+    /// the same key. Also from the TEECAST_KEY_FILE environment variable.
+    #[arg(long, value_name = "FILE", env = "TEECAST_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The key, read from its file; `Ok(None)` without one.
+    fn load(&self) -> Result<Option<Key>, KeyError> {
+        self.key_file
+            .as_deref()
+            .map(auth::read_key_file)
+            .transpose()
+    }
 }
 
 #[derive(Args, Debug)]
@@ -93,9 +123,12 @@ struct SendArgs {
     /// Data path: auto, readwrite, mmap-write, vmsplice, mmap-pipe, read-pipe, zerocopy, direct.
     #[arg(long, default_value = "auto")]
     strategy: Strategy,
-    /// Digest: xxh3-128 (fast), blake3 or sha256 (cryptographic), or none.
-    #[arg(long, default_value = "xxh3-128")]
-    digest: DigestAlgorithm,
+    /// Digest: xxh3-128 (fast; the default), blake3 or sha256 (cryptographic; blake3 is the
+    /// default with a key, which needs one of these two), or none.
+    #[arg(long)]
+    digest: Option<DigestAlgorithm>,
+    #[command(flatten)]
+    key: KeyArgs,
     /// Name announced to receivers (default: the source's file name; "stdin" for -).
     #[arg(long)]
     name: Option<String>,
@@ -145,6 +178,16 @@ struct RecvArgs {
     /// Print nothing on stderr but errors.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Refuse a stream whose file already exists (by default it is replaced, atomically, once
+    /// the new one is verified).
+    #[arg(long)]
+    no_clobber: bool,
+    /// Listen on an address other than loopback without a key: anyone who can reach it may
+    /// store files here.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args, Debug)]
@@ -191,8 +234,25 @@ pub fn main() -> ExitCode {
         Command::Demo(args) if args.mutate => demo::run_mutate(args.size_mib),
         Command::Demo(args) => demo::run(args.size_mib),
         Command::Probe(args) => run_probe(args),
+        Command::Keygen(args) => run_keygen(&args.file),
         Command::Mutate(args) => run_mutate(args),
     })
+}
+
+fn run_keygen(path: &std::path::Path) -> u8 {
+    match auth::create_key_file(path) {
+        Ok(_) => {
+            eprintln!(
+                "teecast: wrote a new key to {} (mode 0600); copy it to the other end as privately",
+                path.display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("teecast: {e}");
+            EXIT_USAGE
+        }
+    }
 }
 
 fn run_probe(args: ProbeArgs) -> u8 {
@@ -257,9 +317,21 @@ fn run_send(args: SendArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let key = match args.key.load() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("teecast: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let digest = args.digest.unwrap_or(if key.is_some() {
+        DigestAlgorithm::Blake3
+    } else {
+        DigestAlgorithm::default()
+    });
     let mut options = SendOptions::default()
         .strategy(args.strategy)
-        .digest(args.digest)
+        .digest(digest)
         .raw(args.raw)
         .stall_timeout(args.stall_timeout)
         .connect_timeout(args.connect_timeout);
@@ -268,6 +340,9 @@ fn run_send(args: SendArgs) -> u8 {
     }
     if let Some(capture) = &args.capture {
         options = options.capture(capture);
+    }
+    if let Some(key) = key {
+        options = options.key(key);
     }
     let transfer = match Transfer::new(&source, &args.destinations, &options) {
         Ok(t) => t,
@@ -321,6 +396,7 @@ pub fn send_error_with_hint(e: &SendError) -> String {
         }
         (_, Some(Unsupported::NoDirect { .. })) => " (use --strategy read-pipe)",
         (SendError::Name(_), _) => " (use --name)",
+        (SendError::WeakDigest(_), _) => " (use --digest blake3, the default with a key)",
         _ => "",
     };
     format!("{e}{hint}")
@@ -329,7 +405,12 @@ pub fn send_error_with_hint(e: &SendError) -> String {
 /// A destination's failure, with the flag that governs it.
 pub fn with_hint(e: &DestFailure) -> String {
     match e {
-        DestFailure::Stalled(_) | DestFailure::NoAck(_) => format!("{e} (--stall-timeout)"),
+        DestFailure::Stalled(_) | DestFailure::NoAck(_) | DestFailure::NoWelcome(_) => {
+            format!("{e} (--stall-timeout)")
+        }
+        DestFailure::Handshake(
+            WireError::PeerUnkeyed | WireError::KeyRequired | WireError::BadSeal(_),
+        ) => format!("{e} (--key-file on both ends, the same key)"),
         DestFailure::Connect(ConnectError::Connect { source, .. })
             if source.kind() == std::io::ErrorKind::TimedOut =>
         {
@@ -354,6 +435,32 @@ fn run_recv(args: RecvArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    // Temporaries of a receiver that was killed before this version (which leaves none) go.
+    let swept_dir = match &target {
+        Target::Dir(d) => Some(d.clone()),
+        Target::File(p) => p.parent().map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        }),
+    };
+    if let Some(dir) = swept_dir
+        && let Ok(n @ 1..) = store::sweep(&dir)
+    {
+        eprintln!(
+            "teecast: removed {n} stale temporary file(s) in {}",
+            dir.display()
+        );
+    }
+    let key = match args.key.load() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("teecast: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let listener = match TcpListener::bind(&args.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -361,15 +468,36 @@ fn run_recv(args: RecvArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let local = listener.local_addr().ok();
+    if key.is_none() && !local.is_some_and(|a| a.ip().is_loopback()) {
+        if !args.insecure {
+            eprintln!(
+                "teecast: {} is not a loopback address: give --key-file FILE (made by `teecast keygen FILE`, the same on the sender), or --insecure to let anyone who reaches it store files",
+                args.listen
+            );
+            return EXIT_USAGE;
+        }
+        eprintln!(
+            "teecast: warning: --insecure: no key, anyone who can reach {} may store files here",
+            args.listen
+        );
+    }
     if !args.quiet
-        && let Ok(addr) = listener.local_addr()
+        && let Some(addr) = local
     {
+        if key.is_some() {
+            eprintln!("teecast: every sender must prove the key");
+        }
         eprintln!("teecast: listening on {addr}");
     }
-    let options = RecvOptions::new(target)
+    let mut options = RecvOptions::new(target)
+        .no_clobber(args.no_clobber)
         .raw(args.raw)
         .digest(args.digest)
         .stall_timeout(args.stall_timeout);
+    if let Some(key) = key {
+        options = options.key(key);
+    }
     let quiet = args.quiet;
     let on_result = move |peer: Option<std::net::SocketAddr>,
                           result: &Result<recv::Received, recv::RecvError>| {

@@ -85,15 +85,31 @@ impl Inbox {
     }
 }
 
-fn header(name: &str, length: Option<u64>) -> Vec<u8> {
-    Header {
-        name: name.into(),
-        length,
-        digest: DigestAlgorithm::Sha256,
-        route: Vec::new(),
+/// Length of an unkeyed sender's hello, which opens every session.
+const HELLO_LEN: usize = wire::PREFIX_LEN + wire::HELLO_BODY;
+
+fn hello() -> Vec<u8> {
+    wire::Hello {
+        capabilities: 0,
+        nonce: [5; wire::NONCE_LEN],
     }
     .encode()
-    .unwrap()
+}
+
+/// A hello, then a header.
+fn header(name: &str, length: Option<u64>) -> Vec<u8> {
+    let mut bytes = hello();
+    bytes.extend(
+        Header {
+            name: name.into(),
+            length,
+            digest: DigestAlgorithm::Sha256,
+            route: Vec::new(),
+        }
+        .encode()
+        .unwrap(),
+    );
+    bytes
 }
 
 #[test]
@@ -108,7 +124,7 @@ fn random_garbage_is_refused() {
 fn wrong_magic_is_refused() {
     let inbox = Inbox::start();
     let mut bytes = header("x.bin", Some(4));
-    bytes[..4].copy_from_slice(&MessageKind::Trailer.magic());
+    bytes[HELLO_LEN..HELLO_LEN + 4].copy_from_slice(&MessageKind::Trailer.magic());
     bytes.extend_from_slice(b"data");
     let (peer, _) = inbox.offer(&bytes);
     inbox.expect_refused(&peer, "bad magic");
@@ -119,7 +135,7 @@ fn wrong_magic_is_refused() {
 fn wrong_version_is_refused() {
     let inbox = Inbox::start();
     let mut bytes = header("x.bin", Some(4));
-    bytes[4..6].copy_from_slice(&(wire::VERSION + 1).to_be_bytes());
+    bytes[HELLO_LEN + 4..HELLO_LEN + 6].copy_from_slice(&(wire::VERSION + 1).to_be_bytes());
     bytes.extend_from_slice(b"data");
     let (peer, _) = inbox.offer(&bytes);
     inbox.expect_refused(&peer, "unsupported protocol version");
@@ -129,7 +145,8 @@ fn wrong_version_is_refused() {
 #[test]
 fn oversized_body_length_is_refused() {
     let inbox = Inbox::start();
-    let mut bytes = MessageKind::Header.magic().to_vec();
+    let mut bytes = hello();
+    bytes.extend_from_slice(&MessageKind::Header.magic());
     bytes.extend_from_slice(&wire::VERSION.to_be_bytes());
     bytes.extend_from_slice(&u32::MAX.to_be_bytes());
     bytes.extend_from_slice(&[0u8; 4096]);
@@ -183,21 +200,26 @@ fn forged_digest_is_refused() {
     inbox.expect_still_serving();
 }
 
-/// The acknowledgement in `answer`.
+/// The acknowledgement in `answer`, after the receiver's welcome.
 fn ack(answer: &[u8]) -> Ack {
-    let prefix: &[u8; wire::PREFIX_LEN] = answer
-        .get(..wire::PREFIX_LEN)
-        .and_then(|p| p.try_into().ok())
-        .unwrap_or_else(|| panic!("no acknowledgement in {answer:?}"));
-    let len = wire::decode_prefix(prefix, MessageKind::Ack).unwrap();
-    Ack::decode_body(&answer[wire::PREFIX_LEN..wire::PREFIX_LEN + len]).unwrap()
+    let message = |at: usize, kind| {
+        let prefix: &[u8; wire::PREFIX_LEN] = answer
+            .get(at..at + wire::PREFIX_LEN)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("no {kind} at byte {at} of {answer:?}"));
+        let len = wire::decode_prefix(prefix, kind).unwrap();
+        (at + wire::PREFIX_LEN, len)
+    };
+    let (body, len) = message(0, MessageKind::Welcome);
+    let (body, len) = message(body + len, MessageKind::Ack);
+    Ack::decode_body(&answer[body..body + len]).unwrap()
 }
 
 /// A header whose name is `name`, built by encoding a harmless name of the same length and
 /// overwriting it, since the encoder refuses such names.
 fn header_named(name: &str, length: u64) -> Vec<u8> {
     let mut bytes = header(&"a".repeat(name.len()), Some(length));
-    let at = wire::PREFIX_LEN + 2;
+    let at = HELLO_LEN + wire::PREFIX_LEN + 2;
     bytes[at..at + name.len()].copy_from_slice(name.as_bytes());
     bytes
 }

@@ -188,21 +188,54 @@ fn one_bad_of_three(
     st
 }
 
-/// A peer that reads 4 MiB, then closes the connection.
+/// Takes the sender's hello and answers with an unkeyed welcome, as a receiver does.
+fn welcome(s: &TcpStream) {
+    use teecast::proto::wire::{HELLO_BODY, NONCE_LEN, PREFIX_LEN, Welcome};
+    let mut hello = [0u8; PREFIX_LEN + HELLO_BODY];
+    (&*s).read_exact(&mut hello).unwrap();
+    let answer = Welcome {
+        capabilities: 0,
+        nonce: [1; NONCE_LEN],
+        proof: Vec::new(),
+    };
+    std::io::Write::write_all(&mut &*s, &answer.encode()).unwrap();
+}
+
+/// A peer that opens the session, reads 4 MiB, then closes the connection.
 fn quitter() -> (String, JoinHandle<()>) {
     let (l, addr) = listener();
     let t = std::thread::spawn(move || {
         let s = accept(&l);
+        welcome(&s);
         let mut buf = vec![0u8; 4 * MIB as usize];
         (&s).read_exact(&mut buf).unwrap();
     });
     (addr, t)
 }
 
-/// A peer that accepts and never reads; the connection stays open until the handle is joined.
+/// A peer that opens the session and then never reads; the connection stays open until the
+/// handle is joined.
 fn staller() -> (String, JoinHandle<TcpStream>) {
     let (l, addr) = listener();
-    (addr, std::thread::spawn(move || accept(&l)))
+    (
+        addr,
+        std::thread::spawn(move || {
+            let s = accept(&l);
+            welcome(&s);
+            s
+        }),
+    )
+}
+
+/// A peer that accepts and never answers the hello: the sender gives up on it within the
+/// stall timeout and names why; the others are served.
+#[test]
+fn a_destination_that_never_answers_the_hello_fails_alone() {
+    let (l, addr) = listener();
+    let peer = std::thread::spawn(move || accept(&l));
+    let st = one_bad_of_three("readwrite", 71, &addr, &["--stall-timeout", "2s"]);
+    assert_eq!(st[1].1, "no-welcome", "error: {:?}", st[1].2);
+    drop(peer.join().unwrap());
 }
 
 fn destination_closing_early_fails_alone(strategy: &str, seed: u64) {

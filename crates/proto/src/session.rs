@@ -1,4 +1,5 @@
-//! The order of a session — header, payload (raw or in chunks), trailer, acknowledgement — as
+//! The order of a session — hello and welcome, (keyed) the sender's proof, header, payload (raw
+//! or in chunks), trailer, (keyed) the stream's seal, acknowledgement and (keyed) its seal — as
 //! state machines with no I/O: each says what to read or write next, and checks what the peer
 //! sent against what must come. The library drives them over sockets (`teecast::send`,
 //! `teecast::recv`); a relay will drive both at once.
@@ -10,11 +11,26 @@
 //! and validates each frame in turn. Both read acknowledgements and other framed messages with
 //! one [`FrameReader`].
 
+use crate::auth::{Key, same_mac};
 use crate::digest::DigestAlgorithm;
 use crate::wire::{
-    self, Ack, AckStatus, CHUNK_HEADER_LEN, Header, MAX_CHUNK, MessageKind, PREFIX_LEN, Trailer,
-    WireError,
+    self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, Header, Hello, MAC_LEN, MAX_CHUNK,
+    MessageKind, NONCE_LEN, PREFIX_LEN, Seal, Trailer, Welcome, WireError,
 };
+
+/// Whether a keyed session may use `digest`: only one that resists deliberate collisions, as the
+/// seal covers the payload through it.
+fn check_keyed_digest(digest: DigestAlgorithm) -> Result<(), WireError> {
+    match digest {
+        DigestAlgorithm::Blake3 | DigestAlgorithm::Sha256 => Ok(()),
+        weak => Err(WireError::WeakDigest(weak)),
+    }
+}
+
+/// The whole message of `kind` around `body` (its prefix is a function of the two).
+fn message(kind: MessageKind, body: &[u8]) -> Vec<u8> {
+    wire::frame(kind, body).unwrap_or_default()
+}
 
 /// A session used out of order: a bug in the driver, never the peer's doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -98,14 +114,22 @@ impl FrameReader {
 /// The sender's side of a session.
 #[derive(Clone, Debug)]
 pub struct SenderSession {
-    length: Option<u64>,
-    digest: DigestAlgorithm,
+    header: Header,
+    key: Option<Key>,
+    hello: Vec<u8>,
+    nonce: [u8; NONCE_LEN],
+    /// The session key, once the welcome proved the receiver holds the key.
+    session_key: Option<Key>,
+    /// The encoded header, sent after the welcome.
+    header_bytes: Vec<u8>,
+    stream_seal: Option<[u8; MAC_LEN]>,
     sent: u64,
     step: SenderStep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SenderStep {
+    Welcome,
     Payload,
     AwaitAck,
     Done,
@@ -121,21 +145,80 @@ pub enum Verdict {
 }
 
 impl SenderSession {
-    /// Starts a session for `header`; returns it with the encoded header to write first.
-    pub fn start(header: &Header) -> Result<(SenderSession, Vec<u8>), WireError> {
-        let encoded = header.encode()?;
+    /// Starts a session for `header`, keyed when `key` is given, with this side's fresh
+    /// `nonce`; returns it with the hello to write first. A keyed session needs a cryptographic
+    /// digest in the header.
+    pub fn start(
+        header: &Header,
+        key: Option<Key>,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<(SenderSession, Vec<u8>), WireError> {
+        let header_bytes = header.encode()?;
+        if key.is_some() {
+            check_keyed_digest(header.digest)?;
+        }
+        let hello = Hello {
+            capabilities: if key.is_some() { CAP_KEYED } else { 0 },
+            nonce,
+        }
+        .encode();
         let session = SenderSession {
-            length: header.length,
-            digest: header.digest,
+            header: header.clone(),
+            key,
+            hello: hello.clone(),
+            nonce,
+            session_key: None,
+            header_bytes,
+            stream_seal: None,
             sent: 0,
-            step: SenderStep::Payload,
+            step: SenderStep::Welcome,
         };
-        Ok((session, encoded))
+        Ok((session, hello))
+    }
+
+    /// A reader for the receiver's welcome.
+    pub fn welcome_reader(&self) -> FrameReader {
+        FrameReader::new(MessageKind::Welcome)
+    }
+
+    /// Takes the welcome's body: checks that both ends hold a key or neither does, and (keyed)
+    /// the receiver's proof. Returns what to write next: (keyed) this side's proof, then the
+    /// header.
+    pub fn welcome(&mut self, body: &[u8]) -> Result<Vec<u8>, WireError> {
+        if self.step != SenderStep::Welcome {
+            return Err(WireError::BadSeal("welcome, out of its turn,"));
+        }
+        let welcome = Welcome::decode_body(body)?;
+        let peer_keyed = welcome.capabilities & CAP_KEYED != 0;
+        let mut out = Vec::new();
+        match (&self.key, peer_keyed) {
+            (Some(_), false) => return Err(WireError::PeerUnkeyed),
+            (None, true) => return Err(WireError::KeyRequired),
+            (None, false) => {}
+            (Some(key), true) => {
+                let expected =
+                    key.receiver_proof(&self.hello, &welcome.nonce, welcome.capabilities);
+                if !same_mac(&welcome.proof, &expected) {
+                    return Err(WireError::BadSeal("receiver's proof"));
+                }
+                let welcome_bytes = message(MessageKind::Welcome, body);
+                out.extend(Seal(key.sender_proof(&self.hello, &welcome_bytes)).encode());
+                self.session_key = Some(key.session_key(&self.nonce, &welcome.nonce));
+            }
+        }
+        out.extend_from_slice(&self.header_bytes);
+        self.step = SenderStep::Payload;
+        Ok(out)
+    }
+
+    /// True when the session is sealed under a key (the acknowledgement then carries a seal).
+    pub fn is_keyed(&self) -> bool {
+        self.key.is_some()
     }
 
     /// True when the payload goes in chunks (the length was not announced).
     pub fn is_chunked(&self) -> bool {
-        self.length.is_none()
+        self.header.length.is_none()
     }
 
     /// Payload bytes accounted so far.
@@ -147,7 +230,7 @@ impl SenderSession {
     /// chunk's bytes are accounted here.
     pub fn chunk(&mut self, len: usize) -> Result<[u8; CHUNK_HEADER_LEN], OrderError> {
         let fits = u32::try_from(len).ok().filter(|&l| l > 0 && l <= MAX_CHUNK);
-        match (self.step, self.length, fits) {
+        match (self.step, self.header.length, fits) {
             (SenderStep::Payload, None, Some(l)) => {
                 self.sent += u64::from(l);
                 Ok(wire::encode_chunk_header(l))
@@ -159,7 +242,7 @@ impl SenderSession {
 
     /// Accounts `n` payload bytes written raw (sessions of known length only).
     pub fn payload(&mut self, n: u64) -> Result<(), OrderError> {
-        match (self.step, self.length) {
+        match (self.step, self.header.length) {
             (SenderStep::Payload, Some(announced)) => {
                 let sent = self.sent.saturating_add(n);
                 if sent > announced {
@@ -174,13 +257,14 @@ impl SenderSession {
     }
 
     /// Ends the payload with its digest: returns the bytes to write (the end-of-chunks marker
-    /// when chunked, then the trailer). Then the acknowledgement is due.
+    /// when chunked, the trailer, and in a keyed session the stream's seal). Then the
+    /// acknowledgement is due.
     pub fn finish(&mut self, digest: &[u8]) -> Result<Vec<u8>, OrderError> {
         if self.step != SenderStep::Payload {
             return Err(OrderError::WrongStep);
         }
         let mut out = Vec::new();
-        match self.length {
+        match self.header.length {
             Some(announced) if self.sent != announced => {
                 return Err(OrderError::TooLittlePayload {
                     sent: self.sent,
@@ -190,13 +274,17 @@ impl SenderSession {
             Some(_) => {}
             None => out.extend_from_slice(&wire::encode_chunk_header(0)),
         }
-        out.extend_from_slice(
-            &Trailer {
-                length: self.sent,
-                digest: digest.to_vec(),
-            }
-            .encode(),
-        );
+        let trailer = Trailer {
+            length: self.sent,
+            digest: digest.to_vec(),
+        }
+        .encode();
+        out.extend_from_slice(&trailer);
+        if let Some(k) = &self.session_key {
+            let seal = k.stream_seal(&self.header_bytes, &trailer);
+            out.extend(Seal(seal).encode());
+            self.stream_seal = Some(seal);
+        }
         self.step = SenderStep::AwaitAck;
         Ok(out)
     }
@@ -206,14 +294,39 @@ impl SenderSession {
         FrameReader::new(MessageKind::Ack)
     }
 
-    /// Judges the acknowledgement's body against what was sent and its `digest`.
-    pub fn ack(&mut self, body: &[u8], digest: &[u8]) -> Result<Verdict, WireError> {
+    /// A reader for the acknowledgement's seal (keyed sessions).
+    pub fn seal_reader(&self) -> FrameReader {
+        FrameReader::new(MessageKind::Seal)
+    }
+
+    /// Judges the acknowledgement's body (and, keyed, its seal's body) against what was sent
+    /// and its `digest`. In a keyed session an acknowledgement without a valid seal is an error:
+    /// it may not come from the receiver. An acknowledgement before [`SenderSession::finish`]
+    /// (a receiver refusing mid-stream) can only be a refusal.
+    pub fn ack(
+        &mut self,
+        body: &[u8],
+        seal: Option<&[u8]>,
+        digest: &[u8],
+    ) -> Result<Verdict, WireError> {
         let ack = Ack::decode_body(body)?;
+        if let Some(k) = &self.session_key {
+            let seal = Seal::decode_body(seal.unwrap_or_default())?;
+            let expected = k.ack_seal(
+                &self.stream_seal.unwrap_or([0; MAC_LEN]),
+                &message(MessageKind::Ack, body),
+            );
+            if !same_mac(&seal.0, &expected) {
+                return Err(WireError::BadSeal("acknowledgement's seal"));
+            }
+        }
+        let finished = self.step == SenderStep::AwaitAck;
         self.step = SenderStep::Done;
-        let matches = ack.status == AckStatus::Ok
+        let matches = finished
+            && ack.status == AckStatus::Ok
             && ack.bytes == self.sent
             && ack.digest == digest
-            && ack.digest.len() == self.digest.output_len();
+            && ack.digest.len() == self.header.digest.output_len();
         Ok(if matches {
             Verdict::Confirmed(ack)
         } else {
@@ -225,26 +338,40 @@ impl SenderSession {
 /// What a receiver does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Read exactly this many framing bytes and hand them to [`ReceiverSession::framing`].
+    /// Read at most this many framing bytes and hand them to [`ReceiverSession::framing`]; then
+    /// write whatever [`ReceiverSession::take_reply`] gives.
     Framing(usize),
     /// Move at most this many payload bytes (more may follow), and account them with
     /// [`ReceiverSession::payload`].
     Payload(u64),
-    /// The trailer has arrived: check the digest ([`ReceiverSession::verify`]) and answer.
+    /// The stream has ended: check it ([`ReceiverSession::verify`]) and answer
+    /// ([`ReceiverSession::ack`]).
     Verify,
 }
 
 /// The receiver's side of a framed session.
 #[derive(Clone, Debug)]
 pub struct ReceiverSession {
+    key: Option<Key>,
+    nonce: [u8; NONCE_LEN],
     step: ReceiverStep,
+    hello: Vec<u8>,
+    welcome: Vec<u8>,
+    reply: Option<Vec<u8>>,
+    session_key: Option<Key>,
     header: Option<Header>,
+    header_bytes: Vec<u8>,
     trailer: Option<Trailer>,
+    trailer_bytes: Vec<u8>,
+    stream_seal: Option<[u8; MAC_LEN]>,
     received: u64,
 }
 
 #[derive(Clone, Debug)]
 enum ReceiverStep {
+    Hello(FrameReader),
+    /// Keyed: the sender's proof of the key.
+    Proof(FrameReader),
     Header(FrameReader),
     /// Raw payload of known length: bytes still due.
     Raw(u64),
@@ -253,6 +380,8 @@ enum ReceiverStep {
     /// Inside a chunk: bytes still due.
     Chunk(u64),
     Trailer(FrameReader),
+    /// Keyed: the stream's seal.
+    StreamSeal(FrameReader),
     Verify,
 }
 
@@ -276,21 +405,28 @@ pub enum Mismatch {
         /// The received bytes' digest.
         received: Vec<u8>,
     },
-}
-
-impl Default for ReceiverSession {
-    fn default() -> Self {
-        ReceiverSession::new()
-    }
+    /// The stream's seal does not verify under the session key.
+    #[error("the stream's seal does not verify: changed, replayed or from another session")]
+    Seal,
 }
 
 impl ReceiverSession {
-    /// A session waiting for its header.
-    pub fn new() -> ReceiverSession {
+    /// A session waiting for its hello, keyed when `key` is given, with this side's fresh
+    /// `nonce`.
+    pub fn new(key: Option<Key>, nonce: [u8; NONCE_LEN]) -> ReceiverSession {
         ReceiverSession {
-            step: ReceiverStep::Header(FrameReader::new(MessageKind::Header)),
+            key,
+            nonce,
+            step: ReceiverStep::Hello(FrameReader::new(MessageKind::Hello)),
+            hello: Vec::new(),
+            welcome: Vec::new(),
+            reply: None,
+            session_key: None,
             header: None,
+            header_bytes: Vec::new(),
             trailer: None,
+            trailer_bytes: Vec::new(),
+            stream_seal: None,
             received: 0,
         }
     }
@@ -298,14 +434,29 @@ impl ReceiverSession {
     /// What to do next.
     pub fn next(&self) -> Next {
         match &self.step {
-            ReceiverStep::Header(r) | ReceiverStep::Trailer(r) => Next::Framing(r.wanted()),
+            ReceiverStep::Hello(r)
+            | ReceiverStep::Proof(r)
+            | ReceiverStep::Header(r)
+            | ReceiverStep::Trailer(r)
+            | ReceiverStep::StreamSeal(r) => Next::Framing(r.wanted()),
             ReceiverStep::Raw(left) | ReceiverStep::Chunk(left) => Next::Payload(*left),
             ReceiverStep::ChunkHeader(got) => Next::Framing(CHUNK_HEADER_LEN - got.len()),
             ReceiverStep::Verify => Next::Verify,
         }
     }
 
-    /// The header, once it has arrived.
+    /// The bytes to write to the sender now, if any (the welcome, once the hello has arrived).
+    pub fn take_reply(&mut self) -> Option<Vec<u8>> {
+        self.reply.take()
+    }
+
+    /// True once the hello has arrived: from then on the sender speaks this protocol and is
+    /// owed an acknowledgement.
+    pub fn has_hello(&self) -> bool {
+        !self.hello.is_empty()
+    }
+
+    /// The header, once it has arrived (and, keyed, after the sender proved the key).
     pub fn header(&self) -> Option<&Header> {
         self.header.as_ref()
     }
@@ -319,9 +470,31 @@ impl ReceiverSession {
     /// session keeps them and asks for the rest; any excess is ignored).
     pub fn framing(&mut self, bytes: &[u8]) -> Result<(), WireError> {
         match &mut self.step {
+            ReceiverStep::Hello(reader) => {
+                if let (_, Some(body)) = reader.push(bytes)? {
+                    self.hello_arrived(&body)?;
+                }
+            }
+            ReceiverStep::Proof(reader) => {
+                if let (_, Some(body)) = reader.push(bytes)? {
+                    let seal = Seal::decode_body(&body)?;
+                    let expected = self
+                        .key
+                        .as_ref()
+                        .map(|k| k.sender_proof(&self.hello, &self.welcome));
+                    if !expected.is_some_and(|e| same_mac(&seal.0, &e)) {
+                        return Err(WireError::BadSeal("sender's proof"));
+                    }
+                    self.step = ReceiverStep::Header(FrameReader::new(MessageKind::Header));
+                }
+            }
             ReceiverStep::Header(reader) => {
                 if let (_, Some(body)) = reader.push(bytes)? {
                     let header = Header::decode_body(&body)?;
+                    if self.key.is_some() {
+                        check_keyed_digest(header.digest)?;
+                    }
+                    self.header_bytes = message(MessageKind::Header, &body);
                     self.step = match header.length {
                         Some(0) => ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer)),
                         Some(len) => ReceiverStep::Raw(len),
@@ -337,6 +510,17 @@ impl ReceiverSession {
                         .as_ref()
                         .map_or(DigestAlgorithm::None, |h| h.digest);
                     self.trailer = Some(Trailer::decode_body(&body, algorithm)?);
+                    self.trailer_bytes = message(MessageKind::Trailer, &body);
+                    self.step = if self.session_key.is_some() {
+                        ReceiverStep::StreamSeal(FrameReader::new(MessageKind::Seal))
+                    } else {
+                        ReceiverStep::Verify
+                    };
+                }
+            }
+            ReceiverStep::StreamSeal(reader) => {
+                if let (_, Some(body)) = reader.push(bytes)? {
+                    self.stream_seal = Some(Seal::decode_body(&body)?.0);
                     self.step = ReceiverStep::Verify;
                 }
             }
@@ -353,6 +537,43 @@ impl ReceiverSession {
             ReceiverStep::Raw(_) | ReceiverStep::Chunk(_) | ReceiverStep::Verify => {}
         }
         Ok(())
+    }
+
+    /// The hello arrived: answer with a welcome (always, so the sender learns what this side
+    /// holds), then refuse a sender whose key use differs from this side's.
+    fn hello_arrived(&mut self, body: &[u8]) -> Result<(), WireError> {
+        let hello = Hello::decode_body(body)?;
+        self.hello = message(MessageKind::Hello, body);
+        let (capabilities, proof) = match &self.key {
+            Some(k) => (
+                CAP_KEYED,
+                k.receiver_proof(&self.hello, &self.nonce, CAP_KEYED)
+                    .to_vec(),
+            ),
+            None => (0, Vec::new()),
+        };
+        let welcome = Welcome {
+            capabilities,
+            nonce: self.nonce,
+            proof,
+        }
+        .encode();
+        self.welcome = welcome.clone();
+        self.reply = Some(welcome);
+        let peer_keyed = hello.capabilities & CAP_KEYED != 0;
+        match (&self.key, peer_keyed) {
+            (Some(_), false) => Err(WireError::PeerUnkeyed),
+            (None, true) => Err(WireError::KeyRequired),
+            (Some(k), true) => {
+                self.session_key = Some(k.session_key(&hello.nonce, &self.nonce));
+                self.step = ReceiverStep::Proof(FrameReader::new(MessageKind::Seal));
+                Ok(())
+            }
+            (None, false) => {
+                self.step = ReceiverStep::Header(FrameReader::new(MessageKind::Header));
+                Ok(())
+            }
+        }
     }
 
     /// Accounts `n` payload bytes moved (at most what [`Next::Payload`] allowed; any excess is
@@ -375,9 +596,11 @@ impl ReceiverSession {
         }
     }
 
-    /// Checks lengths and `digest` (of the bytes received) against the trailer and header.
+    /// Checks lengths and `digest` (of the bytes received) against the trailer and header, and
+    /// in a keyed session the stream's seal.
     pub fn verify(&self, digest: &[u8]) -> Result<(), Mismatch> {
-        let Some(trailer) = &self.trailer else {
+        let ended = matches!(self.step, ReceiverStep::Verify);
+        let Some(trailer) = self.trailer.as_ref().filter(|_| ended) else {
             return Err(Mismatch::Length {
                 announced: self.header.as_ref().and_then(|h| h.length).unwrap_or(0),
                 received: self.received,
@@ -396,106 +619,323 @@ impl ReceiverSession {
                 received: digest.to_vec(),
             });
         }
+        if let Some(k) = &self.session_key {
+            let expected = k.stream_seal(&self.header_bytes, &self.trailer_bytes);
+            if !self.stream_seal.is_some_and(|s| same_mac(&s, &expected)) {
+                return Err(Mismatch::Seal);
+            }
+        }
         Ok(())
     }
-}
 
-/// Builds the acknowledgement a receiver sends.
-pub fn ack(status: AckStatus, bytes: u64, digest: &[u8], message: &str) -> Vec<u8> {
-    Ack {
-        status,
-        bytes,
-        digest: digest.to_vec(),
-        message: message.to_string(),
+    /// The acknowledgement to send (and, keyed, its seal).
+    pub fn ack(&self, status: AckStatus, bytes: u64, digest: &[u8], message_text: &str) -> Vec<u8> {
+        let mut out = Ack {
+            status,
+            bytes,
+            digest: digest.to_vec(),
+            message: message_text.to_string(),
+        }
+        .encode();
+        if let Some(k) = &self.session_key {
+            let seal = k.ack_seal(&self.stream_seal.unwrap_or([0; MAC_LEN]), &out);
+            out.extend(Seal(seal).encode());
+        }
+        out
     }
-    .encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn header(length: Option<u64>) -> Header {
+    fn header(length: Option<u64>, digest: DigestAlgorithm) -> Header {
         Header {
             name: "f".into(),
             length,
-            digest: DigestAlgorithm::Xxh3_128,
+            digest,
             route: Vec::new(),
         }
     }
 
-    const DIGEST: [u8; 16] = [9; 16];
+    const DIGEST: [u8; 32] = [9; 32];
+    const KEY: [u8; 32] = [0x42; 32];
 
-    /// Drives a receiver over `wire` the way the I/O layer does; returns the session and the
-    /// payload it moved.
-    fn receive(wire: &[u8]) -> Result<(ReceiverSession, Vec<u8>), WireError> {
-        let mut s = ReceiverSession::new();
+    fn key() -> Option<Key> {
+        Some(Key::from_bytes(KEY))
+    }
+
+    /// Drives a receiver over `wire` the way the I/O layer does, in pieces of at most `piece`
+    /// bytes; returns the payload it moved and what it replied.
+    fn drive(
+        rx: &mut ReceiverSession,
+        wire: &[u8],
+        piece: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), WireError> {
         let mut at = 0;
         let mut payload = Vec::new();
+        let mut replies = Vec::new();
         loop {
-            match s.next() {
+            match rx.next() {
                 Next::Framing(n) => {
-                    let end = (at + n).min(wire.len());
+                    let end = (at + n.min(piece)).min(wire.len());
                     if end == at {
-                        return Ok((s, payload));
+                        return Ok((payload, replies));
                     }
-                    s.framing(&wire[at..end])?;
+                    let taken = rx.framing(&wire[at..end]);
+                    replies.extend(rx.take_reply().unwrap_or_default());
+                    taken?;
                     at = end;
                 }
                 Next::Payload(n) => {
-                    let end = (at + usize::try_from(n).unwrap()).min(wire.len());
+                    let n = usize::try_from(n).unwrap().min(piece);
+                    let end = (at + n).min(wire.len());
                     if end == at {
-                        return Ok((s, payload));
+                        return Ok((payload, replies));
                     }
                     payload.extend_from_slice(&wire[at..end]);
-                    s.payload((end - at) as u64);
+                    rx.payload((end - at) as u64);
                     at = end;
                 }
-                Next::Verify => return Ok((s, payload)),
+                Next::Verify => return Ok((payload, replies)),
             }
         }
     }
 
-    #[test]
-    fn a_sender_session_of_known_length_is_received_whole() {
-        let (mut tx, mut wire) = SenderSession::start(&header(Some(5))).unwrap();
-        wire.extend_from_slice(b"hello");
-        tx.payload(5).unwrap();
-        wire.extend(tx.finish(&DIGEST).unwrap());
-        let (rx, payload) = receive(&wire).unwrap();
-        assert_eq!(rx.next(), Next::Verify);
-        assert_eq!(payload, b"hello");
-        assert_eq!(rx.received(), 5);
-        assert_eq!(rx.verify(&DIGEST), Ok(()));
-        assert!(matches!(rx.verify(&[0; 16]), Err(Mismatch::Digest { .. })));
-    }
-
-    #[test]
-    fn a_chunked_session_is_received_whole() {
-        let (mut tx, mut wire) = SenderSession::start(&header(None)).unwrap();
-        for part in [&b"ab"[..], b"cde"] {
-            wire.extend(tx.chunk(part.len()).unwrap());
-            wire.extend_from_slice(part);
+    /// Hands `bytes` to the receiver as framing, as much as it asks for each time.
+    fn feed(rx: &mut ReceiverSession, bytes: &[u8]) -> Result<(), WireError> {
+        let mut at = 0;
+        while let Next::Framing(n) = rx.next() {
+            if at == bytes.len() {
+                break;
+            }
+            let end = (at + n).min(bytes.len());
+            rx.framing(&bytes[at..end])?;
+            at = end;
         }
-        wire.extend(tx.finish(&DIGEST).unwrap());
-        let (rx, payload) = receive(&wire).unwrap();
-        assert_eq!(rx.next(), Next::Verify);
-        assert_eq!(payload, b"abcde");
-        assert_eq!(rx.verify(&DIGEST), Ok(()));
+        Ok(())
+    }
+
+    /// A whole session between a sender and a receiver (each with its key, if any); returns
+    /// the receiver and the sender's bytes after the hello, for the tests to tamper with.
+    struct Run {
+        tx: SenderSession,
+        rx: ReceiverSession,
+        /// What the sender wrote after the hello: proof (keyed) and header.
+        opening: Vec<u8>,
+    }
+
+    fn open(h: &Header, tx_key: Option<Key>, rx_key: Option<Key>, rx_nonce: u8) -> Run {
+        let (mut tx, hello) = SenderSession::start(h, tx_key, [3; NONCE_LEN]).unwrap();
+        let mut rx = ReceiverSession::new(rx_key, [rx_nonce; NONCE_LEN]);
+        let (_, welcome) = drive(&mut rx, &hello, usize::MAX).unwrap();
+        let opening = tx.welcome(&welcome[PREFIX_LEN..]).unwrap();
+        Run { tx, rx, opening }
+    }
+
+    /// The sender's whole stream after the hello, for `payload`.
+    fn stream(run: &mut Run, payload: &[u8]) -> Vec<u8> {
+        let mut wire = run.opening.clone();
+        if run.tx.is_chunked() {
+            for part in payload.chunks(3) {
+                wire.extend(run.tx.chunk(part.len()).unwrap());
+                wire.extend_from_slice(part);
+            }
+        } else {
+            wire.extend_from_slice(payload);
+            run.tx.payload(payload.len() as u64).unwrap();
+        }
+        wire.extend(run.tx.finish(&DIGEST).unwrap());
+        wire
     }
 
     #[test]
-    fn an_empty_file_goes_straight_to_the_trailer() {
-        let (mut tx, mut wire) = SenderSession::start(&header(Some(0))).unwrap();
-        wire.extend(tx.finish(&DIGEST).unwrap());
-        let (rx, payload) = receive(&wire).unwrap();
-        assert_eq!(rx.next(), Next::Verify);
-        assert!(payload.is_empty());
+    fn sessions_of_every_shape_are_received_whole_and_confirmed() {
+        for k in [None, key()] {
+            for length in [Some(5), None, Some(0)] {
+                let payload = if length == Some(0) {
+                    &b""[..]
+                } else {
+                    b"hello"
+                };
+                for piece in [1, 3, usize::MAX] {
+                    let h = header(length, DigestAlgorithm::Blake3);
+                    let mut run = open(&h, k.clone(), k.clone(), 7);
+                    let wire = stream(&mut run, payload);
+                    let (got, _) = drive(&mut run.rx, &wire, piece).unwrap();
+                    assert_eq!(run.rx.next(), Next::Verify, "{length:?} piece {piece}");
+                    assert_eq!(got, payload);
+                    assert_eq!(run.rx.verify(&DIGEST), Ok(()));
+                    assert!(matches!(
+                        run.rx.verify(&[0; 32]),
+                        Err(Mismatch::Digest { .. })
+                    ));
+                    let answer = run.rx.ack(AckStatus::Ok, payload.len() as u64, &DIGEST, "");
+                    let (ack, seal) = split_ack(&answer);
+                    assert_eq!(run.tx.is_keyed(), seal.is_some());
+                    assert!(matches!(
+                        run.tx.ack(ack, seal, &DIGEST),
+                        Ok(Verdict::Confirmed(_))
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The ack body and, when present, the seal body of a receiver's answer.
+    fn split_ack(answer: &[u8]) -> (&[u8], Option<&[u8]>) {
+        let len = |at: usize| {
+            usize::try_from(u32::from_be_bytes(
+                answer[at + 6..at + 10].try_into().unwrap(),
+            ))
+            .unwrap()
+        };
+        let ack_end = PREFIX_LEN + len(0);
+        let ack = &answer[PREFIX_LEN..ack_end];
+        let seal = (answer.len() > ack_end).then(|| &answer[ack_end + PREFIX_LEN..]);
+        (ack, seal)
+    }
+
+    #[test]
+    fn one_end_with_a_key_and_one_without_never_meet() {
+        let h = header(Some(1), DigestAlgorithm::Blake3);
+        // A keyed sender, an unkeyed receiver: the receiver refuses, the sender learns why.
+        let (mut tx, hello) = SenderSession::start(&h, key(), [3; NONCE_LEN]).unwrap();
+        let mut rx = ReceiverSession::new(None, [7; NONCE_LEN]);
+        assert_eq!(
+            drive(&mut rx, &hello, usize::MAX),
+            Err(WireError::KeyRequired)
+        );
+        let mut rx = ReceiverSession::new(None, [7; NONCE_LEN]);
+        assert_eq!(feed(&mut rx, &hello), Err(WireError::KeyRequired));
+        let welcome = rx.take_reply().unwrap();
+        assert_eq!(
+            tx.welcome(&welcome[PREFIX_LEN..]),
+            Err(WireError::PeerUnkeyed)
+        );
+        // An unkeyed sender, a keyed receiver.
+        let (mut tx, hello) = SenderSession::start(&h, None, [3; NONCE_LEN]).unwrap();
+        let mut rx = ReceiverSession::new(key(), [7; NONCE_LEN]);
+        assert_eq!(feed(&mut rx, &hello), Err(WireError::PeerUnkeyed));
+        let welcome = rx.take_reply().unwrap();
+        assert_eq!(
+            tx.welcome(&welcome[PREFIX_LEN..]),
+            Err(WireError::KeyRequired)
+        );
+    }
+
+    #[test]
+    fn another_key_fails_both_proofs() {
+        let h = header(Some(1), DigestAlgorithm::Blake3);
+        let other = Some(Key::from_bytes([0x43; 32]));
+        let (mut tx, hello) = SenderSession::start(&h, key(), [3; NONCE_LEN]).unwrap();
+        let mut rx = ReceiverSession::new(other.clone(), [7; NONCE_LEN]);
+        let (_, welcome) = drive(&mut rx, &hello, usize::MAX).unwrap();
+        assert_eq!(
+            tx.welcome(&welcome[PREFIX_LEN..]),
+            Err(WireError::BadSeal("receiver's proof"))
+        );
+        // A sender that ignores the bad proof and sends its own: the receiver refuses it.
+        let (mut tx2, _) = SenderSession::start(&h, other, [3; NONCE_LEN]).unwrap();
+        let opening = tx2.welcome(&welcome[PREFIX_LEN..]).unwrap();
+        let mut forged = opening.clone();
+        forged[PREFIX_LEN] ^= 1;
+        assert_eq!(
+            drive(&mut rx, &forged, usize::MAX),
+            Err(WireError::BadSeal("sender's proof"))
+        );
+    }
+
+    #[test]
+    fn a_keyed_session_refuses_a_weak_digest() {
+        let h = header(Some(1), DigestAlgorithm::Xxh3_128);
+        assert!(matches!(
+            SenderSession::start(&h, key(), [3; NONCE_LEN]),
+            Err(WireError::WeakDigest(DigestAlgorithm::Xxh3_128))
+        ));
+        // A receiver checks it too, whatever the sender's session allowed.
+        let strong = header(Some(1), DigestAlgorithm::Blake3);
+        let mut run = open(&strong, key(), key(), 7);
+        let mut wire = run.opening.clone();
+        let header_at = wire.len() - strong.encode().unwrap().len();
+        wire.truncate(header_at);
+        wire.extend(h.encode().unwrap());
+        assert_eq!(
+            drive(&mut run.rx, &wire, usize::MAX),
+            Err(WireError::WeakDigest(DigestAlgorithm::Xxh3_128))
+        );
+    }
+
+    /// A changed trailer (the digest of forged bytes in place of the sender's) fails the seal.
+    #[test]
+    fn a_changed_trailer_fails_the_seal() {
+        let h = header(Some(5), DigestAlgorithm::Blake3);
+        let mut run = open(&h, key(), key(), 7);
+        let mut wire = stream(&mut run, b"hello");
+        // The trailer's digest is the 32 bytes before the seal message.
+        let seal_at = wire.len() - (PREFIX_LEN + MAC_LEN);
+        wire[seal_at - 1] ^= 0x80;
+        let mut forged = DIGEST;
+        forged[31] ^= 0x80;
+        drive(&mut run.rx, &wire, usize::MAX).unwrap();
+        assert_eq!(run.rx.verify(&forged), Err(Mismatch::Seal));
+    }
+
+    /// A session recorded and played again to a receiver (which draws a fresh nonce) fails at
+    /// the sender's proof; its trailer and seal spliced into another session fail the seal.
+    #[test]
+    fn a_replayed_session_or_a_borrowed_trailer_is_refused() {
+        let h = header(Some(5), DigestAlgorithm::Blake3);
+        let mut first = open(&h, key(), key(), 7);
+        let recorded = stream(&mut first, b"hello");
+        let mut replayed = ReceiverSession::new(key(), [8; NONCE_LEN]);
+        let (_, hello) = SenderSession::start(&h, key(), [3; NONCE_LEN]).unwrap();
+        let mut wire = hello;
+        wire.extend_from_slice(&recorded);
+        assert_eq!(
+            drive(&mut replayed, &wire, usize::MAX),
+            Err(WireError::BadSeal("sender's proof"))
+        );
+        // Another session's tail: header and payload of this one, trailer and seal of the first.
+        let mut second = open(&h, key(), key(), 9);
+        let own = stream(&mut second, b"hello");
+        let tail = PREFIX_LEN + 9 + 32 + PREFIX_LEN + MAC_LEN;
+        let mut spliced = own[..own.len() - tail].to_vec();
+        spliced.extend_from_slice(&recorded[recorded.len() - tail..]);
+        drive(&mut second.rx, &spliced, usize::MAX).unwrap();
+        assert_eq!(second.rx.next(), Next::Verify);
+        assert_eq!(second.rx.verify(&DIGEST), Err(Mismatch::Seal));
+    }
+
+    #[test]
+    fn an_ack_without_its_seal_is_not_trusted() {
+        let h = header(Some(5), DigestAlgorithm::Blake3);
+        let mut run = open(&h, key(), key(), 7);
+        let wire = stream(&mut run, b"hello");
+        drive(&mut run.rx, &wire, usize::MAX).unwrap();
+        let answer = run.rx.ack(AckStatus::Ok, 5, &DIGEST, "");
+        let (ack, seal) = split_ack(&answer);
+        assert!(run.tx.clone().ack(ack, None, &DIGEST).is_err());
+        let mut bad = seal.unwrap().to_vec();
+        bad[0] ^= 1;
+        assert_eq!(
+            run.tx.clone().ack(ack, Some(&bad), &DIGEST),
+            Err(WireError::BadSeal("acknowledgement's seal"))
+        );
+        // A forged "ok" under another session's seal.
+        let mut other = open(&h, key(), key(), 9);
+        let other_wire = stream(&mut other, b"hello");
+        drive(&mut other.rx, &other_wire, usize::MAX).unwrap();
+        let other_answer = other.rx.ack(AckStatus::Ok, 5, &DIGEST, "");
+        let (_, other_seal) = split_ack(&other_answer);
+        assert!(run.tx.ack(ack, other_seal, &DIGEST).is_err());
     }
 
     #[test]
     fn the_sender_cannot_send_more_or_less_than_it_announced() {
-        let (mut tx, _) = SenderSession::start(&header(Some(5))).unwrap();
+        let h = header(Some(5), DigestAlgorithm::Xxh3_128);
+        let mut run = open(&h, None, None, 7);
+        let tx = &mut run.tx;
         assert_eq!(
             tx.payload(6),
             Err(OrderError::TooMuchPayload {
@@ -509,53 +949,75 @@ mod tests {
             Err(OrderError::TooLittlePayload { .. })
         ));
         assert_eq!(tx.chunk(3), Err(OrderError::BadChunk(3)));
-        let (mut chunked, _) = SenderSession::start(&header(None)).unwrap();
+        let mut chunked = open(&header(None, DigestAlgorithm::None), None, None, 7).tx;
         assert_eq!(chunked.chunk(0), Err(OrderError::BadChunk(0)));
         assert!(chunked.chunk(MAX_CHUNK as usize + 1).is_err());
-        chunked.finish(&DIGEST).unwrap();
-        assert_eq!(chunked.finish(&DIGEST), Err(OrderError::WrongStep));
+        chunked.finish(&[]).unwrap();
+        assert_eq!(chunked.finish(&[]), Err(OrderError::WrongStep));
+        // Before the welcome there is no payload step.
+        let (mut early, _) = SenderSession::start(&h, None, [3; NONCE_LEN]).unwrap();
+        assert_eq!(early.payload(1), Err(OrderError::WrongStep));
     }
 
     #[test]
     fn the_ack_is_judged_against_what_was_sent() {
-        let (mut tx, _) = SenderSession::start(&header(Some(5))).unwrap();
-        tx.payload(5).unwrap();
-        tx.finish(&DIGEST).unwrap();
-        let body =
-            |status, bytes, digest: &[u8]| ack(status, bytes, digest, "")[PREFIX_LEN..].to_vec();
+        let h = header(Some(5), DigestAlgorithm::Blake3);
+        let mut run = open(&h, None, None, 7);
+        run.tx.payload(5).unwrap();
+        run.tx.finish(&DIGEST).unwrap();
+        let body = |status, bytes, digest: &[u8]| {
+            Ack {
+                status,
+                bytes,
+                digest: digest.to_vec(),
+                message: String::new(),
+            }
+            .encode()[PREFIX_LEN..]
+                .to_vec()
+        };
         assert!(matches!(
-            tx.clone().ack(&body(AckStatus::Ok, 5, &DIGEST), &DIGEST),
+            run.tx
+                .clone()
+                .ack(&body(AckStatus::Ok, 5, &DIGEST), None, &DIGEST),
             Ok(Verdict::Confirmed(_))
         ));
         for wrong in [
             body(AckStatus::Ok, 4, &DIGEST),
-            body(AckStatus::Ok, 5, &[1; 16]),
+            body(AckStatus::Ok, 5, &[1; 32]),
             body(AckStatus::IoError, 5, &DIGEST),
             body(AckStatus::Ok, 5, &[]),
         ] {
             assert!(matches!(
-                tx.clone().ack(&wrong, &DIGEST),
+                run.tx.clone().ack(&wrong, None, &DIGEST),
                 Ok(Verdict::Refused(_))
             ));
         }
-        assert!(tx.ack(b"\x09", &DIGEST).is_err());
+        assert!(run.tx.ack(b"\x09", None, &DIGEST).is_err());
     }
 
     #[test]
     fn a_stream_cut_anywhere_is_never_ready_to_verify() {
-        let (mut tx, mut wire) = SenderSession::start(&header(None)).unwrap();
-        wire.extend(tx.chunk(3).unwrap());
-        wire.extend_from_slice(b"abc");
-        wire.extend(tx.finish(&DIGEST).unwrap());
-        for cut in 0..wire.len() {
-            let (rx, _) = receive(&wire[..cut]).unwrap();
-            assert_ne!(rx.next(), Next::Verify, "cut at {cut}");
+        for k in [None, key()] {
+            let h = header(None, DigestAlgorithm::Blake3);
+            let mut run = open(&h, k.clone(), k.clone(), 7);
+            let wire = stream(&mut run, b"abc");
+            for cut in 0..wire.len() {
+                let mut rx = open(&h, k.clone(), k.clone(), 7).rx;
+                let _ = drive(&mut rx, &wire[..cut], usize::MAX);
+                assert_ne!(rx.next(), Next::Verify, "cut at {cut}");
+            }
         }
     }
 
     #[test]
     fn the_frame_reader_takes_no_byte_beyond_its_message() {
-        let mut wire = ack(AckStatus::Ok, 1, &[], "hi");
+        let mut wire = Ack {
+            status: AckStatus::Ok,
+            bytes: 1,
+            digest: Vec::new(),
+            message: "hi".into(),
+        }
+        .encode();
         let whole = wire.len();
         wire.extend_from_slice(b"next message");
         let mut reader = FrameReader::new(MessageKind::Ack);

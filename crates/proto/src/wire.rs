@@ -18,8 +18,9 @@ use std::fmt;
 
 use crate::digest::DigestAlgorithm;
 
-/// The protocol version this module speaks (the only one it accepts).
-pub const VERSION: u16 = 1;
+/// The protocol version this module speaks (the only one it accepts). Version 2 opens every
+/// session with a hello and a welcome, and seals keyed sessions ([`crate::auth`]).
+pub const VERSION: u16 = 2;
 /// Length of the prefix in front of every message: magic (4), version (2), body length (4).
 pub const PREFIX_LEN: usize = 10;
 /// Length of the header in front of each chunk of an unknown-length payload.
@@ -42,13 +43,31 @@ pub const MAX_HEADER_BODY: usize = 8 * 1024;
 pub const MAX_TRAILER_BODY: usize = 128;
 /// Longest ack body, in bytes (2 KiB).
 pub const MAX_ACK_BODY: usize = 2 * 1024;
+/// Length of a hello's or a welcome's nonce.
+pub const NONCE_LEN: usize = 32;
+/// Length of a proof or a seal (a keyed BLAKE3 output).
+pub const MAC_LEN: usize = 32;
+/// Length of a hello body: capabilities (4) and a nonce.
+pub const HELLO_BODY: usize = 4 + NONCE_LEN;
+/// Longest welcome body: capabilities, a nonce, a proof length and a proof.
+pub const MAX_WELCOME_BODY: usize = 4 + NONCE_LEN + 1 + MAC_LEN;
+
+/// Capability bit 0 of a hello or welcome: this side holds a key and seals the session.
+pub const CAP_KEYED: u32 = 0x01;
 
 /// Header flag bit 0: the payload length is known and sent as raw bytes.
 const FLAG_LENGTH_KNOWN: u8 = 0x01;
 
-/// The three framed messages of the protocol.
+/// The framed messages of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
+    /// Sender to receiver, first: capabilities and a nonce.
+    Hello,
+    /// Receiver to sender, the answer to the hello: capabilities, a nonce, and (keyed) the
+    /// receiver's proof of the key.
+    Welcome,
+    /// A proof or a MAC under the key or the session key (keyed sessions only).
+    Seal,
     /// Sender to receiver, before the payload.
     Header,
     /// Sender to receiver, after the payload.
@@ -59,11 +78,21 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind.
-    pub const ALL: [MessageKind; 3] = [Self::Header, Self::Trailer, Self::Ack];
+    pub const ALL: [MessageKind; 6] = [
+        Self::Hello,
+        Self::Welcome,
+        Self::Seal,
+        Self::Header,
+        Self::Trailer,
+        Self::Ack,
+    ];
 
     /// The four bytes that open a message of this kind.
     pub fn magic(self) -> [u8; 4] {
         match self {
+            Self::Hello => *b"TCHL",
+            Self::Welcome => *b"TCWL",
+            Self::Seal => *b"TCSL",
             Self::Header => *b"TCHD",
             Self::Trailer => *b"TCTR",
             Self::Ack => *b"TCAK",
@@ -73,6 +102,9 @@ impl MessageKind {
     /// The longest body a message of this kind may announce.
     pub fn max_body_len(self) -> usize {
         match self {
+            Self::Hello => HELLO_BODY,
+            Self::Welcome => MAX_WELCOME_BODY,
+            Self::Seal => MAC_LEN,
             Self::Header => MAX_HEADER_BODY,
             Self::Trailer => MAX_TRAILER_BODY,
             Self::Ack => MAX_ACK_BODY,
@@ -82,6 +114,9 @@ impl MessageKind {
     /// The kind's name with its indefinite article, for messages.
     fn with_article(self) -> &'static str {
         match self {
+            Self::Hello => "a hello",
+            Self::Welcome => "a welcome",
+            Self::Seal => "a seal",
             Self::Header => "a header",
             Self::Trailer => "a trailer",
             Self::Ack => "an ack",
@@ -92,6 +127,9 @@ impl MessageKind {
 impl fmt::Display for MessageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Hello => "hello",
+            Self::Welcome => "welcome",
+            Self::Seal => "seal",
             Self::Header => "header",
             Self::Trailer => "trailer",
             Self::Ack => "ack",
@@ -249,9 +287,7 @@ pub enum WireError {
         found: usize,
     },
     /// The header's flags have bits set that version 1 does not define.
-    #[error(
-        "header flags 0x{0:02x} have unknown bits set; version 1 defines only bit 0 (length known)"
-    )]
+    #[error("header flags 0x{0:02x} have unknown bits set; only bit 0 (length known) is defined")]
     BadFlags(u8),
     /// The header says the length is unknown but carries a nonzero length.
     #[error("the header says the length is unknown but carries length {0}; it must be 0")]
@@ -281,6 +317,29 @@ pub enum WireError {
     /// An ack's message is longer than [`MAX_MESSAGE_LEN`] bytes.
     #[error("the ack's message is {0} bytes long; at most {max} are allowed", max = MAX_MESSAGE_LEN)]
     MessageTooLong(usize),
+    /// A proof or seal is not the expected [`MAC_LEN`] bytes.
+    #[error("{} of {found} bytes; it must be {expected}", kind.with_article())]
+    MacLength {
+        /// The kind of message that carried it.
+        kind: MessageKind,
+        /// The length that arrived.
+        found: usize,
+        /// The length expected.
+        expected: usize,
+    },
+    /// A proof or seal does not verify under the key: the peer does not hold the same key, or
+    /// the bytes were changed, replayed or taken from another session.
+    #[error("the {0} does not verify under the key: another key, or changed or replayed bytes")]
+    BadSeal(&'static str),
+    /// This side holds a key and the peer does not.
+    #[error("the peer has no key; both ends need the same key")]
+    PeerUnkeyed,
+    /// The peer holds a key and this side does not.
+    #[error("the peer requires a key; both ends need the same key")]
+    KeyRequired,
+    /// A keyed session announced a digest that does not resist deliberate collisions.
+    #[error("a keyed session needs a cryptographic digest (blake3 or sha256), not {0}")]
+    WeakDigest(DigestAlgorithm),
 }
 
 /// Hex of four bytes plus their printable form, e.g. `47 45 54 20 ("GET ")`.
@@ -309,6 +368,13 @@ fn magic_hint(expected: MessageKind, found: &[u8; 4]) -> String {
             "the sender sent more payload than it announced, or is not speaking the teecast protocol"
         }
         MessageKind::Ack => "is the receiver a teecast receiver, and not a raw one?",
+        MessageKind::Hello => {
+            "is the sender a teecast sender of this version? (a bare stream needs a raw receiver)"
+        }
+        MessageKind::Welcome => {
+            "is the receiver a teecast receiver of this version, and not a raw one?"
+        }
+        MessageKind::Seal => "the peer does not hold a key, or the two ends are out of step",
     }
     .to_string()
 }
@@ -346,10 +412,13 @@ fn known_digests() -> String {
 pub fn decode_prefix(prefix: &[u8; PREFIX_LEN], expected: MessageKind) -> Result<usize, WireError> {
     let [m0, m1, m2, m3, v0, v1, l0, l1, l2, l3] = *prefix;
     let found = [m0, m1, m2, m3];
-    if found != expected.magic() {
+    let version = u16::from_be_bytes([v0, v1]);
+    // A teecast message of another version (any kind: a version-1 sender opens with a header
+    // where a hello belongs) is named by its version, the likelier cause.
+    let teecast = MessageKind::ALL.into_iter().any(|k| k.magic() == found);
+    if found != expected.magic() && !(teecast && version != VERSION) {
         return Err(WireError::BadMagic { expected, found });
     }
-    let version = u16::from_be_bytes([v0, v1]);
     if version != VERSION {
         return Err(WireError::UnsupportedVersion {
             kind: expected,
@@ -367,8 +436,8 @@ pub fn decode_prefix(prefix: &[u8; PREFIX_LEN], expected: MessageKind) -> Result
     }
 }
 
-/// Prefix + body, after checking the body fits its kind's limit.
-fn frame(kind: MessageKind, body: &[u8]) -> Result<Vec<u8>, WireError> {
+/// Prefix + body, after checking the body fits its kind's limit: the whole message.
+pub fn frame(kind: MessageKind, body: &[u8]) -> Result<Vec<u8>, WireError> {
     let too_long = || WireError::BodyTooLong {
         kind,
         len: u64::try_from(body.len()).unwrap_or(u64::MAX),
@@ -817,6 +886,106 @@ fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
         .unwrap_or("")
 }
 
+/// The sender's first message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Capability bits ([`CAP_KEYED`]; unknown bits are ignored).
+    pub capabilities: u32,
+    /// A fresh nonce.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+impl Hello {
+    /// Encodes prefix and body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(HELLO_BODY);
+        body.extend_from_slice(&self.capabilities.to_be_bytes());
+        body.extend_from_slice(&self.nonce);
+        frame_bounded(MessageKind::Hello, &body)
+    }
+
+    /// Decodes a hello body.
+    pub fn decode_body(body: &[u8]) -> Result<Hello, WireError> {
+        check_body_len(MessageKind::Hello, body)?;
+        let mut r = Reader::new(MessageKind::Hello, body);
+        let capabilities = u32::from_be_bytes(r.array("capabilities")?);
+        let nonce = r.array("nonce")?;
+        r.finish()?;
+        Ok(Hello {
+            capabilities,
+            nonce,
+        })
+    }
+}
+
+/// The receiver's answer to a hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Capability bits ([`CAP_KEYED`]; unknown bits are ignored).
+    pub capabilities: u32,
+    /// A fresh nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// The receiver's proof of the key ([`MAC_LEN`] bytes), empty when it has none.
+    pub proof: Vec<u8>,
+}
+
+impl Welcome {
+    /// Encodes prefix and body. A proof over [`MAC_LEN`] bytes is cut to that length.
+    pub fn encode(&self) -> Vec<u8> {
+        let proof = self.proof.get(..MAC_LEN).unwrap_or(&self.proof);
+        let mut body = Vec::with_capacity(MAX_WELCOME_BODY);
+        body.extend_from_slice(&self.capabilities.to_be_bytes());
+        body.extend_from_slice(&self.nonce);
+        push_digest(&mut body, proof);
+        frame_bounded(MessageKind::Welcome, &body)
+    }
+
+    /// Decodes a welcome body; the proof is empty or exactly [`MAC_LEN`] bytes.
+    pub fn decode_body(body: &[u8]) -> Result<Welcome, WireError> {
+        check_body_len(MessageKind::Welcome, body)?;
+        let mut r = Reader::new(MessageKind::Welcome, body);
+        let capabilities = u32::from_be_bytes(r.array("capabilities")?);
+        let nonce = r.array("nonce")?;
+        let proof_len = usize::from(r.u8("proof length")?);
+        if proof_len != 0 && proof_len != MAC_LEN {
+            return Err(WireError::MacLength {
+                kind: MessageKind::Welcome,
+                found: proof_len,
+                expected: MAC_LEN,
+            });
+        }
+        let proof = r.bytes(proof_len, "proof")?.to_vec();
+        r.finish()?;
+        Ok(Welcome {
+            capabilities,
+            nonce,
+            proof,
+        })
+    }
+}
+
+/// A seal: a proof of the key, or a MAC of the session's messages under its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seal(pub [u8; MAC_LEN]);
+
+impl Seal {
+    /// Encodes prefix and body.
+    pub fn encode(&self) -> Vec<u8> {
+        frame_bounded(MessageKind::Seal, &self.0)
+    }
+
+    /// Decodes a seal body: exactly [`MAC_LEN`] bytes.
+    pub fn decode_body(body: &[u8]) -> Result<Seal, WireError> {
+        <[u8; MAC_LEN]>::try_from(body)
+            .map(Seal)
+            .map_err(|_| WireError::MacLength {
+                kind: MessageKind::Seal,
+                found: body.len(),
+                expected: MAC_LEN,
+            })
+    }
+}
+
 /// The header in front of a chunk of `len` bytes; `len` 0 ends the stream. Callers keep
 /// `len` within [`MAX_CHUNK`].
 pub fn encode_chunk_header(len: u32) -> [u8; CHUNK_HEADER_LEN] {
@@ -961,7 +1130,7 @@ mod tests {
         };
         let expected: Vec<u8> = [
             &b"TCHD"[..],
-            &[0, 1],
+            &[0, 2],
             &[0, 0, 0, 19],
             &[0, 2],
             b"ab",
@@ -998,7 +1167,7 @@ mod tests {
         };
         assert_eq!(
             hex(&h.encode().expect("valid")),
-            "54 43 48 44 00 01 00 00 00 0f 00 02 61 62 01 00 00 00 00 00 00 00 05 03 00"
+            "54 43 48 44 00 02 00 00 00 0f 00 02 61 62 01 00 00 00 00 00 00 00 05 03 00"
         );
         let t = Trailer {
             length: 5,
@@ -1006,7 +1175,7 @@ mod tests {
         };
         assert_eq!(
             hex(&t.encode()),
-            "54 43 54 52 00 01 00 00 00 19 00 00 00 00 00 00 00 05 10 \
+            "54 43 54 52 00 02 00 00 00 19 00 00 00 00 00 00 00 05 10 \
              b5 e9 c1 ad 07 1b 3e 7f c7 79 cf aa 5e 52 38 18"
         );
         let a = Ack {
@@ -1017,7 +1186,7 @@ mod tests {
         };
         assert_eq!(
             hex(&a.encode()),
-            "54 43 41 4b 00 01 00 00 00 1c 00 00 00 00 00 00 00 00 05 10 \
+            "54 43 41 4b 00 02 00 00 00 1c 00 00 00 00 00 00 00 00 05 10 \
              b5 e9 c1 ad 07 1b 3e 7f c7 79 cf aa 5e 52 38 18 00 00"
         );
         let h = Header {
@@ -1027,7 +1196,7 @@ mod tests {
         };
         assert_eq!(
             hex(&h.encode().expect("valid")),
-            "54 43 48 44 00 01 00 00 00 0f 00 02 61 62 00 00 00 00 00 00 00 00 00 00 00"
+            "54 43 48 44 00 02 00 00 00 0f 00 02 61 62 00 00 00 00 00 00 00 00 00 00 00"
         );
         let chunked: Vec<u8> = [
             &encode_chunk_header(5)[..],
@@ -1042,7 +1211,7 @@ mod tests {
         };
         assert_eq!(
             hex(&t.encode()),
-            "54 43 54 52 00 01 00 00 00 09 00 00 00 00 00 00 00 05 00"
+            "54 43 54 52 00 02 00 00 00 09 00 00 00 00 00 00 00 05 00"
         );
     }
 
@@ -1182,7 +1351,8 @@ mod tests {
 
     #[test]
     fn prefix_rejects_unsupported_version() {
-        for version in [0u16, 2, u16::MAX] {
+        // Version 1 had no hello: a version-1 peer is named by its version.
+        for version in [0u16, 1, 3, u16::MAX] {
             let mut prefix = [0u8; PREFIX_LEN];
             prefix[..4].copy_from_slice(b"TCAK");
             prefix[4..6].copy_from_slice(&version.to_be_bytes());
@@ -1194,7 +1364,7 @@ mod tests {
                     found: version
                 }
             );
-            assert!(err.to_string().contains("version 1 only"), "{err}");
+            assert!(err.to_string().contains("version 2 only"), "{err}");
         }
     }
 

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
 
+use crate::auth::{self, Key};
 use crate::digest::{Digest, DigestAlgorithm, Hasher, to_hex};
-use crate::store::AtomicFile;
+use crate::store::{AtomicFile, is_temporary_name};
 use crate::transport;
-use teecast_proto::session::{self, Mismatch, Next, ReceiverSession};
+use teecast_proto::session::{Mismatch, Next, ReceiverSession};
 use teecast_proto::wire::{self, AckStatus, WireError};
 use teecast_sys::{self as sys, AlignedBuf, Pipe};
 
@@ -41,6 +42,11 @@ pub struct RecvOptions {
     pub stall_timeout: Duration,
     /// Connections served at once in directory mode; more wait to be accepted.
     pub max_connections: usize,
+    /// The pre-shared key: every sender must prove it, and every stream is kept only when its
+    /// seal verifies.
+    pub key: Option<Key>,
+    /// Refuse a stream whose file exists (default: replace it atomically).
+    pub no_clobber: bool,
 }
 
 impl RecvOptions {
@@ -52,7 +58,21 @@ impl RecvOptions {
             digest: DigestAlgorithm::default(),
             stall_timeout: Duration::from_secs(30),
             max_connections: 64,
+            key: None,
+            no_clobber: false,
         }
+    }
+
+    /// Refuses streams whose file exists instead of replacing it.
+    pub fn no_clobber(mut self, no_clobber: bool) -> Self {
+        self.no_clobber = no_clobber;
+        self
+    }
+
+    /// Requires every sender to prove `key` (see [`RecvOptions::key`]).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// Accepts bare streams (no framing) until EOF.
@@ -132,6 +152,18 @@ pub enum RecvError {
         /// Bytes received.
         received: u64,
     },
+    /// The stream's seal does not verify under the session's key: changed, replayed, or taken
+    /// from another session.
+    #[error(
+        "the stream's seal does not verify (changed, replayed or from another session); file discarded"
+    )]
+    Unsealed,
+    /// The announced name looks like one of teecast's temporary files.
+    #[error("the name looks like a teecast temporary file; refused")]
+    ReservedName,
+    /// A file of that name exists and the receiver does not replace files (`no_clobber`).
+    #[error("a file of that name exists here and is not replaced")]
+    Exists,
     /// The sender went quiet, or did not finish a message in time.
     #[error("no data for {:.1} s; connection dropped", .0.as_secs_f64())]
     Stalled(Duration),
@@ -167,7 +199,10 @@ impl RecvError {
         stall: Duration,
     ) -> impl FnOnce(io::Error) -> RecvError {
         move |e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => RecvError::Truncated { got, during },
+            // A reset is a sender that vanished (closing with unread data resets), as is EOF.
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                RecvError::Truncated { got, during }
+            }
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RecvError::Stalled(stall),
             _ => RecvError::Io {
                 op: "receiving",
@@ -176,23 +211,40 @@ impl RecvError {
         }
     }
 
+    /// What the sender is told: the error's text, without this machine's paths.
+    fn peer_message(&self) -> String {
+        match self {
+            RecvError::CannotCreate { source, .. } => {
+                format!("cannot create the file here: {source}")
+            }
+            other => other.to_string(),
+        }
+    }
+
     fn ack_status(&self) -> AckStatus {
         match self {
-            RecvError::Wire(_) | RecvError::CannotCreate { .. } => AckStatus::Rejected,
+            RecvError::Wire(_)
+            | RecvError::CannotCreate { .. }
+            | RecvError::ReservedName
+            | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
-            RecvError::DigestMismatch { .. } => AckStatus::DigestMismatch,
+            RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
             RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
             RecvError::Io { .. } => AckStatus::IoError,
         }
     }
 
-    /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`,
+    /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`, `unsealed`,
+    /// `reserved-name`, `exists`,
     /// `length-mismatch`, `stalled`, `cannot-create` or `io`.
     pub fn kind(&self) -> &'static str {
         match self {
             RecvError::Wire(_) => "protocol",
             RecvError::Truncated { .. } => "truncated",
             RecvError::DigestMismatch { .. } => "digest-mismatch",
+            RecvError::Unsealed => "unsealed",
+            RecvError::ReservedName => "reserved-name",
+            RecvError::Exists => "exists",
             RecvError::LengthMismatch { .. } => "length-mismatch",
             RecvError::Stalled(_) => "stalled",
             RecvError::CannotCreate { .. } => "cannot-create",
@@ -294,15 +346,20 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
     if options.raw {
         return receive_raw(&stream, options, peer);
     }
-    let mut session = ReceiverSession::new();
+    let nonce = auth::nonce().map_err(|e| RecvError::Io {
+        op: "getrandom",
+        source: io::Error::other(e),
+    })?;
+    let mut session = ReceiverSession::new(options.key.clone(), nonce);
     let result = receive_framed(&stream, options, &mut session, peer);
     if session.header().is_none() {
-        // No header, no answer: the peer does not speak the protocol.
+        // No header, no answer: the peer does not speak the protocol, or did not prove the key
+        // (its welcome told it what this side holds).
         return result;
     }
     let ack = match &result {
-        Ok(r) => session::ack(AckStatus::Ok, r.bytes, &r.digest.bytes, ""),
-        Err(e) => session::ack(e.ack_status(), 0, &[], &e.to_string()),
+        Ok(r) => session.ack(AckStatus::Ok, r.bytes, &r.digest.bytes, ""),
+        Err(e) => session.ack(e.ack_status(), 0, &[], &e.peer_message()),
     };
     if let Err(RecvError::Wire(_)) = &result {
         // Malformed frames after the header: no answer to a peer that does not speak the
@@ -345,6 +402,9 @@ fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> 
         Target::Dir(d) => {
             // The wire layer already refused '/', '..' and NUL; check again where it matters.
             wire::validate_name(name)?;
+            if is_temporary_name(name) {
+                return Err(RecvError::ReservedName);
+            }
             Ok(d.join(name))
         }
     }
@@ -377,7 +437,12 @@ fn receive_framed(
                     session.received(),
                     stall,
                 ))?;
-                session.framing(&buf)?;
+                let taken = session.framing(&buf);
+                if let Some(reply) = session.take_reply() {
+                    transport::write_all(stream, &reply, deadline)
+                        .map_err(RecvError::reading("welcome", 0, stall))?;
+                }
+                taken?;
                 if store.is_none()
                     && let Some(header) = session.header()
                 {
@@ -417,12 +482,9 @@ fn receive_framed(
             announced,
             received,
         },
-        _ => RecvError::LengthMismatch {
-            announced: 0,
-            received: bytes,
-        },
+        _ => RecvError::Unsealed,
     })?;
-    commit(file, peer, bytes, digest)
+    commit(file, options, peer, bytes, digest)
 }
 
 fn receive_raw(
@@ -439,7 +501,7 @@ fn receive_raw(
     payload.copy(stream.as_fd(), file.file().as_fd(), None)?;
     let bytes = payload.bytes;
     let digest = payload.finish();
-    commit(file, peer, bytes, digest)
+    commit(file, options, peer, bytes, digest)
 }
 
 /// Creates the temporary file for a stream bound for `path`; a failure refuses the stream.
@@ -453,11 +515,23 @@ fn create_file(path: &std::path::Path) -> Result<AtomicFile, RecvError> {
 /// Stores a verified stream under its final name.
 fn commit(
     file: AtomicFile,
+    options: &RecvOptions,
     peer: Option<SocketAddr>,
     bytes: u64,
     digest: Digest,
 ) -> Result<Received, RecvError> {
-    let path = file.commit().map_err(RecvError::io("storing the file"))?;
+    let committed = if options.no_clobber {
+        file.commit_no_clobber()
+    } else {
+        file.commit()
+    };
+    let path = committed.map_err(|source| match source.kind() {
+        io::ErrorKind::AlreadyExists => RecvError::Exists,
+        _ => RecvError::Io {
+            op: "storing the file",
+            source,
+        },
+    })?;
     Ok(Received {
         peer,
         path,
@@ -552,8 +626,13 @@ impl Payload {
         want: usize,
     ) -> Result<usize, RecvError> {
         let stall = self.stall;
+        let got = self.bytes;
         let read_err = move |e: io::Error| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RecvError::Stalled(stall),
+            io::ErrorKind::ConnectionReset => RecvError::Truncated {
+                got,
+                during: "payload",
+            },
             _ => RecvError::Io {
                 op: "receiving",
                 source: e,

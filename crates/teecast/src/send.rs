@@ -17,6 +17,7 @@ use teecast_proto::session::{OrderError, SenderSession, Verdict};
 use teecast_proto::wire::{self, AckStatus, Header, WireError};
 use teecast_sys::{self as sys, FileMap, Readiness};
 
+use crate::auth::{self, Key};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::engine::{
     self, Abandoned, CaptureError, Consumer, EngineError, FanoutConfig, Unsupported,
@@ -40,6 +41,9 @@ pub struct SendOptions {
     pub connect_timeout: Duration,
     /// The data path, the digest, the capture and the engine's sizes.
     pub fanout: FanoutConfig,
+    /// The pre-shared key: both ends prove it and every stream and acknowledgement is sealed
+    /// under a key of its session. Needs a cryptographic digest (blake3 or sha256).
+    pub key: Option<Key>,
 }
 
 impl Default for SendOptions {
@@ -50,6 +54,7 @@ impl Default for SendOptions {
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             fanout: FanoutConfig::default(),
+            key: None,
         }
     }
 }
@@ -88,6 +93,11 @@ impl SendOptions {
     /// Sets the connect timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+    /// Authenticates with `key` (see [`SendOptions::key`]).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
         self
     }
     /// Sets the engine's settings (path, digest, capture and sizes together).
@@ -146,9 +156,16 @@ pub enum DestFailure {
     /// The connection was reset or closed before the acknowledgement.
     #[error("the connection was closed by the receiver: {0}")]
     Reset(#[source] io::Error),
-    /// The acknowledgement is not valid protocol.
+    /// The acknowledgement is not valid protocol, or (keyed) its seal does not verify.
     #[error("bad acknowledgement: {0}")]
     BadAck(#[source] WireError),
+    /// The handshake failed: the receiver's welcome is not valid, or the two ends do not hold
+    /// the same key.
+    #[error("handshake: {0}")]
+    Handshake(#[source] WireError),
+    /// No welcome arrived within the timeout.
+    #[error("no answer to the hello within {:.1} s", .0.as_secs_f64())]
+    NoWelcome(Duration),
     /// A call on the socket failed.
     #[error("{op}: {source}")]
     Io {
@@ -171,7 +188,9 @@ pub enum DestFailure {
 
 impl DestFailure {
     /// A short, stable name for machines: `connect`, `stalled`, `no-ack`, `refused`,
-    /// `unconfirmed`, `reset`, `bad-ack`, `io`, `source-shrank`, `order` or `abandoned`.
+    /// `unconfirmed`, `reset`, `bad-ack`, `key` (one end has a key, the other none),
+    /// `unauthenticated` (a proof does not verify: another key), `handshake`, `no-welcome`,
+    /// `io`, `source-shrank`, `order` or `abandoned`.
     pub fn kind(&self) -> &'static str {
         match self {
             DestFailure::Connect(_) => "connect",
@@ -181,6 +200,10 @@ impl DestFailure {
             DestFailure::Unconfirmed { .. } => "unconfirmed",
             DestFailure::Reset(_) => "reset",
             DestFailure::BadAck(_) => "bad-ack",
+            DestFailure::Handshake(WireError::PeerUnkeyed | WireError::KeyRequired) => "key",
+            DestFailure::Handshake(WireError::BadSeal(_)) => "unauthenticated",
+            DestFailure::Handshake(_) => "handshake",
+            DestFailure::NoWelcome(_) => "no-welcome",
             DestFailure::Io { .. } => "io",
             DestFailure::SourceShrank => "source-shrank",
             DestFailure::Order(_) => "order",
@@ -257,6 +280,9 @@ pub enum SendError {
     /// The announced name is not valid on the wire.
     #[error("cannot announce this name: {0}")]
     Name(#[source] WireError),
+    /// A keyed send with a digest that does not resist deliberate collisions.
+    #[error("a keyed send needs a cryptographic digest (blake3 or sha256), not {0}")]
+    WeakDigest(DigestAlgorithm),
     /// No destination was given.
     #[error("no destination given")]
     NoDestinations,
@@ -270,6 +296,7 @@ impl SendError {
             SendError::Engine(e) => e.kind(),
             SendError::Unsupported(_) => "unsupported",
             SendError::Name(_) => "name",
+            SendError::WeakDigest(_) => "weak-digest",
             SendError::NoDestinations => "no-destinations",
         }
     }
@@ -349,6 +376,12 @@ impl<'a> Transfer<'a> {
         });
         if let Some(h) = &header {
             h.encode().map_err(SendError::Name)?;
+        }
+        let digest = options.fanout.digest;
+        if options.key.is_some()
+            && !matches!(digest, DigestAlgorithm::Blake3 | DigestAlgorithm::Sha256)
+        {
+            return Err(SendError::WeakDigest(digest));
         }
         Ok(Transfer {
             source,
@@ -506,12 +539,12 @@ impl DestSink<'_> {
         if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
             && let Some(session) = &self.session
             && let Ok(stream) = self.stream()
-            && let Ok(body) = transport::read_message(
+            && let Ok(Verdict::Refused(ack)) = read_verdict(
                 stream,
-                session.ack_reader(),
+                &mut session.clone(),
+                &[],
                 Instant::now() + Duration::from_secs(1),
             )
-            && let Ok(ack) = wire::Ack::decode_body(&body)
         {
             return refused(ack);
         }
@@ -530,7 +563,7 @@ impl DestSink<'_> {
         let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
             return Err(DestFailure::Abandoned(Abandoned::Transfer));
         };
-        let body = transport::read_message(stream, session.ack_reader(), Instant::now() + stall)
+        let verdict = read_verdict(stream, session, &digest.bytes, Instant::now() + stall)
             .map_err(|e| match e {
                 ReadError::Wire(w) => DestFailure::BadAck(w),
                 ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -538,10 +571,7 @@ impl DestSink<'_> {
                 }
                 ReadError::Io(e) => DestFailure::Reset(e),
             })?;
-        match session
-            .ack(&body, &digest.bytes)
-            .map_err(DestFailure::BadAck)?
-        {
+        match verdict {
             Verdict::Confirmed(ack) => Ok(Delivered::Confirmed {
                 receiver_digest: ack.digest,
             }),
@@ -552,6 +582,26 @@ impl DestSink<'_> {
             Verdict::Refused(ack) => Err(refused(ack)),
         }
     }
+}
+
+/// Reads the acknowledgement (and, keyed, its seal) by `deadline` and has `session` judge it.
+fn read_verdict(
+    stream: &TcpStream,
+    session: &mut SenderSession,
+    digest: &[u8],
+    deadline: Instant,
+) -> Result<Verdict, ReadError> {
+    let body = transport::read_message(stream, session.ack_reader(), deadline)?;
+    let seal = if session.is_keyed() {
+        Some(transport::read_message(
+            stream,
+            session.seal_reader(),
+            deadline,
+        )?)
+    } else {
+        None
+    };
+    Ok(session.ack(&body, seal.as_deref(), digest)?)
 }
 
 fn refused(ack: wire::Ack) -> DestFailure {
@@ -576,10 +626,27 @@ impl Consumer for DestSink<'_> {
             })?;
         self.stream = Some(stream);
         if let Some(header) = self.header {
-            let (session, encoded) = SenderSession::start(header)
-                .map_err(|_| DestFailure::Abandoned(Abandoned::NotStarted))?;
+            let nonce = auth::nonce().map_err(|e| DestFailure::Io {
+                op: "getrandom",
+                source: io::Error::other(e),
+            })?;
+            let (mut session, hello) =
+                SenderSession::start(header, self.options.key.clone(), nonce)
+                    .map_err(|_| DestFailure::Abandoned(Abandoned::NotStarted))?;
+            self.write_framing(&hello)?;
+            let stall = self.stall();
+            let deadline = Instant::now() + stall;
+            let body = transport::read_message(self.stream()?, session.welcome_reader(), deadline)
+                .map_err(|e| match e {
+                    ReadError::Wire(w) => DestFailure::Handshake(w),
+                    ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        DestFailure::NoWelcome(stall)
+                    }
+                    ReadError::Io(e) => DestFailure::Reset(e),
+                })?;
+            let next = session.welcome(&body).map_err(DestFailure::Handshake)?;
             self.session = Some(session);
-            self.write_framing(&encoded)?;
+            self.write_framing(&next)?;
         }
         Ok(())
     }

@@ -1,51 +1,148 @@
-//! Files that appear under their final name only when complete: written under a temporary name
-//! beside the target, fsynced, then renamed. Dropped before [`AtomicFile::commit`], the temporary
-//! file is removed, so a failed, cut or forged transfer leaves nothing behind.
+//! Files that appear under their final name only when complete, and then as exactly the file
+//! that was written.
+//!
+//! [`AtomicFile::create`] opens an anonymous file in the target's directory (`O_TMPFILE`): it has
+//! no name while it is written, so nobody can name, replace or plant it, and the kernel frees it
+//! when the process ends however it ends (even `kill -9`). Where the filesystem refuses
+//! `O_TMPFILE`, the file gets an unguessable name instead: `.teecast-tmp-` and 32 hex digits of
+//! OS randomness, created exclusively, mode 0600.
+//!
+//! [`AtomicFile::commit`] fsyncs the file and publishes the open descriptor itself — a hard link
+//! from `/proc/self/fd/N` to a fresh unguessable name, renamed onto the target — never a name that
+//! someone else could have swapped; it then checks that the target is the inode written (same
+//! device and inode number) and fsyncs the directory. [`AtomicFile::commit_no_clobber`] links
+//! straight to the target name and refuses an existing target. Dropped before a commit, the file
+//! leaves nothing behind. The published file gets mode 0644 less the umask, as a plain create
+//! would.
+//!
+//! [`is_temporary_name`] recognises the names this module and older versions create, for a
+//! receiver to refuse them from peers; [`sweep`] removes the ones a crash left behind.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, RenameFlags, Stat};
+use rustix::io::Errno;
 
-/// A file being written under a temporary name, committed to its final name by a rename.
+/// How every temporary (fallback) name and every fresh name used for publishing begins.
+const TEMP_PREFIX: &str = ".teecast-tmp-";
+
+/// Hex digits after [`TEMP_PREFIX`]: 128 bits of OS randomness.
+const TEMP_HEX_DIGITS: usize = 32;
+
+/// The mode of the file while it is written.
+const TEMP_MODE: u32 = 0o600;
+
+/// The mode of the published file, less the umask (what a plain create gives).
+const PUBLISHED_MODE: u32 = 0o644;
+
+/// [`sweep`] removes `.teecast-tmp-*` files not modified for this long.
+const SWEEP_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// How many fresh random names to try before giving up (a collision of 128 random bits means
+/// something else is wrong).
+const NAME_ATTEMPTS: usize = 8;
+
+/// A file being written where nobody can see or name it, published under its final name by
+/// [`commit`](AtomicFile::commit) or [`commit_no_clobber`](AtomicFile::commit_no_clobber).
 #[derive(Debug)]
 pub struct AtomicFile {
     file: File,
-    temp: PathBuf,
+    /// The target's directory (`O_PATH`): every later step is relative to this directory, not
+    /// to a path that could be moved meanwhile.
+    dir: OwnedFd,
+    /// The target's file name inside `dir`.
+    name: OsString,
+    /// The fallback's temporary name while it still names this file; `None` for an
+    /// `O_TMPFILE` file (no name at all).
+    temp: Option<String>,
     target: PathBuf,
-    committed: bool,
+    /// The tests make `linkat` fail as on a filesystem without hard links.
+    #[cfg(test)]
+    no_links: bool,
+}
+
+/// How a commit treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Publish {
+    /// Replace it atomically (rename).
+    Replace,
+    /// Refuse it (`AlreadyExists`).
+    NoClobber,
+}
+
+/// The points of a commit where the tests let "another peer" act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// After the no-clobber check, before the file is linked or renamed.
+    BeforePublishing,
+    /// After the file is published, before the inode check.
+    BeforeCheck,
 }
 
 impl AtomicFile {
-    /// Creates `.NAME.teecast-PID-N.part` beside `target` (exclusively, mode 0644).
+    /// Opens an anonymous file (`O_TMPFILE`, mode 0600) in `target`'s directory; where the
+    /// filesystem refuses that, creates `.teecast-tmp-` + 32 random hex digits there instead
+    /// (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600).
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
-        let dir = parent_dir(target);
+        AtomicFile::create_in(target, true)
+    }
+
+    /// [`create`](AtomicFile::create), with `O_TMPFILE` tried only when `try_tmpfile` (the tests
+    /// force the fallback with `false`).
+    fn create_in(target: &Path, try_tmpfile: bool) -> io::Result<AtomicFile> {
         let name = target
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "target has no file name"))?
-            .to_string_lossy();
-        let temp = dir.join(format!(
-            ".{name}.teecast-{}-{}.part",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&temp)?;
-        Ok(AtomicFile {
-            file,
+            .to_os_string();
+        let dir = rustix::fs::open(
+            parent_dir(target),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let new = |file: OwnedFd, temp: Option<String>, dir: OwnedFd| AtomicFile {
+            file: File::from(file),
+            dir,
+            name: name.clone(),
             temp,
             target: target.to_path_buf(),
-            committed: false,
-        })
+            #[cfg(test)]
+            no_links: false,
+        };
+        if try_tmpfile {
+            match rustix::fs::openat(
+                &dir,
+                ".",
+                OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from(TEMP_MODE),
+            ) {
+                Ok(file) => return Ok(new(file, None, dir)),
+                // The filesystem (EOPNOTSUPP) or an old kernel (EISDIR, EINVAL) has no O_TMPFILE.
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for _ in 0..NAME_ATTEMPTS {
+            let temp = random_name()?;
+            match rustix::fs::openat(
+                &dir,
+                temp.as_str(),
+                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from(TEMP_MODE),
+            ) {
+                Ok(file) => return Ok(new(file, Some(temp), dir)),
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(name_exhausted())
     }
 
-    /// The open temporary file.
+    /// The open file being written.
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -55,25 +152,342 @@ impl AtomicFile {
         &self.target
     }
 
-    /// fsyncs the data, renames the file to its final name, and fsyncs the directory.
+    /// fsyncs the file and publishes it under its final name, atomically replacing whatever was
+    /// there (a symlink at the target is replaced, never followed); checks that the target now
+    /// is the file written, and fsyncs the directory. On an error nothing of this file is left,
+    /// and the target is either as it was or (if the check failed) not this file.
     pub fn commit(mut self) -> io::Result<PathBuf> {
+        self.publish(Publish::Replace, &mut |_| {})
+    }
+
+    /// Like [`commit`](AtomicFile::commit), but refuses (`ErrorKind::AlreadyExists`) when the
+    /// target exists — even as a dangling symlink — or appears meanwhile: the file is linked
+    /// straight to the target name, which the kernel refuses if the name is taken.
+    pub fn commit_no_clobber(mut self) -> io::Result<PathBuf> {
+        self.publish(Publish::NoClobber, &mut |_| {})
+    }
+
+    /// The commit; `race` runs at each [`Stage`] (the tests act as another peer there).
+    fn publish(&mut self, how: Publish, race: &mut dyn FnMut(Stage)) -> io::Result<PathBuf> {
+        if how == Publish::NoClobber && self.exists(&self.name)? {
+            return Err(target_exists());
+        }
+        if let Some(mode) = published_mode() {
+            rustix::fs::fchmod(&self.file, mode)?;
+        }
         self.file.sync_all()?;
-        std::fs::rename(&self.temp, &self.target)?;
-        self.committed = true;
-        // The rename is durable once the directory is; a failure here does not undo it.
-        if let Ok(dir) = File::open(parent_dir(&self.target)) {
-            let _ = dir.sync_all();
+        race(Stage::BeforePublishing);
+        match how {
+            Publish::Replace => self.publish_replacing()?,
+            Publish::NoClobber => self.publish_no_clobber()?,
+        }
+        race(Stage::BeforeCheck);
+        if !self.is_ours(&self.name)? {
+            return Err(io::Error::other(format!(
+                "{} was replaced while it was being stored: it is not the file written",
+                self.target.display()
+            )));
+        }
+        // The fallback's temporary name, if it still names this file, goes before the
+        // directory is synced, so the sync covers both.
+        self.remove_temp();
+        // The new name is durable once the directory is; a failure here does not undo it (and
+        // an `O_PATH` descriptor cannot be synced, so the directory is opened for it).
+        if let Ok(dir) = rustix::fs::openat(
+            &self.dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = rustix::fs::fsync(dir);
         }
         Ok(self.target.clone())
+    }
+
+    /// Links the open file to a fresh unguessable name and renames that onto the target. The
+    /// fallback, on a filesystem without hard links, renames its temporary name instead, after
+    /// checking that the name is still this file.
+    fn publish_replacing(&mut self) -> io::Result<()> {
+        let fresh = match self.link_fresh() {
+            Ok(fresh) => fresh,
+            Err(e) if self.temp.is_some() && cannot_link(e) => {
+                let temp = self.ours_temp()?;
+                rustix::fs::renameat(&self.dir, temp.as_str(), &self.dir, &self.name)?;
+                self.temp = None;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = rustix::fs::renameat(&self.dir, fresh.as_str(), &self.dir, &self.name) {
+            self.unlink_if_ours(&fresh);
+            return Err(e.into());
+        }
+        // rename() does nothing when both names already are the same inode (someone linked the
+        // target to the fresh name first): then the fresh name is still here.
+        self.unlink_if_ours(&fresh);
+        Ok(())
+    }
+
+    /// Links the open file straight to the target name (EEXIST if it is taken). The fallback, on
+    /// a filesystem without hard links, renames its temporary name with `RENAME_NOREPLACE`.
+    fn publish_no_clobber(&mut self) -> io::Result<()> {
+        match self.link(&self.name) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => Err(target_exists()),
+            Err(e) if self.temp.is_some() && cannot_link(e) => {
+                let temp = self.ours_temp()?;
+                match rustix::fs::renameat_with(
+                    &self.dir,
+                    temp.as_str(),
+                    &self.dir,
+                    &self.name,
+                    RenameFlags::NOREPLACE,
+                ) {
+                    Ok(()) => {
+                        self.temp = None;
+                        Ok(())
+                    }
+                    Err(Errno::EXIST) => Err(target_exists()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Links the open file to a fresh `.teecast-tmp-*` name in the directory and returns it.
+    fn link_fresh(&self) -> Result<String, Errno> {
+        for _ in 0..NAME_ATTEMPTS {
+            let fresh = random_name().map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+            match self.link(OsStr::new(&fresh)) {
+                Ok(()) => return Ok(fresh),
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EXIST)
+    }
+
+    /// `linkat` of the open file itself (not of any name) to `new` in the directory: through
+    /// `/proc/self/fd/N`, or with `AT_EMPTY_PATH` where `/proc` is not mounted.
+    fn link(&self, new: &OsStr) -> Result<(), Errno> {
+        #[cfg(test)]
+        if self.no_links {
+            return Err(Errno::PERM);
+        }
+        let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        match rustix::fs::linkat(CWD, proc.as_str(), &self.dir, new, AtFlags::SYMLINK_FOLLOW) {
+            Err(Errno::NOENT) => {
+                rustix::fs::linkat(&self.file, "", &self.dir, new, AtFlags::EMPTY_PATH)
+            }
+            other => other,
+        }
+    }
+
+    /// The fallback's temporary name, checked to still be this file.
+    fn ours_temp(&self) -> io::Result<String> {
+        let temp = self.temp.clone().unwrap_or_default();
+        if self.is_ours(OsStr::new(&temp))? {
+            Ok(temp)
+        } else {
+            Err(io::Error::other(format!(
+                "the temporary file for {} was replaced",
+                self.target.display()
+            )))
+        }
+    }
+
+    /// Whether `name` in the directory is this very file (same device and inode; a symlink
+    /// there is not followed, so it never is).
+    fn is_ours(&self, name: &OsStr) -> io::Result<bool> {
+        let ours = rustix::fs::fstat(&self.file)?;
+        match rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(there) => Ok(same_file(&ours, &there)),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether anything (a symlink included, dangling or not) has `name` in the directory.
+    fn exists(&self, name: &OsStr) -> io::Result<bool> {
+        match rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes `name` if it is this file; anything else of that name is left alone.
+    fn unlink_if_ours(&self, name: &str) {
+        if self.is_ours(OsStr::new(name)).unwrap_or(false) {
+            let _ = rustix::fs::unlinkat(&self.dir, name, AtFlags::empty());
+        }
+    }
+
+    /// Removes the fallback's temporary name if it still is this file.
+    fn remove_temp(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            self.unlink_if_ours(&temp);
+        }
+    }
+
+    /// Whether the file has no name (`O_TMPFILE`), rather than the fallback's.
+    #[cfg(test)]
+    fn is_anonymous(&self) -> bool {
+        self.temp.is_none()
     }
 }
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.temp);
+        // An O_TMPFILE file needs nothing: closing it frees it. A committed file has no
+        // temporary name left.
+        self.remove_temp();
+    }
+}
+
+/// Whether `name` is one that this module or an older teecast creates for a file being
+/// written: `.teecast-tmp-*` (this module's fallback and publishing names) or `.*.teecast-*.part`
+/// (the temporaries of older versions, `.NAME.teecast-PID-N.part`). A receiver refuses such
+/// names from peers.
+pub fn is_temporary_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+        || (name.starts_with('.') && name.ends_with(".part") && name.contains(".teecast-"))
+}
+
+/// Removes the temporaries a crash left in `dir`: older versions' `.NAME.teecast-PID-N.part`
+/// files (this version never creates them), and `.teecast-tmp-` + 32 hex digit files not
+/// modified for an hour (a transfer in progress keeps its file younger). Only regular files are
+/// removed; symlinks (never followed), directories and every other name are left alone. Returns
+/// how many files it removed.
+pub fn sweep(dir: &Path) -> io::Result<usize> {
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in Dir::read_from(&dir_fd)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        let old_pattern = is_old_temporary(name);
+        if !old_pattern && !is_current_temporary(name) {
+            continue;
+        }
+        let st = match rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            continue;
+        }
+        if !old_pattern && !older_than(&st, now, SWEEP_AGE) {
+            continue;
+        }
+        // unlinkat without AT_REMOVEDIR never removes a directory and never follows a symlink.
+        match rustix::fs::unlinkat(&dir_fd, name, AtFlags::empty()) {
+            Ok(()) => removed += 1,
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
         }
     }
+    Ok(removed)
+}
+
+/// `.NAME.teecast-PID-N.part` exactly, as older versions named their temporaries.
+fn is_old_temporary(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".part")) else {
+        return false;
+    };
+    let Some((target, ids)) = rest.rsplit_once(".teecast-") else {
+        return false;
+    };
+    let Some((pid, n)) = ids.split_once('-') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    !target.is_empty() && digits(pid) && digits(n)
+}
+
+/// `.teecast-tmp-` + 32 lowercase hex digits exactly, as this module names its files.
+fn is_current_temporary(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX).is_some_and(|hex| {
+        hex.len() == TEMP_HEX_DIGITS
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Whether `st` was last modified at least `age` before `now` (a time in the future is young).
+#[allow(clippy::unnecessary_cast)] // the field types differ between architectures
+fn older_than(st: &Stat, now: SystemTime, age: Duration) -> bool {
+    let secs = st.st_mtime as i64;
+    let nanos = u32::try_from(st.st_mtime_nsec as u64).unwrap_or(0);
+    let Ok(secs) = u64::try_from(secs) else {
+        return true; // before 1970
+    };
+    let modified = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999));
+    now.duration_since(modified).is_ok_and(|d| d >= age)
+}
+
+fn same_file(a: &Stat, b: &Stat) -> bool {
+    a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}
+
+/// `.teecast-tmp-` + 32 hex digits of OS randomness.
+fn random_name() -> io::Result<String> {
+    let mut bytes = [0u8; TEMP_HEX_DIGITS / 2];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut name = String::with_capacity(TEMP_PREFIX.len() + TEMP_HEX_DIGITS);
+    name.push_str(TEMP_PREFIX);
+    for b in bytes {
+        name.push_str(&format!("{b:02x}"));
+    }
+    Ok(name)
+}
+
+/// 0644 less the process's umask (`/proc/self/status`, as reading it with umask() would change
+/// it for every thread meanwhile); `None` (the file keeps 0600) where it cannot be read.
+fn published_mode() -> Option<Mode> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))?
+        .trim();
+    let umask = u32::from_str_radix(umask, 8).ok()?;
+    Some(Mode::from(PUBLISHED_MODE & !umask))
+}
+
+/// Whether a failed `linkat` means this filesystem cannot publish by link (no hard links, or no
+/// `/proc` and no privilege for `AT_EMPTY_PATH`), so the fallback may rename its name instead.
+fn cannot_link(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::PERM | Errno::OPNOTSUPP | Errno::XDEV | Errno::MLINK | Errno::NOENT
+    )
+}
+
+fn target_exists() -> io::Error {
+    io::Error::new(io::ErrorKind::AlreadyExists, "the target already exists")
+}
+
+fn name_exhausted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "every fresh temporary name was taken",
+    )
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -86,25 +500,471 @@ fn parent_dir(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// The directory's entries, sorted.
+    fn list(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A directory where `O_TMPFILE` works (tmpfs, `/dev/shm`: the test fails without it), or
+    /// the default temporary directory for the fallback.
+    fn dir_for(tmpfile: bool) -> tempfile::TempDir {
+        if tmpfile {
+            tempfile::tempdir_in("/dev/shm")
+                .expect("/dev/shm (tmpfs, which has O_TMPFILE) is needed for this test")
+        } else {
+            tempfile::tempdir().unwrap()
+        }
+    }
+
+    /// An `O_TMPFILE` file (asserted) or the fallback's named one (forced).
+    fn make(target: &Path, tmpfile: bool) -> AtomicFile {
+        let f = AtomicFile::create_in(target, tmpfile).unwrap();
+        assert_eq!(f.is_anonymous(), tmpfile, "O_TMPFILE refused in {target:?}");
+        f
+    }
+
+    fn write(f: &AtomicFile, bytes: &[u8]) {
+        let mut file = f.file();
+        file.write_all(bytes).unwrap();
+    }
+
+    fn umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"));
+        u32::from_str_radix(line.unwrap().trim(), 8).unwrap()
+    }
+
+    fn set_age(path: &Path, age: Duration) {
+        let f = File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
 
     #[test]
-    fn commit_renames_and_drop_removes() {
-        let dir = tempfile::tempdir().unwrap();
+    fn an_o_tmpfile_file_is_invisible_while_it_is_written() {
+        let dir = dir_for(true);
+        std::fs::write(dir.path().join("before.txt"), b"x").unwrap();
         let target = dir.path().join("out.bin");
-        let mut f = AtomicFile::create(&target).unwrap();
-        f.file.write_all(b"data").unwrap();
-        assert!(!target.exists());
-        f.commit().unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"data");
+        let f = AtomicFile::create(&target).unwrap();
+        assert!(f.is_anonymous(), "tmpfs refused O_TMPFILE");
+        write(&f, &vec![7u8; 1 << 20]);
+        assert_eq!(list(dir.path()), ["before.txt"]);
+        assert_eq!(f.commit().unwrap(), target);
+        assert_eq!(list(dir.path()), ["before.txt", "out.bin"]);
+        assert_eq!(std::fs::read(&target).unwrap(), vec![7u8; 1 << 20]);
+    }
 
-        let other = dir.path().join("gone.bin");
-        let f = AtomicFile::create(&other).unwrap();
-        drop(f);
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
+    #[test]
+    fn in_the_temporary_directory_the_file_is_invisible_or_has_an_unguessable_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("before.txt"), b"x").unwrap();
+        let target = dir.path().join("out.bin");
+        let f = AtomicFile::create(&target).unwrap();
+        write(&f, b"data");
+        let names = list(dir.path());
+        if f.is_anonymous() {
+            assert_eq!(names, ["before.txt"]);
+        } else {
+            // This filesystem refused O_TMPFILE: the fallback's name, and nothing else.
+            assert_eq!(names.len(), 2, "{names:?}");
+            let temp = names.iter().find(|n| *n != "before.txt").unwrap();
+            assert!(is_current_temporary(temp), "{temp}");
+            assert_eq!(f.temp.as_deref(), Some(temp.as_str()));
+        }
+        f.commit().unwrap();
+        assert_eq!(list(dir.path()), ["before.txt", "out.bin"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"data");
+    }
+
+    #[test]
+    fn the_fallback_name_is_unguessable_exclusive_and_private() {
+        let dir = dir_for(false);
+        let target = dir.path().join("out.bin");
+        let a = make(&target, false);
+        let b = make(&target, false);
+        let (ta, tb) = (a.temp.clone().unwrap(), b.temp.clone().unwrap());
+        assert_ne!(ta, tb);
+        assert!(is_current_temporary(&ta) && is_temporary_name(&ta), "{ta}");
+        let mut expected = vec![ta.clone(), tb.clone()];
+        expected.sort();
+        assert_eq!(list(dir.path()), expected);
+        let meta = std::fs::symlink_metadata(dir.path().join(&ta)).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // The name is this file.
+        assert_eq!(meta.ino(), a.file().metadata().unwrap().ino());
+        write(&a, b"published");
+        a.commit().unwrap();
+        drop(b);
+        assert_eq!(list(dir.path()), ["out.bin"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"published");
+    }
+
+    #[test]
+    fn a_dropped_file_leaves_nothing() {
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            std::fs::write(dir.path().join("keep"), b"k").unwrap();
+            let target = dir.path().join("gone.bin");
+            let f = make(&target, tmpfile);
+            write(&f, &[1u8; 65536]);
+            drop(f);
+            assert_eq!(list(dir.path()), ["keep"], "tmpfile: {tmpfile}");
+        }
+    }
+
+    #[test]
+    fn commit_replaces_an_existing_target_atomically_with_the_right_contents() {
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            let target = dir.path().join("disk.img");
+            std::fs::write(&target, b"old contents").unwrap();
+            let mut old = File::open(&target).unwrap();
+            let old_ino = old.metadata().unwrap().ino();
+
+            let f = make(&target, tmpfile);
+            assert_eq!(f.target(), target);
+            write(&f, b"new contents, longer than the old ones");
+            // Until the commit the target is untouched.
+            assert_eq!(std::fs::read(&target).unwrap(), b"old contents");
+            let ino = f.file().metadata().unwrap().ino();
+            assert_eq!(f.commit().unwrap(), target);
+
+            assert_eq!(list(dir.path()), ["disk.img"], "tmpfile: {tmpfile}");
+            assert_eq!(
+                std::fs::read(&target).unwrap(),
+                b"new contents, longer than the old ones"
+            );
+            let meta = std::fs::metadata(&target).unwrap();
+            assert_eq!(meta.ino(), ino, "the target is the file written");
+            assert_ne!(meta.ino(), old_ino);
+            assert_eq!(meta.nlink(), 1, "no other name left for it");
+            assert_eq!(meta.permissions().mode() & 0o777, PUBLISHED_MODE & !umask());
+            // Replaced, not rewritten: a reader of the old file still sees it whole.
+            let mut seen = Vec::new();
+            old.read_to_end(&mut seen).unwrap();
+            assert_eq!(seen, b"old contents");
+        }
+    }
+
+    #[test]
+    fn the_file_is_private_while_written() {
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            let f = make(&dir.path().join("x"), tmpfile);
+            let mode = f.file().metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "tmpfile: {tmpfile}");
+        }
+    }
+
+    #[test]
+    fn commit_replaces_a_symlink_at_the_target_without_writing_through_it() {
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            let elsewhere = dir.path().join("elsewhere");
+            std::fs::write(&elsewhere, b"not yours").unwrap();
+            let target = dir.path().join("link");
+            std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
+            let f = make(&target, tmpfile);
+            write(&f, b"mine");
+            f.commit().unwrap();
+            assert!(std::fs::symlink_metadata(&target).unwrap().is_file());
+            assert_eq!(std::fs::read(&target).unwrap(), b"mine");
+            assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not yours");
+            assert_eq!(list(dir.path()), ["elsewhere", "link"]);
+        }
+    }
+
+    #[test]
+    fn commit_no_clobber_publishes_when_the_target_is_absent() {
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            let target = dir.path().join("new.bin");
+            let f = make(&target, tmpfile);
+            write(&f, b"fresh");
+            let ino = f.file().metadata().unwrap().ino();
+            assert_eq!(f.commit_no_clobber().unwrap(), target);
+            assert_eq!(list(dir.path()), ["new.bin"], "tmpfile: {tmpfile}");
+            assert_eq!(std::fs::read(&target).unwrap(), b"fresh");
+            let meta = std::fs::metadata(&target).unwrap();
+            assert_eq!((meta.ino(), meta.nlink()), (ino, 1));
+        }
+    }
+
+    #[test]
+    fn commit_no_clobber_refuses_an_existing_target_and_leaves_both_as_they_were() {
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            let target = dir.path().join("disk.img");
+            std::fs::write(&target, b"theirs").unwrap();
+            let f = make(&target, tmpfile);
+            write(&f, b"ours");
+            let err = f.commit_no_clobber().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+            assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
+            assert_eq!(list(dir.path()), ["disk.img"], "tmpfile: {tmpfile}");
+
+            // A dangling symlink is a name taken too, and stays as it was.
+            let link = dir.path().join("dangling");
+            std::os::unix::fs::symlink("nowhere", &link).unwrap();
+            let f = make(&link, tmpfile);
+            let err = f.commit_no_clobber().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+            assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("nowhere"));
+            assert_eq!(list(dir.path()), ["dangling", "disk.img"]);
+        }
+    }
+
+    #[test]
+    fn commit_no_clobber_refuses_a_target_that_appears_after_its_check() {
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            let target = dir.path().join("disk.img");
+            let mut f = make(&target, tmpfile);
+            write(&f, b"ours");
+            let err = f
+                .publish(Publish::NoClobber, &mut |stage| {
+                    if stage == Stage::BeforePublishing {
+                        std::fs::write(&target, b"theirs").unwrap();
+                    }
+                })
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+            drop(f);
+            assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
+            assert_eq!(list(dir.path()), ["disk.img"], "tmpfile: {tmpfile}");
+        }
+    }
+
+    #[test]
+    fn a_target_swapped_before_the_check_fails_the_commit_and_leaves_nothing_of_ours() {
+        for (tmpfile, how) in [
+            (true, Publish::Replace),
+            (false, Publish::Replace),
+            (true, Publish::NoClobber),
+            (false, Publish::NoClobber),
+        ] {
+            let dir = dir_for(tmpfile);
+            let target = dir.path().join("disk.img");
+            let other = dir.path().join("other");
+            let mut f = make(&target, tmpfile);
+            write(&f, b"ours");
+            let err = f
+                .publish(how, &mut |stage| {
+                    if stage == Stage::BeforeCheck {
+                        std::fs::write(&other, b"theirs").unwrap();
+                        std::fs::rename(&other, &target).unwrap();
+                    }
+                })
+                .unwrap_err();
+            assert!(err.to_string().contains("not the file written"), "{err}");
+            drop(f);
+            let context = format!("tmpfile: {tmpfile}, {how:?}");
+            assert_eq!(list(dir.path()), ["disk.img"], "{context}");
+            assert_eq!(std::fs::read(&target).unwrap(), b"theirs", "{context}");
+        }
+    }
+
+    #[test]
+    fn without_hard_links_the_fallback_renames_its_checked_name() {
+        for how in [Publish::Replace, Publish::NoClobber] {
+            let dir = dir_for(false);
+            let target = dir.path().join("disk.img");
+            let mut f = make(&target, false);
+            f.no_links = true;
+            write(&f, b"ours");
+            let ino = f.file().metadata().unwrap().ino();
+            f.publish(how, &mut |_| {}).unwrap();
+            drop(f);
+            assert_eq!(list(dir.path()), ["disk.img"], "{how:?}");
+            assert_eq!(std::fs::read(&target).unwrap(), b"ours");
+            assert_eq!(std::fs::metadata(&target).unwrap().ino(), ino);
+
+            // An existing target: replaced, or refused and left as it was.
+            let mut f = make(&target, false);
+            f.no_links = true;
+            write(&f, b"second");
+            let result = f.publish(how, &mut |_| {});
+            drop(f);
+            assert_eq!(list(dir.path()), ["disk.img"], "{how:?}");
+            match how {
+                Publish::Replace => {
+                    result.unwrap();
+                    assert_eq!(std::fs::read(&target).unwrap(), b"second");
+                }
+                Publish::NoClobber => {
+                    assert_eq!(result.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+                    assert_eq!(std::fs::read(&target).unwrap(), b"ours");
+                }
+            }
+
+            // The temporary name swapped for another file is refused, not renamed.
+            let mut f = make(&dir.path().join("third.img"), false);
+            f.no_links = true;
+            let temp = dir.path().join(f.temp.clone().unwrap());
+            let err = f
+                .publish(how, &mut |stage| {
+                    if stage == Stage::BeforePublishing {
+                        std::fs::remove_file(&temp).unwrap();
+                        std::fs::write(&temp, b"theirs").unwrap();
+                    }
+                })
+                .unwrap_err();
+            assert!(err.to_string().contains("was replaced"), "{err}");
+            drop(f);
+            assert_eq!(
+                std::fs::read(&temp).unwrap(),
+                b"theirs",
+                "not ours: left alone"
+            );
+            std::fs::remove_file(&temp).unwrap();
+            assert_eq!(list(dir.path()), ["disk.img"], "{how:?}");
+        }
+    }
+
+    #[test]
+    fn regression_a_peer_named_like_the_temporary_cannot_swap_the_file() {
+        let pid = std::process::id();
+        let attacker = b"attacker's bytes".to_vec();
+        let victim: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        // The names an old receiver would use for its next transfers of disk.img (the counter
+        // is shared by every test of this process, so plant a good many of them).
+        let planted: Vec<String> = (0..256)
+            .map(|n| format!(".disk.img.teecast-{pid}-{n}.part"))
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("out.bin")]);
+        for tmpfile in [true, false] {
+            let dir = dir_for(tmpfile);
+            let plant = || {
+                for name in &planted {
+                    std::fs::write(dir.path().join(name), &attacker).unwrap();
+                }
+            };
+            plant();
+            let target = dir.path().join("disk.img");
+            // Planting the next temporary name no longer refuses the transfer...
+            let f = make(&target, tmpfile);
+            write(&f, &victim[..100_000]);
+            // ...and a "peer" writing a stream under those names while the victim writes...
+            plant();
+            write(&f, &victim[100_000..]);
+            plant();
+            // ...does not reach the victim's commit: the target is the victim's file.
+            f.commit().unwrap();
+            assert_eq!(
+                std::fs::read(&target).unwrap(),
+                victim,
+                "tmpfile: {tmpfile}"
+            );
+            for name in &planted {
+                assert!(is_temporary_name(name), "{name}");
+                assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), attacker);
+            }
+            assert_eq!(list(dir.path()).len(), planted.len() + 1);
+            // Only a sweep removes the planted files, and it leaves the victim's alone.
+            assert_eq!(sweep(dir.path()).unwrap(), planted.len());
+            assert_eq!(list(dir.path()), ["disk.img"]);
+            assert_eq!(std::fs::read(&target).unwrap(), victim);
+        }
+    }
+
+    #[test]
+    fn sweep_removes_stale_temporaries_and_nothing_else() {
+        let dir = dir_for(false);
+        let d = dir.path();
+        let hex = |c: char| std::iter::repeat_n(c, TEMP_HEX_DIGITS).collect::<String>();
+        let old_tmp = format!("{TEMP_PREFIX}{}", hex('a'));
+        let young_tmp = format!("{TEMP_PREFIX}{}", hex('b'));
+        let old_tmp_dir = format!("{TEMP_PREFIX}{}", hex('c'));
+        let old_tmp_link = format!("{TEMP_PREFIX}{}", hex('d'));
+        let odd_tmp = format!("{TEMP_PREFIX}not-hex");
+        // Removed: an older version's temporary (any age) and an hour-old one of ours.
+        std::fs::write(d.join(".disk.img.teecast-1-0.part"), b"o").unwrap();
+        std::fs::write(d.join(&old_tmp), b"o").unwrap();
+        set_age(&d.join(&old_tmp), Duration::from_secs(2 * 60 * 60));
+        // Kept: a young one (a transfer in progress), a directory, symlinks (to old regular
+        // files, whose age must not count), and other names.
+        std::fs::write(d.join(&young_tmp), b"y").unwrap();
+        set_age(&d.join(&young_tmp), Duration::from_secs(30 * 60));
+        std::fs::create_dir(d.join(&old_tmp_dir)).unwrap();
+        std::fs::create_dir(d.join(".dir.teecast-1-1.part")).unwrap();
+        std::fs::write(d.join("victim"), b"v").unwrap();
+        set_age(&d.join("victim"), Duration::from_secs(2 * 60 * 60));
+        std::os::unix::fs::symlink("victim", d.join(&old_tmp_link)).unwrap();
+        std::os::unix::fs::symlink("victim", d.join(".link.teecast-1-2.part")).unwrap();
+        for other in [
+            "disk.img",
+            ".hidden",
+            ".x.teecast-notes.part",
+            "disk.img.teecast-1-0.part",
+            odd_tmp.as_str(),
+        ] {
+            std::fs::write(d.join(other), b"k").unwrap();
+            set_age(&d.join(other), Duration::from_secs(2 * 60 * 60));
+        }
+        let before = list(d);
+
+        assert_eq!(sweep(d).unwrap(), 2);
+        let mut expected: Vec<String> = before
+            .into_iter()
+            .filter(|n| *n != ".disk.img.teecast-1-0.part" && *n != old_tmp)
+            .collect();
+        expected.sort();
+        assert_eq!(list(d), expected);
+        assert_eq!(std::fs::read(d.join("victim")).unwrap(), b"v");
+        assert!(d.join(&old_tmp_dir).is_dir());
+        assert!(
+            std::fs::symlink_metadata(d.join(&old_tmp_link))
+                .unwrap()
+                .is_symlink()
+        );
+        // Nothing left to do.
+        assert_eq!(sweep(d).unwrap(), 0);
+    }
+
+    #[test]
+    fn temporary_names() {
+        for name in [
+            ".teecast-tmp-0123456789abcdef0123456789abcdef",
+            ".teecast-tmp-",
+            ".teecast-tmp-anything",
+            ".disk.img.teecast-1-0.part",
+            ".x.teecast-12-345.part",
+            ".a.b.teecast-7-7.part",
+            ".x.teecast-notes.part",
+            ".teecast-1-0.part",
+        ] {
+            assert!(is_temporary_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "disk.img",
+            ".hidden",
+            ".teecast-tmp",
+            "teecast-tmp-0123",
+            "x.teecast-tmp-0123",
+            "disk.img.teecast-1-0.part",
+            ".disk.img.part",
+            ".disk.img.teecast-1-0.partial",
+            ".teecast-probe-1-0",
+        ] {
+            assert!(!is_temporary_name(name), "{name}");
+        }
+        // What sweep removes is narrower: exactly the generated names.
+        assert!(is_old_temporary(".disk.img.teecast-1-0.part"));
+        assert!(!is_old_temporary(".x.teecast-notes.part"));
+        assert!(!is_old_temporary(".teecast-1-0.part"));
+        assert!(!is_old_temporary(".x.teecast-1-.part"));
+        assert!(is_current_temporary(&random_name().unwrap()));
+        assert!(!is_current_temporary(".teecast-tmp-0123"));
+        assert!(!is_current_temporary(
+            ".teecast-tmp-0123456789ABCDEF0123456789ABCDEF"
+        ));
     }
 }

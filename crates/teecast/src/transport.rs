@@ -153,12 +153,13 @@ mod tests {
     fn a_dripping_peer_is_bounded_by_the_total_deadline() {
         let (mut client, server) = pair();
         let dripper = std::thread::spawn(move || {
-            for b in teecast_proto::session::ack(
-                teecast_proto::wire::AckStatus::Ok,
-                0,
-                &[],
-                "a message long enough to drip for a while",
-            ) {
+            let ack = teecast_proto::wire::Ack {
+                status: teecast_proto::wire::AckStatus::Ok,
+                bytes: 0,
+                digest: Vec::new(),
+                message: "a message long enough to drip for a while".into(),
+            };
+            for b in ack.encode() {
                 if client.write_all(&[b]).is_err() {
                     return;
                 }

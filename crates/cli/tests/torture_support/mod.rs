@@ -14,6 +14,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::common::{Receiver, Running, list_dir, random_file, sha256_file, teecast};
+use teecast::store::is_temporary_name;
 
 /// How long any single wait of the harness may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(90);
@@ -22,14 +23,17 @@ pub const WAIT: Duration = Duration::from_secs(90);
 /// than the gate may hold it.
 const RECEIVER_ARGS: [&str; 2] = ["--stall-timeout", "80s"];
 
-/// Waits (at most `WAIT`) until `dir` holds a non-empty `.part` file: the transfer is under way.
-pub fn wait_for_partial_file(dir: &Path) {
+/// Waits (at most `WAIT`) until the receiver `pid` holds a non-empty file open in `dir` (its
+/// temporary, which has no name there): the transfer is under way.
+pub fn wait_for_partial_file(dir: &Path, pid: u32) {
     let deadline = Instant::now() + WAIT;
+    let dir = dir.canonicalize().unwrap();
     loop {
-        let started = std::fs::read_dir(dir).unwrap().any(|e| {
-            let e = e.unwrap();
-            e.file_name().to_string_lossy().ends_with(".part")
-                && e.metadata().is_ok_and(|m| m.len() > 0)
+        let started = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.parent() == Some(dir.as_path()))
+                    && std::fs::metadata(fd.path()).is_ok_and(|m| m.is_file() && m.len() > 0)
+            })
         });
         if started {
             return;
@@ -139,7 +143,7 @@ impl Outcome {
         for (status, dir, _) in &self.receivers {
             let names = list_dir(dir);
             assert!(
-                names.iter().all(|n| !n.ends_with(".part")),
+                names.iter().all(|n| !is_temporary_name(n)),
                 "temporary file left behind: {names:?}\n{}",
                 self.context()
             );
@@ -243,7 +247,8 @@ pub fn run(s: &Scenario) -> Outcome {
     }
     let sender = Running::spawn(&mut cmd);
     // The send is under way once bytes reach a receiver that is running.
-    wait_for_partial_file(&dirs[usize::from(gated)]);
+    let running = usize::from(gated);
+    wait_for_partial_file(&dirs[running], receivers[running].proc.pid());
     if s.gate && !gated {
         receivers[0].proc.pause();
     }
@@ -306,7 +311,7 @@ pub fn verdict(out: &Outcome) -> Verdict {
     let mut kept = 0;
     for (status, dir, _) in &out.receivers {
         let names = list_dir(dir);
-        if names.iter().any(|n| n.ends_with(".part")) {
+        if names.iter().any(|n| is_temporary_name(n)) {
             return Verdict::Other(format!("temporary file left: {names:?}"));
         }
         if names.contains(&out.name) {

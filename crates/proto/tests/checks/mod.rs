@@ -168,18 +168,21 @@ pub fn chunk_header(data: &[u8]) -> bool {
 ///
 /// [`ReceiverSession`]: teecast_proto::session::ReceiverSession
 pub fn receiver_session(data: &[u8]) -> bool {
+    use teecast_proto::auth::Key;
     use teecast_proto::session::{Next, ReceiverSession};
     use teecast_proto::wire::MAX_HEADER_BODY;
 
     let Some((&cut, wire)) = data.split_first() else {
         return false;
     };
-    // Piece sizes 1..=8, or whole reads when the low bits are zero.
+    // Piece sizes 1..=8, or whole reads when the low bits are zero; bit 3 makes the receiver
+    // keyed (a fixed key and nonce, so a recorded input replays the same).
     let piece = |want: usize| match cut & 7 {
         0 => want,
         n => want.min(usize::from(n)),
     };
-    let mut s = ReceiverSession::new();
+    let key = (cut & 8 != 0).then(|| Key::from_bytes([0x42; 32]));
+    let mut s = ReceiverSession::new(key, [7; 32]);
     let mut at = 0;
     let mut payload = 0u64;
     loop {
@@ -194,7 +197,12 @@ pub fn receiver_session(data: &[u8]) -> bool {
                 if end == at {
                     return false;
                 }
-                if let Err(err) = s.framing(&wire[at..end]) {
+                let taken = s.framing(&wire[at..end]);
+                if let Some(reply) = s.take_reply() {
+                    assert!(s.has_hello(), "a reply before the hello");
+                    assert!(reply.len() <= PREFIX_LEN + MessageKind::Welcome.max_body_len());
+                }
+                if let Err(err) = taken {
                     check_error(&err);
                     return false;
                 }

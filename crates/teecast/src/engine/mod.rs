@@ -143,7 +143,8 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
 /// splice, a socket's received data). A filler that splices page-cache pages breaks it.
 pub trait Filler: Send {
     /// Puts up to `want` bytes of the stream, those from `offset` on, into `pipe` and returns
-    /// how many; fewer than `want` only at the end of the stream. When [`Filler::hashes`], feeds
+    /// how many: 0 only at the end of the stream, fewer than `want` whenever that is all there is
+    /// for now (a socket, a pipe). When [`Filler::hashes`], feeds
     /// the same bytes to `hasher`.
     fn fill(
         &mut self,

@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::pipe::SpliceFlags;
 
 use super::{
-    Branch, EngineError, FanoutConfig, Filler, Unsupported, check_short, fresh_size, map_source,
-    next_want, read_source,
+    Branch, EngineError, FanoutConfig, Filler, Unsupported, fresh_size, map_source, next_want,
+    read_source,
 };
 use crate::digest::Hasher;
 use crate::source::Source;
@@ -278,8 +278,12 @@ pub(super) fn pump_pipes(
             break;
         }
         let got = filler.fill(src.write.as_fd(), sent, want, hasher.as_deref_mut())?;
-        check_short(total, sent, want, got)?;
         if got == 0 {
+            // Only nothing is the end: a stream spliced into the pipe comes in whatever pieces
+            // its producer had ready. Short of the announced length, the source was cut.
+            if let Some(expected) = total {
+                return Err(EngineError::Truncated { at: sent, expected });
+            }
             break;
         }
         flush_stages(branches)?;

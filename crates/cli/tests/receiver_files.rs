@@ -1,0 +1,142 @@
+//! What a receiver does with names and files: temporaries nobody can name, names that look
+//! like them refused, stale ones swept at start, and existing files kept with `--no-clobber`.
+
+mod common;
+
+use common::{MIB, Receiver, list_dir, random_file, run, teecast};
+
+fn json(sent: &common::Finished) -> serde_json::Value {
+    serde_json::from_str(&sent.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {sent:?}"))
+}
+
+/// Regression: a peer that sent a "file" named like another sender's temporary had it renamed
+/// onto that sender's target. Such names are refused, and temporaries have no name at all.
+#[test]
+fn names_that_look_like_temporaries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, MIB, 101);
+    let inbox = dir.path().join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    let receiver = Receiver::start(&["--dir".as_ref(), inbox.as_os_str()]);
+    for name in [
+        ".disk.img.teecast-1-0.part",
+        ".teecast-tmp-0123456789abcdef0123456789abcdef",
+    ] {
+        let sent = run(teecast(["send", "--json", "--name", name])
+            .arg(&source)
+            .arg(receiver.dest()));
+        sent.expect_code(1);
+        let report = json(&sent);
+        assert_eq!(
+            report["destinations"][0]["ack_status"], "rejected",
+            "{report}"
+        );
+    }
+    assert_eq!(list_dir(&inbox), Vec::<String>::new());
+}
+
+#[test]
+fn no_clobber_keeps_an_existing_file_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, MIB, 102);
+    let inbox = dir.path().join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    std::fs::write(inbox.join("s.bin"), b"precious").unwrap();
+    let receiver = Receiver::start(&["--no-clobber".as_ref(), "--dir".as_ref(), inbox.as_os_str()]);
+    let sent = run(teecast(["send", "--json"])
+        .arg(&source)
+        .arg(receiver.dest()));
+    sent.expect_code(1);
+    let report = json(&sent);
+    assert_eq!(
+        report["destinations"][0]["ack_status"], "rejected",
+        "{report}"
+    );
+    assert!(
+        report["destinations"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exists"),
+        "{report}"
+    );
+    assert_eq!(std::fs::read(inbox.join("s.bin")).unwrap(), b"precious");
+    assert_eq!(list_dir(&inbox), vec!["s.bin".to_string()]);
+    // Without the flag the file is replaced (the documented default).
+    drop(receiver);
+    let receiver = Receiver::start(&["--dir".as_ref(), inbox.as_os_str()]);
+    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
+    common::assert_same_file(&source, &inbox.join("s.bin"));
+}
+
+#[test]
+fn stale_temporaries_of_an_older_receiver_are_swept_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    std::fs::write(inbox.join(".disk.img.teecast-1-0.part"), b"left by kill -9").unwrap();
+    std::fs::write(inbox.join("keep.bin"), b"mine").unwrap();
+    let receiver = Receiver::start(&["--dir".as_ref(), inbox.as_os_str()]);
+    assert!(
+        receiver
+            .proc
+            .stderr_so_far()
+            .contains("removed 1 stale temporary file"),
+        "{}",
+        receiver.proc.stderr_so_far()
+    );
+    assert_eq!(list_dir(&inbox), vec!["keep.bin".to_string()]);
+}
+
+/// A receiver killed with SIGKILL mid-stream leaves nothing in its directory: its temporary
+/// never had a name. (Before, `.NAME.teecast-PID-N.part` stayed forever.)
+#[test]
+fn a_receiver_killed_mid_stream_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, 256 * MIB, 103);
+    let inbox = dir.path().join("in").canonicalize_or_create();
+    let receiver = Receiver::start(&["--dir".as_ref(), inbox.as_os_str()]);
+    let sender = common::Running::spawn(
+        teecast(["send", "--stall-timeout", "60s"])
+            .arg(&source)
+            .arg(receiver.dest()),
+    );
+    // Wait until the receiver holds a non-empty file open in the inbox: mid-stream.
+    let pid = receiver.proc.pid();
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while !std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.parent() == Some(inbox.as_path()))
+                && std::fs::metadata(fd.path()).is_ok_and(|m| m.is_file() && m.len() > 0)
+        })
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never started"
+        );
+        std::thread::yield_now();
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let finished = sender.wait(common::TIMEOUT);
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    drop(receiver);
+    assert_eq!(list_dir(&inbox), Vec::<String>::new());
+}
+
+trait CreateDir {
+    fn canonicalize_or_create(self) -> std::path::PathBuf;
+}
+
+impl CreateDir for std::path::PathBuf {
+    /// Creates the directory and returns its canonical path (as /proc shows it).
+    fn canonicalize_or_create(self) -> std::path::PathBuf {
+        std::fs::create_dir_all(&self).unwrap();
+        self.canonicalize().unwrap()
+    }
+}
