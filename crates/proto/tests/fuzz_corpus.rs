@@ -73,6 +73,21 @@ fn chunk_header_corpus() {
 }
 
 #[test]
+fn hello_corpus() {
+    replay("hello", checks::hello);
+}
+
+#[test]
+fn welcome_corpus() {
+    replay("welcome", checks::welcome);
+}
+
+#[test]
+fn seal_corpus() {
+    replay("seal", checks::seal);
+}
+
+#[test]
 fn receiver_session_corpus() {
     replay("receiver_session", checks::receiver_session);
 }
@@ -80,7 +95,10 @@ fn receiver_session_corpus() {
 /// Every corpus directory belongs to a target replayed above (a new target needs a test here).
 #[test]
 fn no_corpus_without_a_replay() {
-    const TARGETS: [&str; 6] = [
+    const TARGETS: [&str; 9] = [
+        "hello",
+        "welcome",
+        "seal",
         "prefix",
         "header",
         "trailer",

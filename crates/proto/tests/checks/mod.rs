@@ -8,9 +8,9 @@
 
 use teecast_proto::digest::DigestAlgorithm;
 use teecast_proto::wire::{
-    Ack, CHUNK_HEADER_LEN, Header, MAX_CHUNK, MAX_DIGEST_LEN, MAX_MESSAGE_LEN, MessageKind,
-    PREFIX_LEN, Trailer, VERSION, WireError, decode_chunk_header, decode_prefix,
-    encode_chunk_header,
+    Ack, CHUNK_HEADER_LEN, Header, Hello, MAC_LEN, MAX_CHUNK, MAX_DIGEST_LEN, MAX_MESSAGE_LEN,
+    MessageKind, PREFIX_LEN, Seal, Trailer, VERSION, Welcome, WireError, decode_chunk_header,
+    decode_prefix, encode_chunk_header,
 };
 
 /// Every error a decoder returns must print as one line without control characters: the
@@ -130,6 +130,61 @@ pub fn ack(data: &[u8]) -> bool {
             true
         }
         Err(err) => {
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `hello`: the input as a hello body; a decoded hello re-encodes to the same bytes.
+pub fn hello(data: &[u8]) -> bool {
+    match Hello::decode_body(data) {
+        Ok(hello) => {
+            let encoded = hello.encode();
+            assert_eq!(framed_body(&encoded, MessageKind::Hello), data, "{hello:?}");
+            true
+        }
+        Err(err) => {
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `welcome`: the input as a welcome body; a decoded welcome carries no proof or a whole one,
+/// and re-encodes to the same bytes.
+pub fn welcome(data: &[u8]) -> bool {
+    match Welcome::decode_body(data) {
+        Ok(welcome) => {
+            assert!(
+                welcome.proof.is_empty() || welcome.proof.len() == MAC_LEN,
+                "{welcome:?}"
+            );
+            let encoded = welcome.encode();
+            assert_eq!(
+                framed_body(&encoded, MessageKind::Welcome),
+                data,
+                "{welcome:?}"
+            );
+            true
+        }
+        Err(err) => {
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `seal`: the input as a seal body: accepted exactly when it is [`MAC_LEN`] bytes.
+pub fn seal(data: &[u8]) -> bool {
+    match Seal::decode_body(data) {
+        Ok(seal) => {
+            assert_eq!(data.len(), MAC_LEN);
+            assert_eq!(framed_body(&seal.encode(), MessageKind::Seal), data);
+            true
+        }
+        Err(err) => {
+            assert_ne!(data.len(), MAC_LEN, "a {MAC_LEN}-byte seal refused");
             check_error(&err);
             false
         }
