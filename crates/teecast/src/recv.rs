@@ -3,7 +3,8 @@
 //! only, leaves no file behind, and the receiver goes on serving.
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
@@ -47,6 +48,10 @@ pub struct RecvOptions {
     pub key: Option<Key>,
     /// Refuse a stream whose file exists (default: replace it atomically).
     pub no_clobber: bool,
+    /// How long a connection may take to send its hello, proof and header, in all.
+    pub header_timeout: Duration,
+    /// Connections served at once from one address, in directory mode.
+    pub max_per_peer: usize,
 }
 
 impl RecvOptions {
@@ -60,7 +65,21 @@ impl RecvOptions {
             max_connections: 64,
             key: None,
             no_clobber: false,
+            header_timeout: Duration::from_secs(10),
+            max_per_peer: 8,
         }
+    }
+
+    /// Sets how long a connection may take to open its session (hello, proof, header).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// Sets how many connections from one address are served at once (at least one).
+    pub fn max_per_peer(mut self, n: usize) -> Self {
+        self.max_per_peer = n.max(1);
+        self
     }
 
     /// Refuses streams whose file exists instead of replacing it.
@@ -158,6 +177,9 @@ pub enum RecvError {
         "the stream's seal does not verify (changed, replayed or from another session); file discarded"
     )]
     Unsealed,
+    /// The peer already holds as many connections as one address may.
+    #[error("too many connections from this address at once; closed")]
+    Busy,
     /// The announced name looks like one of teecast's temporary files.
     #[error("the name looks like a teecast temporary file; refused")]
     ReservedName,
@@ -226,6 +248,7 @@ impl RecvError {
             RecvError::Wire(_)
             | RecvError::CannotCreate { .. }
             | RecvError::ReservedName
+            | RecvError::Busy
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
             RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
@@ -244,6 +267,7 @@ impl RecvError {
             RecvError::DigestMismatch { .. } => "digest-mismatch",
             RecvError::Unsealed => "unsealed",
             RecvError::ReservedName => "reserved-name",
+            RecvError::Busy => "busy",
             RecvError::Exists => "exists",
             RecvError::LengthMismatch { .. } => "length-mismatch",
             RecvError::Stalled(_) => "stalled",
@@ -258,9 +282,13 @@ pub type ResultHandler = dyn Fn(Option<SocketAddr>, &Result<Received, RecvError>
 
 /// Accepts connections on `listener` and stores each stream, calling `on_result` for each.
 ///
-/// With `once`, returns after the first connection with whether it was stored. Otherwise serves
-/// forever: in directory mode each connection on its own thread (up to `max_connections` at
-/// once), in file mode one after another.
+/// With `once`, returns after the first connection that opened a session (a port scan or a
+/// peer without the key does not use it up) with whether its stream was stored. Otherwise
+/// serves forever: in directory mode each connection on its own thread (up to
+/// `max_connections` at once, at most `max_per_peer` from one address: more from it are
+/// closed at once), in file mode one after another. Every connection must have sent its
+/// header within `header_timeout` of being accepted, so idle or dripping peers give their
+/// place up within it.
 pub fn serve(
     listener: &TcpListener,
     options: &RecvOptions,
@@ -269,6 +297,7 @@ pub fn serve(
 ) -> io::Result<bool> {
     sys::ignore_sigpipe();
     let slots = Slots::new(options.max_connections.max(1));
+    let peers = Mutex::new(HashMap::<IpAddr, usize>::new());
     std::thread::scope(|scope| {
         loop {
             let (stream, peer) = match listener.accept() {
@@ -278,21 +307,58 @@ pub fn serve(
                 Err(e) => return Err(e),
             };
             if once || matches!(options.target, Target::File(_)) {
-                let result = receive(stream, options);
+                let (result, opened) = receive_counted(stream, options);
                 on_result(Some(peer), &result);
-                if once {
+                if once && opened {
                     return Ok(result.is_ok());
                 }
                 continue;
             }
+            let Some(place) = PeerPlace::take(&peers, peer.ip(), options.max_per_peer) else {
+                drop(stream);
+                on_result(Some(peer), &Err(RecvError::Busy));
+                continue;
+            };
             let slot = slots.acquire();
             scope.spawn(move || {
                 let result = receive(stream, options);
                 on_result(Some(peer), &result);
                 drop(slot);
+                drop(place);
             });
         }
     })
+}
+
+/// One connection's share of its peer's limit; released on drop.
+struct PeerPlace<'a> {
+    peers: &'a Mutex<HashMap<IpAddr, usize>>,
+    ip: IpAddr,
+}
+
+impl<'a> PeerPlace<'a> {
+    /// A place for `ip`, unless it already holds `limit`.
+    fn take(peers: &'a Mutex<HashMap<IpAddr, usize>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= limit.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPlace { peers, ip })
+    }
+}
+
+impl Drop for PeerPlace<'_> {
+    fn drop(&mut self) {
+        let mut held = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A counting semaphore bounding the connections served at once.
@@ -339,11 +405,28 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// Receives one stream from `stream` and stores it; answers the sender with an acknowledgement
 /// (framed mode) when the header could be read.
 pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, RecvError> {
+    receive_counted(stream, options).0
+}
+
+/// [`receive`], and whether the connection opened a session (sent its header; a raw stream
+/// always counts).
+fn receive_counted(stream: TcpStream, options: &RecvOptions) -> (Result<Received, RecvError>, bool) {
+    let mut opened = false;
+    let result = receive_into(stream, options, &mut opened);
+    (result, opened)
+}
+
+fn receive_into(
+    stream: TcpStream,
+    options: &RecvOptions,
+    opened: &mut bool,
+) -> Result<Received, RecvError> {
     let peer = stream.peer_addr().ok();
     stream
         .set_read_timeout(Some(options.stall_timeout))
         .map_err(RecvError::io("setting the read timeout"))?;
     if options.raw {
+        *opened = true;
         return receive_raw(&stream, options, peer);
     }
     let nonce = auth::nonce().map_err(|e| RecvError::Io {
@@ -352,6 +435,7 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
     })?;
     let mut session = ReceiverSession::new(options.key.clone(), nonce);
     let result = receive_framed(&stream, options, &mut session, peer);
+    *opened = session.header().is_some();
     if session.header().is_none() {
         // No header, no answer: the peer does not speak the protocol, or did not prove the key
         // (its welcome told it what this side holds).
@@ -420,7 +504,8 @@ fn receive_framed(
     peer: Option<SocketAddr>,
 ) -> Result<Received, RecvError> {
     let stall = options.stall_timeout;
-    let mut deadline = Instant::now() + stall;
+    // Hello, proof and header, all within the header timeout of the connection.
+    let mut deadline = Instant::now() + options.header_timeout;
     let mut buf = Vec::new();
     let mut store: Option<(AtomicFile, Payload)> = None;
     loop {
@@ -432,10 +517,14 @@ fn receive_framed(
                     _ => "trailer",
                 };
                 buf.resize(n, 0);
+                let limit = match session.header() {
+                    None => options.header_timeout,
+                    Some(_) => stall,
+                };
                 transport::read_exact(stream, &mut buf, deadline).map_err(RecvError::reading(
                     during,
                     session.received(),
-                    stall,
+                    limit,
                 ))?;
                 let taken = session.framing(&buf);
                 if let Some(reply) = session.take_reply() {

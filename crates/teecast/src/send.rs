@@ -475,6 +475,10 @@ pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> 
     }
 }
 
+/// The slowest storage rate, in bytes per second, the wait for an acknowledgement allows for
+/// (the receiver syncs the whole file before it answers).
+const FSYNC_RATE: f64 = 16.0 * 1024.0 * 1024.0;
+
 /// A destination socket: drives a [`SenderSession`] (header, chunks, trailer, acknowledgement)
 /// around the payload the engine hands it, or writes the bare payload in raw mode.
 struct DestSink<'a> {
@@ -559,7 +563,10 @@ impl DestSink<'_> {
 
     /// Reads and judges the acknowledgement, by one deadline a stall timeout away.
     fn read_ack(&mut self, digest: &Digest) -> Result<Delivered, DestFailure> {
-        let stall = self.stall();
+        // The receiver fsyncs before it answers: allow for a slow disk (16 MiB/s) on top of
+        // the stall timeout, so a file a receiver kept is not reported failed.
+        let sent = self.progress.of(self.index);
+        let stall = self.stall() + Duration::from_secs_f64(sent as f64 / FSYNC_RATE);
         let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
             return Err(DestFailure::Abandoned(Abandoned::Transfer));
         };

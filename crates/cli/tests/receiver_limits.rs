@@ -1,0 +1,138 @@
+//! Peers that would hold a receiver up: a port scan before the one stream of `--once`, many idle
+//! connections from one address, a slow disk behind the acknowledgement.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{MIB, Receiver, list_dir, random_file, run, teecast};
+use teecast::digest::DigestAlgorithm;
+use teecast::proto::session::{Next, ReceiverSession};
+use teecast::proto::wire::{AckStatus, NONCE_LEN};
+
+/// Regression: a port scan (connect, close) used up `recv --once`, which then exited 1 and
+/// never took the real stream.
+#[test]
+fn a_port_scan_does_not_use_up_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, MIB, 111);
+    let out = dir.path().join("out.bin");
+    let receiver = Receiver::once_to(&out, &[]);
+    for _ in 0..3 {
+        drop(TcpStream::connect(receiver.addr).unwrap());
+    }
+    // Someone who speaks, but not teecast.
+    let mut http = TcpStream::connect(receiver.addr).unwrap();
+    http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = http.read_to_end(&mut sink);
+    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
+    receiver.wait().expect_code(0);
+    common::assert_same_file(&source, &out);
+}
+
+/// A connection from `from` (another loopback address) to `to`, that sends nothing.
+fn idle_from(from: &str, to: SocketAddr) -> Option<TcpStream> {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).ok()?;
+    bind(&fd, &from.parse::<SocketAddr>().unwrap()).ok()?;
+    connect(&fd, &to).ok()?;
+    Some(TcpStream::from(std::os::fd::OwnedFd::from(fd)))
+}
+
+/// Two hundred idle connections from one address hold at most the per-peer limit of places;
+/// a sender from another address is served at once, and the idle ones are dropped within the
+/// header timeout.
+#[test]
+fn idle_connections_from_one_address_do_not_lock_out_a_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, MIB, 112);
+    let inbox = dir.path().join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    let receiver = Receiver::start(&["--dir".as_ref(), inbox.as_os_str()]);
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| idle_from("127.0.0.2:0", receiver.addr))
+        .collect();
+    assert_eq!(
+        idle.len(),
+        200,
+        "this test needs 127.0.0.2 (all of 127/8 is loopback)"
+    );
+    let started = Instant::now();
+    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the sender waited {:?} behind idle connections",
+        started.elapsed()
+    );
+    assert_eq!(list_dir(&inbox), vec!["s.bin".to_string()]);
+    // Those past the limit were closed at once; the rest within the header timeout (10 s).
+    receiver.proc.wait_stderr(
+        "too many connections from this address",
+        Duration::from_secs(30),
+    );
+    receiver
+        .proc
+        .wait_stderr("no data for 10.0 s", Duration::from_secs(60));
+    drop(idle);
+}
+
+/// A receiver that takes the whole stream, then waits `delay` (a slow fsync) before it
+/// confirms; returns its address and whether the sender was still there to read the answer.
+fn slow_acker(delay: Duration) -> (String, std::thread::JoinHandle<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut session = ReceiverSession::new(None, [9; NONCE_LEN]);
+        let mut hasher = teecast::digest::Hasher::new(DigestAlgorithm::Xxh3_128);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match session.next() {
+                Next::Framing(n) => {
+                    s.read_exact(&mut buf[..n]).unwrap();
+                    session.framing(&buf[..n]).unwrap();
+                    if let Some(reply) = session.take_reply() {
+                        s.write_all(&reply).unwrap();
+                    }
+                }
+                Next::Payload(n) => {
+                    let want = usize::try_from(n).unwrap().min(buf.len());
+                    let got = s.read(&mut buf[..want]).unwrap();
+                    assert!(got > 0, "cut");
+                    hasher.update(&buf[..got]);
+                    session.payload(got as u64);
+                }
+                Next::Verify => break,
+            }
+        }
+        let digest = hasher.finish().bytes;
+        session.verify(&digest).unwrap();
+        std::thread::sleep(delay);
+        let received = session.received();
+        s.write_all(&session.ack(AckStatus::Ok, received, &digest, ""))
+            .is_ok()
+    });
+    (addr, t)
+}
+
+/// Regression: the wait for the acknowledgement was the stall timeout alone, so a receiver
+/// that kept a large file but fsynced slowly was reported failed. The wait now allows for the
+/// file's size at a slow disk's rate.
+#[test]
+fn a_slow_fsync_behind_a_large_file_is_still_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, 64 * MIB, 113);
+    // 64 MiB allows 4 s beyond the 1 s stall timeout; the receiver answers after 2.5 s.
+    let (addr, peer) = slow_acker(Duration::from_millis(2500));
+    let sent = run(teecast(["send", "--json", "--stall-timeout", "1s"])
+        .arg(&source)
+        .arg(&addr));
+    sent.expect_code(0);
+    assert!(peer.join().unwrap());
+}
