@@ -29,12 +29,17 @@ fn raw_send_to_plain_listener_delivers_identical_bytes() {
     assert_eq!(sent.stdout, format!("{}\n", digest_line(&sha, &source)));
 }
 
+/// Fails (never passes quietly) when a peer the test runs is missing; `.ci/run` installs them.
+fn need(tool: &str, package: &str) {
+    assert!(
+        have(tool),
+        "{tool} is not installed: install the Debian package {package} (.ci/run does)"
+    );
+}
+
 #[test]
 fn raw_send_to_nc() {
-    if !have("nc") {
-        println!("skipped: nc not installed (install netcat-openbsd)");
-        return;
-    }
+    need("nc", "netcat-openbsd");
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.bin");
     let out = dir.path().join("out.bin");
@@ -67,10 +72,7 @@ fn raw_send_to_nc() {
 
 #[test]
 fn socat_into_raw_receiver() {
-    if !have("socat") {
-        println!("skipped: socat not installed");
-        return;
-    }
+    need("socat", "socat");
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.bin");
     let out = dir.path().join("out.bin");
@@ -90,10 +92,13 @@ fn socat_into_raw_receiver() {
 /// Sends with `digest_args`, then checks the printed line with `tool -c`, which must accept it,
 /// and refuse it once the source has changed.
 fn digest_line_passes_check(tool: &str, digest_args: &[&str], seed: u64) {
-    if !have(tool) {
-        println!("skipped: {tool} not installed");
-        return;
-    }
+    need(
+        tool,
+        match tool {
+            "xxh128sum" => "xxhash",
+            _ => "coreutils",
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("data file.bin");
     let out = dir.path().join("out.bin");

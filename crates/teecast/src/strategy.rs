@@ -273,10 +273,7 @@ mod tests {
 
     #[test]
     fn case_of_a_tmpfs_file_agrees_with_the_probe_of_its_directory() {
-        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
-            println!("skipped: no /dev/shm");
-            return;
-        };
+        let dir = tempfile::tempdir_in("/dev/shm").expect("this test needs a tmpfs at /dev/shm");
         let path = dir.path().join("f");
         std::fs::write(&path, [7u8; 8192]).unwrap();
         let source = Source::open(&path).unwrap();

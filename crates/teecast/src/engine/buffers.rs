@@ -128,14 +128,14 @@ pub(super) fn pump_map(
     Ok(total)
 }
 
-/// Hands a piece to every live consumer; fails when a required one or every destination is gone.
+/// Hands a piece to every live consumer; fails when the digest or every destination is gone.
 fn send_to_all(branches: &mut [Branch], piece: impl Fn() -> Piece) -> Result<(), EngineError> {
     for b in branches.iter_mut().filter(|b| b.alive()) {
         if !b.send(piece()) {
             b.fail()?;
         }
     }
-    if !branches.iter().any(|b| b.alive() && !b.required) {
+    if !branches.iter().any(Branch::serves_a_caller) {
         return Err(EngineError::AllFailed);
     }
     Ok(())

@@ -9,7 +9,8 @@
 //! more apart without ever sharing a pipe's reading end. On the buffer paths one buffer from a
 //! bounded pool is shared, read-only, by every consumer. Each consumer runs on its own thread.
 //! The slowest consumer sets the pace; a consumer that fails is dropped and the others go on,
-//! but the capture and the digest are required: their failure ends the transfer.
+//! the capture too (it reports its failure, the destinations still get the stream); only the
+//! digest is required: its failure ends the transfer.
 //!
 //! The engine knows nothing of the wire protocol: framing belongs to the consumers.
 
@@ -201,8 +202,9 @@ pub enum EngineError {
     /// Every destination failed; there is nobody left to send to.
     #[error("every destination failed")]
     AllFailed,
-    /// The capture failed (the report's capture outcome says how).
-    #[error("the capture failed")]
+    /// The capture could not be created (the report's capture outcome says how); nothing was
+    /// sent. A capture that fails later is reported in the capture outcome alone.
+    #[error("the capture could not be created")]
     Capture,
     /// The digest consumer failed.
     #[error("the digest failed: {0}")]
@@ -550,10 +552,10 @@ fn run<C: Consumer>(
         };
         let handles: Vec<_> = consumers
             .into_iter()
-            .map(|c| lanes.spawn(c, false))
+            .map(|c| lanes.spawn(c, Role::Caller))
             .collect();
-        let capture_handle = capture.map(|c| lanes.spawn(c, true));
-        let digest_handle = digest_consumer.map(|c| lanes.spawn(c, true));
+        let capture_handle = capture.map(|c| lanes.spawn(c, Role::Capture));
+        let digest_handle = digest_consumer.map(|c| lanes.spawn(c, Role::Digest));
         let capture_at = handles.len();
         let digest_at = capture_at + usize::from(capture_handle.is_some());
 
@@ -600,11 +602,9 @@ fn run<C: Consumer>(
         drop(branches);
         let consumers: Vec<_> = handles.into_iter().map(join).collect();
         let capture = capture_handle.map(join);
-        // The filler saw only that a required consumer went (Branch::fail); when it was the
-        // digest, say so and why.
+        // The filler saw only that the digest consumer went (Branch::fail): say why.
         if let Some(Err(DigestError::Read(e))) = digest_handle.map(join)
-            && matches!(result, Err(EngineError::Capture))
-            && !matches!(capture, Some(Err(_)))
+            && matches!(result, Err(EngineError::Digest(_)))
         {
             result = Err(EngineError::Digest(DigestError::Read(e)));
         }
@@ -630,13 +630,13 @@ struct Lanes<'scope, 'env, 'a> {
 }
 
 impl<'scope> Lanes<'scope, '_, '_> {
-    /// Starts `consumer` on a thread of its own; `required` ends the transfer if it fails.
+    /// Starts `consumer` on a thread of its own, in `role`.
     fn spawn<C: Consumer + 'scope>(
         &mut self,
         consumer: C,
-        required: bool,
+        role: Role,
     ) -> ScopedJoinHandle<'scope, Result<C::Outcome, C::Error>> {
-        let (branch, rx, out) = Branch::new(self.uses_pipes, self.config, required, self.setup);
+        let (branch, rx, out) = Branch::new(self.uses_pipes, self.config, role, self.setup);
         self.branches.push(branch);
         self.scope.spawn(move || consume(consumer, rx, out))
     }
@@ -725,7 +725,18 @@ struct Branch {
     out_w: Option<OwnedFd>,
     /// Bytes in `stage` not yet moved to the out pipe.
     pending: usize,
-    required: bool,
+    role: Role,
+}
+
+/// What a consumer is to the transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The caller's (a destination): the transfer goes on while one of them is alive.
+    Caller,
+    /// The capture: its failure is reported, the destinations go on.
+    Capture,
+    /// The digest: required, its failure ends the transfer.
+    Digest,
 }
 
 impl Branch {
@@ -734,7 +745,7 @@ impl Branch {
     fn new(
         uses_pipes: bool,
         config: &FanoutConfig,
-        required: bool,
+        role: Role,
         setup: &mut Result<(), EngineError>,
     ) -> (Branch, Receiver<Piece>, Option<OwnedFd>) {
         let (tx, rx) = if uses_pipes {
@@ -749,7 +760,7 @@ impl Branch {
             stage: None,
             out_w: None,
             pending: 0,
-            required,
+            role,
         };
         let mut out_r = None;
         if uses_pipes {
@@ -807,14 +818,21 @@ impl Branch {
         self.send(Piece::Abort);
     }
 
-    /// Marks the branch failed; an error if the transfer cannot go on without it.
+    /// Marks the branch failed; an error if the transfer cannot go on without it (the digest).
     fn fail(&mut self) -> Result<(), EngineError> {
         self.drop_consumer();
-        if self.required {
-            // The capture or the digest: the joined outcome names which and why.
-            return Err(EngineError::Capture);
+        match self.role {
+            // The joined outcome says why; the transfer cannot give a digest without it.
+            Role::Digest => Err(EngineError::Digest(DigestError::Abandoned(
+                Abandoned::Transfer,
+            ))),
+            Role::Caller | Role::Capture => Ok(()),
         }
-        Ok(())
+    }
+
+    /// True for a live destination (a caller's consumer).
+    fn serves_a_caller(&self) -> bool {
+        self.alive() && self.role == Role::Caller
     }
 }
 

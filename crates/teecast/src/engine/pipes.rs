@@ -300,7 +300,7 @@ pub(super) fn pump_pipes(
             }
             b.pending = got;
         }
-        if !branches.iter().any(|b| b.alive() && !b.required) {
+        if !branches.iter().any(Branch::serves_a_caller) {
             return Err(EngineError::AllFailed);
         }
         // Every branch has its copy: drop the source's references.
