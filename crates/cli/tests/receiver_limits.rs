@@ -136,3 +136,37 @@ fn a_slow_fsync_behind_a_large_file_is_still_confirmed() {
     sent.expect_code(0);
     assert!(peer.join().unwrap());
 }
+
+/// Regression: a producer that paused longer than the stall timeout (as `zfs send` does) killed
+/// the transfer. In a stream of unknown length the sender now sends keepalives while the source
+/// is quiet; the stall timeout measures a receiver that stops reading, not a quiet source.
+#[test]
+fn a_pausing_producer_does_not_kill_the_stream() {
+    for strategy in ["readwrite", "read-pipe"] {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("part.bin");
+        random_file(&part, MIB, 114);
+        let out = dir.path().join("out.bin");
+        let receiver = Receiver::once_to(&out, &["--stall-timeout", "1s"]);
+        // Half, a pause three times the stall timeout, the other half.
+        let script = format!("cat {p}; sleep 3; cat {p}", p = part.display());
+        let producer = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut cmd = teecast(["send", "--stall-timeout", "1s", "--strategy", strategy, "-"]);
+        cmd.arg(receiver.dest());
+        let (sender, _) = common::Running::spawn_with(
+            &mut cmd,
+            std::process::Stdio::from(producer.stdout.unwrap()),
+            None,
+        );
+        let sent = sender.wait(common::TIMEOUT);
+        sent.expect_code(0);
+        receiver.wait().expect_code(0);
+        let mut twice = std::fs::read(&part).unwrap();
+        twice.extend(std::fs::read(&part).unwrap());
+        assert!(std::fs::read(&out).unwrap() == twice, "{strategy}");
+    }
+}

@@ -240,6 +240,16 @@ impl SenderSession {
         }
     }
 
+    /// A keepalive to write between chunks while the source has nothing to send (chunked
+    /// sessions only): it tells the receiver the sender is still there.
+    pub fn keepalive(&self) -> Result<[u8; CHUNK_HEADER_LEN], OrderError> {
+        match (self.step, self.header.length) {
+            (SenderStep::Payload, None) => Ok(wire::KEEPALIVE),
+            (SenderStep::Payload, Some(_)) => Err(OrderError::BadChunk(0)),
+            _ => Err(OrderError::WrongStep),
+        }
+    }
+
     /// Accounts `n` payload bytes written raw (sessions of known length only).
     pub fn payload(&mut self, n: u64) -> Result<(), OrderError> {
         match (self.step, self.header.length) {
@@ -365,6 +375,7 @@ pub struct ReceiverSession {
     trailer_bytes: Vec<u8>,
     stream_seal: Option<[u8; MAC_LEN]>,
     received: u64,
+    keepalives: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -428,7 +439,13 @@ impl ReceiverSession {
             trailer_bytes: Vec::new(),
             stream_seal: None,
             received: 0,
+            keepalives: 0,
         }
+    }
+
+    /// Keepalives received so far (each one is the sender's word that it is still there).
+    pub fn keepalives(&self) -> u64 {
+        self.keepalives
     }
 
     /// What to do next.
@@ -528,6 +545,11 @@ impl ReceiverSession {
                 let take = bytes.len().min(CHUNK_HEADER_LEN - got.len());
                 got.extend_from_slice(&bytes[..take]);
                 if let Ok(header) = <[u8; CHUNK_HEADER_LEN]>::try_from(got.as_slice()) {
+                    if header == wire::KEEPALIVE {
+                        self.keepalives += 1;
+                        got.clear();
+                        return Ok(());
+                    }
                     self.step = match wire::decode_chunk_header(&header)? {
                         0 => ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer)),
                         n => ReceiverStep::Chunk(u64::from(n)),
@@ -794,6 +816,26 @@ mod tests {
         let ack = &answer[PREFIX_LEN..ack_end];
         let seal = (answer.len() > ack_end).then(|| &answer[ack_end + PREFIX_LEN..]);
         (ack, seal)
+    }
+
+    #[test]
+    fn keepalives_between_chunks_carry_no_data() {
+        let h = header(None, DigestAlgorithm::Blake3);
+        let mut run = open(&h, key(), key(), 7);
+        let mut wire = run.opening.clone();
+        wire.extend(run.tx.keepalive().unwrap());
+        wire.extend(run.tx.chunk(2).unwrap());
+        wire.extend_from_slice(b"ab");
+        wire.extend(run.tx.keepalive().unwrap());
+        wire.extend(run.tx.keepalive().unwrap());
+        wire.extend(run.tx.finish(&DIGEST).unwrap());
+        let (payload, _) = drive(&mut run.rx, &wire, 3).unwrap();
+        assert_eq!(payload, b"ab");
+        assert_eq!(run.rx.keepalives(), 3);
+        assert_eq!(run.rx.verify(&DIGEST), Ok(()));
+        // Only between chunks of a stream of unknown length.
+        let known = header(Some(2), DigestAlgorithm::Blake3);
+        assert!(open(&known, None, None, 7).tx.keepalive().is_err());
     }
 
     #[test]

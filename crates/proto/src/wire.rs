@@ -992,7 +992,12 @@ pub fn encode_chunk_header(len: u32) -> [u8; CHUNK_HEADER_LEN] {
     len.to_be_bytes()
 }
 
-/// Returns the chunk length; 0 means end of stream.
+/// The chunk header that carries no data: the sender is still there, its source has nothing to
+/// send yet (a paused producer). Receivers wait on, with a fresh deadline.
+pub const KEEPALIVE: [u8; CHUNK_HEADER_LEN] = [0xff; CHUNK_HEADER_LEN];
+
+/// Returns the chunk length; 0 means end of stream. ([`KEEPALIVE`] is not a length: the
+/// receiver's session recognises it before it decodes a header.)
 pub fn decode_chunk_header(bytes: &[u8; CHUNK_HEADER_LEN]) -> Result<u32, WireError> {
     let len = u32::from_be_bytes(*bytes);
     if len > MAX_CHUNK {

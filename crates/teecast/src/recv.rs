@@ -532,6 +532,11 @@ fn receive_framed(
                         .map_err(RecvError::reading("welcome", 0, stall))?;
                 }
                 taken?;
+                if session.header().is_some() {
+                    // After the header each frame (a chunk header, a keepalive, the trailer) is
+                    // due within one stall timeout of the one before.
+                    deadline = Instant::now() + stall;
+                }
                 if store.is_none()
                     && let Some(header) = session.header()
                 {

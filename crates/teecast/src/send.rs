@@ -527,11 +527,17 @@ impl DestSink<'_> {
         self.write_framing(&header)
     }
 
-    /// Waits until the pipe has data (true) or has reached its end of file (false).
-    fn wait_for_filler(&self, pipe: BorrowedFd<'_>) -> Result<bool, DestFailure> {
+    /// Waits until the pipe has data (true) or has reached its end of file (false). While the
+    /// source has nothing (a paused producer), a chunked session sends keepalives.
+    fn wait_for_filler(&mut self, pipe: BorrowedFd<'_>) -> Result<bool, DestFailure> {
         let io = |op| move |source| DestFailure::Io { op, source };
-        sys::wait_ready(pipe, Readiness::Readable, None).map_err(io("poll"))?;
-        Ok(sys::bytes_queued(pipe).map_err(io("FIONREAD"))? > 0)
+        loop {
+            let deadline = self.idle_interval().map(|i| Instant::now() + i);
+            if sys::wait_ready(pipe, Readiness::Readable, deadline).map_err(io("poll"))? {
+                return Ok(sys::bytes_queued(pipe).map_err(io("FIONREAD"))? > 0);
+            }
+            self.idle()?;
+        }
     }
 
     /// A write failed: if the receiver refused the stream mid-way (a full disk, say), its
@@ -763,6 +769,23 @@ impl Consumer for DestSink<'_> {
         let end = session.finish(&digest.bytes)?;
         self.write_framing(&end)?;
         self.read_ack(digest)
+    }
+
+    /// A chunked session says it is alive three times per stall timeout while the source is
+    /// quiet, so the receiver's stall timeout measures the network, not the producer.
+    fn idle_interval(&self) -> Option<Duration> {
+        self.session
+            .as_ref()
+            .filter(|s| s.is_chunked())
+            .map(|_| (self.stall() / 3).max(Duration::from_millis(10)))
+    }
+
+    fn idle(&mut self) -> Result<(), DestFailure> {
+        let keepalive = match &self.session {
+            Some(s) if s.is_chunked() => s.keepalive()?,
+            _ => return Ok(()),
+        };
+        self.write_framing(&keepalive)
     }
 
     fn abort(&mut self) {

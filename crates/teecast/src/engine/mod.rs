@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::{self, ScopedJoinHandle};
+use std::time::Duration;
 
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
 use crate::source::Source;
@@ -102,6 +103,17 @@ pub trait Consumer: Send {
     /// The stream was abandoned or this consumer failed; clean up (remove temporary files,
     /// close connections).
     fn abort(&mut self);
+    /// How long this consumer may wait for its next buffer before [`Consumer::idle`] is called
+    /// (the buffer paths; on the pipe paths a consumer waits in `take_pipe` itself). `None`
+    /// (the default): it waits as long as the source takes.
+    fn idle_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// Called when the source has had nothing for [`Consumer::idle_interval`] (a paused
+    /// producer): a destination tells its receiver it is still there.
+    fn idle(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 impl<C: Consumer + ?Sized> Consumer for Box<C> {
@@ -130,6 +142,12 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
     }
     fn abort(&mut self) {
         (**self).abort()
+    }
+    fn idle_interval(&self) -> Option<Duration> {
+        (**self).idle_interval()
+    }
+    fn idle(&mut self) -> Result<(), Self::Error> {
+        (**self).idle()
     }
 }
 
@@ -856,8 +874,20 @@ fn consume<C: Consumer>(
             Some(p) => Some(consumer.take_pipe(p.as_fd())?),
             None => None,
         };
+        let idle = consumer.idle_interval();
         loop {
-            match rx.recv() {
+            let piece = match idle {
+                Some(interval) => match rx.recv_timeout(interval) {
+                    Ok(piece) => Ok(piece),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        consumer.idle()?;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                },
+                None => rx.recv().map_err(|_| ()),
+            };
+            match piece {
                 Ok(Piece::End(length, _)) if piped.is_some_and(|took| took != length) => {
                     return Err(Abandoned::Miscounted {
                         took: piped.unwrap_or(0),
