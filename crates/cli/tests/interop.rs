@@ -134,3 +134,34 @@ fn sender_digest_line_passes_sha256sum_check() {
 fn default_digest_line_passes_xxh128sum_check() {
     digest_line_passes_check("xxh128sum", &[], 35);
 }
+
+/// A framed sender sent to a raw receiver: the receiver refuses it at once (it used to store
+/// the framing as data), and the sender fails within a second or two, not after its stall
+/// timeout.
+#[test]
+fn framed_into_raw_fails_fast_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    random_file(&source, MIB, 121);
+    let out = dir.path().join("out.bin");
+    let receiver = Receiver::once_to(&out, &["--raw"]);
+    let started = std::time::Instant::now();
+    let sent = run(teecast(["send", "--json"])
+        .arg(&source)
+        .arg(receiver.dest()));
+    sent.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    assert_eq!(
+        report["destinations"][0]["kind"], "closed-at-hello",
+        "{report}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let received = receiver.wait();
+    received.expect_code(1);
+    assert!(received.stderr.contains("raw mode"), "{received:?}");
+    assert!(!out.exists());
+}

@@ -2,8 +2,8 @@
 //! the sender's trailer, fsync, rename, and acknowledge. Anything malformed closes that connection
 //! only, leaves no file behind, and the receiver goes on serving.
 
-use std::io::{self, Read};
 use std::collections::HashMap;
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
@@ -177,6 +177,11 @@ pub enum RecvError {
         "the stream's seal does not verify (changed, replayed or from another session); file discarded"
     )]
     Unsealed,
+    /// A raw receiver was sent a teecast session (the sender needs `raw`, or the receiver not).
+    #[error(
+        "this is a teecast session, not a bare stream: the receiver is in raw mode and the sender is not"
+    )]
+    FramedIntoRaw,
     /// The peer already holds as many connections as one address may.
     #[error("too many connections from this address at once; closed")]
     Busy,
@@ -249,6 +254,7 @@ impl RecvError {
             | RecvError::CannotCreate { .. }
             | RecvError::ReservedName
             | RecvError::Busy
+            | RecvError::FramedIntoRaw
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
             RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
@@ -268,6 +274,7 @@ impl RecvError {
             RecvError::Unsealed => "unsealed",
             RecvError::ReservedName => "reserved-name",
             RecvError::Busy => "busy",
+            RecvError::FramedIntoRaw => "framed-into-raw",
             RecvError::Exists => "exists",
             RecvError::LengthMismatch { .. } => "length-mismatch",
             RecvError::Stalled(_) => "stalled",
@@ -410,7 +417,10 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
 
 /// [`receive`], and whether the connection opened a session (sent its header; a raw stream
 /// always counts).
-fn receive_counted(stream: TcpStream, options: &RecvOptions) -> (Result<Received, RecvError>, bool) {
+fn receive_counted(
+    stream: TcpStream,
+    options: &RecvOptions,
+) -> (Result<Received, RecvError>, bool) {
     let mut opened = false;
     let result = receive_into(stream, options, &mut opened);
     (result, opened)
@@ -586,6 +596,9 @@ fn receive_raw(
     options: &RecvOptions,
     peer: Option<SocketAddr>,
 ) -> Result<Received, RecvError> {
+    if opens_a_session(stream, options.stall_timeout)? {
+        return Err(RecvError::FramedIntoRaw);
+    }
     let path = match &options.target {
         Target::File(p) => p.clone(),
         Target::Dir(d) => d.join(raw_name(peer)),
@@ -596,6 +609,41 @@ fn receive_raw(
     let bytes = payload.bytes;
     let digest = payload.finish();
     commit(file, options, peer, bytes, digest)
+}
+
+/// Whether a bare stream opens the way a teecast sender opens a session (the hello's magic and
+/// version), looking without taking: a framed sender sent to a raw receiver, which would
+/// otherwise store the framing as data and leave the sender waiting for a welcome.
+fn opens_a_session(stream: &TcpStream, stall: Duration) -> Result<bool, RecvError> {
+    let mut opening = wire::MessageKind::Hello.magic().to_vec();
+    opening.extend_from_slice(&wire::VERSION.to_be_bytes());
+    let mut first = vec![0u8; opening.len()];
+    let deadline = Instant::now() + stall;
+    loop {
+        let n = match stream.peek(&mut first) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(RecvError::Stalled(stall));
+            }
+            Err(e) => return Err(RecvError::io("receiving")(e)),
+        };
+        // Enough to tell, or the stream ended (a short stream is data like any other).
+        if n == first.len() || n == 0 || !opening.starts_with(&first[..n]) {
+            return Ok(n == first.len() && first == opening);
+        }
+        if Instant::now() >= deadline {
+            return Err(RecvError::Stalled(stall));
+        }
+        // Fewer bytes than the opening, all matching it so far (rare: a peer dripping its first
+        // bytes): the socket stays readable, so look again a moment later.
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Creates the temporary file for a stream bound for `path`; a failure refuses the stream.

@@ -163,6 +163,12 @@ pub enum DestFailure {
     /// the same key.
     #[error("handshake: {0}")]
     Handshake(#[source] WireError),
+    /// The receiver closed the connection without answering the hello: a raw receiver, or not
+    /// teecast at all.
+    #[error(
+        "the receiver closed the connection without answering the hello (a raw receiver, or not teecast?)"
+    )]
+    ClosedAtHello,
     /// No welcome arrived within the timeout.
     #[error("no answer to the hello within {:.1} s", .0.as_secs_f64())]
     NoWelcome(Duration),
@@ -190,6 +196,7 @@ impl DestFailure {
     /// A short, stable name for machines: `connect`, `stalled`, `no-ack`, `refused`,
     /// `unconfirmed`, `reset`, `bad-ack`, `key` (one end has a key, the other none),
     /// `unauthenticated` (a proof does not verify: another key), `handshake`, `no-welcome`,
+    /// `closed-at-hello`,
     /// `io`, `source-shrank`, `order` or `abandoned`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -204,6 +211,7 @@ impl DestFailure {
             DestFailure::Handshake(WireError::BadSeal(_)) => "unauthenticated",
             DestFailure::Handshake(_) => "handshake",
             DestFailure::NoWelcome(_) => "no-welcome",
+            DestFailure::ClosedAtHello => "closed-at-hello",
             DestFailure::Io { .. } => "io",
             DestFailure::SourceShrank => "source-shrank",
             DestFailure::Order(_) => "order",
@@ -654,6 +662,14 @@ impl Consumer for DestSink<'_> {
                     ReadError::Wire(w) => DestFailure::Handshake(w),
                     ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
                         DestFailure::NoWelcome(stall)
+                    }
+                    ReadError::Io(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                        ) =>
+                    {
+                        DestFailure::ClosedAtHello
                     }
                     ReadError::Io(e) => DestFailure::Reset(e),
                 })?;
