@@ -40,7 +40,7 @@ fn idle_from(from: &str, to: SocketAddr) -> Option<TcpStream> {
     let fd = socket(AddressFamily::INET, SocketType::STREAM, None).ok()?;
     bind(&fd, &from.parse::<SocketAddr>().unwrap()).ok()?;
     connect(&fd, &to).ok()?;
-    Some(TcpStream::from(std::os::fd::OwnedFd::from(fd)))
+    Some(TcpStream::from(fd))
 }
 
 /// Two hundred idle connections from one address hold at most the per-peer limit of places;
@@ -150,7 +150,7 @@ fn a_pausing_producer_does_not_kill_the_stream() {
         let receiver = Receiver::once_to(&out, &["--stall-timeout", "1s"]);
         // Half, a pause three times the stall timeout, the other half.
         let script = format!("cat {p}; sleep 3; cat {p}", p = part.display());
-        let producer = std::process::Command::new("sh")
+        let mut producer = std::process::Command::new("sh")
             .args(["-c", &script])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -159,10 +159,11 @@ fn a_pausing_producer_does_not_kill_the_stream() {
         cmd.arg(receiver.dest());
         let (sender, _) = common::Running::spawn_with(
             &mut cmd,
-            std::process::Stdio::from(producer.stdout.unwrap()),
+            std::process::Stdio::from(producer.stdout.take().unwrap()),
             None,
         );
         let sent = sender.wait(common::TIMEOUT);
+        assert!(producer.wait().unwrap().success());
         sent.expect_code(0);
         receiver.wait().expect_code(0);
         let mut twice = std::fs::read(&part).unwrap();
