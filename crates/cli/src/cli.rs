@@ -2,7 +2,7 @@
 //! the library.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -22,6 +22,8 @@ use teecast::store;
 use teecast::strategy::Strategy;
 use teecast::transport::ConnectError;
 
+use crate::addr::{parse_destination, parse_listen};
+use crate::out::{self, outln};
 use crate::{demo, report};
 
 /// Exit code: every destination confirmed.
@@ -117,8 +119,8 @@ struct MutateArgs {
 struct SendArgs {
     /// The file to send, or - for standard input.
     source: PathBuf,
-    /// Receivers as HOST:PORT.
-    #[arg(required = true)]
+    /// Receivers as HOST:PORT (an IPv6 address in brackets: [::1]:7000).
+    #[arg(required = true, value_parser = parse_destination)]
     destinations: Vec<String>,
     /// Data path: auto, readwrite, mmap-write, vmsplice, mmap-pipe, read-pipe, zerocopy, direct.
     #[arg(long, default_value = "auto")]
@@ -139,10 +141,10 @@ struct SendArgs {
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
     /// Drop a destination that accepts no data for this long (e.g. 30s, 500ms).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     stall_timeout: Duration,
     /// Give up on a destination that does not accept the connection within this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     connect_timeout: Duration,
     /// No progress and no summary on stderr: only what failed, one line each.
     #[arg(long, short)]
@@ -154,8 +156,9 @@ struct SendArgs {
 
 #[derive(Args, Debug)]
 struct RecvArgs {
-    /// Address to listen on, e.g. 0.0.0.0:7000 or 127.0.0.1:0.
-    #[arg(long)]
+    /// Address to listen on, e.g. 0.0.0.0:7000, 127.0.0.1:0, or :7000 (or 7000) for every
+    /// address on port 7000.
+    #[arg(long, value_parser = parse_listen)]
     listen: String,
     /// Store every stream at this path.
     #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
@@ -173,7 +176,7 @@ struct RecvArgs {
     #[arg(long, default_value = "xxh3-128")]
     digest: DigestAlgorithm,
     /// Drop a connection that sends nothing for this long.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     stall_timeout: Duration,
     /// Print nothing on stderr but errors.
     #[arg(long, short)]
@@ -219,16 +222,32 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
 }
 
+/// A duration that bounds a wait: as [`parse_duration`], and more than zero.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "'{}' is no time at all: give a timeout above zero, e.g. 30s or 500ms",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-            let _ = e.print();
+            // --help and --version print on stdout: one that cannot take them fails too.
+            let code = match (e.use_stderr(), e.print()) {
+                (true, _) => EXIT_USAGE,
+                (false, Ok(())) => EXIT_OK,
+                (false, Err(_)) => EXIT_FAILED,
+            };
             return ExitCode::from(code);
         }
     };
-    ExitCode::from(match cli.command {
+    let code = match cli.command {
         Command::Send(args) => run_send(args),
         Command::Recv(args) => run_recv(args),
         Command::Demo(args) if args.mutate => demo::run_mutate(args.size_mib),
@@ -236,6 +255,12 @@ pub fn main() -> ExitCode {
         Command::Probe(args) => run_probe(args),
         Command::Keygen(args) => run_keygen(&args.file),
         Command::Mutate(args) => run_mutate(args),
+    };
+    // What could not be written to stdout (already said on stderr) fails a run that was ok.
+    ExitCode::from(if code == EXIT_OK && out::failed() {
+        EXIT_FAILED
+    } else {
+        code
     })
 }
 
@@ -264,7 +289,7 @@ fn run_probe(args: ProbeArgs) -> u8 {
     match probe::probe(&dir) {
         Ok(facts) => {
             if args.json {
-                println!("{}", report::probe_json(&facts));
+                outln!("JSON report", "{}", report::probe_json(&facts));
             } else {
                 report::probe_human(&facts);
             }
@@ -287,18 +312,21 @@ fn run_mutate(args: MutateArgs) -> u8 {
     };
     let never = AtomicBool::new(false);
     let started = || {
-        println!(
+        outln!(
+            "progress line",
             "teecast mutate: started {} on {}",
             args.mode,
             args.file.display()
         );
-        let _ = std::io::Write::flush(&mut std::io::stdout());
     };
     match mutate::run(&args.file, args.mode, args.seed, limits, &never, started) {
         Ok(r) => {
-            println!(
+            outln!(
+                "progress line",
                 "teecast mutate: done: {} operations, {} bytes written, length now {}",
-                r.operations, r.bytes, r.final_len
+                r.operations,
+                r.bytes,
+                r.final_len
             );
             EXIT_OK
         }
@@ -360,12 +388,12 @@ fn run_send(args: SendArgs) -> u8 {
         d.stop();
     }
     if args.json {
-        println!("{}", report::json(&result));
+        outln!("JSON report", "{}", report::json(&result));
     } else if let Some(d) = &result.digest
         && result.error.is_none()
         && d.algorithm != DigestAlgorithm::None
     {
-        println!("{}  {}", d.hex(), result.source);
+        outln!("digest line", "{}  {}", d.hex(), result.source);
     }
     report::summary(&result, args.quiet);
     if result.is_success() {
@@ -420,12 +448,43 @@ pub fn with_hint(e: &DestFailure) -> String {
     }
 }
 
+/// Why `dir` cannot hold the received files, in words.
+fn usable_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err("not a directory".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no such directory".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn run_recv(args: RecvArgs) -> u8 {
     let target = match (&args.output, &args.dir) {
-        (Some(p), None) => Target::File(p.clone()),
+        (Some(p), None) => {
+            let parent = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if let Err(e) = usable_dir(parent) {
+                eprintln!(
+                    "teecast: {}: {e} (for --output {})",
+                    parent.display(),
+                    p.display()
+                );
+                return EXIT_USAGE;
+            }
+            if p.is_dir() {
+                eprintln!(
+                    "teecast: {} is a directory (--dir stores each stream in one, under its name)",
+                    p.display()
+                );
+                return EXIT_USAGE;
+            }
+            Target::File(p.clone())
+        }
         (None, Some(d)) => {
-            if !d.is_dir() {
-                eprintln!("teecast: {}: not a directory", d.display());
+            if let Err(e) = usable_dir(d) {
+                eprintln!("teecast: {}: {e} (for --dir)", d.display());
                 return EXIT_USAGE;
             }
             Target::Dir(d.clone())
@@ -505,7 +564,7 @@ fn run_recv(args: RecvArgs) -> u8 {
         match result {
             Ok(r) => {
                 if r.digest.algorithm != DigestAlgorithm::None {
-                    println!("{}  {}", r.digest.hex(), r.path.display());
+                    outln!("digest line", "{}  {}", r.digest.hex(), r.path.display());
                 }
                 if !quiet {
                     eprintln!(

@@ -16,6 +16,7 @@ use teecast::source::Source;
 use teecast::strategy::Strategy;
 
 use crate::cli::{EXIT_FAILED, EXIT_OK};
+use crate::out::outln;
 use crate::report;
 
 const RECEIVERS: usize = 3;
@@ -34,7 +35,8 @@ pub fn run(size_mib: u64) -> u8 {
 fn demo(size_mib: u64) -> std::io::Result<bool> {
     let work = TempDir::new()?;
     let source_path = work.0.join("demo.bin");
-    println!(
+    outln!(
+        "demo's report",
         "teecast demo: writing {size_mib} MiB of random bytes to {}",
         source_path.display()
     );
@@ -59,7 +61,8 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
             }),
         ));
     }
-    println!(
+    outln!(
+        "demo's report",
         "teecast demo: receivers listening on {}",
         addresses.join(", ")
     );
@@ -75,7 +78,8 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
     report::summary(&result, false);
 
     let Some(digest) = &result.digest else {
-        println!(
+        outln!(
+            "demo's report",
             "teecast demo: the transfer failed: {}",
             result
                 .error
@@ -84,7 +88,8 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
         );
         return Ok(false);
     };
-    println!(
+    outln!(
+        "demo's report",
         "teecast demo: sent {} via {} in {:.2} s ({}/s per destination), {} {}",
         report::human_bytes(result.bytes),
         result.strategy,
@@ -103,13 +108,15 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
         let got = hash_file(path, digest.algorithm)?;
         let same = got == digest.hex();
         all_ok &= same;
-        println!(
+        outln!(
+            "demo's report",
             "teecast demo: {}: {}",
             path.strip_prefix(&work.0).unwrap_or(path).display(),
             if same { "identical" } else { "DIFFERENT" }
         );
     }
-    println!(
+    outln!(
+        "demo's report",
         "teecast demo: {}",
         if all_ok {
             "every destination and the capture hold the same bytes, confirmed"
@@ -187,7 +194,8 @@ const ZEROCOPY_ATTEMPTS: u64 = 5;
 fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
     let work = TempDir::new()?;
     let source_path = work.0.join("demo.bin");
-    println!(
+    outln!(
+        "demo's report",
         "teecast demo: {size_mib} MiB to {RECEIVERS} receivers while another thread rewrites random regions of the file"
     );
     write_random(&source_path, size_mib << 20)?;
@@ -196,7 +204,8 @@ fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
     for attempt in 1..=ZEROCOPY_ATTEMPTS {
         let r = mutated_transfer(&work.0, &source_path, Strategy::ZeroCopy, attempt)?;
         bad += r.bad_files_kept;
-        println!(
+        outln!(
+            "demo's report",
             "teecast demo: zerocopy, run {attempt}: {}: {} confirmed, {} refused the digest, {} bad files kept",
             if r.ok { "ok" } else { "FAILED" },
             r.confirmed,
@@ -210,7 +219,8 @@ fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
     }
     let r = mutated_transfer(&work.0, &source_path, Strategy::Auto, 0)?;
     bad += r.bad_files_kept;
-    println!(
+    outln!(
+        "demo's report",
         "teecast demo: default path ({}): {}: {} confirmed, {} refused, {} bad files kept",
         r.strategy,
         if r.ok { "ok" } else { "FAILED" },
@@ -219,15 +229,18 @@ fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
         r.bad_files_kept
     );
     if zerocopy_failed > 0 {
-        println!(
+        outln!(
+            "demo's report",
             "teecast demo: zerocopy sent page-cache pages the writer changed in flight; the receivers caught it and kept nothing"
         );
     } else {
-        println!(
+        outln!(
+            "demo's report",
             "teecast demo: zerocopy got lucky {ZEROCOPY_ATTEMPTS} times (it can fail; see docs/SOAK.md for how often)"
         );
     }
-    println!(
+    outln!(
+        "demo's report",
         "teecast demo: the default path copies once into private memory, so every copy matched{}",
         if r.ok {
             ""

@@ -4,9 +4,11 @@
 //! confirm (or a receiver did not store a stream with `--once`); 2 bad usage or unusable input.
 #![deny(unsafe_code)]
 
+mod addr;
 mod cli;
 mod demo;
 mod mutate;
+mod out;
 mod report;
 
 use std::process::ExitCode;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::out::outln;
 use serde_json::json;
 use teecast::digest::to_hex;
 use teecast::probe::{KernelFacts, Unanswered};
@@ -283,13 +284,15 @@ pub fn probe_human(f: &KernelFacts) {
             Err(e) => format!("could not tell ({e})"),
         }
     }
-    println!(
+    outln!(
+        "probe's findings",
         "teecast probe: {} ({}), {:.1} ms",
         f.dir.display(),
         f.filesystem,
         f.elapsed.as_secs_f64() * 1e3
     );
-    println!(
+    outln!(
+        "probe's findings",
         "  splice file→pipe shares page-cache pages: {}",
         yes_no(
             &f.splice_shares_page_cache,
@@ -297,7 +300,8 @@ pub fn probe_human(f: &KernelFacts) {
             "file splice copies, zerocopy is stable here"
         )
     );
-    println!(
+    outln!(
+        "probe's findings",
         "  vmsplice shares the user's pages:          {}",
         yes_no(
             &f.vmsplice_shares_user_pages,
@@ -305,7 +309,8 @@ pub fn probe_human(f: &KernelFacts) {
             "vmsplice copies (the 2026 change); still stable"
         )
     );
-    println!(
+    outln!(
+        "probe's findings",
         "  tee shares pages:                          {}",
         maybe(
             &f.tee_shares_pages,
@@ -314,7 +319,8 @@ pub fn probe_human(f: &KernelFacts) {
             "nothing to tell: file splice already copies"
         )
     );
-    println!(
+    outln!(
+        "probe's findings",
         "  O_DIRECT on this filesystem:               {}",
         yes_no(
             &f.o_direct_available,
@@ -322,7 +328,8 @@ pub fn probe_human(f: &KernelFacts) {
             "refused; --strategy direct cannot run here"
         )
     );
-    println!(
+    outln!(
+        "probe's findings",
         "  O_DIRECT splice gives private pages:       {}",
         maybe(
             &f.o_direct_splice_private,
@@ -335,12 +342,14 @@ pub fn probe_human(f: &KernelFacts) {
         Ok(v) => human_bytes(*v),
         Err(e) => format!("? ({e})"),
     };
-    println!(
+    outln!(
+        "probe's findings",
         "  pipe-max-size {}, F_SETPIPE_SZ(1 MiB) granted {}",
         size(&f.pipe_max_size),
         size(&f.pipe_granted_for_1mib.map(|v| v as u64))
     );
-    println!(
+    outln!(
+        "probe's findings",
         "  SO_ZEROCOPY accepted: {}; io_uring usable: {}",
         yes_no(
             &f.msg_zerocopy_accepted,
@@ -350,7 +359,11 @@ pub fn probe_human(f: &KernelFacts) {
         yes_no(&f.io_uring_usable, "SEND_ZC possible", "unavailable")
     );
     let stable: Vec<&str> = Strategy::stable_on(f).iter().map(|s| s.name()).collect();
-    println!("  stable paths here: {}", stable.join(", "));
+    outln!(
+        "probe's findings",
+        "  stable paths here: {}",
+        stable.join(", ")
+    );
     let steps = Strategy::auto_steps(f);
     let picks: Vec<String> = steps
         .iter()
@@ -361,5 +374,5 @@ pub fn probe_human(f: &KernelFacts) {
             None => format!("{s} for {from} or more"),
         })
         .collect();
-    println!("  auto picks: {}", picks.join(", "));
+    outln!("probe's findings", "  auto picks: {}", picks.join(", "));
 }
