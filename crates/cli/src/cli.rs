@@ -160,7 +160,9 @@ struct RecvArgs {
     /// address on port 7000.
     #[arg(long, value_parser = parse_listen)]
     listen: String,
-    /// Store every stream at this path.
+    /// Store every stream at this path (published only when verified); a device node or FIFO
+    /// there is written into, never replaced; - writes to standard output (e.g. into
+    /// `zfs receive`), with the digest line on stderr.
     #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
     output: Option<PathBuf>,
     /// Store each stream in this directory under its announced name.
@@ -191,6 +193,15 @@ struct RecvArgs {
     /// store files here.
     #[arg(long)]
     insecure: bool,
+    /// Give a connection this long, in all, to open its session (hello, proof and header).
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    header_timeout: Duration,
+    /// Streams received at once (with --dir); more connections wait to be accepted.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Connections served at once from one address (with --dir); more are closed at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    max_per_peer: u64,
 }
 
 #[derive(Args, Debug)]
@@ -460,6 +471,7 @@ fn usable_dir(dir: &Path) -> Result<(), String> {
 
 fn run_recv(args: RecvArgs) -> u8 {
     let target = match (&args.output, &args.dir) {
+        (Some(p), None) if p.as_os_str() == "-" => Target::Stdout,
         (Some(p), None) => {
             let parent = p
                 .parent()
@@ -504,6 +516,7 @@ fn run_recv(args: RecvArgs) -> u8 {
                 p.to_path_buf()
             }
         }),
+        _ => None,
     };
     if let Some(dir) = swept_dir
         && let Ok(n @ 1..) = store::sweep(&dir)
@@ -553,25 +566,46 @@ fn run_recv(args: RecvArgs) -> u8 {
         .no_clobber(args.no_clobber)
         .raw(args.raw)
         .digest(args.digest)
-        .stall_timeout(args.stall_timeout);
+        .stall_timeout(args.stall_timeout)
+        .header_timeout(args.header_timeout)
+        .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
+        .max_per_peer(usize::try_from(args.max_per_peer).unwrap_or(usize::MAX));
     if let Some(key) = key {
         options = options.key(key);
     }
     let quiet = args.quiet;
+    let raw = args.raw;
+    // With the stream on stdout, the digest line goes to stderr with the logs.
+    let to_stdout = matches!(options.target, Target::Stdout);
     let on_result = move |peer: Option<std::net::SocketAddr>,
                           result: &Result<recv::Received, recv::RecvError>| {
         let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
         match result {
             Ok(r) => {
                 if r.digest.algorithm != DigestAlgorithm::None {
-                    outln!("digest line", "{}  {}", r.digest.hex(), r.path.display());
+                    if to_stdout {
+                        eprintln!("{}  -", r.digest.hex());
+                    } else {
+                        outln!("digest line", "{}  {}", r.digest.hex(), r.path.display());
+                    }
                 }
                 if !quiet {
+                    // Say "verified" only where a sender's digest was checked.
+                    let checked = match (raw, r.digest.algorithm) {
+                        (true, DigestAlgorithm::None) => {
+                            "received, not verified: a raw stream carries no sender digest"
+                                .to_string()
+                        }
+                        (true, alg) => format!(
+                            "{alg} computed, not verified: a raw stream carries no sender digest"
+                        ),
+                        (false, DigestAlgorithm::None) => "length checked, no digest".to_string(),
+                        (false, alg) => format!("{alg} verified"),
+                    };
                     eprintln!(
-                        "teecast: {peer}: stored {} ({} bytes, {} verified)",
+                        "teecast: {peer}: stored {} ({} bytes, {checked})",
                         r.path.display(),
                         r.bytes,
-                        r.digest.algorithm
                     );
                 }
             }

@@ -140,3 +140,100 @@ impl CreateDir for std::path::PathBuf {
         self.canonicalize().unwrap()
     }
 }
+
+/// Regression: `--output` onto a device node or a FIFO replaced it with a regular file (as root,
+/// `--output /dev/null` destroyed /dev/null). Now the stream is written into it, and it stays
+/// what it was.
+#[test]
+fn output_onto_a_fifo_writes_into_it_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, 3 * MIB, 104);
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A reader of the FIFO, as a consumer would be.
+    let reader_path = fifo.clone();
+    let reader = std::thread::spawn(move || std::fs::read(reader_path).unwrap());
+    let receiver = Receiver::once_to(&fifo, &[]);
+    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
+    receiver.wait().expect_code(0);
+    assert!(reader.join().unwrap() == std::fs::read(&source).unwrap());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(
+        list_dir(dir.path()),
+        vec!["fifo".to_string(), "s.bin".to_string()]
+    );
+}
+
+/// A device node (a private one, like /dev/null: `mknod c 1 3`, which needs root) is written
+/// into and stays a device.
+#[test]
+fn output_onto_a_device_node_leaves_it_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, MIB, 105);
+    let null = dir.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(
+        made.success(),
+        "this test makes a device node and needs root"
+    );
+    let receiver = Receiver::once_to(&null, &[]);
+    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
+    receiver.wait().expect_code(0);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert_eq!(
+        list_dir(dir.path()),
+        vec!["null".to_string(), "s.bin".to_string()]
+    );
+}
+
+/// `recv --output -` writes the stream to standard output (into a consumer such as
+/// `zfs receive`), and its digest line to stderr.
+#[test]
+fn output_dash_writes_the_stream_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    let sha = random_file(&source, 2 * MIB + 5, 106);
+    let out = dir.path().join("through-a-pipe.bin");
+    let mut cmd = teecast(["recv", "--listen", "127.0.0.1:0", "--once", "--output", "-"]);
+    let (receiver, _) = common::Running::spawn_with(
+        &mut cmd,
+        std::process::Stdio::null(),
+        Some(std::process::Stdio::from(
+            std::fs::File::create(&out).unwrap(),
+        )),
+    );
+    let line = receiver.wait_stderr("teecast: listening on ", common::TIMEOUT);
+    let addr = line.rsplit(' ').next().unwrap().to_string();
+    let sent = run(teecast(["send", "--digest", "sha256"])
+        .arg(&source)
+        .arg(&addr));
+    sent.expect_code(0);
+    let received = receiver.wait(common::TIMEOUT);
+    received.expect_code(0);
+    assert_eq!(common::sha256_file(&out), sha);
+    assert!(
+        received.stderr.contains(&format!("{sha}  -")),
+        "{received:?}"
+    );
+    assert_eq!(
+        list_dir(dir.path()),
+        vec!["s.bin".to_string(), "through-a-pipe.bin".to_string()]
+    );
+}

@@ -16,17 +16,24 @@ use crate::auth::{self, Key};
 use crate::digest::{Digest, DigestAlgorithm, Hasher, to_hex};
 use crate::store::{AtomicFile, is_temporary_name};
 use crate::transport;
+use std::fs::File;
 use teecast_proto::session::{Mismatch, Next, ReceiverSession};
 use teecast_proto::wire::{self, AckStatus, WireError};
 use teecast_sys::{self as sys, AlignedBuf, Pipe};
 
 /// Where received streams go.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Target {
-    /// Every stream to this one path (one at a time).
+    /// Every stream to this one path (one at a time). A regular file (or a new name) is written
+    /// under a temporary and published only when verified; a device node or a FIFO is written
+    /// into directly, never replaced, and the verdict says whether what went in was right.
     File(PathBuf),
     /// Each stream into this directory under its announced name.
     Dir(PathBuf),
+    /// Every stream to standard output (one at a time), as it arrives: for a consumer such as
+    /// `zfs receive`. What went out cannot be taken back; the verdict says whether it was right.
+    Stdout,
 }
 
 /// How to receive. Build it with [`RecvOptions::new`] and the setters.
@@ -313,7 +320,7 @@ pub fn serve(
                 Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) => return Err(e),
             };
-            if once || matches!(options.target, Target::File(_)) {
+            if once || !matches!(options.target, Target::Dir(_)) {
                 let (result, opened) = receive_counted(stream, options);
                 on_result(Some(peer), &result);
                 if once && opened {
@@ -493,6 +500,7 @@ fn discard_input(mut stream: &TcpStream, limit: Duration) {
 fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> {
     match &options.target {
         Target::File(p) => Ok(p.clone()),
+        Target::Stdout => Ok(PathBuf::from("-")),
         Target::Dir(d) => {
             // The wire layer already refused '/', '..' and NUL; check again where it matters.
             wire::validate_name(name)?;
@@ -517,7 +525,7 @@ fn receive_framed(
     // Hello, proof and header, all within the header timeout of the connection.
     let mut deadline = Instant::now() + options.header_timeout;
     let mut buf = Vec::new();
-    let mut store: Option<(AtomicFile, Payload)> = None;
+    let mut store: Option<(Store, Payload)> = None;
     loop {
         match session.next() {
             Next::Framing(n) => {
@@ -551,7 +559,10 @@ fn receive_framed(
                     && let Some(header) = session.header()
                 {
                     let path = target_path(options, &header.name)?;
-                    store = Some((create_file(&path)?, Payload::new(header.digest, options)?));
+                    store = Some((
+                        open_store(options, &path)?,
+                        Payload::new(header.digest, options)?,
+                    ));
                 }
             }
             Next::Payload(n) => {
@@ -559,7 +570,7 @@ fn receive_framed(
                     unreachable!("the session asks for payload only after its header");
                 };
                 let before = payload.bytes;
-                payload.copy(stream.as_fd(), file.file().as_fd(), Some(n))?;
+                payload.copy(stream.as_fd(), file.fd(), Some(n))?;
                 session.payload(payload.bytes - before);
                 deadline = Instant::now() + stall;
             }
@@ -601,11 +612,12 @@ fn receive_raw(
     }
     let path = match &options.target {
         Target::File(p) => p.clone(),
+        Target::Stdout => PathBuf::from("-"),
         Target::Dir(d) => d.join(raw_name(peer)),
     };
-    let file = create_file(&path)?;
+    let file = open_store(options, &path)?;
     let mut payload = Payload::new(options.digest, options)?;
-    payload.copy(stream.as_fd(), file.file().as_fd(), None)?;
+    payload.copy(stream.as_fd(), file.fd(), None)?;
     let bytes = payload.bytes;
     let digest = payload.finish();
     commit(file, options, peer, bytes, digest)
@@ -646,26 +658,70 @@ fn opens_a_session(stream: &TcpStream, stall: Duration) -> Result<bool, RecvErro
     }
 }
 
-/// Creates the temporary file for a stream bound for `path`; a failure refuses the stream.
-fn create_file(path: &std::path::Path) -> Result<AtomicFile, RecvError> {
-    AtomicFile::create(path).map_err(|source| RecvError::CannotCreate {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Where one stream is being written.
+enum Store {
+    /// A temporary with no name, published under `path` once verified.
+    Atomic(AtomicFile),
+    /// Straight into a device node, a FIFO or standard output: nothing to publish or undo.
+    Direct { file: File, path: PathBuf },
 }
 
-/// Stores a verified stream under its final name.
+impl Store {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Store::Atomic(f) => f.file().as_fd(),
+            Store::Direct { file, .. } => file.as_fd(),
+        }
+    }
+}
+
+/// Opens where a stream bound for `path` goes: standard output, a device node or FIFO
+/// already at `path` (written into, never replaced), or else a temporary beside `path`. A
+/// failure refuses the stream.
+fn open_store(options: &RecvOptions, path: &std::path::Path) -> Result<Store, RecvError> {
+    let cannot = |source| RecvError::CannotCreate {
+        path: path.to_path_buf(),
+        source,
+    };
+    if matches!(options.target, Target::Stdout) {
+        let file = io::stdout().as_fd().try_clone_to_owned().map_err(cannot)?;
+        return Ok(Store::Direct {
+            file: File::from(file),
+            path: path.to_path_buf(),
+        });
+    }
+    // Follow a link at the target to what it names: a device or FIFO is written into in place.
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(cannot)?;
+            Ok(Store::Direct {
+                file,
+                path: path.to_path_buf(),
+            })
+        }
+        _ => AtomicFile::create(path).map(Store::Atomic).map_err(cannot),
+    }
+}
+
+/// Stores a verified stream: publishes a temporary under its final name, or flushes a device.
 fn commit(
-    file: AtomicFile,
+    file: Store,
     options: &RecvOptions,
     peer: Option<SocketAddr>,
     bytes: u64,
     digest: Digest,
 ) -> Result<Received, RecvError> {
-    let committed = if options.no_clobber {
-        file.commit_no_clobber()
-    } else {
-        file.commit()
+    let committed = match file {
+        Store::Atomic(f) if options.no_clobber => f.commit_no_clobber(),
+        Store::Atomic(f) => f.commit(),
+        // A pipe or a terminal cannot be synced (EINVAL): what was written is all there is.
+        Store::Direct { file, path } => match file.sync_all() {
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => Err(e),
+            _ => Ok(path),
+        },
     };
     let path = committed.map_err(|source| match source.kind() {
         io::ErrorKind::AlreadyExists => RecvError::Exists,
