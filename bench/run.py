@@ -8,7 +8,7 @@ A full run writes BENCHMARKS.md, bench/throughput.svg and bench/results.json at 
 repository (keeping the "Attempts" section of an existing BENCHMARKS.md). Python 3 standard
 library only. Every receiver is its own process, started fresh for each run:
 
-- cheap kind: `teecast drain` splices the socket into /dev/null (no copy); the sender sends the
+- cheap kind: `teecast-bench drain` splices the socket into /dev/null (no copy); the sender sends the
   bare bytes (teecast `--raw`, and every peer), so the comparison is apples to apples;
 - real kind: teecast with its protocol (framing, digest, end-to-end confirmation) into
   `teecast recv --dir` receivers that write the files to tmpfs.
@@ -529,7 +529,7 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "round, and every run starts fresh receivers, one process per destination. Two "
              "kinds of receiver:")
     L.append("")
-    L.append("- *cheap*: `teecast drain` (hidden subcommand) splices the socket into `/dev/null` "
+    L.append("- *cheap*: `teecast-bench drain` splices the socket into `/dev/null` "
              "through a pipe: no copy on the receiving side beyond what loopback TCP itself does. "
              "Into these, teecast sends with `--raw` (bare bytes, no framing, no "
              "acknowledgement), exactly like the peers, so the comparison is apples to apples. "
