@@ -434,7 +434,7 @@ pub fn send_error_with_hint(e: &SendError) -> String {
             " (use --strategy mmap-pipe or read-pipe)"
         }
         (_, Some(Unsupported::NoDirect { .. })) => " (use --strategy read-pipe)",
-        (SendError::Name(_), _) => " (use --name)",
+        (SendError::Name(_) | SendError::NameNotUtf8, _) => " (use --name)",
         (SendError::WeakDigest(_), _) => " (use --digest blake3, the default with a key)",
         _ => "",
     };

@@ -141,65 +141,62 @@ impl CreateDir for std::path::PathBuf {
     }
 }
 
+/// Makes a special file at `dir/name` with `argv` (mkfifo, mknod), sends a file to a
+/// `recv --once --output` there while `read` consumes it, and checks that the special file is
+/// still one (`is_kind`) and that nothing else appeared beside it.
+fn send_onto_special(
+    name: &str,
+    argv: &[&str],
+    is_kind: fn(&std::fs::FileType) -> bool,
+    read: bool,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, 3 * MIB, 104);
+    let special = dir.path().join(name);
+    let made = std::process::Command::new(argv[0])
+        .arg(&special)
+        .args(&argv[1..])
+        .status()
+        .unwrap();
+    assert!(made.success(), "{argv:?} failed (a device node needs root)");
+    // A reader, as a consumer of a FIFO would be.
+    let reader = read.then(|| {
+        let path = special.clone();
+        std::thread::spawn(move || std::fs::read(path).unwrap())
+    });
+    let receiver = Receiver::once_to(&special, &[]);
+    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
+    receiver.wait().expect_code(0);
+    if let Some(reader) = reader {
+        assert!(reader.join().unwrap() == std::fs::read(&source).unwrap());
+    }
+    assert!(is_kind(&std::fs::metadata(&special).unwrap().file_type()));
+    assert_eq!(
+        list_dir(dir.path()),
+        vec![name.to_string(), "s.bin".to_string()]
+    );
+}
+
 /// Regression: `--output` onto a device node or a FIFO replaced it with a regular file (as root,
 /// `--output /dev/null` destroyed /dev/null). Now the stream is written into it, and it stays
 /// what it was.
 #[test]
 fn output_onto_a_fifo_writes_into_it_and_keeps_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("s.bin");
-    random_file(&source, 3 * MIB, 104);
-    let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    // A reader of the FIFO, as a consumer would be.
-    let reader_path = fifo.clone();
-    let reader = std::thread::spawn(move || std::fs::read(reader_path).unwrap());
-    let receiver = Receiver::once_to(&fifo, &[]);
-    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
-    receiver.wait().expect_code(0);
-    assert!(reader.join().unwrap() == std::fs::read(&source).unwrap());
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
-    assert_eq!(
-        list_dir(dir.path()),
-        vec!["fifo".to_string(), "s.bin".to_string()]
-    );
+    send_onto_special("fifo", &["mkfifo"], |t| t.is_fifo(), true);
 }
 
-/// A device node (a private one, like /dev/null: `mknod c 1 3`, which needs root) is written
-/// into and stays a device.
+/// A device node (a private one, like /dev/null: `mknod c 1 3`) is written into and stays a
+/// device.
 #[test]
 fn output_onto_a_device_node_leaves_it_a_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("s.bin");
-    random_file(&source, MIB, 105);
-    let null = dir.path().join("null");
-    let made = std::process::Command::new("mknod")
-        .arg(&null)
-        .args(["c", "1", "3"])
-        .status()
-        .unwrap();
-    assert!(
-        made.success(),
-        "this test makes a device node and needs root"
-    );
-    let receiver = Receiver::once_to(&null, &[]);
-    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
-    receiver.wait().expect_code(0);
     use std::os::unix::fs::FileTypeExt;
-    assert!(
-        std::fs::metadata(&null)
-            .unwrap()
-            .file_type()
-            .is_char_device()
-    );
-    assert_eq!(
-        list_dir(dir.path()),
-        vec!["null".to_string(), "s.bin".to_string()]
+    send_onto_special(
+        "null",
+        &["mknod", "c", "1", "3"],
+        |t| t.is_char_device(),
+        false,
     );
 }
 
@@ -236,4 +233,41 @@ fn output_dash_writes_the_stream_to_stdout() {
         list_dir(dir.path()),
         vec!["s.bin".to_string(), "through-a-pipe.bin".to_string()]
     );
+}
+
+/// Names of the full 255 bytes store (the temporary has no name, so it takes no room).
+#[test]
+fn a_name_of_255_bytes_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{}.bin", "n".repeat(251));
+    assert_eq!(name.len(), 255);
+    let source = dir.path().join(&name);
+    random_file(&source, 100_000, 107);
+    let inbox = dir.path().join("in");
+    let receiver = Receiver::once_in(&inbox, &[]);
+    run(teecast(["send"]).arg(&source).arg(receiver.dest())).expect_code(0);
+    receiver.wait().expect_code(0);
+    common::assert_same_file(&source, &inbox.join(&name));
+}
+
+/// A file whose name is not UTF-8 is not announced under a changed name: the send is refused
+/// with the flag to use, and goes through with `--name`.
+#[test]
+fn a_name_that_is_not_utf8_is_refused_clearly() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin"));
+    random_file(&source, 1000, 108);
+    let inbox = dir.path().join("in");
+    let receiver = Receiver::once_in(&inbox, &[]);
+    let refused = run(teecast(["send"]).arg(&source).arg(receiver.dest()));
+    refused.expect_code(2);
+    assert!(refused.stderr.contains("not UTF-8"), "{refused:?}");
+    assert!(refused.stderr.contains("--name"), "{refused:?}");
+    run(teecast(["send", "--name", "cafe.bin"])
+        .arg(&source)
+        .arg(receiver.dest()))
+    .expect_code(0);
+    receiver.wait().expect_code(0);
+    assert_eq!(list_dir(&inbox), vec!["cafe.bin".to_string()]);
 }

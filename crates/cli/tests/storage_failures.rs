@@ -47,6 +47,7 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A stream of unknown length (standard input) that fills the disk mid-write.
 #[test]
 fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
     let disk = SmallDisk::mount(8);
@@ -57,9 +58,14 @@ fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
     random_file(&small, MIB, 2);
     let receiver = Receiver::start(&["--dir".as_ref(), disk.path().as_os_str()]);
 
-    let sent = run(teecast(["send", "--quiet", "--json"])
-        .arg(&big)
-        .arg(receiver.dest()));
+    let mut cmd = teecast(["send", "--quiet", "--json", "--name", "big.bin", "-"]);
+    cmd.arg(receiver.dest());
+    let (sender, _) = common::Running::spawn_with(
+        &mut cmd,
+        std::process::Stdio::from(std::fs::File::open(&big).unwrap()),
+        None,
+    );
+    let sent = sender.wait(common::TIMEOUT);
     sent.expect_code(1);
     let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
     let dest = &report["destinations"][0];
@@ -79,6 +85,28 @@ fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
     .expect_code(0);
     assert_eq!(list_dir(disk.path()), vec!["small.bin".to_string()]);
     common::assert_same_file(&small, &disk.path().join("small.bin"));
+}
+
+/// With a known length, a file that cannot fit is refused before its payload, and the sender
+/// is told how much room there is.
+#[test]
+fn a_file_that_cannot_fit_is_refused_before_its_payload() {
+    let disk = SmallDisk::mount(8);
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.bin");
+    random_file(&big, 32 * MIB, 5);
+    let receiver = Receiver::start(&["--dir".as_ref(), disk.path().as_os_str()]);
+    let sent = run(teecast(["send", "--quiet", "--json"])
+        .arg(&big)
+        .arg(receiver.dest()));
+    sent.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let dest = &report["destinations"][0];
+    assert_eq!(dest["ack_status"], "io-error", "{report}");
+    let error = dest["error"].as_str().unwrap();
+    assert!(error.contains("no space for the file"), "{report}");
+    assert!(error.contains(&(32 * MIB).to_string()), "{report}");
+    assert_eq!(list_dir(disk.path()), Vec::<String>::new());
 }
 
 /// Regression: a capture that failed abandoned every destination.

@@ -184,6 +184,14 @@ pub enum RecvError {
         "the stream's seal does not verify (changed, replayed or from another session); file discarded"
     )]
     Unsealed,
+    /// The announced length does not fit in the space left where the file would go.
+    #[error("no space for the file: {needed} bytes announced, {available} available")]
+    NoSpace {
+        /// The announced length.
+        needed: u64,
+        /// The space left for this user on the filesystem.
+        available: u64,
+    },
     /// A raw receiver was sent a teecast session (the sender needs `raw`, or the receiver not).
     #[error(
         "this is a teecast session, not a bare stream: the receiver is in raw mode and the sender is not"
@@ -266,12 +274,12 @@ impl RecvError {
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
             RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
             RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
-            RecvError::Io { .. } => AckStatus::IoError,
+            RecvError::Io { .. } | RecvError::NoSpace { .. } => AckStatus::IoError,
         }
     }
 
     /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`, `unsealed`,
-    /// `reserved-name`, `exists`,
+    /// `reserved-name`, `exists`, `no-space`,
     /// `length-mismatch`, `stalled`, `cannot-create` or `io`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -281,6 +289,7 @@ impl RecvError {
             RecvError::Unsealed => "unsealed",
             RecvError::ReservedName => "reserved-name",
             RecvError::Busy => "busy",
+            RecvError::NoSpace { .. } => "no-space",
             RecvError::FramedIntoRaw => "framed-into-raw",
             RecvError::Exists => "exists",
             RecvError::LengthMismatch { .. } => "length-mismatch",
@@ -560,7 +569,7 @@ fn receive_framed(
                 {
                     let path = target_path(options, &header.name)?;
                     store = Some((
-                        open_store(options, &path)?,
+                        open_store(options, &path, header.length)?,
                         Payload::new(header.digest, options)?,
                     ));
                 }
@@ -615,7 +624,7 @@ fn receive_raw(
         Target::Stdout => PathBuf::from("-"),
         Target::Dir(d) => d.join(raw_name(peer)),
     };
-    let file = open_store(options, &path)?;
+    let file = open_store(options, &path, None)?;
     let mut payload = Payload::new(options.digest, options)?;
     payload.copy(stream.as_fd(), file.fd(), None)?;
     let bytes = payload.bytes;
@@ -678,7 +687,14 @@ impl Store {
 /// Opens where a stream bound for `path` goes: standard output, a device node or FIFO
 /// already at `path` (written into, never replaced), or else a temporary beside `path`. A
 /// failure refuses the stream.
-fn open_store(options: &RecvOptions, path: &std::path::Path) -> Result<Store, RecvError> {
+///
+/// With a known `length`, a file that could not fit in the space left on its filesystem is
+/// refused before any of the payload is read.
+fn open_store(
+    options: &RecvOptions,
+    path: &std::path::Path,
+    length: Option<u64>,
+) -> Result<Store, RecvError> {
     let cannot = |source| RecvError::CannotCreate {
         path: path.to_path_buf(),
         source,
@@ -702,7 +718,18 @@ fn open_store(options: &RecvOptions, path: &std::path::Path) -> Result<Store, Re
                 path: path.to_path_buf(),
             })
         }
-        _ => AtomicFile::create(path).map(Store::Atomic).map_err(cannot),
+        _ => {
+            let file = AtomicFile::create(path).map_err(cannot)?;
+            if let Some(needed) = length
+                && let Ok(st) = rustix::fs::fstatvfs(file.file())
+            {
+                let available = st.f_bavail.saturating_mul(st.f_frsize);
+                if needed > available {
+                    return Err(RecvError::NoSpace { needed, available });
+                }
+            }
+            Ok(Store::Atomic(file))
+        }
     }
 }
 

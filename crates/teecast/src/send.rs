@@ -288,6 +288,9 @@ pub enum SendError {
     /// The announced name is not valid on the wire.
     #[error("cannot announce this name: {0}")]
     Name(#[source] WireError),
+    /// The source's file name is not UTF-8, and no name to announce was given.
+    #[error("the source's file name is not UTF-8, so it cannot be announced as it is")]
+    NameNotUtf8,
     /// A keyed send with a digest that does not resist deliberate collisions.
     #[error("a keyed send needs a cryptographic digest (blake3 or sha256), not {0}")]
     WeakDigest(DigestAlgorithm),
@@ -303,7 +306,7 @@ impl SendError {
         match self {
             SendError::Engine(e) => e.kind(),
             SendError::Unsupported(_) => "unsupported",
-            SendError::Name(_) => "name",
+            SendError::Name(_) | SendError::NameNotUtf8 => "name",
             SendError::WeakDigest(_) => "weak-digest",
             SendError::NoDestinations => "no-destinations",
         }
@@ -375,7 +378,8 @@ impl<'a> Transfer<'a> {
         let name = options
             .name
             .clone()
-            .unwrap_or_else(|| source.default_name());
+            .or_else(|| source.default_name())
+            .ok_or(SendError::NameNotUtf8)?;
         let header = (!options.raw).then(|| Header {
             name: name.clone(),
             length: source.len(),
@@ -470,7 +474,8 @@ pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> 
             name: options
                 .name
                 .clone()
-                .unwrap_or_else(|| source.default_name()),
+                .or_else(|| source.default_name())
+                .unwrap_or_default(),
             strategy: options.fanout.strategy,
             digest: None,
             bytes: 0,

@@ -136,12 +136,14 @@ impl Source {
     }
 
     /// The file name to announce by default.
-    pub fn default_name(&self) -> String {
-        self.path
-            .as_deref()
-            .and_then(Path::file_name)
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "stdin".into())
+    ///
+    /// `None` when the file's name is not UTF-8: the protocol carries UTF-8 names, and a name
+    /// changed to fit would not be the file's.
+    pub fn default_name(&self) -> Option<String> {
+        match self.path.as_deref().and_then(Path::file_name) {
+            Some(name) => name.to_str().map(str::to_string),
+            None => Some("stdin".into()),
+        }
     }
 
     /// The file's size now (for files: to notice truncation during the send).

@@ -163,8 +163,7 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
 pub trait Filler: Send {
     /// Puts up to `want` bytes of the stream, those from `offset` on, into `pipe` and returns
     /// how many: 0 only at the end of the stream, fewer than `want` whenever that is all there is
-    /// for now (a socket, a pipe). When [`Filler::hashes`], feeds
-    /// the same bytes to `hasher`.
+    /// for now (a socket, a pipe). When [`Filler::hashes`], feeds the same bytes to `hasher`.
     fn fill(
         &mut self,
         pipe: BorrowedFd<'_>,
@@ -247,7 +246,7 @@ impl EngineError {
 }
 
 /// A data path or option the engine refuses, before anything is sent.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Unsupported {
     /// The path maps or seeks the source, which is a stream.
@@ -262,12 +261,13 @@ pub enum Unsupported {
     #[error("no destination given")]
     NoConsumers,
     /// The filesystem refuses `O_DIRECT` for the source.
-    #[error("{path}: this filesystem refuses O_DIRECT ({reason})")]
+    #[error("{path}: this filesystem refuses O_DIRECT ({source})")]
     NoDirect {
         /// The source.
         path: PathBuf,
         /// The system's answer.
-        reason: String,
+        #[source]
+        source: io::Error,
     },
     /// The file is larger than this machine can map.
     #[error("the file is too large to map")]

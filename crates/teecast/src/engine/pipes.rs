@@ -220,10 +220,10 @@ fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
             }
             _ => Err(e),
         })
-        .map_err(|e| {
+        .map_err(|source| {
             EngineError::from(Unsupported::NoDirect {
                 path: path.to_path_buf(),
-                reason: e.to_string(),
+                source,
             })
         })
 }
