@@ -330,13 +330,27 @@ fn mutated_transfer(
     Ok(run)
 }
 
-/// A directory removed with everything in it when dropped.
+/// A directory removed with everything in it when dropped, or when the demo is interrupted
+/// (SIGINT, SIGTERM, SIGHUP): a demo stopped with Ctrl-C leaves nothing behind.
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> std::io::Result<TempDir> {
         let base = std::env::temp_dir().join(format!("teecast-demo-{}", std::process::id()));
         std::fs::create_dir_all(&base)?;
+        let on_signal = base.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ])?;
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = std::fs::remove_dir_all(&on_signal);
+                eprintln!("teecast demo: interrupted; removed {}", on_signal.display());
+                std::process::exit(128 + signal);
+            }
+        });
         Ok(TempDir(base))
     }
 }

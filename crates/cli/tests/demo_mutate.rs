@@ -18,3 +18,39 @@ fn demo_mutate_reports_both_paths_and_succeeds() {
         assert!(line.contains(", 0 bad files kept"), "{line}");
     }
 }
+
+/// Regression: Ctrl-C of the demo left its files (hundreds of MiB) in the temporary directory.
+#[test]
+fn an_interrupted_demo_leaves_nothing() {
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_teecast"))
+        .args(["demo", "--size-mib", "512"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = demo.id();
+    let work = std::env::temp_dir().join(format!("teecast-demo-{pid}"));
+    // Wait until the demo is at work: its receivers are listening.
+    let mut out = std::io::BufReader::new(demo.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("receivers listening") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "the demo ended before its receivers listened"
+        );
+    }
+    assert!(
+        work.is_dir(),
+        "{} should exist while the demo runs",
+        work.display()
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = demo.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(!work.exists(), "{} was left behind", work.display());
+}
