@@ -1,21 +1,25 @@
 //! What the sender tells its user: a live progress line on a terminal, a summary per destination,
 //! and the same as one JSON object for machines.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::out::outln;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use teecast::digest::to_hex;
 use teecast::probe::{KernelFacts, Unanswered};
 use teecast::send::{Delivered, DestFailure, DestReport, Progress, SendError, SendReport};
 use teecast::strategy::Strategy;
 
-/// The progress line on stderr, redrawn a few times a second while the transfer runs.
+/// The progress line on stderr while the transfer runs (indicatif: redrawn in place, cut to
+/// the terminal's width): elapsed time, percent, bytes, rate and ETA of the slowest destination
+/// still going, and the count of those that failed, as soon as they fail.
 pub struct ProgressDisplay {
+    bar: ProgressBar,
     done: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -30,18 +34,29 @@ impl ProgressDisplay {
         if !std::io::stderr().is_terminal() {
             return None;
         }
+        let template = match total {
+            Some(_) => "{elapsed:>4} {bar:20} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}",
+            None => "{elapsed:>4} {bytes} {bytes_per_sec} {wide_msg}",
+        };
+        let style = ProgressStyle::with_template(template).ok()?;
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::no_length(),
+        }
+        .with_style(style);
+        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
         let done = Arc::new(AtomicBool::new(false));
         let names = destinations.to_vec();
-        let stop = done.clone();
+        let (stop, drawn) = (done.clone(), bar.clone());
         let thread = std::thread::spawn(move || {
-            let started = Instant::now();
             while !stop.load(Ordering::Acquire) {
+                let (position, message) = summarize(&progress.sent(), &progress.failed(), &names);
+                drawn.set_position(position);
+                drawn.set_message(message);
                 std::thread::park_timeout(Duration::from_millis(250));
-                draw(&progress, &names, total, started.elapsed());
             }
-            eprint!("\r\x1b[K");
         });
-        Some(ProgressDisplay { done, thread })
+        Some(ProgressDisplay { bar, done, thread })
     }
 
     /// Stops and erases the line.
@@ -49,31 +64,28 @@ impl ProgressDisplay {
         self.done.store(true, Ordering::Release);
         self.thread.thread().unpark();
         let _ = self.thread.join();
+        self.bar.finish_and_clear();
     }
 }
 
-fn draw(progress: &Progress, names: &[String], total: Option<u64>, elapsed: Duration) {
-    let sent = progress.sent();
-    let Some((slowest, &min)) = sent.iter().enumerate().min_by_key(|(_, b)| **b) else {
-        return;
+/// The position (bytes of the slowest destination still going) and the words after it: where
+/// the stream goes and, as soon as any fail, how many failed.
+fn summarize(sent: &[u64], failed: &[bool], names: &[String]) -> (u64, String) {
+    let live: Vec<usize> = (0..sent.len())
+        .filter(|&i| !failed.get(i).copied().unwrap_or(false))
+        .collect();
+    let failures = sent.len() - live.len();
+    let slowest = live.iter().copied().min_by_key(|&i| sent[i]);
+    let position = slowest.map_or(0, |i| sent[i]);
+    let mut message = match (names, slowest) {
+        (_, None) => "every destination failed".to_string(),
+        ([only], Some(_)) => format!("to {only}"),
+        (_, Some(i)) => format!("to {} destinations, slowest {}", names.len(), names[i]),
     };
-    let secs = elapsed.as_secs_f64().max(1e-3);
-    let rate = min as f64 / secs;
-    let eta = match total {
-        Some(t) if rate > 0.0 => format!(", ETA {:.0} s", (t.saturating_sub(min)) as f64 / rate),
-        _ => String::new(),
-    };
-    let of = total.map_or_else(String::new, |t| format!(" of {}", human_bytes(t)));
-    let to = match names {
-        [only] => only.clone(),
-        _ => format!("{} destinations, slowest {}", names.len(), names[slowest]),
-    };
-    eprint!(
-        "\r\x1b[K{}{of} to {to}, {}/s{eta}",
-        human_bytes(min),
-        human_bytes(rate as u64),
-    );
-    let _ = std::io::stderr().flush();
+    if failures > 0 && slowest.is_some() {
+        message.push_str(&format!(", {failures} failed"));
+    }
+    (position, message)
 }
 
 /// The human word for a destination's outcome.
@@ -375,4 +387,32 @@ pub fn probe_human(f: &KernelFacts) {
         })
         .collect();
     outln!("probe's findings", "  auto picks: {}", picks.join(", "));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("host{i}:7000")).collect()
+    }
+
+    #[test]
+    fn the_line_follows_the_slowest_destination_still_going() {
+        let (pos, msg) = summarize(&[50, 10, 30], &[false, false, false], &names(3));
+        assert_eq!(pos, 10);
+        assert_eq!(msg, "to 3 destinations, slowest host1:7000");
+    }
+
+    /// Regression: a refused destination stayed "slowest" for the whole transfer.
+    #[test]
+    fn a_failed_destination_is_counted_at_once_and_never_the_slowest() {
+        let (pos, msg) = summarize(&[50, 0, 30], &[false, true, false], &names(3));
+        assert_eq!(pos, 30);
+        assert_eq!(msg, "to 3 destinations, slowest host2:7000, 1 failed");
+        let (_, msg) = summarize(&[0, 0], &[true, true], &names(2));
+        assert_eq!(msg, "every destination failed");
+        let (_, msg) = summarize(&[7], &[false], &names(1));
+        assert_eq!(msg, "to host0:7000");
+    }
 }

@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
@@ -245,12 +245,25 @@ impl DestReport {
 #[derive(Debug)]
 pub struct Progress {
     sent: Vec<AtomicU64>,
+    failed: Vec<AtomicBool>,
 }
 
 impl Progress {
     fn new(destinations: usize) -> Progress {
         Progress {
             sent: (0..destinations).map(|_| AtomicU64::new(0)).collect(),
+            failed: (0..destinations).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Which destinations have failed or been dropped so far, in order.
+    pub fn failed(&self) -> Vec<bool> {
+        self.failed.iter().map(|f| f.load(Ordering::Relaxed)).collect()
+    }
+
+    fn fail(&self, destination: usize) {
+        if let Some(f) = self.failed.get(destination) {
+            f.store(true, Ordering::Relaxed);
         }
     }
 
@@ -810,6 +823,7 @@ impl Consumer for DestSink<'_> {
     }
 
     fn abort(&mut self) {
+        self.progress.fail(self.index);
         // Closing without a trailer tells the receiver to discard what it has.
         if let Some(s) = self.stream.take() {
             let _ = s.shutdown(Shutdown::Both);
