@@ -171,3 +171,44 @@ fn a_pausing_producer_does_not_kill_the_stream() {
         assert!(std::fs::read(&out).unwrap() == twice, "{strategy}");
     }
 }
+
+/// Regression: an acknowledgement's message reached the sender's terminal raw (an `ESC[2J` and a
+/// fake "all destinations confirmed" line printed as they were). Peer text is escaped.
+#[test]
+fn a_peers_message_is_escaped_before_it_reaches_a_terminal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut session = ReceiverSession::new(None, [9; NONCE_LEN]);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match session.next() {
+                Next::Framing(n) => {
+                    s.read_exact(&mut buf[..n]).unwrap();
+                    session.framing(&buf[..n]).unwrap();
+                    if let Some(reply) = session.take_reply() {
+                        s.write_all(&reply).unwrap();
+                    }
+                }
+                Next::Payload(n) => {
+                    let want = usize::try_from(n).unwrap().min(buf.len());
+                    let got = s.read(&mut buf[..want]).unwrap();
+                    session.payload(got as u64);
+                }
+                Next::Verify => break,
+            }
+        }
+        let forged = "\u{1b}[2J\rteecast: all destinations confirmed";
+        let _ = s.write_all(&session.ack(AckStatus::Rejected, 0, &[], forged));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, 100_000, 115);
+    let sent = run(teecast(["send"]).arg(&source).arg(&addr));
+    sent.expect_code(1);
+    assert!(!sent.stderr.contains('\u{1b}'), "{:?}", sent.stderr);
+    assert!(!sent.stderr.contains('\r'), "{:?}", sent.stderr);
+    assert!(sent.stderr.contains("\\u{1b}[2J"), "{:?}", sent.stderr);
+    peer.join().unwrap();
+}
