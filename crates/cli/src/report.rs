@@ -35,7 +35,9 @@ impl ProgressDisplay {
             return None;
         }
         let template = match total {
-            Some(_) => "{elapsed:>4} {bar:20} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}",
+            Some(_) => {
+                "{elapsed:>4} {bar:20} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}"
+            }
             None => "{elapsed:>4} {bytes} {bytes_per_sec} {wide_msg}",
         };
         let style = ProgressStyle::with_template(template).ok()?;

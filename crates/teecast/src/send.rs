@@ -258,7 +258,10 @@ impl Progress {
 
     /// Which destinations have failed or been dropped so far, in order.
     pub fn failed(&self) -> Vec<bool> {
-        self.failed.iter().map(|f| f.load(Ordering::Relaxed)).collect()
+        self.failed
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .collect()
     }
 
     fn fail(&self, destination: usize) {
