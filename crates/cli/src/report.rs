@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::out::outln;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 use serde_json::json;
 use teecast::digest::to_hex;
 use teecast::probe::{KernelFacts, Unanswered};
@@ -168,55 +169,103 @@ pub fn summary(report: &SendReport, failures_only: bool) {
     );
 }
 
-/// The report as one JSON object (schema in the README).
-pub fn json(report: &SendReport) -> serde_json::Value {
-    let destinations: Vec<_> = report
-        .destinations
-        .iter()
-        .map(|d| {
-            let ack_status = match &d.outcome {
-                Err(DestFailure::Refused { status, .. }) => Some(status.as_str()),
-                _ => None,
-            };
-            let (status, kind, error, receiver_digest) = match &d.outcome {
-                Ok(Delivered::Confirmed { receiver_digest }) => {
-                    ("ok", None, None, Some(to_hex(receiver_digest)))
-                }
-                Ok(Delivered::Sent) => ("sent", None, None, None),
-                Err(e) => ("failed", Some(e.kind()), Some(e.to_string()), None),
-            };
-            json!({
-                "address": d.address,
-                "status": status,
-                "kind": kind,
-                "ack_status": ack_status,
-                "error": error,
-                "bytes": d.bytes,
-                "receiver_digest": receiver_digest,
-                "seconds": d.elapsed.as_secs_f64(),
-                "bytes_per_second": rate(d.bytes, d.elapsed),
-            })
-        })
-        .collect();
-    json!({
-        "ok": report.is_success(),
-        "source": report.source,
-        "name": report.name,
-        "strategy": report.strategy.name(),
-        "bytes": report.bytes,
-        "seconds": report.elapsed.as_secs_f64(),
-        "digest": report.digest.as_ref().map(|d| json!({"algorithm": d.algorithm.name(), "hex": d.hex()})),
-        "error": report.error.as_ref().map(|e| e.to_string()),
-        "error_kind": report.error.as_ref().map(SendError::kind),
-        "source_grew": report.source_grew,
-        "capture": report.capture.as_ref().map(|(p, r)| json!({
-            "path": p.display().to_string(),
-            "status": if r.is_ok() { "ok" } else { "failed" },
-            "kind": r.as_ref().err().map(|e| e.kind()),
-            "error": r.as_ref().err().map(ToString::to_string),
-        })),
-        "destinations": destinations,
-    })
+/// The report as one JSON object (schema in the README), in the README's order.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    ok: bool,
+    source: &'a str,
+    name: &'a str,
+    strategy: &'static str,
+    bytes: u64,
+    seconds: f64,
+    digest: Option<JsonDigest>,
+    error: Option<String>,
+    error_kind: Option<&'static str>,
+    source_grew: bool,
+    capture: Option<JsonCapture>,
+    destinations: Vec<JsonDestination<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonDigest {
+    algorithm: &'static str,
+    hex: String,
+}
+
+#[derive(Serialize)]
+struct JsonCapture {
+    path: String,
+    status: &'static str,
+    kind: Option<&'static str>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonDestination<'a> {
+    address: &'a str,
+    status: &'static str,
+    kind: Option<&'static str>,
+    ack_status: Option<&'static str>,
+    error: Option<String>,
+    bytes: u64,
+    receiver_digest: Option<String>,
+    seconds: f64,
+    bytes_per_second: f64,
+}
+
+impl<'a> JsonDestination<'a> {
+    fn of(d: &'a DestReport) -> Self {
+        let ack_status = match &d.outcome {
+            Err(DestFailure::Refused { status, .. }) => Some(status.as_str()),
+            _ => None,
+        };
+        let (status, kind, error, receiver_digest) = match &d.outcome {
+            Ok(Delivered::Confirmed { receiver_digest }) => {
+                ("ok", None, None, Some(to_hex(receiver_digest)))
+            }
+            Ok(Delivered::Sent) => ("sent", None, None, None),
+            Err(e) => ("failed", Some(e.kind()), Some(e.to_string()), None),
+        };
+        JsonDestination {
+            address: &d.address,
+            status,
+            kind,
+            ack_status,
+            error,
+            bytes: d.bytes,
+            receiver_digest,
+            seconds: d.elapsed.as_secs_f64(),
+            bytes_per_second: rate(d.bytes, d.elapsed),
+        }
+    }
+}
+
+/// The report as one line of JSON (schema in the README).
+pub fn json(report: &SendReport) -> String {
+    let value = JsonReport {
+        ok: report.is_success(),
+        source: &report.source,
+        name: &report.name,
+        strategy: report.strategy.name(),
+        bytes: report.bytes,
+        seconds: report.elapsed.as_secs_f64(),
+        digest: report.digest.as_ref().map(|d| JsonDigest {
+            algorithm: d.algorithm.name(),
+            hex: d.hex(),
+        }),
+        error: report.error.as_ref().map(ToString::to_string),
+        error_kind: report.error.as_ref().map(SendError::kind),
+        source_grew: report.source_grew,
+        capture: report.capture.as_ref().map(|(p, r)| JsonCapture {
+            path: p.display().to_string(),
+            status: if r.is_ok() { "ok" } else { "failed" },
+            kind: r.as_ref().err().map(|e| e.kind()),
+            error: r.as_ref().err().map(ToString::to_string),
+        }),
+        destinations: report.destinations.iter().map(JsonDestination::of).collect(),
+    };
+    // Nothing in the report can fail to serialise (no maps with non-string keys).
+    serde_json::to_string(&value).unwrap_or_default()
 }
 
 fn answer<T: Clone + Into<serde_json::Value>>(r: &Result<T, Unanswered>) -> serde_json::Value {
