@@ -262,7 +262,11 @@ pub fn json(report: &SendReport) -> String {
             kind: r.as_ref().err().map(|e| e.kind()),
             error: r.as_ref().err().map(ToString::to_string),
         }),
-        destinations: report.destinations.iter().map(JsonDestination::of).collect(),
+        destinations: report
+            .destinations
+            .iter()
+            .map(JsonDestination::of)
+            .collect(),
     };
     // Nothing in the report can fail to serialise (no maps with non-string keys).
     serde_json::to_string(&value).unwrap_or_default()
