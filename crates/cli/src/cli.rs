@@ -23,7 +23,7 @@ use teecast::strategy::Strategy;
 use teecast::transport::ConnectError;
 
 use crate::addr::{parse_destination, parse_listen};
-use crate::out::{self, outln};
+use crate::out::{self, errln, outln};
 use crate::{demo, report};
 
 /// Exit code: every destination confirmed.
@@ -270,14 +270,14 @@ pub fn main() -> ExitCode {
 fn run_keygen(path: &std::path::Path) -> u8 {
     match auth::create_key_file(path) {
         Ok(_) => {
-            eprintln!(
+            errln!(
                 "teecast: wrote a new key to {} (mode 0600); copy it to the other end as privately",
                 path.display()
             );
             EXIT_OK
         }
         Err(e) => {
-            eprintln!("teecast: {e}");
+            errln!("teecast: {e}");
             EXIT_USAGE
         }
     }
@@ -286,7 +286,7 @@ fn run_keygen(path: &std::path::Path) -> u8 {
 fn run_probe(args: ProbeArgs) -> u8 {
     let dir = args.path.unwrap_or_else(std::env::temp_dir);
     if !dir.is_dir() {
-        eprintln!("teecast: {}: not a directory", dir.display());
+        errln!("teecast: {}: not a directory", dir.display());
         return EXIT_USAGE;
     }
     match probe::probe(&dir) {
@@ -299,7 +299,7 @@ fn run_probe(args: ProbeArgs) -> u8 {
             EXIT_OK
         }
         Err(e) => {
-            eprintln!(
+            errln!(
                 "teecast: cannot probe {}: {e} (the probe needs to create a file there)",
                 dir.display()
             );
@@ -334,7 +334,7 @@ fn run_mutate(args: MutateArgs) -> u8 {
             EXIT_OK
         }
         Err(e) => {
-            eprintln!("teecast mutate: {}: {e}", args.file.display());
+            errln!("teecast mutate: {}: {e}", args.file.display());
             EXIT_FAILED
         }
     }
@@ -344,14 +344,14 @@ fn run_send(args: SendArgs) -> u8 {
     let source = match Source::open(&args.source) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("teecast: {e}");
+            errln!("teecast: {e}");
             return EXIT_USAGE;
         }
     };
     let key = match args.key.load() {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("teecast: {e}");
+            errln!("teecast: {e}");
             return EXIT_USAGE;
         }
     };
@@ -378,7 +378,7 @@ fn run_send(args: SendArgs) -> u8 {
     let transfer = match Transfer::new(&source, &args.destinations, &options) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("teecast: {}", send_error_with_hint(&e));
+            errln!("teecast: {}", send_error_with_hint(&e));
             return EXIT_USAGE;
         }
     };
@@ -470,7 +470,7 @@ fn run_recv(args: RecvArgs) -> u8 {
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             if let Err(e) = usable_dir(parent) {
-                eprintln!(
+                errln!(
                     "teecast: {}: {e} (for --output {})",
                     parent.display(),
                     p.display()
@@ -478,7 +478,7 @@ fn run_recv(args: RecvArgs) -> u8 {
                 return EXIT_USAGE;
             }
             if p.is_dir() {
-                eprintln!(
+                errln!(
                     "teecast: {} is a directory (--dir stores each stream in one, under its name)",
                     p.display()
                 );
@@ -488,13 +488,13 @@ fn run_recv(args: RecvArgs) -> u8 {
         }
         (None, Some(d)) => {
             if let Err(e) = usable_dir(d) {
-                eprintln!("teecast: {}: {e} (for --dir)", d.display());
+                errln!("teecast: {}: {e} (for --dir)", d.display());
                 return EXIT_USAGE;
             }
             Target::Dir(d.clone())
         }
         _ => {
-            eprintln!("teecast: give exactly one of --output or --dir");
+            errln!("teecast: give exactly one of --output or --dir");
             return EXIT_USAGE;
         }
     };
@@ -513,7 +513,7 @@ fn run_recv(args: RecvArgs) -> u8 {
     if let Some(dir) = swept_dir
         && let Ok(n @ 1..) = store::sweep(&dir)
     {
-        eprintln!(
+        errln!(
             "teecast: removed {n} stale temporary file(s) in {}",
             dir.display()
         );
@@ -521,27 +521,27 @@ fn run_recv(args: RecvArgs) -> u8 {
     let key = match args.key.load() {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("teecast: {e}");
+            errln!("teecast: {e}");
             return EXIT_USAGE;
         }
     };
     let listener = match TcpListener::bind(&args.listen) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("teecast: cannot listen on {}: {e}", args.listen);
+            errln!("teecast: cannot listen on {}: {e}", args.listen);
             return EXIT_USAGE;
         }
     };
     let local = listener.local_addr().ok();
     if key.is_none() && !local.is_some_and(|a| a.ip().is_loopback()) {
         if !args.insecure {
-            eprintln!(
+            errln!(
                 "teecast: {} is not a loopback address: give --key-file FILE (made by `teecast keygen FILE`, the same on the sender), or --insecure to let anyone who reaches it store files",
                 args.listen
             );
             return EXIT_USAGE;
         }
-        eprintln!(
+        errln!(
             "teecast: warning: --insecure: no key, anyone who can reach {} may store files here",
             args.listen
         );
@@ -550,9 +550,9 @@ fn run_recv(args: RecvArgs) -> u8 {
         && let Some(addr) = local
     {
         if key.is_some() {
-            eprintln!("teecast: every sender must prove the key");
+            errln!("teecast: every sender must prove the key");
         }
-        eprintln!("teecast: listening on {addr}");
+        errln!("teecast: listening on {addr}");
     }
     let mut options = RecvOptions::new(target)
         .no_clobber(args.no_clobber)
@@ -576,7 +576,7 @@ fn run_recv(args: RecvArgs) -> u8 {
             Ok(r) => {
                 if r.digest.algorithm != DigestAlgorithm::None {
                     if to_stdout {
-                        eprintln!("{}  -", r.digest.hex());
+                        errln!("{}  -", r.digest.hex());
                     } else {
                         outln!("digest line", "{}  {}", r.digest.hex(), r.path.display());
                     }
@@ -594,21 +594,21 @@ fn run_recv(args: RecvArgs) -> u8 {
                         (false, DigestAlgorithm::None) => "length checked, no digest".to_string(),
                         (false, alg) => format!("{alg} verified"),
                     };
-                    eprintln!(
+                    errln!(
                         "teecast: {peer}: stored {} ({} bytes, {checked})",
                         r.path.display(),
                         r.bytes,
                     );
                 }
             }
-            Err(e) => eprintln!("teecast: {peer}: {e}"),
+            Err(e) => errln!("teecast: {peer}: {e}"),
         }
     };
     match recv::serve(&listener, &options, args.once, &on_result) {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,
         Err(e) => {
-            eprintln!("teecast: accepting connections: {e}");
+            errln!("teecast: accepting connections: {e}");
             EXIT_FAILED
         }
     }

@@ -16,7 +16,7 @@ use teecast::source::Source;
 use teecast::strategy::Strategy;
 
 use crate::cli::{EXIT_FAILED, EXIT_OK};
-use crate::out::outln;
+use crate::out::{errln, outln};
 use crate::report;
 
 const RECEIVERS: usize = 3;
@@ -26,7 +26,7 @@ pub fn run(size_mib: u64) -> u8 {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,
         Err(e) => {
-            eprintln!("teecast demo: {e}");
+            errln!("teecast demo: {e}");
             EXIT_FAILED
         }
     }
@@ -55,7 +55,7 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
             std::thread::spawn(move || {
                 recv::serve(&listener, &options, true, &|peer, r| {
                     if let Err(e) = r {
-                        eprintln!("teecast demo: receiver: {peer:?}: {e}");
+                        errln!("teecast demo: receiver: {peer:?}: {e}");
                     }
                 })
             }),
@@ -171,7 +171,7 @@ pub fn run_mutate(size_mib: u64) -> u8 {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,
         Err(e) => {
-            eprintln!("teecast demo: {e}");
+            errln!("teecast demo: {e}");
             EXIT_FAILED
         }
     }
@@ -347,7 +347,7 @@ impl TempDir {
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 let _ = std::fs::remove_dir_all(&on_signal);
-                eprintln!("teecast demo: interrupted; removed {}", on_signal.display());
+                errln!("teecast demo: interrupted; removed {}", on_signal.display());
                 std::process::exit(128 + signal);
             }
         });

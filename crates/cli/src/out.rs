@@ -1,9 +1,25 @@
 //! Standard output, written so that a closed or full stdout is a failure reported once on
-//! stderr — never a panic, as `println!` would be on `EPIPE` or `ENOSPC`.
+//! stderr — never a panic, as `println!` would be on `EPIPE` or `ENOSPC`; and standard error,
+//! written so that a closed or full stderr loses the log line and nothing else (`eprintln!`
+//! would panic).
 
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Writes one line to stderr; a stderr that cannot take it loses the line, never the run.
+pub fn err_line(text: fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_fmt(text).and_then(|()| stderr.write_all(b"\n"));
+}
+
+/// `errln!("teecast: {peer}: {e}")`: [`err_line`] with `format!` arguments, for every log line.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::out::err_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use errln;
 
 /// Set by the first line that could not be written; the exit code then is not 0.
 static FAILED: AtomicBool = AtomicBool::new(false);
@@ -25,7 +41,7 @@ pub fn line(what: &str, text: fmt::Arguments<'_>) -> bool {
         Ok(()) => true,
         Err(e) => {
             if !FAILED.swap(true, Ordering::AcqRel) {
-                eprintln!("teecast: cannot write the {what}: {e}");
+                errln!("teecast: cannot write the {what}: {e}");
             }
             false
         }
@@ -44,3 +60,4 @@ macro_rules! outln {
     };
 }
 pub(crate) use outln;
+

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::out::outln;
+use crate::out::{errln, outln};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
@@ -125,19 +125,19 @@ fn rate(bytes: u64, elapsed: Duration) -> f64 {
 pub fn summary(report: &SendReport, failures_only: bool) {
     if failures_only {
         for d in report.destinations.iter().filter(|d| !d.is_ok()) {
-            eprintln!("teecast: {}: {}", d.address, status_line(d));
+            errln!("teecast: {}: {}", d.address, status_line(d));
         }
         if let Some((path, Err(e))) = &report.capture {
-            eprintln!("teecast: capture {}: FAILED: {e}", path.display());
+            errln!("teecast: capture {}: FAILED: {e}", path.display());
         }
         if let Some(e) = &report.error {
-            eprintln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
+            errln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
         }
         return;
     }
     for d in &report.destinations {
         let status = status_line(d);
-        eprintln!(
+        errln!(
             "teecast: {}: {status}, {} in {:.2} s ({}/s)",
             d.address,
             human_bytes(d.bytes),
@@ -147,20 +147,20 @@ pub fn summary(report: &SendReport, failures_only: bool) {
     }
     if let Some((path, outcome)) = &report.capture {
         match outcome {
-            Ok(()) => eprintln!("teecast: capture {}: written", path.display()),
-            Err(e) => eprintln!("teecast: capture {}: FAILED: {e}", path.display()),
+            Ok(()) => errln!("teecast: capture {}: written", path.display()),
+            Err(e) => errln!("teecast: capture {}: FAILED: {e}", path.display()),
         }
     }
     if report.source_grew {
-        eprintln!(
+        errln!(
             "teecast: note: the source grew during the send; the length announced at the start was sent"
         );
     }
     if let Some(e) = &report.error {
-        eprintln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
+        errln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
     }
     let ok = report.destinations.iter().filter(|d| d.is_ok()).count();
-    eprintln!(
+    errln!(
         "teecast: {} via {}: {ok} of {} destinations ok, {:.2} s",
         human_bytes(report.bytes),
         report.strategy,

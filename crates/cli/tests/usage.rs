@@ -316,3 +316,29 @@ fn probe_json_to_a_full_stdout_exits_1_and_says_so() {
         "{probed:?}"
     );
 }
+
+/// A full stderr loses the log lines and nothing else: no panic (exit 101), the transfer's
+/// own exit code, and the digest line still on stdout.
+#[test]
+fn a_full_stderr_never_panics() {
+    let (dir, source) = small_source();
+    let out = dir.path().join("out.bin");
+    let receiver = common::Receiver::once_to(&out, &[]);
+    let mut cmd = teecast(["send"]);
+    cmd.arg(&source).arg(receiver.dest());
+    cmd.stderr(dev_full())
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    let done = cmd.output().unwrap();
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    assert!(String::from_utf8_lossy(&done.stdout).contains(&source.display().to_string()));
+    receiver.wait().expect_code(0);
+    // A usage error too: its message is lost, its exit code is not.
+    let bad = teecast(["send", "--stall-timeout", "0s"])
+        .arg(&source)
+        .arg("127.0.0.1:9")
+        .stderr(dev_full())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+}
