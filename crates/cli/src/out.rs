@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Writes one line to stderr; a stderr that cannot take it loses the line, never the run.
 pub fn err_line(text: fmt::Arguments<'_>) {
     let mut stderr = std::io::stderr().lock();
-    let _ = stderr.write_fmt(text).and_then(|()| stderr.write_all(b"\n"));
+    let _ = stderr
+        .write_fmt(text)
+        .and_then(|()| stderr.write_all(b"\n"));
 }
 
 /// `errln!("teecast: {peer}: {e}")`: [`err_line`] with `format!` arguments, for every log line.
@@ -60,4 +62,3 @@ macro_rules! outln {
     };
 }
 pub(crate) use outln;
-
