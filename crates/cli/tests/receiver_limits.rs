@@ -81,6 +81,33 @@ fn idle_connections_from_one_address_do_not_lock_out_a_sender() {
     drop(idle);
 }
 
+/// Plays an unkeyed receiver over `s` up to the verdict: answers the hello, takes the header
+/// and payload (xxh3-128) and the trailer; returns the session and the payload's digest.
+fn take_stream(s: &mut TcpStream) -> (ReceiverSession, Vec<u8>) {
+    let mut session = ReceiverSession::new(None, [9; NONCE_LEN]);
+    let mut hasher = teecast::digest::Hasher::new(DigestAlgorithm::Xxh3_128);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match session.next() {
+            Next::Framing(n) => {
+                s.read_exact(&mut buf[..n]).unwrap();
+                session.framing(&buf[..n]).unwrap();
+                if let Some(reply) = session.take_reply() {
+                    s.write_all(&reply).unwrap();
+                }
+            }
+            Next::Payload(n) => {
+                let want = usize::try_from(n).unwrap().min(buf.len());
+                let got = s.read(&mut buf[..want]).unwrap();
+                assert!(got > 0, "cut");
+                hasher.update(&buf[..got]);
+                session.payload(got as u64);
+            }
+            Next::Verify => return (session, hasher.finish().bytes),
+        }
+    }
+}
+
 /// A receiver that takes the whole stream, then waits `delay` (a slow fsync) before it
 /// confirms; returns its address and whether the sender was still there to read the answer.
 fn slow_acker(delay: Duration) -> (String, std::thread::JoinHandle<bool>) {
@@ -88,29 +115,7 @@ fn slow_acker(delay: Duration) -> (String, std::thread::JoinHandle<bool>) {
     let addr = listener.local_addr().unwrap().to_string();
     let t = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let mut session = ReceiverSession::new(None, [9; NONCE_LEN]);
-        let mut hasher = teecast::digest::Hasher::new(DigestAlgorithm::Xxh3_128);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match session.next() {
-                Next::Framing(n) => {
-                    s.read_exact(&mut buf[..n]).unwrap();
-                    session.framing(&buf[..n]).unwrap();
-                    if let Some(reply) = session.take_reply() {
-                        s.write_all(&reply).unwrap();
-                    }
-                }
-                Next::Payload(n) => {
-                    let want = usize::try_from(n).unwrap().min(buf.len());
-                    let got = s.read(&mut buf[..want]).unwrap();
-                    assert!(got > 0, "cut");
-                    hasher.update(&buf[..got]);
-                    session.payload(got as u64);
-                }
-                Next::Verify => break,
-            }
-        }
-        let digest = hasher.finish().bytes;
+        let (session, digest) = take_stream(&mut s);
         session.verify(&digest).unwrap();
         std::thread::sleep(delay);
         let received = session.received();
@@ -180,25 +185,7 @@ fn a_peers_message_is_escaped_before_it_reaches_a_terminal() {
     let addr = listener.local_addr().unwrap().to_string();
     let peer = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let mut session = ReceiverSession::new(None, [9; NONCE_LEN]);
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            match session.next() {
-                Next::Framing(n) => {
-                    s.read_exact(&mut buf[..n]).unwrap();
-                    session.framing(&buf[..n]).unwrap();
-                    if let Some(reply) = session.take_reply() {
-                        s.write_all(&reply).unwrap();
-                    }
-                }
-                Next::Payload(n) => {
-                    let want = usize::try_from(n).unwrap().min(buf.len());
-                    let got = s.read(&mut buf[..want]).unwrap();
-                    session.payload(got as u64);
-                }
-                Next::Verify => break,
-            }
-        }
+        let (session, _) = take_stream(&mut s);
         let forged = "\u{1b}[2J\rteecast: all destinations confirmed";
         let _ = s.write_all(&session.ack(AckStatus::Rejected, 0, &[], forged));
     });
