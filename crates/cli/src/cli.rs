@@ -14,7 +14,7 @@ use teecast::auth::{self, Key, KeyError};
 use teecast::digest::DigestAlgorithm;
 use teecast::engine::{CaptureError, EngineError, Unsupported};
 use teecast::probe;
-use teecast::proto::wire::WireError;
+use teecast::proto::wire::{self, WireError};
 use teecast::recv::{self, RecvOptions, Target};
 use teecast::send::{DestFailure, SendError, SendOptions, Transfer};
 use teecast::source::Source;
@@ -149,6 +149,9 @@ struct SendArgs {
     /// No progress and no summary on stderr: only what failed, one line each.
     #[arg(long, short)]
     quiet: bool,
+    /// On a terminal, a progress line per destination under the overall one.
+    #[arg(long, conflicts_with = "quiet")]
+    per_destination: bool,
     /// Print the report as one JSON object on stdout (instead of the digest line).
     #[arg(long)]
     json: bool,
@@ -384,7 +387,14 @@ fn run_send(args: SendArgs) -> u8 {
     };
     let progress = transfer.progress();
     let display = (!args.quiet)
-        .then(|| report::ProgressDisplay::start(progress.clone(), &args.destinations, source.len()))
+        .then(|| {
+            report::ProgressDisplay::start(
+                progress.clone(),
+                &args.destinations,
+                source.len(),
+                args.per_destination,
+            )
+        })
         .flatten();
     let result = transfer.run();
     if let Some(d) = display {
@@ -569,9 +579,22 @@ fn run_recv(args: RecvArgs) -> u8 {
     let raw = args.raw;
     // With the stream on stdout, the digest line goes to stderr with the logs.
     let to_stdout = matches!(options.target, Target::Stdout);
-    let on_result = move |peer: Option<std::net::SocketAddr>,
-                          result: &Result<recv::Received, recv::RecvError>| {
+    let on_event = move |peer: Option<std::net::SocketAddr>, event: recv::Event<'_>| {
         let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        let result = match event {
+            recv::Event::Opened { name, length } => {
+                if !quiet {
+                    let length = length.map_or_else(String::new, |n| format!(" ({n} bytes)"));
+                    errln!(
+                        "teecast: {peer}: receiving {}{length}",
+                        wire::escape_text(name, 255)
+                    );
+                }
+                return;
+            }
+            recv::Event::Done(result) => result,
+            _ => return,
+        };
         match result {
             Ok(r) => {
                 if r.digest.algorithm != DigestAlgorithm::None {
@@ -604,7 +627,7 @@ fn run_recv(args: RecvArgs) -> u8 {
             Err(e) => errln!("teecast: {peer}: {e}"),
         }
     };
-    match recv::serve(&listener, &options, args.once, &on_result) {
+    match recv::serve(&listener, &options, args.once, &on_event) {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,
         Err(e) => {

@@ -53,8 +53,8 @@ fn demo(size_mib: u64) -> std::io::Result<bool> {
         receivers.push((
             dir,
             std::thread::spawn(move || {
-                recv::serve(&listener, &options, true, &|peer, r| {
-                    if let Err(e) = r {
+                recv::serve(&listener, &options, true, &|peer, event| {
+                    if let recv::Event::Done(Err(e)) = event {
                         errln!("teecast demo: receiver: {peer:?}: {e}");
                     }
                 })

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::out::{errln, outln};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 use teecast::digest::to_hex;
@@ -18,9 +18,10 @@ use teecast::strategy::Strategy;
 
 /// The progress line on stderr while the transfer runs (indicatif: redrawn in place, cut to
 /// the terminal's width): elapsed time, percent, bytes, rate and ETA of the slowest destination
-/// still going, and the count of those that failed, as soon as they fail.
+/// still going, and the count of those that failed, as soon as they fail. With `each`, a line
+/// per destination under it, marked as soon as that destination fails.
 pub struct ProgressDisplay {
-    bar: ProgressBar,
+    bars: MultiProgress,
     done: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -31,43 +32,72 @@ impl ProgressDisplay {
         progress: Arc<Progress>,
         destinations: &[String],
         total: Option<u64>,
+        each: bool,
     ) -> Option<ProgressDisplay> {
         if !std::io::stderr().is_terminal() {
             return None;
         }
-        let template = match total {
-            Some(_) => {
-                "{elapsed:>4} {bar:20} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}"
-            }
-            None => "{elapsed:>4} {bytes} {bytes_per_sec} {wide_msg}",
+        let (overall, per_destination) = match total {
+            Some(_) => (
+                "{elapsed:>4} {bar:12} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}",
+                "  {bar:12} {percent:>3}% {bytes} {bytes_per_sec} {wide_msg}",
+            ),
+            None => (
+                "{elapsed:>4} {bytes} {bytes_per_sec} {wide_msg}",
+                "  {bytes} {bytes_per_sec} {wide_msg}",
+            ),
         };
-        let style = ProgressStyle::with_template(template).ok()?;
-        let bar = match total {
-            Some(t) => ProgressBar::new(t),
-            None => ProgressBar::no_length(),
+        let bar = |template: &str| {
+            let style = ProgressStyle::with_template(template).ok()?;
+            let bar = match total {
+                Some(t) => ProgressBar::new(t),
+                None => ProgressBar::no_length(),
+            };
+            Some(bar.with_style(style))
+        };
+        let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+        let line = bars.add(bar(overall)?);
+        let mut lines = Vec::new();
+        if each {
+            for _ in destinations {
+                lines.push(bars.add(bar(per_destination)?));
+            }
         }
-        .with_style(style);
-        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
         let done = Arc::new(AtomicBool::new(false));
         let names = destinations.to_vec();
-        let (stop, drawn) = (done.clone(), bar.clone());
+        let stop = done.clone();
         let thread = std::thread::spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                let (position, message) = summarize(&progress.sent(), &progress.failed(), &names);
-                drawn.set_position(position);
-                drawn.set_message(message);
+                let (sent, failed) = (progress.sent(), progress.failed());
+                let (position, message) = summarize(&sent, &failed, &names);
+                line.set_position(position);
+                line.set_message(message);
+                for (i, l) in lines.iter().enumerate() {
+                    let failed = failed.get(i).copied().unwrap_or(false);
+                    l.set_position(sent.get(i).copied().unwrap_or(0));
+                    l.set_message(destination_line(&names[i], failed));
+                }
                 std::thread::park_timeout(Duration::from_millis(250));
             }
         });
-        Some(ProgressDisplay { bar, done, thread })
+        Some(ProgressDisplay { bars, done, thread })
     }
 
-    /// Stops and erases the line.
+    /// Stops and erases the lines.
     pub fn stop(self) {
         self.done.store(true, Ordering::Release);
         self.thread.thread().unpark();
         let _ = self.thread.join();
-        self.bar.finish_and_clear();
+        let _ = self.bars.clear();
+    }
+}
+
+/// The words after one destination's bar.
+fn destination_line(name: &str, failed: bool) -> String {
+    if failed {
+        format!("{name} FAILED")
+    } else {
+        name.to_string()
     }
 }
 
@@ -80,14 +110,15 @@ fn summarize(sent: &[u64], failed: &[bool], names: &[String]) -> (u64, String) {
     let failures = sent.len() - live.len();
     let slowest = live.iter().copied().min_by_key(|&i| sent[i]);
     let position = slowest.map_or(0, |i| sent[i]);
-    let mut message = match (names, slowest) {
+    // The failures first: the line is cut to the terminal's width from the right.
+    let message = match (names, slowest) {
         (_, None) => "every destination failed".to_string(),
         ([only], Some(_)) => format!("to {only}"),
+        (_, Some(i)) if failures > 0 => {
+            format!("{failures} of {} failed, slowest {}", names.len(), names[i])
+        }
         (_, Some(i)) => format!("to {} destinations, slowest {}", names.len(), names[i]),
     };
-    if failures > 0 && slowest.is_some() {
-        message.push_str(&format!(", {failures} failed"));
-    }
     (position, message)
 }
 
@@ -464,10 +495,16 @@ mod tests {
     fn a_failed_destination_is_counted_at_once_and_never_the_slowest() {
         let (pos, msg) = summarize(&[50, 0, 30], &[false, true, false], &names(3));
         assert_eq!(pos, 30);
-        assert_eq!(msg, "to 3 destinations, slowest host2:7000, 1 failed");
+        assert_eq!(msg, "1 of 3 failed, slowest host2:7000");
         let (_, msg) = summarize(&[0, 0], &[true, true], &names(2));
         assert_eq!(msg, "every destination failed");
         let (_, msg) = summarize(&[7], &[false], &names(1));
         assert_eq!(msg, "to host0:7000");
+    }
+
+    #[test]
+    fn a_destination_line_says_when_it_failed() {
+        assert_eq!(destination_line("host1:7000", false), "host1:7000");
+        assert_eq!(destination_line("host1:7000", true), "host1:7000 FAILED");
     }
 }

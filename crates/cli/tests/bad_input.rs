@@ -50,10 +50,7 @@ impl Inbox {
     /// Waits for the receiver's verdict on the connection from `peer` and checks that it names
     /// `reason`, then that nothing was stored anywhere.
     fn expect_refused(&self, peer: &str, reason: &str) {
-        let line = self
-            .receiver
-            .proc
-            .wait_stderr(&format!("{peer}: "), TIMEOUT);
+        let line = self.receiver.proc.wait_verdict(peer, TIMEOUT);
         assert!(
             line.contains(reason),
             "the receiver's error {line:?} does not say {reason:?}"
@@ -395,9 +392,7 @@ fn quiet_sender_is_dropped_after_the_stall_timeout() {
     let local = s.local_addr().unwrap().to_string();
     s.write_all(&header("slow.bin", Some(MIB))).unwrap();
     s.write_all(&[7u8; 1000]).unwrap();
-    let line = receiver
-        .proc
-        .wait_stderr(&format!("{local}: "), Duration::from_secs(60));
+    let line = receiver.proc.wait_verdict(&local, Duration::from_secs(60));
     assert!(line.contains("no data"), "{line:?}");
     assert_eq!(list_dir(tmp.path()), Vec::<String>::new());
 }

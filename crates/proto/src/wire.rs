@@ -164,9 +164,10 @@ pub enum NameProblem {
     /// The name contains a NUL byte.
     #[error("it contains a NUL byte")]
     Nul,
-    /// The name contains a control character (below 0x20, or 0x7f) other than NUL.
-    #[error("it contains the control character 0x{0:02x}")]
-    Control(u8),
+    /// The name contains a control character (C0 below U+0020, DEL, or C1 U+0080–U+009F, which
+    /// some terminals obey) other than NUL.
+    #[error("it contains the control character U+{:04X}", u32::from(*.0))]
+    Control(char),
 }
 
 /// Why a route hop was refused.
@@ -558,8 +559,8 @@ pub fn validate_name(name: &str) -> Result<(), WireError> {
     } else if name.contains('\0') {
         Some(NameProblem::Nul)
     } else {
-        name.bytes()
-            .find(|&b| b < 0x20 || b == 0x7f)
+        name.chars()
+            .find(|c| c.is_control())
             .map(NameProblem::Control)
     };
     match problem {
@@ -1415,7 +1416,7 @@ mod tests {
     #[test]
     fn validate_name_rejects_each_bad_name() {
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        let cases: [(&str, NameProblem); 13] = [
+        let cases: [(&str, NameProblem); 14] = [
             ("", NameProblem::Empty),
             (&long, NameProblem::TooLong(256)),
             (".", NameProblem::Dot),
@@ -1426,9 +1427,10 @@ mod tests {
             ("a/b", NameProblem::Slash),
             ("a\\b", NameProblem::Backslash),
             ("a\0b", NameProblem::Nul),
-            ("a\nb", NameProblem::Control(b'\n')),
-            ("a\x1fb", NameProblem::Control(0x1f)),
-            ("a\x7fb", NameProblem::Control(0x7f)),
+            ("a\nb", NameProblem::Control('\n')),
+            ("a\x1fb", NameProblem::Control('\x1f')),
+            ("a\x7fb", NameProblem::Control('\x7f')),
+            ("a\u{9b}2Jb", NameProblem::Control('\u{9b}')),
         ];
         for (name, reason) in cases {
             assert_eq!(

@@ -42,13 +42,17 @@ pub fn wait_ready(
     }
 }
 
-/// `poll(fds, n, -1)` for writability of several fds: returns the indices that are writable (or
-/// in an error or hang-up state). Waits until at least one is.
-pub fn wait_any_writable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<usize>> {
+/// `poll(fds, n, -1)`—Waits until at least one of `fds` is ready for `readiness`; returns the
+/// indices of those that are (including those in an error or hang-up state).
+pub fn wait_any(fds: &[BorrowedFd<'_>], readiness: Readiness) -> io::Result<Vec<usize>> {
+    let events = match readiness {
+        Readiness::Readable => PollFlags::IN,
+        Readiness::Writable => PollFlags::OUT,
+    };
     loop {
         let mut polls: Vec<PollFd<'_>> = fds
             .iter()
-            .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::OUT))
+            .map(|fd| PollFd::from_borrowed_fd(*fd, events))
             .collect();
         match rustix::event::poll(&mut polls, None) {
             Ok(0) => continue,
@@ -85,5 +89,18 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(20);
         assert!(!wait_ready(p.read.as_fd(), Readiness::Readable, Some(deadline)).unwrap());
         assert!(wait_ready(p.write.as_fd(), Readiness::Writable, Some(deadline)).unwrap());
+    }
+
+    #[test]
+    fn wait_any_names_the_ready_ones() {
+        let (a, b) = (
+            Pipe::with_size(4096).unwrap(),
+            Pipe::with_size(4096).unwrap(),
+        );
+        crate::write(b.write.as_fd(), b"x").unwrap();
+        let fds = [a.read.as_fd(), b.read.as_fd()];
+        assert_eq!(wait_any(&fds, Readiness::Readable).unwrap(), vec![1]);
+        let fds = [b.read.as_fd(), a.write.as_fd()];
+        assert_eq!(wait_any(&fds, Readiness::Writable).unwrap(), vec![1]);
     }
 }

@@ -2,8 +2,7 @@
 //! the sender's trailer, fsync, rename, and acknowledge. Anything malformed closes that connection
 //! only, leaves no file behind, and the receiver goes on serving.
 
-use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
@@ -197,9 +196,15 @@ pub enum RecvError {
         "this is a teecast session, not a bare stream: the receiver is in raw mode and the sender is not"
     )]
     FramedIntoRaw,
-    /// The peer already holds as many connections as one address may.
-    #[error("too many connections from this address at once; closed")]
+    /// The peer already holds as many streams as one address may.
+    #[error("too many streams from this address at once; closed")]
     Busy,
+    /// The connection had not sent its header when its place was needed for a newer one.
+    #[error("closed before its header to make room for newer connections")]
+    Displaced,
+    /// The receiver takes one stream (`once`) and another passed its header first.
+    #[error("this receiver takes one stream and is receiving another")]
+    Taken,
     /// The announced name looks like one of teecast's temporary files.
     #[error("the name looks like a teecast temporary file; refused")]
     ReservedName,
@@ -269,6 +274,8 @@ impl RecvError {
             | RecvError::CannotCreate { .. }
             | RecvError::ReservedName
             | RecvError::Busy
+            | RecvError::Displaced
+            | RecvError::Taken
             | RecvError::FramedIntoRaw
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
@@ -289,6 +296,8 @@ impl RecvError {
             RecvError::Unsealed => "unsealed",
             RecvError::ReservedName => "reserved-name",
             RecvError::Busy => "busy",
+            RecvError::Displaced => "displaced",
+            RecvError::Taken => "taken",
             RecvError::NoSpace { .. } => "no-space",
             RecvError::FramedIntoRaw => "framed-into-raw",
             RecvError::Exists => "exists",
@@ -300,121 +309,245 @@ impl RecvError {
     }
 }
 
-/// Called once per connection with the peer and what became of its stream.
-pub type ResultHandler = dyn Fn(Option<SocketAddr>, &Result<Received, RecvError>) + Sync;
+/// What [`serve`] tells about a connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// Its stream passed its header and is being stored (a raw stream: it began).
+    Opened {
+        /// The announced name (the peer's text: escape it before showing it).
+        name: &'a str,
+        /// The announced length, when known.
+        length: Option<u64>,
+    },
+    /// What became of it; once per connection.
+    Done(&'a Result<Received, RecvError>),
+}
 
-/// Accepts connections on `listener` and stores each stream, calling `on_result` for each.
+/// Called with the peer and each [`Event`] of its connection.
+pub type EventHandler = dyn Fn(Option<SocketAddr>, Event<'_>) + Sync;
+
+/// Accepts connections on `listener` and stores each stream, telling `on_event` of each.
 ///
-/// With `once`, returns after the first connection that opened a session (a port scan or a
-/// peer without the key does not use it up) with whether its stream was stored. Otherwise
-/// serves forever: in directory mode each connection on its own thread (up to
-/// `max_connections` at once, at most `max_per_peer` from one address: more from it are
-/// closed at once), in file mode one after another. Every connection must have sent its
-/// header within `header_timeout` of being accepted, so idle or dripping peers give their
-/// place up within it.
+/// Every connection is served on its own thread, up to `max_connections` at once and
+/// `max_per_peer` from one address. A connection that has not yet sent its header (it has
+/// proved nothing) gives its place up to a newer one when the receiver or its address is full,
+/// oldest first, and is closed at `header_timeout` in any case: idle or dripping peers cannot
+/// keep a sender out, whose header comes one round trip after it connects. A connection past
+/// its header keeps its place; one more from a full address is closed at once.
+///
+/// Into a [`Target::File`] or [`Target::Stdout`] one stream is written at a time; the others
+/// wait for it after their header. With `once`, returns after the first stream that passed its
+/// header (a port scan or a peer without the key does not use it up) with whether it was stored;
+/// streams that pass theirs meanwhile are refused. Otherwise serves until accepting fails.
 pub fn serve(
     listener: &TcpListener,
     options: &RecvOptions,
     once: bool,
-    on_result: &ResultHandler,
+    on_event: &EventHandler,
 ) -> io::Result<bool> {
     sys::ignore_sigpipe();
-    let slots = Slots::new(options.max_connections.max(1));
-    let peers = Mutex::new(HashMap::<IpAddr, usize>::new());
+    let wake = Pipe::with_size(4096)?;
+    let gate = Gate::new(options, once, File::from(wake.write));
+    listener.set_nonblocking(true)?;
+    let listening = [listener.as_fd(), wake.read.as_fd()];
     std::thread::scope(|scope| {
-        loop {
+        let served = loop {
+            if let Some(stored) = gate.finished() {
+                break Ok(stored);
+            }
+            if let Err(e) = sys::wait_any(&listening, sys::Readiness::Readable) {
+                break Err(e);
+            }
             let (stream, peer) = match listener.accept() {
                 Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_transient_accept_error(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            if once || !matches!(options.target, Target::Dir(_)) {
-                let (result, opened) = receive_counted(stream, options);
-                on_result(Some(peer), &result);
-                if once && opened {
-                    return Ok(result.is_ok());
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) || is_transient_accept_error(&e) =>
+                {
+                    continue;
                 }
-                continue;
-            }
-            let Some(place) = PeerPlace::take(&peers, peer.ip(), options.max_per_peer) else {
+                Err(e) => break Err(e),
+            };
+            let Some(ticket) = gate.enter(&stream, peer.ip()) else {
                 drop(stream);
-                on_result(Some(peer), &Err(RecvError::Busy));
+                on_event(Some(peer), Event::Done(&Err(RecvError::Busy)));
                 continue;
             };
-            let slot = slots.acquire();
+            let gate = &gate;
             scope.spawn(move || {
-                let result = receive(stream, options);
-                on_result(Some(peer), &result);
-                drop(slot);
-                drop(place);
+                let mut target = None;
+                let result = receive_admitted(stream, options, &mut |name, length| {
+                    target = gate.open(ticket)?;
+                    on_event(Some(peer), Event::Opened { name, length });
+                    Ok(())
+                });
+                drop(target);
+                let result = gate.leave(ticket, result);
+                on_event(Some(peer), Event::Done(&result));
             });
-        }
+        };
+        // Those still before their header are not waited for.
+        gate.close_opening();
+        served
     })
 }
 
-/// One connection's share of its peer's limit; released on drop.
-struct PeerPlace<'a> {
-    peers: &'a Mutex<HashMap<IpAddr, usize>>,
+/// Who is being served: the places of [`serve`], the one stream of `once`, the one target.
+struct Gate {
+    max_total: usize,
+    max_per_peer: usize,
+    once: bool,
+    /// Set for a target that takes one stream at a time (a file, standard output).
+    target: Option<Mutex<()>>,
+    state: Mutex<GateState>,
+    freed: Condvar,
+    /// Written to when `once`'s stream is done, to wake the accepting thread.
+    wake: File,
+}
+
+#[derive(Default)]
+struct GateState {
+    next: u64,
+    /// Every connection being served, oldest first.
+    live: Vec<Place>,
+    /// With `once`: the connection whose stream is the one, once one passed its header.
+    the_one: Option<u64>,
+    /// With `once`: whether that stream was stored, once it is done.
+    outcome: Option<bool>,
+}
+
+/// One connection's place in the [`Gate`].
+struct Place {
+    id: u64,
     ip: IpAddr,
+    /// Until its header: a handle to close it by, should its place be needed.
+    opening: Option<TcpStream>,
 }
 
-impl<'a> PeerPlace<'a> {
-    /// A place for `ip`, unless it already holds `limit`.
-    fn take(peers: &'a Mutex<HashMap<IpAddr, usize>>, ip: IpAddr, limit: usize) -> Option<Self> {
-        let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(ip).or_insert(0);
-        if *n >= limit.max(1) {
-            return None;
+/// A connection's claim to its place, by which it is found in the [`Gate`].
+#[derive(Clone, Copy)]
+struct Ticket(u64);
+
+impl Gate {
+    fn new(options: &RecvOptions, once: bool, wake: File) -> Gate {
+        Gate {
+            max_total: options.max_connections.max(1),
+            max_per_peer: options.max_per_peer.max(1),
+            once,
+            target: (!matches!(options.target, Target::Dir(_))).then(|| Mutex::new(())),
+            state: Mutex::new(GateState::default()),
+            freed: Condvar::new(),
+            wake,
         }
-        *n += 1;
-        Some(PeerPlace { peers, ip })
     }
-}
 
-impl Drop for PeerPlace<'_> {
-    fn drop(&mut self) {
-        let mut held = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection from `ip`: taken from the oldest connection still before its
+    /// header where the address or the receiver is full; waits while every place is held by a
+    /// stream; `None` when the address holds all its places with streams.
+    fn enter(&self, stream: &TcpStream, ip: IpAddr) -> Option<Ticket> {
+        let mut state = self.lock();
+        loop {
+            if state.live.iter().filter(|p| p.ip == ip).count() >= self.max_per_peer {
+                let oldest = state
+                    .live
+                    .iter()
+                    .position(|p| p.ip == ip && p.opening.is_some())?;
+                state.displace(oldest);
+            }
+            if state.live.len() < self.max_total {
+                break;
+            }
+            match state.live.iter().position(|p| p.opening.is_some()) {
+                Some(oldest) => state.displace(oldest),
+                None => state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner()),
             }
         }
+        let id = state.next;
+        state.next += 1;
+        state.live.push(Place {
+            id,
+            ip,
+            // Without a second handle the connection cannot be displaced, only time out.
+            opening: stream.try_clone().ok(),
+        });
+        Some(Ticket(id))
     }
-}
 
-/// A counting semaphore bounding the connections served at once.
-struct Slots {
-    free: Mutex<usize>,
-    released: Condvar,
-}
+    /// The connection of `ticket` passed its header: it keeps its place, becomes `once`'s one
+    /// stream (or is refused: there is one already) and waits for the target.
+    fn open(&self, ticket: Ticket) -> Result<Option<std::sync::MutexGuard<'_, ()>>, RecvError> {
+        {
+            let mut state = self.lock();
+            let place = state
+                .live
+                .iter_mut()
+                .find(|p| p.id == ticket.0)
+                .ok_or(RecvError::Displaced)?;
+            place.opening = None;
+            if self.once {
+                if state.the_one.is_some() {
+                    return Err(RecvError::Taken);
+                }
+                state.the_one = Some(ticket.0);
+            }
+        }
+        Ok(self
+            .target
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner())))
+    }
 
-/// One connection's place; released on drop.
-struct Slot<'a>(&'a Slots);
+    /// The connection of `ticket` is done with `result`: frees its place (a connection that
+    /// lost its place is told so) and, for `once`'s stream, ends the serving.
+    fn leave(
+        &self,
+        ticket: Ticket,
+        result: Result<Received, RecvError>,
+    ) -> Result<Received, RecvError> {
+        let mut state = self.lock();
+        let Some(i) = state.live.iter().position(|p| p.id == ticket.0) else {
+            // Displaced before its header: whatever the read said, this is why it ended.
+            return result.map_err(|_| RecvError::Displaced);
+        };
+        state.live.remove(i);
+        if state.the_one == Some(ticket.0) {
+            state.outcome = Some(result.is_ok());
+            // The accepting thread polls this pipe; a full pipe has already woken it.
+            let _ = (&self.wake).write(b"!");
+        }
+        self.freed.notify_one();
+        result
+    }
 
-impl Slots {
-    fn new(n: usize) -> Slots {
-        Slots {
-            free: Mutex::new(n),
-            released: Condvar::new(),
+    /// With `once`: whether its stream was stored, once it is done.
+    fn finished(&self) -> Option<bool> {
+        self.lock().outcome
+    }
+
+    /// Closes every connection still before its header.
+    fn close_opening(&self) {
+        let mut state = self.lock();
+        while let Some(i) = state.live.iter().position(|p| p.opening.is_some()) {
+            state.displace(i);
         }
     }
-
-    fn acquire(&self) -> Slot<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.released.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        Slot(self)
-    }
 }
 
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.released.notify_one();
+impl GateState {
+    /// Takes the place of the connection at `i` and closes it; its thread ends at its next
+    /// read.
+    fn displace(&mut self, i: usize) {
+        let place = self.live.remove(i);
+        if let Some(s) = place.opening {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -428,40 +561,32 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// Receives one stream from `stream` and stores it; answers the sender with an acknowledgement
 /// (framed mode) when the header could be read.
 pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, RecvError> {
-    receive_counted(stream, options).0
+    receive_admitted(stream, options, &mut |_, _| Ok(()))
 }
 
-/// [`receive`], and whether the connection opened a session (sent its header; a raw stream
-/// always counts).
-fn receive_counted(
-    stream: TcpStream,
-    options: &RecvOptions,
-) -> (Result<Received, RecvError>, bool) {
-    let mut opened = false;
-    let result = receive_into(stream, options, &mut opened);
-    (result, opened)
-}
+/// Asked whether a stream that passed its header (name, length) may go on.
+type Admit<'a> = dyn FnMut(&str, Option<u64>) -> Result<(), RecvError> + 'a;
 
-fn receive_into(
+/// [`receive`], asking `admit` once the stream has passed its header (at once for a raw one)
+/// whether it may go on.
+fn receive_admitted(
     stream: TcpStream,
     options: &RecvOptions,
-    opened: &mut bool,
+    admit: &mut Admit<'_>,
 ) -> Result<Received, RecvError> {
     let peer = stream.peer_addr().ok();
     stream
         .set_read_timeout(Some(options.stall_timeout))
         .map_err(RecvError::io("setting the read timeout"))?;
     if options.raw {
-        *opened = true;
-        return receive_raw(&stream, options, peer);
+        return receive_raw(&stream, options, peer, admit);
     }
     let nonce = auth::nonce().map_err(|e| RecvError::Io {
         op: "getrandom",
         source: io::Error::other(e),
     })?;
     let mut session = ReceiverSession::new(options.key.clone(), nonce);
-    let result = receive_framed(&stream, options, &mut session, peer);
-    *opened = session.header().is_some();
+    let result = receive_framed(&stream, options, &mut session, peer, admit);
     if session.header().is_none() {
         // No header, no answer: the peer does not speak the protocol, or did not prove the key
         // (its welcome told it what this side holds).
@@ -478,7 +603,13 @@ fn receive_into(
     }
     // The sender may already be gone; the outcome here stands either way.
     let _ = transport::write_all(&stream, &ack, Instant::now() + options.stall_timeout);
-    if let Err(RecvError::Io { .. } | RecvError::CannotCreate { .. }) = &result {
+    if let Err(
+        RecvError::Io { .. }
+        | RecvError::CannotCreate { .. }
+        | RecvError::Taken
+        | RecvError::Displaced,
+    ) = &result
+    {
         // Refused mid-stream: let the acknowledgement reach the sender before the connection
         // closes. Closing with unread data would reset it, and a reset can overtake the answer.
         let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -529,6 +660,7 @@ fn receive_framed(
     options: &RecvOptions,
     session: &mut ReceiverSession,
     peer: Option<SocketAddr>,
+    admit: &mut Admit<'_>,
 ) -> Result<Received, RecvError> {
     let stall = options.stall_timeout;
     // Hello, proof and header, all within the header timeout of the connection.
@@ -568,6 +700,7 @@ fn receive_framed(
                     && let Some(header) = session.header()
                 {
                     let path = target_path(options, &header.name)?;
+                    admit(&header.name, header.length)?;
                     store = Some((
                         open_store(options, &path, header.length)?,
                         Payload::new(header.digest, options)?,
@@ -615,14 +748,19 @@ fn receive_raw(
     stream: &TcpStream,
     options: &RecvOptions,
     peer: Option<SocketAddr>,
+    admit: &mut Admit<'_>,
 ) -> Result<Received, RecvError> {
+    // Any bytes are a raw stream, so a connection opens one at once; a teecast session sent
+    // here too, so that `once` ends with the error that names the mistake.
+    let name = raw_name(peer);
+    admit(&name, None)?;
     if opens_a_session(stream, options.stall_timeout)? {
         return Err(RecvError::FramedIntoRaw);
     }
     let path = match &options.target {
         Target::File(p) => p.clone(),
         Target::Stdout => PathBuf::from("-"),
-        Target::Dir(d) => d.join(raw_name(peer)),
+        Target::Dir(d) => d.join(name),
     };
     let file = open_store(options, &path, None)?;
     let mut payload = Payload::new(options.digest, options)?;

@@ -74,14 +74,10 @@ impl Lines {
 
     /// The first line so far, or to come before the deadline, that contains `needle`; `None` at
     /// the deadline or when the stream ended without one.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+    fn wait_for(&self, wanted: &dyn Fn(&str) -> bool, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let found = self
-                .text()
-                .lines()
-                .find(|l| l.contains(needle))
-                .map(str::to_string);
+            let found = self.text().lines().find(|l| wanted(l)).map(str::to_string);
             if found.is_some() {
                 return found;
             }
@@ -90,11 +86,7 @@ impl Lines {
                 // A new line arrived: look again.
                 Ok(_) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return self
-                        .text()
-                        .lines()
-                        .find(|l| l.contains(needle))
-                        .map(str::to_string);
+                    return self.text().lines().find(|l| wanted(l)).map(str::to_string);
                 }
                 Err(RecvTimeoutError::Timeout) => return None,
             }
@@ -218,6 +210,18 @@ impl Running {
         self.wait_line(true, needle, timeout)
     }
 
+    /// Waits for the receiver's verdict on the connection from `peer` (a stderr line about it
+    /// other than the one saying what it is receiving); panics at the deadline.
+    pub fn wait_verdict(&self, peer: &str, timeout: Duration) -> String {
+        let about = format!("{peer}: ");
+        self.wait_line_where(
+            true,
+            &|l| l.contains(&about) && !l.contains(&format!("{about}receiving ")),
+            &format!("a verdict on {peer}"),
+            timeout,
+        )
+    }
+
     /// Waits for a stdout line (printed so far or to come) containing `needle`; panics (showing
     /// the output) at the deadline.
     pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
@@ -229,17 +233,32 @@ impl Running {
     pub fn try_wait_stderr(&self, needle: &str, timeout: Duration) -> Option<String> {
         self.stderr
             .as_ref()
-            .and_then(|l| l.wait_for(needle, timeout))
+            .and_then(|l| l.wait_for(&|line| line.contains(needle), timeout))
     }
 
     fn wait_line(&self, stderr: bool, needle: &str, timeout: Duration) -> String {
+        self.wait_line_where(
+            stderr,
+            &|l| l.contains(needle),
+            &format!("{needle:?}"),
+            timeout,
+        )
+    }
+
+    fn wait_line_where(
+        &self,
+        stderr: bool,
+        wanted: &dyn Fn(&str) -> bool,
+        what: &str,
+        timeout: Duration,
+    ) -> String {
         let lines = if stderr { &self.stderr } else { &self.stdout };
         lines
             .as_ref()
-            .and_then(|l| l.wait_for(needle, timeout))
+            .and_then(|l| l.wait_for(wanted, timeout))
             .unwrap_or_else(|| {
                 panic!(
-                    "{}: no line containing {needle:?} on {} within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    "{}: no line containing {what} on {} within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
                     self.what,
                     if stderr { "stderr" } else { "stdout" },
                     self.stdout_so_far(),
