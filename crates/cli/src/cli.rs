@@ -137,6 +137,10 @@ struct SendArgs {
     /// Send the bare bytes with no framing, to any TCP listener (nc, socat).
     #[arg(long)]
     raw: bool,
+    /// Relay through the destinations instead of sending to each: a tree with K children per
+    /// host, in the order given (1: a chain). Each needs `teecast recv --relay`.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u8).range(1..))]
+    tree: Option<u8>,
     /// Also write exactly the bytes sent to FILE.
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
@@ -193,9 +197,13 @@ struct RecvArgs {
     #[arg(long)]
     no_clobber: bool,
     /// Listen on an address other than loopback without a key: anyone who can reach it may
-    /// store files here.
+    /// store files here (and, with --relay, have streams forwarded beyond loopback).
     #[arg(long)]
     insecure: bool,
+    /// Forward streams to the hosts below this one in the tree their sender chose (`send
+    /// --tree`), as they arrive, while storing this host's copy.
+    #[arg(long)]
+    relay: bool,
     /// Give a connection this long, in all, to open its session (hello, proof and header).
     #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     header_timeout: Duration,
@@ -378,6 +386,9 @@ fn run_send(args: SendArgs) -> u8 {
     if let Some(key) = key {
         options = options.key(key);
     }
+    if let Some(fanout) = args.tree {
+        options = options.tree(fanout);
+    }
     let transfer = match Transfer::new(&source, &args.destinations, &options) {
         Ok(t) => t,
         Err(e) => {
@@ -390,7 +401,7 @@ fn run_send(args: SendArgs) -> u8 {
         .then(|| {
             report::ProgressDisplay::start(
                 progress.clone(),
-                &args.destinations,
+                &transfer.direct(),
                 source.len(),
                 args.per_destination,
             )
@@ -571,7 +582,9 @@ fn run_recv(args: RecvArgs) -> u8 {
         .stall_timeout(args.stall_timeout)
         .header_timeout(args.header_timeout)
         .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
-        .max_per_peer(usize::try_from(args.max_per_peer).unwrap_or(usize::MAX));
+        .max_per_peer(usize::try_from(args.max_per_peer).unwrap_or(usize::MAX))
+        .relay(args.relay)
+        .forward_unauthenticated(args.insecure);
     if let Some(key) = key {
         options = options.key(key);
     }

@@ -168,8 +168,12 @@ pub fn summary(report: &SendReport, failures_only: bool) {
     }
     for d in &report.destinations {
         let status = status_line(d);
+        let via = d
+            .parent
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" (via {p})"));
         errln!(
-            "teecast: {}: {status}, {} in {:.2} s ({}/s)",
+            "teecast: {}{via}: {status}, {} in {:.2} s ({}/s)",
             d.address,
             human_bytes(d.bytes),
             d.elapsed.as_secs_f64(),
@@ -234,6 +238,7 @@ struct JsonCapture {
 #[derive(Serialize)]
 struct JsonDestination<'a> {
     address: &'a str,
+    parent: Option<&'a str>,
     status: &'static str,
     kind: Option<&'static str>,
     ack_status: Option<&'static str>,
@@ -251,6 +256,10 @@ impl<'a> JsonDestination<'a> {
             _ => None,
         };
         let (status, kind, error, receiver_digest) = match &d.outcome {
+            // A host reached through a relay: the relay checked it against the sender's digest.
+            Ok(Delivered::Confirmed { receiver_digest }) if receiver_digest.is_empty() => {
+                ("ok", None, None, None)
+            }
             Ok(Delivered::Confirmed { receiver_digest }) => {
                 ("ok", None, None, Some(to_hex(receiver_digest)))
             }
@@ -259,6 +268,7 @@ impl<'a> JsonDestination<'a> {
         };
         JsonDestination {
             address: &d.address,
+            parent: d.parent.as_deref(),
             status,
             kind,
             ack_status,

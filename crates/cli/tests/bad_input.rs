@@ -102,6 +102,7 @@ fn header(name: &str, length: Option<u64>) -> Vec<u8> {
             length,
             digest: DigestAlgorithm::Sha256,
             route: Vec::new(),
+            tree: None,
         }
         .encode()
         .unwrap(),

@@ -73,6 +73,7 @@ fn header(name: &str, length: Option<u64>, digest: DigestAlgorithm) -> Header {
         length,
         digest,
         route: Vec::new(),
+        tree: None,
     }
 }
 

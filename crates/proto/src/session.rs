@@ -14,8 +14,8 @@
 use crate::auth::{Key, same_mac};
 use crate::digest::DigestAlgorithm;
 use crate::wire::{
-    self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, Header, Hello, MAC_LEN, MAX_CHUNK,
-    MessageKind, NONCE_LEN, PREFIX_LEN, Seal, Trailer, Welcome, WireError,
+    self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, Header, Hello, HostReport, MAC_LEN,
+    MAX_CHUNK, MessageKind, NONCE_LEN, PREFIX_LEN, Seal, Trailer, Welcome, WireError,
 };
 
 /// Whether a keyed session may use `digest`: only one that resists deliberate collisions, as the
@@ -650,13 +650,32 @@ impl ReceiverSession {
         Ok(())
     }
 
+    /// The digest the sender's trailer announced, once the trailer has arrived: what a relay
+    /// passes on to its children, so that every host checks against the sender's word.
+    pub fn announced_digest(&self) -> Option<&[u8]> {
+        self.trailer.as_ref().map(|t| t.digest.as_slice())
+    }
+
     /// The acknowledgement to send (and, keyed, its seal).
     pub fn ack(&self, status: AckStatus, bytes: u64, digest: &[u8], message_text: &str) -> Vec<u8> {
+        self.ack_with_reports(status, bytes, digest, message_text, Vec::new())
+    }
+
+    /// [`ReceiverSession::ack`] from a relay, with the outcome of every host below it.
+    pub fn ack_with_reports(
+        &self,
+        status: AckStatus,
+        bytes: u64,
+        digest: &[u8],
+        message_text: &str,
+        reports: Vec<HostReport>,
+    ) -> Vec<u8> {
         let mut out = Ack {
             status,
             bytes,
             digest: digest.to_vec(),
             message: message_text.to_string(),
+            reports,
         }
         .encode();
         if let Some(k) = &self.session_key {
@@ -677,6 +696,7 @@ mod tests {
             length,
             digest,
             route: Vec::new(),
+            tree: None,
         }
     }
 
@@ -1013,6 +1033,7 @@ mod tests {
                 bytes,
                 digest: digest.to_vec(),
                 message: String::new(),
+                reports: Vec::new(),
             }
             .encode()[PREFIX_LEN..]
                 .to_vec()
@@ -1058,6 +1079,7 @@ mod tests {
             bytes: 1,
             digest: Vec::new(),
             message: "hi".into(),
+            reports: Vec::new(),
         }
         .encode();
         let whole = wire.len();

@@ -29,20 +29,22 @@ pub const CHUNK_HEADER_LEN: usize = 4;
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// Longest file name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 255;
-/// Most hops a header's route may carry.
-pub const MAX_ROUTE_HOPS: usize = 16;
+/// Most hops a header's route may carry: the hosts of one relayed transfer.
+pub const MAX_ROUTE_HOPS: usize = 128;
 /// Longest ack message, in bytes of UTF-8.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 /// Longest route hop (`host:port`), in bytes of UTF-8.
 pub const MAX_HOP_LEN: usize = 255;
 /// Longest digest a trailer or an ack may carry, in bytes.
 pub const MAX_DIGEST_LEN: usize = 64;
-/// Longest header body, in bytes (8 KiB).
-pub const MAX_HEADER_BODY: usize = 8 * 1024;
+/// Longest header body, in bytes (40 KiB: a full route of the longest hops).
+pub const MAX_HEADER_BODY: usize = 40 * 1024;
 /// Longest trailer body, in bytes.
 pub const MAX_TRAILER_BODY: usize = 128;
-/// Longest ack body, in bytes (2 KiB).
-pub const MAX_ACK_BODY: usize = 2 * 1024;
+/// Longest ack body, in bytes (40 KiB: a report for every host of the longest route).
+pub const MAX_ACK_BODY: usize = 40 * 1024;
+/// Longest message of one host's report in an ack, in bytes of UTF-8.
+pub const MAX_REPORT_MESSAGE_LEN: usize = 255;
 /// Length of a hello's or a welcome's nonce.
 pub const NONCE_LEN: usize = 32;
 /// Length of a proof or a seal (a keyed BLAKE3 output).
@@ -57,6 +59,8 @@ pub const CAP_KEYED: u32 = 0x01;
 
 /// Header flag bit 0: the payload length is known and sent as raw bytes.
 const FLAG_LENGTH_KNOWN: u8 = 0x01;
+/// Header flag bit 1: the stream is relayed along a tree over the route ([`Tree`]).
+const FLAG_TREE: u8 = 0x02;
 
 /// The framed messages of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,9 +291,23 @@ pub enum WireError {
         /// The length that arrived.
         found: usize,
     },
-    /// The header's flags have bits set that version 1 does not define.
-    #[error("header flags 0x{0:02x} have unknown bits set; only bit 0 (length known) is defined")]
+    /// The header's flags have bits set that this version does not define.
+    #[error(
+        "header flags 0x{0:02x} have unknown bits set; only bits 0 (length known) and 1 (relayed) are defined"
+    )]
     BadFlags(u8),
+    /// A relayed header's tree does not fit its route.
+    #[error(
+        "the relay tree (fan-out {fanout}, position {position}) does not fit a route of {hops} hops"
+    )]
+    BadTree {
+        /// Children per host.
+        fanout: u8,
+        /// The receiver's place in the route, from 1.
+        position: u16,
+        /// Hops in the route.
+        hops: usize,
+    },
     /// The header says the length is unknown but carries a nonzero length.
     #[error("the header says the length is unknown but carries length {0}; it must be 0")]
     BadLength(u64),
@@ -525,6 +543,10 @@ impl<'a> Reader<'a> {
         Ok(text.to_string())
     }
 
+    fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     fn finish(self) -> Result<(), WireError> {
         if self.rest.is_empty() {
             Ok(())
@@ -619,11 +641,86 @@ pub struct Header {
     pub length: Option<u64>,
     /// The digest algorithm the trailer's digest uses.
     pub digest: DigestAlgorithm,
-    /// Hops (`host:port`) for relaying, reserved for a later version; empty in version 1.
+    /// Every host (`host:port`) of a relayed transfer, in order; empty when sent directly.
     pub route: Vec<String>,
+    /// Where in the relay tree over `route` the receiver is; `None` when sent directly.
+    pub tree: Option<Tree>,
+}
+
+/// A relay tree: the sender is position 0 and the route's hops are positions 1 to n; the
+/// children of position `p` are positions `fanout·p + 1` to `fanout·p + fanout` that exist.
+/// A fan-out of 1 is a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tree {
+    /// Children per host, at least 1.
+    pub fanout: u8,
+    /// The receiver's position, 1 to the route's length.
+    pub position: u16,
+}
+
+impl Tree {
+    /// The positions of `position`'s children in a tree of `hosts` hosts.
+    pub fn children_of(fanout: u8, position: usize, hosts: usize) -> std::ops::Range<usize> {
+        let k = usize::from(fanout.max(1));
+        let first = position.saturating_mul(k).saturating_add(1);
+        let end = first.saturating_add(k).min(hosts + 1);
+        first..end.max(first)
+    }
+
+    /// The position of `position`'s parent (0: the sender).
+    pub fn parent_of(fanout: u8, position: usize) -> usize {
+        position.saturating_sub(1) / usize::from(fanout.max(1))
+    }
+
+    /// Every position below `position`, parents before their children.
+    pub fn descendants_of(fanout: u8, position: usize, hosts: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut next = vec![position];
+        while let Some(p) = next.pop() {
+            for c in Tree::children_of(fanout, p, hosts).rev() {
+                next.push(c);
+            }
+            if p != position {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// How many levels of hosts hang below `position` (0 for a leaf).
+    pub fn height_below(fanout: u8, position: usize, hosts: usize) -> usize {
+        let mut levels = 0;
+        let mut p = position;
+        // The first child is always on the deepest path of a complete tree over a list.
+        while let Some(c) = Tree::children_of(fanout, p, hosts).next() {
+            levels += 1;
+            p = c;
+        }
+        levels
+    }
+
+    fn check(self, hops: usize) -> Result<(), WireError> {
+        if self.fanout == 0 || self.position == 0 || usize::from(self.position) > hops {
+            return Err(WireError::BadTree {
+                fanout: self.fanout,
+                position: self.position,
+                hops,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Header {
+    /// This header as sent to the host at `position` of its tree (itself when not relayed).
+    pub fn for_position(&self, position: usize) -> Header {
+        let mut h = self.clone();
+        if let Some(t) = &mut h.tree {
+            t.position = u16::try_from(position).unwrap_or(u16::MAX);
+        }
+        h
+    }
+
     /// Encodes prefix and body, after validating the name and route.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         validate_name(&self.name)?;
@@ -642,10 +739,14 @@ impl Header {
         let mut body = Vec::with_capacity(64);
         body.extend_from_slice(&name_len.to_be_bytes());
         body.extend_from_slice(self.name.as_bytes());
-        let (flags, length) = match self.length {
+        let (mut flags, length) = match self.length {
             Some(length) => (FLAG_LENGTH_KNOWN, length),
             None => (0, 0),
         };
+        if let Some(tree) = self.tree {
+            tree.check(self.route.len())?;
+            flags |= FLAG_TREE;
+        }
         body.push(flags);
         body.extend_from_slice(&length.to_be_bytes());
         body.push(self.digest.id());
@@ -660,6 +761,10 @@ impl Header {
             body.push(hop_len);
             body.extend_from_slice(hop.as_bytes());
         }
+        if let Some(tree) = self.tree {
+            body.push(tree.fanout);
+            body.extend_from_slice(&tree.position.to_be_bytes());
+        }
         frame(MessageKind::Header, &body)
     }
 
@@ -671,7 +776,7 @@ impl Header {
         let name = r.text(usize::from(name_len), "name")?;
         validate_name(&name)?;
         let flags = r.u8("flags")?;
-        if flags & !FLAG_LENGTH_KNOWN != 0 {
+        if flags & !(FLAG_LENGTH_KNOWN | FLAG_TREE) != 0 {
             return Err(WireError::BadFlags(flags));
         }
         let length = r.u64("length")?;
@@ -695,12 +800,23 @@ impl Header {
             validate_hop(index, &hop)?;
             route.push(hop);
         }
+        let tree = if flags & FLAG_TREE != 0 {
+            let tree = Tree {
+                fanout: r.u8("fan-out")?,
+                position: r.u16("position")?,
+            };
+            tree.check(route.len())?;
+            Some(tree)
+        } else {
+            None
+        };
         r.finish()?;
         Ok(Header {
             name,
             length,
             digest,
             route,
+            tree,
         })
     }
 }
@@ -772,17 +888,21 @@ pub enum AckStatus {
     IoError,
     /// The payload ended before it should have; nothing is kept. (5)
     Truncated,
+    /// In a relay's report: the host was not reached, or its connection broke without an
+    /// answer; the message says why. (6)
+    Unreached,
 }
 
 impl AckStatus {
     /// Every status, in code order.
-    pub const ALL: [AckStatus; 6] = [
+    pub const ALL: [AckStatus; 7] = [
         Self::Ok,
         Self::DigestMismatch,
         Self::LengthMismatch,
         Self::Rejected,
         Self::IoError,
         Self::Truncated,
+        Self::Unreached,
     ];
 
     /// The code carried on the wire.
@@ -794,6 +914,7 @@ impl AckStatus {
             Self::Rejected => 3,
             Self::IoError => 4,
             Self::Truncated => 5,
+            Self::Unreached => 6,
         }
     }
 
@@ -803,7 +924,7 @@ impl AckStatus {
     }
 
     /// The name used in reports: `ok`, `digest-mismatch`, `length-mismatch`, `rejected`,
-    /// `io-error`, `truncated`.
+    /// `io-error`, `truncated`, `unreached`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -812,6 +933,7 @@ impl AckStatus {
             Self::Rejected => "rejected",
             Self::IoError => "io-error",
             Self::Truncated => "truncated",
+            Self::Unreached => "unreached",
         }
     }
 }
@@ -833,6 +955,22 @@ pub struct Ack {
     pub digest: Vec<u8>,
     /// A human-readable explanation (empty when there is nothing to add).
     pub message: String,
+    /// From a relay: the outcome of every host below it (empty from a host that relays
+    /// nothing).
+    pub reports: Vec<HostReport>,
+}
+
+/// One host's outcome in a relay's acknowledgement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostReport {
+    /// The host's position in the route (from 1).
+    pub position: u16,
+    /// Its verdict.
+    pub status: AckStatus,
+    /// Payload bytes it got.
+    pub bytes: u64,
+    /// Why, when it failed (at most [`MAX_REPORT_MESSAGE_LEN`] bytes).
+    pub message: String,
 }
 
 impl Ack {
@@ -849,6 +987,20 @@ impl Ack {
         push_digest(&mut body, digest);
         body.extend_from_slice(&message_len.to_be_bytes());
         body.extend_from_slice(message.as_bytes());
+        if !self.reports.is_empty() {
+            let reports = self.reports.get(..MAX_ROUTE_HOPS).unwrap_or(&self.reports);
+            // At most MAX_ROUTE_HOPS (128): fits.
+            body.extend_from_slice(&(reports.len() as u16).to_be_bytes());
+            for report in reports {
+                let message = truncate_at_char_boundary(&report.message, MAX_REPORT_MESSAGE_LEN);
+                body.extend_from_slice(&report.position.to_be_bytes());
+                body.push(report.status.code());
+                body.extend_from_slice(&report.bytes.to_be_bytes());
+                // At most MAX_REPORT_MESSAGE_LEN (255): fits.
+                body.push(message.len() as u8);
+                body.extend_from_slice(message.as_bytes());
+            }
+        }
         frame_bounded(MessageKind::Ack, &body)
     }
 
@@ -869,12 +1021,41 @@ impl Ack {
             return Err(WireError::MessageTooLong(message_len));
         }
         let message = r.text(message_len, "message")?;
+        let mut reports = Vec::new();
+        if !r.is_empty() {
+            let count = usize::from(r.u16("report count")?);
+            if count == 0 {
+                // An ack without reports has no report section: one encoding per ack.
+                return Err(WireError::TrailingBytes {
+                    kind: MessageKind::Ack,
+                    count: 2,
+                });
+            }
+            if count > MAX_ROUTE_HOPS {
+                return Err(WireError::RouteTooLong { hops: count });
+            }
+            for _ in 0..count {
+                let position = r.u16("report position")?;
+                let code = r.u8("report status")?;
+                let status = AckStatus::from_code(code).ok_or(WireError::UnknownStatus(code))?;
+                let bytes = r.u64("report bytes")?;
+                let len = usize::from(r.u8("report message length")?);
+                let message = r.text(len, "report message")?;
+                reports.push(HostReport {
+                    position,
+                    status,
+                    bytes,
+                    message,
+                });
+            }
+        }
         r.finish()?;
         Ok(Ack {
             status,
             bytes,
             digest,
             message,
+            reports,
         })
     }
 }
@@ -1026,6 +1207,7 @@ mod tests {
             length,
             digest: DigestAlgorithm::Blake3,
             route: Vec::new(),
+            tree: None,
         }
     }
 
@@ -1046,6 +1228,7 @@ mod tests {
             bytes: 99,
             digest: vec![7; 32],
             message: "digest differs".to_string(),
+            reports: Vec::new(),
         }
     }
 
@@ -1095,6 +1278,7 @@ mod tests {
                         length,
                         digest,
                         route: Vec::new(),
+                        tree: None,
                     };
                     let encoded = h.encode().expect("valid header");
                     let body = body_of(&encoded, MessageKind::Header);
@@ -1119,6 +1303,7 @@ mod tests {
             length: None,
             digest: DigestAlgorithm::Sha256,
             route,
+            tree: None,
         };
         let encoded = h.encode().expect("valid header");
         let body = body_of(&encoded, MessageKind::Header);
@@ -1133,6 +1318,7 @@ mod tests {
             length: Some(0x0102),
             digest: DigestAlgorithm::Sha256,
             route: vec!["h:1".to_string()],
+            tree: None,
         };
         let expected: Vec<u8> = [
             &b"TCHD"[..],
@@ -1170,6 +1356,7 @@ mod tests {
             length: Some(5),
             digest: DigestAlgorithm::Xxh3_128,
             route: Vec::new(),
+            tree: None,
         };
         assert_eq!(
             hex(&h.encode().expect("valid")),
@@ -1189,6 +1376,7 @@ mod tests {
             bytes: 5,
             digest,
             message: String::new(),
+            reports: Vec::new(),
         };
         assert_eq!(
             hex(&a.encode()),
@@ -1247,6 +1435,7 @@ mod tests {
                         bytes: 42,
                         digest: digest.clone(),
                         message: message.to_string(),
+                        reports: Vec::new(),
                     };
                     let encoded = a.encode();
                     let body = body_of(&encoded, MessageKind::Ack);
@@ -1265,6 +1454,7 @@ mod tests {
             bytes: 0,
             digest: vec![],
             message,
+            reports: Vec::new(),
         };
         let encoded = a.encode();
         let decoded = Ack::decode_body(body_of(&encoded, MessageKind::Ack)).expect("decodes");
@@ -1273,10 +1463,79 @@ mod tests {
         let exact = "é".repeat(MAX_MESSAGE_LEN); // 2048 bytes
         let a = Ack {
             message: exact,
+            reports: Vec::new(),
             ..a
         };
         let decoded = Ack::decode_body(body_of(&a.encode(), MessageKind::Ack)).expect("decodes");
         assert_eq!(decoded.message, "é".repeat(MAX_MESSAGE_LEN / 2));
+    }
+
+    #[test]
+    fn trees_place_hosts_in_order() {
+        // A chain: each host feeds the next.
+        assert_eq!(Tree::children_of(1, 0, 4), 1..2);
+        assert_eq!(Tree::children_of(1, 3, 4), 4..5);
+        assert!(Tree::children_of(1, 4, 4).is_empty());
+        assert_eq!(Tree::descendants_of(1, 1, 4), vec![2, 3, 4]);
+        assert_eq!(Tree::height_below(1, 0, 4), 4);
+        // Seven hosts, two children each: 0 → 1, 2; 1 → 3, 4; 2 → 5, 6; 3 → 7.
+        assert_eq!(Tree::children_of(2, 0, 7), 1..3);
+        assert_eq!(Tree::children_of(2, 3, 7), 7..8);
+        assert!(Tree::children_of(2, 4, 7).is_empty());
+        assert_eq!(Tree::descendants_of(2, 1, 7), vec![3, 7, 4]);
+        assert_eq!(Tree::descendants_of(2, 0, 7), vec![1, 3, 7, 4, 2, 5, 6]);
+        assert_eq!(Tree::height_below(2, 2, 7), 1);
+        assert_eq!(Tree::height_below(2, 7, 7), 0);
+        for p in 1..=7 {
+            let parent = Tree::parent_of(2, p);
+            assert!(Tree::children_of(2, parent, 7).contains(&p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_relayed_header_and_a_reporting_ack_round_trip() {
+        let mut h = header("f", Some(5));
+        h.route = vec!["a:1".into(), "b:2".into(), "c:3".into()];
+        h.tree = Some(Tree {
+            fanout: 2,
+            position: 3,
+        });
+        let bytes = h.encode().unwrap();
+        assert_eq!(
+            Header::decode_body(body_of(&bytes, MessageKind::Header)),
+            Ok(h.clone())
+        );
+        for (fanout, position) in [(0, 1), (1, 0), (1, 4)] {
+            h.tree = Some(Tree { fanout, position });
+            assert_eq!(
+                h.encode(),
+                Err(WireError::BadTree {
+                    fanout,
+                    position,
+                    hops: 3
+                })
+            );
+        }
+        let a = Ack {
+            reports: vec![
+                HostReport {
+                    position: 2,
+                    status: AckStatus::Ok,
+                    bytes: 5,
+                    message: String::new(),
+                },
+                HostReport {
+                    position: 3,
+                    status: AckStatus::Unreached,
+                    bytes: 0,
+                    message: "x".repeat(300),
+                },
+            ],
+            ..valid_ack()
+        };
+        let decoded = Ack::decode_body(body_of(&a.encode(), MessageKind::Ack)).unwrap();
+        assert_eq!(decoded.reports[0], a.reports[0]);
+        assert_eq!(decoded.reports[1].message.len(), MAX_REPORT_MESSAGE_LEN);
     }
 
     #[test]
@@ -1290,7 +1549,8 @@ mod tests {
                 "length-mismatch",
                 "rejected",
                 "io-error",
-                "truncated"
+                "truncated",
+                "unreached"
             ]
         );
         for (code, status) in AckStatus::ALL.into_iter().enumerate() {
@@ -1298,7 +1558,7 @@ mod tests {
             assert_eq!(AckStatus::from_code(status.code()), Some(status));
             assert_eq!(status.to_string(), status.as_str());
         }
-        assert_eq!(AckStatus::from_code(6), None);
+        assert_eq!(AckStatus::from_code(7), None);
     }
 
     #[test]
@@ -1493,7 +1753,12 @@ mod tests {
         ));
         let mut h = header("f", None);
         h.route = vec!["h:1".to_string(); MAX_ROUTE_HOPS + 1];
-        assert_eq!(h.encode(), Err(WireError::RouteTooLong { hops: 17 }));
+        assert_eq!(
+            h.encode(),
+            Err(WireError::RouteTooLong {
+                hops: MAX_ROUTE_HOPS + 1
+            })
+        );
         let too_long_hop = format!("{}:1", "h".repeat(MAX_HOP_LEN));
         let bad_hops: [(&str, HopProblem); 9] = [
             ("", HopProblem::Empty),
@@ -1581,10 +1846,10 @@ mod tests {
             })
         );
         let mut body = body_of(&valid_ack().encode(), MessageKind::Ack).to_vec();
-        body.push(9);
+        body.extend_from_slice(&[0, 0]);
         assert!(matches!(
             Ack::decode_body(&body),
-            Err(WireError::TrailingBytes { count: 1, .. })
+            Err(WireError::TrailingBytes { count: 2, .. })
         ));
     }
 
@@ -1678,7 +1943,7 @@ mod tests {
 
     #[test]
     fn decode_bad_flags() {
-        for flags in [0x02u8, 0x80, 0xff] {
+        for flags in [0x04u8, 0x80, 0xff] {
             assert_eq!(
                 Header::decode_body(&raw_header(b"a", flags, 0, 1, &[])),
                 Err(WireError::BadFlags(flags))
@@ -1699,7 +1964,9 @@ mod tests {
         let hops: Vec<&[u8]> = vec![b"h:1"; MAX_ROUTE_HOPS + 1];
         assert_eq!(
             Header::decode_body(&raw_header(b"a", 0, 0, 1, &hops)),
-            Err(WireError::RouteTooLong { hops: 17 })
+            Err(WireError::RouteTooLong {
+                hops: MAX_ROUTE_HOPS + 1
+            })
         );
     }
 
@@ -1735,7 +2002,7 @@ mod tests {
 
     #[test]
     fn decode_unknown_status() {
-        for code in [6u8, 0xff] {
+        for code in [7u8, 0xff] {
             assert_eq!(
                 Ack::decode_body(&raw_ack(code, &[], b"")),
                 Err(WireError::UnknownStatus(code))
@@ -1780,6 +2047,7 @@ mod tests {
             length: Some(77),
             digest: DigestAlgorithm::Sha256,
             route: vec!["a:1".to_string(), "relay.example:9000".to_string()],
+            tree: None,
         };
         let body = header_body(&h);
         for cut in 0..body.len() {
@@ -1857,6 +2125,13 @@ mod tests {
             route: (0..hops)
                 .map(|_| format!("{}:{}", rng.text(8), rng.below(70_000)))
                 .collect(),
+            tree: match (hops, rng.below(2)) {
+                (0, _) | (_, 0) => None,
+                _ => Some(Tree {
+                    fanout: 1 + rng.below(3) as u8,
+                    position: 1 + rng.below(hops) as u16,
+                }),
+            },
         }
     }
 
@@ -1867,6 +2142,7 @@ mod tests {
             bytes: rng.next(),
             digest: rng.bytes(digest_len),
             message: rng.text(40),
+            reports: Vec::new(),
         }
     }
 

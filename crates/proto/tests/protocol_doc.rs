@@ -17,6 +17,7 @@ fn example() -> Vec<(&'static str, Vec<u8>)> {
         length: Some(5),
         digest: DigestAlgorithm::Blake3,
         route: Vec::new(),
+        tree: None,
     };
     let (mut tx, hello) = SenderSession::start(&header, Some(key.clone()), sender_nonce).unwrap();
     let mut rx = ReceiverSession::new(Some(key), receiver_nonce);

@@ -17,8 +17,10 @@ use crate::store::{AtomicFile, is_temporary_name};
 use crate::transport;
 use std::fs::File;
 use teecast_proto::session::{Mismatch, Next, ReceiverSession};
-use teecast_proto::wire::{self, AckStatus, WireError};
+use teecast_proto::wire::{self, AckStatus, HostReport, WireError};
 use teecast_sys::{self as sys, AlignedBuf, Pipe};
+
+mod relay;
 
 /// Where received streams go.
 #[derive(Clone, Debug)]
@@ -58,6 +60,10 @@ pub struct RecvOptions {
     pub header_timeout: Duration,
     /// Connections served at once from one address, in directory mode.
     pub max_per_peer: usize,
+    /// Forward streams to the hosts their header names below this one (a relay).
+    pub relay: bool,
+    /// As a relay, forward unauthenticated streams (no key) beyond loopback too.
+    pub forward_unauthenticated: bool,
 }
 
 impl RecvOptions {
@@ -73,7 +79,21 @@ impl RecvOptions {
             no_clobber: false,
             header_timeout: Duration::from_secs(10),
             max_per_peer: 8,
+            relay: false,
+            forward_unauthenticated: false,
         }
+    }
+
+    /// Sets whether streams are forwarded to the hosts their header names below this one.
+    pub fn relay(mut self, relay: bool) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// Sets whether a relay forwards unauthenticated streams beyond loopback.
+    pub fn forward_unauthenticated(mut self, yes: bool) -> Self {
+        self.forward_unauthenticated = yes;
+        self
     }
 
     /// Sets how long a connection may take to open its session (hello, proof, header).
@@ -202,6 +222,12 @@ pub enum RecvError {
     /// The connection had not sent its header when its place was needed for a newer one.
     #[error("closed before its header to make room for newer connections")]
     Displaced,
+    /// The stream is to be forwarded to other hosts, and this receiver does not relay.
+    #[error("this receiver does not forward streams to other hosts")]
+    NotARelay,
+    /// The stream is to be forwarded beyond loopback without authentication.
+    #[error("this relay forwards an unauthenticated stream (no key) only among loopback addresses")]
+    UnauthenticatedForward,
     /// The receiver takes one stream (`once`) and another passed its header first.
     #[error("this receiver takes one stream and is receiving another")]
     Taken,
@@ -276,6 +302,8 @@ impl RecvError {
             | RecvError::Busy
             | RecvError::Displaced
             | RecvError::Taken
+            | RecvError::NotARelay
+            | RecvError::UnauthenticatedForward
             | RecvError::FramedIntoRaw
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
@@ -298,6 +326,8 @@ impl RecvError {
             RecvError::Busy => "busy",
             RecvError::Displaced => "displaced",
             RecvError::Taken => "taken",
+            RecvError::NotARelay => "not-a-relay",
+            RecvError::UnauthenticatedForward => "unauthenticated-forward",
             RecvError::NoSpace { .. } => "no-space",
             RecvError::FramedIntoRaw => "framed-into-raw",
             RecvError::Exists => "exists",
@@ -586,15 +616,16 @@ fn receive_admitted(
         source: io::Error::other(e),
     })?;
     let mut session = ReceiverSession::new(options.key.clone(), nonce);
-    let result = receive_framed(&stream, options, &mut session, peer, admit);
+    let mut reports = Vec::new();
+    let result = receive_framed(&stream, options, &mut session, peer, admit, &mut reports);
     if session.header().is_none() {
         // No header, no answer: the peer does not speak the protocol, or did not prove the key
         // (its welcome told it what this side holds).
         return result;
     }
     let ack = match &result {
-        Ok(r) => session.ack(AckStatus::Ok, r.bytes, &r.digest.bytes, ""),
-        Err(e) => session.ack(e.ack_status(), 0, &[], &e.peer_message()),
+        Ok(r) => session.ack_with_reports(AckStatus::Ok, r.bytes, &r.digest.bytes, "", reports),
+        Err(e) => session.ack_with_reports(e.ack_status(), 0, &[], &e.peer_message(), reports),
     };
     if let Err(RecvError::Wire(_)) = &result {
         // Malformed frames after the header: no answer to a peer that does not speak the
@@ -661,6 +692,7 @@ fn receive_framed(
     session: &mut ReceiverSession,
     peer: Option<SocketAddr>,
     admit: &mut Admit<'_>,
+    reports: &mut Vec<HostReport>,
 ) -> Result<Received, RecvError> {
     let stall = options.stall_timeout;
     // Hello, proof and header, all within the header timeout of the connection.
@@ -701,6 +733,14 @@ fn receive_framed(
                 {
                     let path = target_path(options, &header.name)?;
                     admit(&header.name, header.length)?;
+                    if let Some(children) = relay::children(header) {
+                        relay::check(options, header, &children)?;
+                        let header = header.clone();
+                        let store = open_store(options, &path, header.length);
+                        return relay::forward(
+                            stream, options, session, &header, children, store, peer, reports,
+                        );
+                    }
                     store = Some((
                         open_store(options, &path, header.length)?,
                         Payload::new(header.digest, options)?,
@@ -724,7 +764,13 @@ fn receive_framed(
     };
     let bytes = payload.bytes;
     let digest = payload.finish();
-    session.verify(&digest.bytes).map_err(|m| match m {
+    session.verify(&digest.bytes).map_err(mismatch)?;
+    commit(file, options, peer, bytes, digest)
+}
+
+/// The receiver's error for a stream that failed its checks after the trailer.
+fn mismatch(m: Mismatch) -> RecvError {
+    match m {
         Mismatch::Length {
             announced,
             received,
@@ -740,8 +786,7 @@ fn receive_framed(
             received,
         },
         _ => RecvError::Unsealed,
-    })?;
-    commit(file, options, peer, bytes, digest)
+    }
 }
 
 fn receive_raw(

@@ -8,13 +8,13 @@ use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
 use teecast_proto::session::{OrderError, SenderSession, Verdict};
-use teecast_proto::wire::{self, AckStatus, Header, WireError};
+use teecast_proto::wire::{self, AckStatus, Header, HostReport, Tree, WireError};
 use teecast_sys::{self as sys, FileMap, Readiness};
 
 use crate::auth::{self, Key};
@@ -44,6 +44,9 @@ pub struct SendOptions {
     /// The pre-shared key: both ends prove it and every stream and acknowledgement is sealed
     /// under a key of its session. Needs a cryptographic digest (blake3 or sha256).
     pub key: Option<Key>,
+    /// Relay the stream along a tree over the destinations, in the order given, with this
+    /// many children per host (1: a chain); `None` sends to every destination directly.
+    pub tree: Option<u8>,
 }
 
 impl Default for SendOptions {
@@ -55,6 +58,7 @@ impl Default for SendOptions {
             connect_timeout: Duration::from_secs(10),
             fanout: FanoutConfig::default(),
             key: None,
+            tree: None,
         }
     }
 }
@@ -98,6 +102,11 @@ impl SendOptions {
     /// Authenticates with `key` (see [`SendOptions::key`]).
     pub fn key(mut self, key: Key) -> Self {
         self.key = Some(key);
+        self
+    }
+    /// Relays the stream along a tree with `fanout` children per host (1: a chain).
+    pub fn tree(mut self, fanout: u8) -> Self {
+        self.tree = Some(fanout);
         self
     }
     /// Sets the engine's settings (path, digest, capture and sizes together).
@@ -190,6 +199,10 @@ pub enum DestFailure {
     /// The transfer ended before this destination had the stream.
     #[error(transparent)]
     Abandoned(#[from] Abandoned),
+    /// A host reached through relays was not reached, or its connection broke without an
+    /// answer; the relay that served it says why.
+    #[error("not reached: {}", wire::escape_text(.0, 200))]
+    Unreached(String),
 }
 
 impl DestFailure {
@@ -197,7 +210,7 @@ impl DestFailure {
     /// `unconfirmed`, `reset`, `bad-ack`, `key` (one end has a key, the other none),
     /// `unauthenticated` (a proof does not verify: another key), `handshake`, `no-welcome`,
     /// `closed-at-hello`,
-    /// `io`, `source-shrank`, `order` or `abandoned`.
+    /// `io`, `source-shrank`, `order`, `abandoned` or `unreached`.
     pub fn kind(&self) -> &'static str {
         match self {
             DestFailure::Connect(_) => "connect",
@@ -216,6 +229,7 @@ impl DestFailure {
             DestFailure::SourceShrank => "source-shrank",
             DestFailure::Order(_) => "order",
             DestFailure::Abandoned(_) => "abandoned",
+            DestFailure::Unreached(_) => "unreached",
         }
     }
 }
@@ -225,6 +239,8 @@ impl DestFailure {
 pub struct DestReport {
     /// The address as given.
     pub address: String,
+    /// The relay it was reached through (`None`: sent to directly).
+    pub parent: Option<String>,
     /// What happened.
     pub outcome: Result<Delivered, DestFailure>,
     /// Payload bytes written to it.
@@ -246,14 +262,24 @@ impl DestReport {
 pub struct Progress {
     sent: Vec<AtomicU64>,
     failed: Vec<AtomicBool>,
+    /// What each relay reported of the hosts below it.
+    reports: Vec<Mutex<Vec<HostReport>>>,
 }
 
 impl Progress {
-    fn new(destinations: usize) -> Progress {
+    pub(crate) fn new(destinations: usize) -> Progress {
         Progress {
             sent: (0..destinations).map(|_| AtomicU64::new(0)).collect(),
             failed: (0..destinations).map(|_| AtomicBool::new(false)).collect(),
+            reports: (0..destinations).map(|_| Mutex::new(Vec::new())).collect(),
         }
+    }
+
+    /// Takes what destination `destination` (a relay) reported of the hosts below it.
+    pub(crate) fn take_reports(&self, destination: usize) -> Vec<HostReport> {
+        self.reports.get(destination).map_or_else(Vec::new, |r| {
+            std::mem::take(&mut *r.lock().unwrap_or_else(|p| p.into_inner()))
+        })
     }
 
     /// Which destinations have failed or been dropped so far, in order.
@@ -284,7 +310,7 @@ impl Progress {
         }
     }
 
-    fn of(&self, destination: usize) -> u64 {
+    pub(crate) fn of(&self, destination: usize) -> u64 {
         self.sent
             .get(destination)
             .map_or(0, |s| s.load(Ordering::Relaxed))
@@ -313,6 +339,9 @@ pub enum SendError {
     /// No destination was given.
     #[error("no destination given")]
     NoDestinations,
+    /// A relay tree that cannot be built: no fan-out, raw mode, or too many hosts.
+    #[error("cannot relay: {0}")]
+    Tree(&'static str),
 }
 
 impl SendError {
@@ -325,6 +354,7 @@ impl SendError {
             SendError::Name(_) | SendError::NameNotUtf8 => "name",
             SendError::WeakDigest(_) => "weak-digest",
             SendError::NoDestinations => "no-destinations",
+            SendError::Tree(_) => "tree",
         }
     }
 }
@@ -368,7 +398,10 @@ impl SendReport {
 #[derive(Debug)]
 pub struct Transfer<'a> {
     source: &'a Source,
+    /// Every host, in order: in a tree, the route.
     destinations: Vec<String>,
+    /// The positions (from 1) of the hosts sent to directly: all, or the tree's first level.
+    direct: Vec<usize>,
     options: SendOptions,
     header: Option<Header>,
     name: String,
@@ -387,7 +420,23 @@ impl<'a> Transfer<'a> {
             return Err(SendError::NoDestinations);
         }
         let mut options = options.clone();
-        let consumers = destinations.len() + usize::from(options.fanout.capture.is_some());
+        let (direct, route): (Vec<usize>, Vec<String>) = match options.tree {
+            None => ((1..=destinations.len()).collect(), Vec::new()),
+            Some(0) => return Err(SendError::Tree("a tree needs at least one child per host")),
+            Some(_) if options.raw => {
+                return Err(SendError::Tree(
+                    "a raw stream has no header to carry the route",
+                ));
+            }
+            Some(_) if destinations.len() > wire::MAX_ROUTE_HOPS => {
+                return Err(SendError::Tree("at most 128 hosts can be relayed to"));
+            }
+            Some(k) => (
+                Tree::children_of(k, 0, destinations.len()).collect(),
+                destinations.to_vec(),
+            ),
+        };
+        let consumers = direct.len() + usize::from(options.fanout.capture.is_some());
         options.fanout.strategy = options.fanout.strategy.for_transfer(source, consumers);
         options.fanout.validate()?;
         engine::check(source, options.fanout.strategy, consumers)?;
@@ -400,7 +449,11 @@ impl<'a> Transfer<'a> {
             name: name.clone(),
             length: source.len(),
             digest: options.fanout.digest,
-            route: Vec::new(),
+            route,
+            tree: options.tree.map(|fanout| Tree {
+                fanout,
+                position: 1,
+            }),
         });
         if let Some(h) = &header {
             h.encode().map_err(SendError::Name)?;
@@ -414,16 +467,27 @@ impl<'a> Transfer<'a> {
         Ok(Transfer {
             source,
             destinations: destinations.to_vec(),
-            progress: Arc::new(Progress::new(destinations.len())),
+            progress: Arc::new(Progress::new(direct.len())),
+            direct,
             options,
             header,
             name,
         })
     }
 
-    /// The counters of this transfer, to watch while it runs.
+    /// The counters of this transfer, to watch while it runs: one per destination sent to
+    /// directly ([`Transfer::direct`]).
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// The destinations sent to directly, in the order of [`Transfer::progress`]: all of them,
+    /// or in a tree the first level.
+    pub fn direct(&self) -> Vec<String> {
+        self.direct
+            .iter()
+            .map(|&p| self.destinations[p - 1].clone())
+            .collect()
     }
 
     /// The concrete data path.
@@ -434,33 +498,68 @@ impl<'a> Transfer<'a> {
     /// Sends, and reports every destination.
     pub fn run(self) -> SendReport {
         let started = Instant::now();
+        let hosts = self.destinations.len();
         let sinks: Vec<DestSink<'_>> = self
-            .destinations
+            .direct
             .iter()
             .enumerate()
-            .map(|(index, address)| DestSink {
-                address,
-                index,
-                stream: None,
-                session: None,
-                header: self.header.as_ref(),
-                options: &self.options,
-                progress: &self.progress,
+            .map(|(index, &position)| {
+                DestSink::new(
+                    &self.destinations[position - 1],
+                    index,
+                    self.header.as_ref().map(|h| h.for_position(position)),
+                    &self.options,
+                    &self.progress,
+                )
             })
             .collect();
         let fanout = engine::fan_out(self.source, sinks, &self.options.fanout);
-        let destinations = self
-            .destinations
-            .iter()
-            .zip(fanout.consumers)
-            .enumerate()
-            .map(|(i, (address, outcome))| DestReport {
-                address: address.clone(),
-                outcome,
-                bytes: self.progress.of(i),
-                elapsed: started.elapsed(),
-            })
-            .collect();
+        let elapsed = started.elapsed();
+        let mut destinations: Vec<(usize, DestReport)> = Vec::with_capacity(hosts);
+        let mut relayed = Vec::new();
+        for (i, (&position, outcome)) in self.direct.iter().zip(fanout.consumers).enumerate() {
+            if let Some(fanout) = self.options.tree {
+                let reported = self.progress.take_reports(i);
+                relayed.extend(below(fanout, hosts, position, &outcome, reported));
+            }
+            destinations.push((
+                position,
+                DestReport {
+                    address: self.destinations[position - 1].clone(),
+                    parent: None,
+                    outcome,
+                    bytes: self.progress.of(i),
+                    elapsed,
+                },
+            ));
+        }
+        for r in relayed {
+            let position = usize::from(r.position);
+            let parent = Tree::parent_of(self.options.tree.unwrap_or(1), position);
+            destinations.push((
+                position,
+                DestReport {
+                    address: self.destinations[position - 1].clone(),
+                    parent: Some(self.destinations[parent - 1].clone()),
+                    outcome: match r.status {
+                        AckStatus::Ok => Ok(Delivered::Confirmed {
+                            receiver_digest: Vec::new(),
+                        }),
+                        AckStatus::Unreached => Err(DestFailure::Unreached(r.message)),
+                        status => Err(DestFailure::Refused {
+                            status,
+                            message: r.message,
+                            bytes: r.bytes,
+                        }),
+                    },
+                    bytes: r.bytes,
+                    elapsed,
+                },
+            ));
+        }
+        // In the order given.
+        destinations.sort_by_key(|(position, _)| *position);
+        let destinations = destinations.into_iter().map(|(_, d)| d).collect();
         let (digest, error) = match fanout.result {
             Ok(d) => (Some(d), None),
             Err(e) => (None, Some(SendError::Engine(e))),
@@ -504,24 +603,115 @@ pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> 
     }
 }
 
+/// What a parent reports of its child at `position`, given how the child's stream went.
+pub(crate) fn report_of(
+    position: usize,
+    outcome: &Result<Delivered, DestFailure>,
+    bytes: u64,
+) -> HostReport {
+    let (status, message) = match outcome {
+        Ok(_) => (AckStatus::Ok, String::new()),
+        Err(DestFailure::Refused {
+            status, message, ..
+        }) => (*status, message.clone()),
+        Err(e) => (AckStatus::Unreached, e.to_string()),
+    };
+    HostReport {
+        position: u16::try_from(position).unwrap_or(u16::MAX),
+        status,
+        bytes,
+        message,
+    }
+}
+
+/// The reports of every host below `position`: as the relay at `position` reported them
+/// (`reported`), and unreached where it reported nothing of a host (it failed, say).
+pub(crate) fn below(
+    fanout: u8,
+    hosts: usize,
+    position: usize,
+    outcome: &Result<Delivered, DestFailure>,
+    reported: Vec<HostReport>,
+) -> Vec<HostReport> {
+    Tree::descendants_of(fanout, position, hosts)
+        .into_iter()
+        .map(|d| {
+            reported
+                .iter()
+                .find(|r| usize::from(r.position) == d)
+                .cloned()
+                .unwrap_or_else(|| HostReport {
+                    position: u16::try_from(d).unwrap_or(u16::MAX),
+                    status: AckStatus::Unreached,
+                    bytes: 0,
+                    message: match outcome {
+                        Err(e) => format!("a relay before it failed: {e}"),
+                        Ok(_) => "its relay reported nothing of it".to_string(),
+                    },
+                })
+        })
+        .collect()
+}
+
 /// The slowest storage rate, in bytes per second, the wait for an acknowledgement allows for
 /// (the receiver syncs the whole file before it answers).
 const FSYNC_RATE: f64 = 16.0 * 1024.0 * 1024.0;
 
 /// A destination socket: drives a [`SenderSession`] (header, chunks, trailer, acknowledgement)
 /// around the payload the engine hands it, or writes the bare payload in raw mode.
-struct DestSink<'a> {
+pub(crate) struct DestSink<'a> {
     address: &'a str,
     index: usize,
     stream: Option<TcpStream>,
     /// The session, or `None` in raw mode.
     session: Option<SenderSession>,
-    header: Option<&'a Header>,
+    header: Option<Header>,
     options: &'a SendOptions,
     progress: &'a Progress,
+    /// For a relay: the digest its sender announced, passed on in the trailer (set once the
+    /// sender's trailer has arrived, before the stream ends here).
+    announce: Option<&'a OnceLock<Vec<u8>>>,
+    /// How many levels of hosts answer through this one (1 + those relayed below it): its
+    /// acknowledgement waits for theirs.
+    levels: u32,
 }
 
-impl DestSink<'_> {
+impl<'a> DestSink<'a> {
+    /// A destination at `address`, counted as `index` in `progress`, sent `header` (`None`:
+    /// raw).
+    pub(crate) fn new(
+        address: &'a str,
+        index: usize,
+        header: Option<Header>,
+        options: &'a SendOptions,
+        progress: &'a Progress,
+    ) -> DestSink<'a> {
+        let below = header
+            .as_ref()
+            .and_then(|h| h.tree.map(|t| (t, h.route.len())))
+            .map_or(0, |(t, hosts)| {
+                Tree::height_below(t.fanout, usize::from(t.position), hosts)
+            });
+        DestSink {
+            address,
+            index,
+            stream: None,
+            session: None,
+            header,
+            options,
+            progress,
+            announce: None,
+            levels: 1 + u32::try_from(below).unwrap_or(u32::MAX - 1),
+        }
+    }
+
+    /// Announces `digest` in the trailer (a relay passing on its sender's) instead of the
+    /// engine's.
+    pub(crate) fn announcing(mut self, digest: &'a OnceLock<Vec<u8>>) -> DestSink<'a> {
+        self.announce = Some(digest);
+        self
+    }
+
     fn stream(&self) -> Result<&TcpStream, DestFailure> {
         self.stream
             .as_ref()
@@ -601,18 +791,30 @@ impl DestSink<'_> {
         // The receiver fsyncs before it answers: allow for a slow disk (16 MiB/s) on top of
         // the stall timeout, so a file a receiver kept is not reported failed.
         let sent = self.progress.of(self.index);
-        let stall = self.stall() + Duration::from_secs_f64(sent as f64 / FSYNC_RATE);
+        let stall =
+            (self.stall() + Duration::from_secs_f64(sent as f64 / FSYNC_RATE)) * self.levels;
         let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
             return Err(DestFailure::Abandoned(Abandoned::Transfer));
         };
-        let verdict = read_verdict(stream, session, &digest.bytes, Instant::now() + stall)
-            .map_err(|e| match e {
+        let announced = self
+            .announce
+            .and_then(OnceLock::get)
+            .unwrap_or(&digest.bytes);
+        let verdict = read_verdict(stream, session, announced, Instant::now() + stall).map_err(
+            |e| match e {
                 ReadError::Wire(w) => DestFailure::BadAck(w),
                 ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
                     DestFailure::NoAck(stall)
                 }
                 ReadError::Io(e) => DestFailure::Reset(e),
-            })?;
+            },
+        )?;
+        let reports = match &verdict {
+            Verdict::Confirmed(ack) | Verdict::Refused(ack) => ack.reports.clone(),
+        };
+        if let Some(r) = self.progress.reports.get(self.index) {
+            *r.lock().unwrap_or_else(|p| p.into_inner()) = reports;
+        }
         match verdict {
             Verdict::Confirmed(ack) => Ok(Delivered::Confirmed {
                 receiver_digest: ack.digest,
@@ -667,7 +869,7 @@ impl Consumer for DestSink<'_> {
                 source,
             })?;
         self.stream = Some(stream);
-        if let Some(header) = self.header {
+        if let Some(header) = &self.header {
             let nonce = auth::nonce().map_err(|e| DestFailure::Io {
                 op: "getrandom",
                 source: io::Error::other(e),
@@ -803,7 +1005,11 @@ impl Consumer for DestSink<'_> {
                 })?;
             return Ok(Delivered::Sent);
         };
-        let end = session.finish(&digest.bytes)?;
+        let announced = self
+            .announce
+            .and_then(OnceLock::get)
+            .unwrap_or(&digest.bytes);
+        let end = session.finish(announced)?;
         self.write_framing(&end)?;
         self.read_ack(digest)
     }

@@ -158,6 +158,7 @@ mod tests {
                 bytes: 0,
                 digest: Vec::new(),
                 message: "a message long enough to drip for a while".into(),
+                reports: Vec::new(),
             };
             for b in ack.encode() {
                 if client.write_all(&[b]).is_err() {

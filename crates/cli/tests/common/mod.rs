@@ -178,7 +178,7 @@ impl Running {
         self.child.id()
     }
 
-    fn signal(&self, signal: rustix::process::Signal) -> rustix::io::Result<()> {
+    pub fn signal(&self, signal: rustix::process::Signal) -> rustix::io::Result<()> {
         rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal)
     }
 

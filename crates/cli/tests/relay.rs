@@ -1,0 +1,268 @@
+//! Relays on loopback, through the real binary: chains and trees of `teecast recv --relay`,
+//! every host storing a copy checked against the sender's digest, every host in the sender's
+//! report with its parent, and the hops that cannot or will not forward named.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{
+    Finished, MIB, Receiver, Running, assert_same_file, list_dir, random_file, run, teecast,
+};
+
+/// `n` relays, each `recv --once --relay --dir DIR/host-i` plus `extra`.
+fn relays(dir: &Path, n: usize, extra: &[&str]) -> Vec<(Receiver, PathBuf)> {
+    (0..n)
+        .map(|i| {
+            let inbox = dir.join(format!("host-{i}"));
+            let mut args = vec!["--relay"];
+            args.extend_from_slice(extra);
+            (Receiver::once_in(&inbox, &args), inbox)
+        })
+        .collect()
+}
+
+fn addresses(hosts: &[(Receiver, PathBuf)]) -> Vec<String> {
+    hosts.iter().map(|(r, _)| r.dest()).collect()
+}
+
+fn json(sent: &Finished) -> serde_json::Value {
+    serde_json::from_str(&sent.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {sent:?}"))
+}
+
+/// The report's hosts as (address, parent, status), in the order given.
+fn hosts_of(report: &serde_json::Value) -> Vec<(String, Option<String>, String)> {
+    report["destinations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no destinations in {report}"))
+        .iter()
+        .map(|d| {
+            (
+                d["address"].as_str().unwrap().to_string(),
+                d["parent"].as_str().map(str::to_string),
+                d["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Sends `source` along a tree of `fanout` over `hosts` and checks that every host stored it,
+/// verified, and that the report names each host with its parent.
+fn relay_and_check(dir: &Path, source: &Path, hosts: Vec<(Receiver, PathBuf)>, fanout: usize) {
+    let addrs = addresses(&hosts);
+    let sent = run(teecast(["send", "--json", "--tree", &fanout.to_string()])
+        .arg(source)
+        .args(&addrs));
+    sent.expect_code(0);
+    let report = json(&sent);
+    let expected: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            // Position i + 1; its parent is position i / fanout (0: the sender).
+            let parent = (i / fanout).checked_sub(1).map(|p| addrs[p].clone());
+            (a.clone(), parent, "ok".to_string())
+        })
+        .collect();
+    assert_eq!(hosts_of(&report), expected, "{report}");
+    let name = source.file_name().unwrap();
+    for (receiver, inbox) in hosts {
+        let received = receiver.wait();
+        received.expect_code(0);
+        assert!(received.stderr.contains("verified"), "{received:?}");
+        assert_same_file(source, &inbox.join(name));
+    }
+    let _ = dir;
+}
+
+#[test]
+fn a_chain_of_four_stores_a_verified_copy_on_every_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 24 * MIB + 7, 201);
+    let hosts = relays(dir.path(), 4, &[]);
+    relay_and_check(dir.path(), &source, hosts, 1);
+}
+
+#[test]
+fn a_tree_of_seven_with_two_children_each_stores_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 8 * MIB + 3, 202);
+    let hosts = relays(dir.path(), 7, &[]);
+    relay_and_check(dir.path(), &source, hosts, 2);
+}
+
+#[test]
+fn a_keyed_chain_proves_the_key_at_every_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    run(teecast(["keygen"]).arg(&key)).expect_code(0);
+    let key = key.to_str().unwrap().to_string();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 6 * MIB + 1, 203);
+    let hosts = relays(dir.path(), 3, &["--key-file", &key]);
+    let addrs = addresses(&hosts);
+    let sent = run(
+        teecast(["send", "--json", "--tree", "1", "--key-file", &key])
+            .arg(&source)
+            .args(&addrs),
+    );
+    sent.expect_code(0);
+    let report = json(&sent);
+    assert_eq!(report["digest"]["algorithm"], "blake3", "{report}");
+    for (receiver, inbox) in hosts {
+        receiver.wait().expect_code(0);
+        assert_same_file(&source, &inbox.join("disk.img"));
+    }
+}
+
+#[test]
+fn standard_input_goes_through_a_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("stream.bin");
+    random_file(&source, 5 * MIB + 11, 204);
+    let hosts = relays(dir.path(), 3, &[]);
+    let addrs = addresses(&hosts);
+    let (sender, stdin) = Running::spawn_with(
+        teecast(["send", "--json", "--tree", "1", "--name", "stream.bin", "-"]).args(&addrs),
+        Stdio::piped(),
+        None,
+    );
+    let mut stdin = stdin.unwrap();
+    // In pieces, so the stream is chunked as it arrives.
+    for piece in std::fs::read(&source).unwrap().chunks(700_001) {
+        stdin.write_all(piece).unwrap();
+    }
+    drop(stdin);
+    let sent = sender.wait(Duration::from_secs(120));
+    sent.expect_code(0);
+    assert_eq!(hosts_of(&json(&sent)).len(), 3);
+    for (receiver, inbox) in hosts {
+        receiver.wait().expect_code(0);
+        assert_same_file(&source, &inbox.join("stream.bin"));
+    }
+}
+
+/// A receiver without `--relay` in the middle of a chain refuses, saying so; the host after it
+/// is reported unreached; the host before it keeps its verified copy.
+#[test]
+fn a_receiver_that_does_not_relay_refuses_and_the_rest_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 3 * MIB, 205);
+    let first = relays(dir.path(), 1, &[]);
+    let middle_inbox = dir.path().join("middle");
+    let middle = Receiver::once_in(&middle_inbox, &[]);
+    let last = relays(&dir.path().join("last"), 1, &[]);
+    let addrs = [first[0].0.dest(), middle.dest(), last[0].0.dest()];
+    let sent = run(teecast(["send", "--json", "--tree", "1"])
+        .arg(&source)
+        .args(&addrs));
+    sent.expect_code(1);
+    let report = json(&sent);
+    let hosts = hosts_of(&report);
+    assert_eq!(
+        hosts.iter().map(|h| h.2.as_str()).collect::<Vec<_>>(),
+        ["ok", "failed", "failed"],
+        "{report}"
+    );
+    let d = &report["destinations"];
+    assert_eq!(d[1]["ack_status"], "rejected", "{report}");
+    assert!(
+        d[1]["error"].as_str().unwrap().contains("does not forward"),
+        "{report}"
+    );
+    assert_eq!(d[2]["kind"], "unreached", "{report}");
+    assert_eq!(d[2]["parent"], addrs[1].as_str(), "{report}");
+    assert!(sent.stderr.contains("(via "), "{sent:?}");
+    let (first, first_inbox) = first.into_iter().next().unwrap();
+    first.wait().expect_code(0);
+    assert_same_file(&source, &first_inbox.join("disk.img"));
+    middle.wait().expect_code(1);
+    assert!(list_dir(&middle_inbox).is_empty());
+    // The last host was never reached; its receiver is still waiting (and is killed on drop).
+    assert!(list_dir(&last[0].1).is_empty());
+}
+
+/// Without a key, a relay forwards only among loopback addresses: an open proxy otherwise.
+#[test]
+fn an_unkeyed_relay_will_not_forward_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, MIB, 206);
+    let hosts = relays(dir.path(), 1, &[]);
+    // A documentation address (TEST-NET-1): never connected to, the relay refuses first.
+    let addrs = [hosts[0].0.dest(), "192.0.2.1:7000".to_string()];
+    let sent = run(teecast(["send", "--json", "--tree", "1"])
+        .arg(&source)
+        .args(&addrs));
+    sent.expect_code(1);
+    let report = json(&sent);
+    let d = &report["destinations"];
+    assert!(
+        d[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("only among loopback"),
+        "{report}"
+    );
+    assert_eq!(d[1]["kind"], "unreached", "{report}");
+    let (receiver, inbox) = hosts.into_iter().next().unwrap();
+    receiver.wait().expect_code(1);
+    assert!(list_dir(&inbox).is_empty());
+}
+
+/// A relay killed with SIGKILL mid-stream: the host before it keeps its verified copy, the
+/// ones after it keep nothing, and the report names the dead hop and what became of the rest.
+#[test]
+fn a_relay_killed_mid_stream_is_reported_and_nothing_bad_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = relays(dir.path(), 3, &[]);
+    let addrs = addresses(&hosts);
+    let (sender, stdin) = Running::spawn_with(
+        teecast(["send", "--json", "--tree", "1", "--name", "s.bin", "-"]).args(&addrs),
+        Stdio::piped(),
+        None,
+    );
+    let mut stdin = stdin.unwrap();
+    stdin.write_all(&vec![7u8; 2 * MIB as usize]).unwrap();
+    // The middle relay is receiving: kill it.
+    hosts[1]
+        .0
+        .proc
+        .wait_stderr("receiving \"s.bin\"", Duration::from_secs(60));
+    hosts[1]
+        .0
+        .proc
+        .signal(rustix::process::Signal::KILL)
+        .unwrap();
+    stdin.write_all(&vec![8u8; MIB as usize]).unwrap();
+    drop(stdin);
+    let sent = sender.wait(Duration::from_secs(120));
+    sent.expect_code(1);
+    let report = json(&sent);
+    let hosts_seen = hosts_of(&report);
+    assert_eq!(
+        hosts_seen.iter().map(|h| h.2.as_str()).collect::<Vec<_>>(),
+        ["ok", "failed", "failed"],
+        "{report}"
+    );
+    let d = &report["destinations"];
+    assert_eq!(d[1]["kind"], "unreached", "{report}");
+    assert_eq!(d[2]["kind"], "unreached", "{report}");
+    let mut hosts = hosts.into_iter();
+    let (first, first_inbox) = hosts.next().unwrap();
+    first.wait().expect_code(0);
+    assert_eq!(
+        std::fs::metadata(first_inbox.join("s.bin")).unwrap().len(),
+        3 * MIB
+    );
+    for (receiver, inbox) in hosts {
+        assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
+        drop(receiver);
+    }
+}
