@@ -1,0 +1,244 @@
+//! Relays on a real network: every host in a network namespace of its own, joined by veth pairs
+//! to a bridge in another, each host's link shaped with `tc` (a token bucket). Needs root and
+//! iproute2; without them these tests fail, saying so, and never pass without running.
+//!
+//! The namespaces are this test's own (named after the process and the test) and are removed
+//! when the test ends, whatever happens.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Finished, MIB, Running, assert_same_file, list_dir, random_file, run};
+
+/// Every host's link: 200 Mbit/s (25 MB/s) each way, so that two cores relaying keep up.
+const RATE: &str = "200mbit";
+const PORT: u16 = 7000;
+
+/// A bridge and `n` hosts, host `i` at 10.77.0.(i + 1) on its `eth0`.
+struct Net {
+    prefix: String,
+    hosts: usize,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("these tests need iproute2 (`ip`): {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {} (these tests need root)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+impl Net {
+    fn new(tag: &str, hosts: usize) -> Net {
+        let prefix = format!("tcr{}{tag}", std::process::id());
+        let net = Net { prefix, hosts };
+        let bridge = net.bridge();
+        ip(&["netns", "add", &bridge]);
+        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        for i in 0..hosts {
+            let ns = net.ns(i);
+            let port = format!("p{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &port, "netns", &bridge, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]);
+            ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.ip(i)), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
+                RATE, "burst", "256kb", "latency", "200ms",
+            ]);
+        }
+        net
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.prefix)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("{}h{i}", self.prefix)
+    }
+
+    fn ip(&self, i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("{}:{PORT}", self.ip(i))
+    }
+
+    /// `teecast ARGS` inside host `i`'s namespace.
+    fn teecast(&self, i: usize, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(i), env!("CARGO_BIN_EXE_teecast")]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// A relay on host `i`: `recv --relay --once --dir DIR --key-file KEY` plus `extra`.
+    fn relay(&self, i: usize, dir: &Path, key: &Path, extra: &[&str]) -> (Running, PathBuf) {
+        let inbox = dir.join(format!("host-{i}"));
+        std::fs::create_dir_all(&inbox).unwrap();
+        let listen = self.addr(i);
+        let mut args = vec![
+            "recv",
+            "--relay",
+            "--once",
+            "--listen",
+            &listen,
+            "--dir",
+            inbox.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let proc = Running::spawn(&mut self.teecast(i, &args));
+        proc.wait_stderr("listening on", Duration::from_secs(30));
+        (proc, inbox)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 0..self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.bridge()])
+            .status();
+    }
+}
+
+fn keygen(dir: &Path) -> PathBuf {
+    let key = dir.join("key");
+    run(common::teecast(["keygen"]).arg(&key)).expect_code(0);
+    key
+}
+
+fn json(sent: &Finished) -> serde_json::Value {
+    serde_json::from_str(&sent.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {sent:?}"))
+}
+
+/// Host 0 sends `source` along a tree of `fanout` over hosts 1..n; every host stores a
+/// verified copy and the report names each with its parent.
+fn relay_over(tag: &str, hosts: usize, fanout: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let source = dir.path().join("image.bin");
+    random_file(&source, 6 * MIB + 5, 210 + hosts as u64);
+    let net = Net::new(tag, hosts + 1);
+    let relays: Vec<_> = (1..=hosts)
+        .map(|i| net.relay(i, dir.path(), &key, &[]))
+        .collect();
+    let addrs: Vec<String> = (1..=hosts).map(|i| net.addr(i)).collect();
+    let fanout_arg = fanout.to_string();
+    let mut args = vec![
+        "send",
+        "--json",
+        "--tree",
+        &fanout_arg,
+        "--key-file",
+        key.to_str().unwrap(),
+        source.to_str().unwrap(),
+    ];
+    args.extend(addrs.iter().map(String::as_str));
+    let sent = run(&mut net.teecast(0, &args));
+    sent.expect_code(0);
+    let report = json(&sent);
+    for (i, d) in report["destinations"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(d["address"], addrs[i].as_str(), "{report}");
+        assert_eq!(d["status"], "ok", "{report}");
+        let parent = ((i / fanout).checked_sub(1)).map(|p| addrs[p].clone());
+        assert_eq!(d["parent"].as_str(), parent.as_deref(), "{report}");
+    }
+    for (proc, inbox) in relays {
+        proc.wait(Duration::from_secs(120)).expect_code(0);
+        assert_same_file(&source, &inbox.join("image.bin"));
+    }
+}
+
+#[test]
+fn a_chain_of_four_on_shaped_links() {
+    relay_over("c", 4, 1);
+}
+
+#[test]
+fn a_tree_of_seven_on_shaped_links() {
+    relay_over("t", 7, 2);
+}
+
+/// A relay's link goes down mid-stream: its parent drops it at the stall timeout and keeps its
+/// own copy; the relay and the host after it keep nothing; the report says what became of each.
+#[test]
+fn a_link_set_down_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let net = Net::new("d", 4);
+    let stall = ["--stall-timeout", "2s"];
+    let relays: Vec<_> = (1..=3)
+        .map(|i| net.relay(i, dir.path(), &key, &stall))
+        .collect();
+    let addrs: Vec<String> = (1..=3).map(|i| net.addr(i)).collect();
+    let mut args = vec![
+        "send",
+        "--json",
+        "--tree",
+        "1",
+        "--stall-timeout",
+        "2s",
+        "--name",
+        "s.bin",
+        "--key-file",
+        key.to_str().unwrap(),
+        "-",
+    ];
+    args.extend(addrs.iter().map(String::as_str));
+    let (sender, stdin) = Running::spawn_with(&mut net.teecast(0, &args), Stdio::piped(), None);
+    let mut stdin = stdin.unwrap();
+    stdin.write_all(&vec![1u8; 2 * MIB as usize]).unwrap();
+    relays[1]
+        .0
+        .wait_stderr("receiving \"s.bin\"", Duration::from_secs(60));
+    ip(&["-n", &net.ns(2), "link", "set", "eth0", "down"]);
+    // The source goes on: more than the socket buffers hold, so the dead link is noticed.
+    stdin.write_all(&vec![2u8; 16 * MIB as usize]).unwrap();
+    drop(stdin);
+    let sent = sender.wait(Duration::from_secs(120));
+    sent.expect_code(1);
+    let report = json(&sent);
+    let d = &report["destinations"];
+    assert_eq!(d[0]["status"], "ok", "{report}");
+    assert_eq!(d[1]["status"], "failed", "{report}");
+    assert_eq!(d[1]["kind"], "unreached", "{report}");
+    assert!(
+        d[1]["error"].as_str().unwrap().contains("stalled"),
+        "{report}"
+    );
+    assert_eq!(d[2]["kind"], "unreached", "{report}");
+    let mut relays = relays.into_iter();
+    let (first, first_inbox) = relays.next().unwrap();
+    first.wait(Duration::from_secs(60)).expect_code(0);
+    assert_eq!(
+        std::fs::metadata(first_inbox.join("s.bin")).unwrap().len(),
+        18 * MIB
+    );
+    for (proc, inbox) in relays {
+        // The cut-off relay gives up at its stall timeout; the last one is never reached.
+        drop(proc);
+        assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
+    }
+}
