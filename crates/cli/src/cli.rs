@@ -57,6 +57,9 @@ enum Command {
     Probe(ProbeArgs),
     /// Write a fresh random key to FILE (mode 0600; never overwrites), for --key-file.
     Keygen(KeygenArgs),
+    /// Put a file on many hosts: start `teecast recv` on each through ssh (or --rsh), hand each
+    /// a fresh key for this transfer on its standard input, send, and report every host.
+    Push(crate::push::PushArgs),
     /// Change a file while it is being sent (for tests): rewrite, grow, shrink or truncate it.
     #[command(hide = true)]
     Mutate(MutateArgs),
@@ -72,7 +75,8 @@ struct KeygenArgs {
 #[derive(Args, Debug)]
 struct KeyArgs {
     /// Authenticate with the key in FILE (made by `teecast keygen`, mode 0600); both ends need
-    /// the same key. Also from the TEECAST_KEY_FILE environment variable.
+    /// the same key. Also from the TEECAST_KEY_FILE environment variable. - reads it from
+    /// standard input (one line of 64 hex digits, as `teecast push` hands it over).
     #[arg(long, value_name = "FILE", env = "TEECAST_KEY_FILE")]
     key_file: Option<PathBuf>,
 }
@@ -80,10 +84,13 @@ struct KeyArgs {
 impl KeyArgs {
     /// The key, read from its file; `Ok(None)` without one.
     fn load(&self) -> Result<Option<Key>, KeyError> {
-        self.key_file
-            .as_deref()
-            .map(auth::read_key_file)
-            .transpose()
+        match self.key_file.as_deref() {
+            Some(p) if p.as_os_str() == "-" => {
+                auth::read_key(std::io::stdin().lock(), Path::new("standard input")).map(Some)
+            }
+            Some(p) => auth::read_key_file(p).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -170,11 +177,14 @@ struct RecvArgs {
     /// Store every stream at this path (published only when verified); a device node or FIFO
     /// there is written into, never replaced; - writes to standard output (e.g. into
     /// `zfs receive`), with the digest line on stderr.
-    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    #[arg(long, conflicts_with_all = ["dir", "into"], required_unless_present_any = ["dir", "into"])]
     output: Option<PathBuf>,
     /// Store each stream in this directory under its announced name.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "into")]
     dir: Option<PathBuf>,
+    /// --dir PATH when PATH is a directory, --output PATH otherwise (what `teecast push` uses).
+    #[arg(long, value_name = "PATH")]
+    into: Option<PathBuf>,
     /// Exit after one transfer: 0 if it was stored and verified, 1 otherwise.
     #[arg(long)]
     once: bool,
@@ -237,7 +247,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A duration that bounds a wait: as [`parse_duration`], and more than zero.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
         return Err(format!(
@@ -268,6 +278,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args.size_mib),
         Command::Probe(args) => run_probe(args),
         Command::Keygen(args) => run_keygen(&args.file),
+        Command::Push(args) => crate::push::run(args),
         Command::Mutate(args) => run_mutate(args),
     };
     // What could not be written to stdout (already said on stderr) fails a run that was ok.
@@ -482,7 +493,14 @@ fn usable_dir(dir: &Path) -> Result<(), String> {
     }
 }
 
-fn run_recv(args: RecvArgs) -> u8 {
+fn run_recv(mut args: RecvArgs) -> u8 {
+    if let Some(into) = args.into.take() {
+        if into.is_dir() {
+            args.dir = Some(into);
+        } else {
+            args.output = Some(into);
+        }
+    }
     let target = match (&args.output, &args.dir) {
         (Some(p), None) if p.as_os_str() == "-" => Target::Stdout,
         (Some(p), None) => {

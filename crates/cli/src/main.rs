@@ -9,6 +9,7 @@ mod cli;
 mod demo;
 mod mutate;
 mod out;
+mod push;
 mod report;
 
 use std::process::ExitCode;

@@ -123,7 +123,7 @@ fn summarize(sent: &[u64], failed: &[bool], names: &[String]) -> (u64, String) {
 }
 
 /// The human word for a destination's outcome.
-fn status_line(d: &DestReport) -> String {
+pub fn destination_status(d: &DestReport) -> String {
     match &d.outcome {
         Ok(Delivered::Confirmed { .. }) => "confirmed".to_string(),
         Ok(Delivered::Sent) => "sent (raw, unconfirmed)".to_string(),
@@ -156,7 +156,7 @@ fn rate(bytes: u64, elapsed: Duration) -> f64 {
 pub fn summary(report: &SendReport, failures_only: bool) {
     if failures_only {
         for d in report.destinations.iter().filter(|d| !d.is_ok()) {
-            errln!("teecast: {}: {}", d.address, status_line(d));
+            errln!("teecast: {}: {}", d.address, destination_status(d));
         }
         if let Some((path, Err(e))) = &report.capture {
             errln!("teecast: capture {}: FAILED: {e}", path.display());
@@ -167,7 +167,7 @@ pub fn summary(report: &SendReport, failures_only: bool) {
         return;
     }
     for d in &report.destinations {
-        let status = status_line(d);
+        let status = destination_status(d);
         let via = d
             .parent
             .as_ref()

@@ -54,7 +54,15 @@ impl Net {
                 "netns", &ns,
             ]);
             ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.ip(i)), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.ip(i)),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             ip(&[
@@ -115,7 +123,9 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for i in 0..self.hosts {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .status();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.bridge()])
@@ -159,7 +169,12 @@ fn relay_over(tag: &str, hosts: usize, fanout: usize) {
     let sent = run(&mut net.teecast(0, &args));
     sent.expect_code(0);
     let report = json(&sent);
-    for (i, d) in report["destinations"].as_array().unwrap().iter().enumerate() {
+    for (i, d) in report["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         assert_eq!(d["address"], addrs[i].as_str(), "{report}");
         assert_eq!(d["status"], "ok", "{report}");
         let parent = ((i / fanout).checked_sub(1)).map(|p| addrs[p].clone());

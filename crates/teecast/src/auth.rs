@@ -95,8 +95,7 @@ pub fn create_key_file(path: &Path) -> Result<Key, KeyError> {
         .mode(0o600)
         .open(path)
         .map_err(io)?;
-    let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    file.write_all(format!("{hex}\n").as_bytes())
+    file.write_all(format!("{}\n", to_hex(&key)).as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io)?;
     Ok(key)
@@ -129,6 +128,33 @@ pub fn read_key_file(path: &Path) -> Result<Key, KeyError> {
         })
 }
 
+/// The key as 64 hex digits, the form of a key file (to hand a key to a process that reads it
+/// with [`read_key`]: through a pipe, never on a command line).
+pub fn to_hex(key: &Key) -> String {
+    key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a key (64 hex digits, then a newline or the end) from `from`, a pipe say; `what` names
+/// it in errors. Reads no further than the key's line.
+pub fn read_key(from: impl Read, what: &Path) -> Result<Key, KeyError> {
+    let malformed = || KeyError::Malformed {
+        path: what.to_path_buf(),
+    };
+    let mut line = Vec::with_capacity(65);
+    // A byte at a time on purpose: what follows the key's line stays unread for its owner.
+    #[allow(clippy::unbuffered_bytes)]
+    for byte in from.bytes().take(1024) {
+        match byte.map_err(|_| malformed())? {
+            b'\n' => break,
+            b => line.push(b),
+        }
+    }
+    let text = std::str::from_utf8(&line).map_err(|_| malformed())?;
+    parse_hex(text.trim())
+        .map(Key::from_bytes)
+        .ok_or_else(malformed)
+}
+
 fn parse_hex(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
@@ -158,6 +184,18 @@ mod tests {
         );
         assert_eq!(read_key_file(&path).unwrap(), key);
         assert_ne!(generate().unwrap(), key);
+    }
+
+    #[test]
+    fn a_key_handed_over_in_a_pipe_reads_back() {
+        let key = generate().unwrap();
+        let text = format!("{}\nwhat follows is not read", to_hex(&key));
+        let what = Path::new("standard input");
+        assert_eq!(read_key(text.as_bytes(), what).unwrap(), key);
+        assert!(matches!(
+            read_key(&b"abc\n"[..], what),
+            Err(KeyError::Malformed { .. })
+        ));
     }
 
     #[test]

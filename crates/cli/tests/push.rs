@@ -1,0 +1,295 @@
+//! `teecast push` across "hosts" that are loopback addresses of this machine: through a plain
+//! local launcher, and through a real OpenSSH server the test starts on loopback with its own
+//! host key and user key (Debian's `openssh-server`; `.ci/run` installs it). Without sshd the
+//! ssh tests fail, saying so.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{
+    Finished, MIB, Running, assert_same_file, free_port, list_dir, random_file, run, teecast,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_teecast");
+
+/// An executable script `name` in `dir` with `body`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A launcher that runs the command here, as `ssh HOST COMMAND` would there.
+fn local_rsh(dir: &Path) -> PathBuf {
+    script(dir, "rsh", "shift\nexec sh -c \"$1\"")
+}
+
+fn json(out: &Finished) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
+}
+
+fn inboxes(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let d = dir.join(format!("host-{i}"));
+            std::fs::create_dir(&d).unwrap();
+            d
+        })
+        .collect()
+}
+
+/// Three hosts (127.0.0.1 to .3), given as a range, relayed as a chain: every one stores it.
+#[test]
+fn push_through_a_launcher_to_three_hosts_as_a_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 9 * MIB + 1, 301);
+    let rsh = local_rsh(dir.path());
+    let inbox = inboxes(dir.path(), 1).remove(0);
+    let out = run(
+        teecast(["push", "--json", "--tree", "1", "--remote-teecast", BIN])
+            .arg("--rsh")
+            .arg(&rsh)
+            .arg(&source)
+            .arg(format!("127.0.0.[1-3]:{}", inbox.display())),
+    );
+    out.expect_code(0);
+    let report = json(&out);
+    let hosts = report["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{report}");
+    for h in hosts {
+        assert_eq!(h["status"], "ok", "{report}");
+        assert_eq!(h["remote_exit"], 0, "{report}");
+    }
+    let dests = report["transfer"]["destinations"].as_array().unwrap();
+    assert_eq!(dests[2]["parent"], dests[1]["address"], "{report}");
+    assert_same_file(&source, &inbox.join("disk.img"));
+}
+
+/// PATH a file name on one host, a directory on another, from --hosts.
+#[test]
+fn push_to_a_file_name_and_a_directory_from_a_hosts_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, 3 * MIB, 302);
+    let rsh = local_rsh(dir.path());
+    let inbox = inboxes(dir.path(), 2);
+    let named = inbox[1].join("renamed.bin");
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!(
+            "# the cluster\n127.0.0.2\n\n127.0.0.3:{}   # by name\n",
+            named.display()
+        ),
+    )
+    .unwrap();
+    let out = run(teecast(["push", "--remote-teecast", BIN])
+        .arg("--rsh")
+        .arg(&rsh)
+        .arg("--hosts")
+        .arg(&hosts)
+        .arg("--path")
+        .arg(&inbox[0])
+        .arg(&source));
+    out.expect_code(0);
+    assert!(out.stderr.contains("2 of 2 hosts"), "{out:?}");
+    assert_same_file(&source, &inbox[0].join("data.bin"));
+    assert_same_file(&source, &named);
+}
+
+/// The key goes to the remotes on standard input: never in any argv of the launcher.
+#[test]
+fn the_key_is_never_on_a_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, MIB, 303);
+    let seen = dir.path().join("argv");
+    // Records its argv, then runs the command.
+    let rsh = script(
+        dir.path(),
+        "rsh",
+        &format!(
+            "printf '%s\\n' \"$@\" >> {}\nshift\nexec sh -c \"$1\"",
+            seen.display()
+        ),
+    );
+    let inbox = inboxes(dir.path(), 1).remove(0);
+    let out = run(teecast(["push", "--remote-teecast", BIN])
+        .arg("--rsh")
+        .arg(&rsh)
+        .arg(&source)
+        .arg(format!("127.0.0.1:{}", inbox.display())));
+    out.expect_code(0);
+    let argv = std::fs::read_to_string(&seen).unwrap();
+    assert!(argv.contains("--key-file -"), "{argv}");
+    // No 64-hex-digit word anywhere.
+    assert!(
+        !argv
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .any(|w| w.len() >= 64),
+        "{argv}"
+    );
+}
+
+/// Remotes that cannot run teecast, cannot store there, or a launcher that fails or hangs: each
+/// host named with its reason, within the start timeout, exit 1.
+#[test]
+fn failing_and_hanging_remotes_are_named_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, MIB, 304);
+    let rsh = local_rsh(dir.path());
+    let inbox = inboxes(dir.path(), 1).remove(0);
+
+    let out = run(
+        teecast(["push", "--remote-teecast", "/nonexistent/teecast"])
+            .arg("--rsh")
+            .arg(&rsh)
+            .arg(&source)
+            .arg(format!("127.0.0.[1-2]:{}", inbox.display())),
+    );
+    out.expect_code(1);
+    assert_eq!(out.stderr.matches("not found").count(), 2, "{out:?}");
+
+    let out = run(teecast(["push", "--remote-teecast", BIN])
+        .arg("--rsh")
+        .arg(&rsh)
+        .arg(&source)
+        .arg("127.0.0.1:/nonexistent/dir/x"));
+    out.expect_code(1);
+    assert!(out.stderr.contains("no such directory"), "{out:?}");
+
+    let hang = script(dir.path(), "hang", "exec sleep 600");
+    let started = Instant::now();
+    let out = run(teecast(["push", "--start-timeout", "2s"])
+        .arg("--rsh")
+        .arg(&hang)
+        .arg(&source)
+        .arg(format!("127.0.0.1:{}", inbox.display())));
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("did not say where it listens"),
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(list_dir(&inbox).is_empty());
+}
+
+/// An OpenSSH server on 127.0.0.1–3, port `port`, for this test only: host key, user key and
+/// configuration in `dir`.
+struct Sshd {
+    proc: Running,
+    rsh: String,
+}
+
+fn sshd(dir: &Path) -> Sshd {
+    assert!(
+        Path::new("/usr/sbin/sshd").exists(),
+        "these tests need an OpenSSH server: apt-get install openssh-server"
+    );
+    let keygen = |path: &Path| {
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .expect("ssh-keygen (openssh-client)")
+            .success();
+        assert!(ok, "ssh-keygen failed");
+    };
+    let host_key = dir.join("host_key");
+    let user_key = dir.join("user_key");
+    keygen(&host_key);
+    keygen(&user_key);
+    let authorized = dir.join("authorized_keys");
+    std::fs::copy(dir.join("user_key.pub"), &authorized).unwrap();
+    // sshd's privilege separation directory (made by the package's service, which is not run).
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nListenAddress 127.0.0.3\n\
+             HostKey {}\nAuthorizedKeysFile {}\nPidFile none\nStrictModes no\nUsePAM no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nLogLevel INFO\n",
+            host_key.display(),
+            authorized.display()
+        ),
+    )
+    .unwrap();
+    let proc = Running::spawn(
+        Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config),
+    );
+    proc.wait_stderr("listening on 127.0.0.3", Duration::from_secs(30));
+    let rsh = format!(
+        "ssh -p {port} -i {} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5",
+        user_key.display()
+    );
+    Sshd { proc, rsh }
+}
+
+/// Through a real OpenSSH server to three hosts, directly and as a tree.
+#[test]
+fn push_over_real_ssh_to_three_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sshd(dir.path());
+    let source = dir.path().join("disk.img");
+    random_file(&source, 7 * MIB + 9, 305);
+    let inbox = inboxes(dir.path(), 3);
+    for tree in [None, Some("2")] {
+        let mut cmd = teecast([
+            "push",
+            "--json",
+            "--remote-teecast",
+            BIN,
+            "--rsh",
+            &server.rsh,
+        ]);
+        if let Some(k) = tree {
+            cmd.args(["--tree", k]);
+        }
+        cmd.arg(&source);
+        for (i, d) in inbox.iter().enumerate() {
+            cmd.arg(format!("127.0.0.{}:{}", i + 1, d.display()));
+        }
+        let out = run(&mut cmd);
+        out.expect_code(0);
+        let report = json(&out);
+        assert_eq!(report["ok"], true, "{report}");
+        for d in &inbox {
+            assert_same_file(&source, &d.join("disk.img"));
+            std::fs::remove_file(d.join("disk.img")).unwrap();
+        }
+    }
+    drop(server.proc);
+}
+
+/// ssh refused (nothing listens on the port): the host named with ssh's reason, promptly.
+#[test]
+fn a_refused_ssh_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, MIB, 306);
+    let port = free_port();
+    let rsh = format!("ssh -p {port} -o BatchMode=yes -o ConnectTimeout=5");
+    let out = run(teecast(["push", "--rsh", &rsh])
+        .arg(&source)
+        .arg(format!("127.0.0.1:{}", dir.path().display())));
+    out.expect_code(1);
+    assert!(out.stderr.contains("Connection refused"), "{out:?}");
+}
