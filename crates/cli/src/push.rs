@@ -222,8 +222,14 @@ fn start(
     index: usize,
     woken: &mpsc::Sender<usize>,
 ) -> Result<Remote, String> {
+    // Every address of the family the sender will connect over.
+    let listen = if target.host.starts_with('[') {
+        "'[::]:0'"
+    } else {
+        ":0"
+    };
     let mut remote = format!(
-        "{} recv --listen :0 --once --key-file - --into {} --stall-timeout {}ms",
+        "{} recv --listen {listen} --once --key-file - --into {} --stall-timeout {}ms",
         shell_quote(&args.remote_teecast),
         shell_quote(&target.path),
         args.stall_timeout.as_millis()
@@ -488,10 +494,8 @@ pub fn run(args: PushArgs) -> u8 {
     }
     let good = hosts.iter().filter(|h| h.error.is_none()).count();
     errln!(
-        "teecast: {} of {} hosts have {} stored and verified",
-        good,
-        hosts.len(),
-        args.source.display()
+        "teecast: {good} of {} hosts have it stored and verified",
+        hosts.len()
     );
     if ok { EXIT_OK } else { EXIT_FAILED }
 }

@@ -103,6 +103,32 @@ fn push_to_a_file_name_and_a_directory_from_a_hosts_file() {
     assert_same_file(&source, &named);
 }
 
+/// Standard input, to an IPv6 and an IPv4 host.
+#[test]
+fn push_standard_input_over_ipv6_and_ipv4() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("stream.bin");
+    random_file(&source, 2 * MIB + 5, 307);
+    let rsh = local_rsh(dir.path());
+    let inbox = inboxes(dir.path(), 2);
+    let input = std::fs::File::open(&source).unwrap();
+    let (pushing, _) = Running::spawn_with(
+        teecast(["push", "--name", "stream.bin", "--remote-teecast", BIN])
+            .arg("--rsh")
+            .arg(&rsh)
+            .arg("-")
+            .arg(format!("[::1]:{}", inbox[0].display()))
+            .arg(format!("127.0.0.1:{}", inbox[1].display())),
+        input.into(),
+        None,
+    );
+    let out = pushing.wait(common::TIMEOUT);
+    out.expect_code(0);
+    for d in &inbox {
+        assert_same_file(&source, &d.join("stream.bin"));
+    }
+}
+
 /// The key goes to the remotes on standard input: never in any argv of the launcher.
 #[test]
 fn the_key_is_never_on_a_command_line() {
