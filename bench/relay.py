@@ -32,6 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "teecast")
+BENCH = os.path.join(ROOT, "target", "release", "teecast-bench")
 PREFIX = f"tcbr{os.getpid()}"
 PORT = 7000
 GiB = 1 << 30
@@ -89,7 +90,11 @@ def run_once(mode, fanout, n, src, size, key, work):
     for i in range(1, n + 1):
         out = os.path.join(work, f"{mode}-{i}")
         os.makedirs(out)
-        argv = ["ip", "netns", "exec", ns(i), BIN, "recv", "--relay", "--once",
+        # Measured by the small teecast-bench process, not by this one: a child forked from
+        # Python starts with Python's resident set.
+        rufile = os.path.join(work, f"rusage-{mode}-{i}")
+        argv = ["ip", "netns", "exec", ns(i), BENCH, "rusage", "--out", rufile, "--",
+                BIN, "recv", "--relay", "--once",
                 "--listen", f"{ip_of(i)}:{PORT}", "--dir", out, "--key-file", key]
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines = []
@@ -97,7 +102,7 @@ def run_once(mode, fanout, n, src, size, key, work):
             lines.append(p.stderr.readline())
             if not lines[-1] or len(lines) > 5:
                 raise SystemExit(f"relay.py: receiver {i}: {''.join(lines)!r}")
-        receivers.append((i, p, out))
+        receivers.append((i, p, out, rufile))
     argv = ["ip", "netns", "exec", ns(0), BIN, "send", "--quiet", "--key-file", key, src]
     argv += [f"{ip_of(i)}:{PORT}" for i in range(1, n + 1)]
     if fanout is not None:
@@ -105,21 +110,23 @@ def run_once(mode, fanout, n, src, size, key, work):
     start = time.monotonic()
     sender = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     figures = {"relay_cpu": 0.0, "forwarded": 0, "relay_rss_kib": 0}
-    for i, p, out in receivers:
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+    for i, p, out, rufile in receivers:
+        p.wait()
         if p.returncode != 0:
             raise SystemExit(f"relay.py: {mode} N={n}: receiver {i} exited {p.returncode}: "
                              f"{p.stderr.read().strip()}")
+        with open(rufile) as f:
+            user, system, rss_kib = f.read().split()
+        os.unlink(rufile)
         kids = len(children(fanout, i, n))
         if kids:
-            figures["relay_cpu"] += ru.ru_utime + ru.ru_stime
+            figures["relay_cpu"] += float(user) + float(system)
             figures["forwarded"] += kids * size
-            figures["relay_rss_kib"] = max(figures["relay_rss_kib"], ru.ru_maxrss)
+            figures["relay_rss_kib"] = max(figures["relay_rss_kib"], int(rss_kib))
     wall = time.monotonic() - start
     if sender.wait() != 0:
         raise SystemExit(f"relay.py: {mode} N={n}: sender: {sender.stderr.read().strip()}")
-    for i, p, out in receivers:
+    for i, p, out, _ in receivers:
         with open(os.path.join(out, os.path.basename(src)), "rb") as f:
             if os.fstat(f.fileno()).st_size != size:
                 raise SystemExit(f"relay.py: {mode} N={n}: host {i} stored a wrong size")
@@ -172,7 +179,7 @@ def main():
         args.size_mib, args.rounds, args.ns = 16, 1, "1 4"
     if os.geteuid() != 0:
         raise SystemExit("relay.py: needs root (network namespaces)")
-    if not os.path.exists(BIN):
+    if not (os.path.exists(BIN) and os.path.exists(BENCH)):
         raise SystemExit("relay.py: build first: cargo build --release")
     # SIGTERM (timeout, a closed terminal) still removes the namespaces.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -186,7 +193,8 @@ def main():
         sh(BIN, "keygen", key)
         src = os.path.join(work, "image.bin")
         with open(src, "wb") as f:
-            f.write(os.urandom(size))
+            for _ in range(size // MiB):
+                f.write(os.urandom(MiB))
         runs = {}
         for rnd in range(args.rounds):
             for n in ns_list:
