@@ -85,8 +85,18 @@ def children(fanout, position, hosts):
 
 
 def run_once(mode, fanout, n, src, size, key, work):
-    """One transfer to n hosts; returns the figures."""
+    """One transfer to n hosts; returns the figures. Leaves no receiver running."""
     receivers = []
+    try:
+        return transfer(mode, fanout, n, src, size, key, work, receivers)
+    finally:
+        for _, p, _, _ in receivers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def transfer(mode, fanout, n, src, size, key, work, receivers):
     for i in range(1, n + 1):
         out = os.path.join(work, f"{mode}-{i}")
         os.makedirs(out)
@@ -101,6 +111,7 @@ def run_once(mode, fanout, n, src, size, key, work):
         while not lines or "listening on" not in lines[-1]:
             lines.append(p.stderr.readline())
             if not lines[-1] or len(lines) > 5:
+                p.kill()
                 raise SystemExit(f"relay.py: receiver {i}: {''.join(lines)!r}")
         receivers.append((i, p, out, rufile))
     argv = ["ip", "netns", "exec", ns(0), BIN, "send", "--quiet", "--key-file", key, src]

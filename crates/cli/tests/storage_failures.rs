@@ -171,3 +171,42 @@ fn receiver_that_cannot_create_the_file_refuses_with_its_reason() {
     .expect_code(0);
     common::assert_same_file(&source, &inbox.join("source.bin"));
 }
+
+/// A relay whose disk fills mid-stream (standard input, so no length to check up front) keeps
+/// nothing, says so, and still forwards: the host after it stores a verified copy.
+#[test]
+fn a_relay_whose_disk_is_full_still_forwards() {
+    use std::io::Write;
+    let disk = SmallDisk::mount(4);
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("s.bin");
+    random_file(&source, 16 * MIB, 4);
+    let relay = Receiver::start(&[
+        "--once".as_ref(),
+        "--relay".as_ref(),
+        "--dir".as_ref(),
+        disk.path().as_os_str(),
+    ]);
+    let inbox = tmp.path().join("next");
+    let next = Receiver::once_in(&inbox, &[]);
+    let (sender, stdin) = common::Running::spawn_with(
+        teecast(["send", "--json", "--tree", "1", "--name", "s.bin", "-"])
+            .arg(relay.dest())
+            .arg(next.dest()),
+        std::process::Stdio::piped(),
+        None,
+    );
+    let mut stdin = stdin.unwrap();
+    stdin.write_all(&std::fs::read(&source).unwrap()).unwrap();
+    drop(stdin);
+    let sent = sender.wait(Duration::from_secs(120));
+    sent.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let d = &report["destinations"];
+    assert_eq!(d[0]["ack_status"], "io-error", "{report}");
+    assert_eq!(d[1]["status"], "ok", "{report}");
+    relay.wait().expect_code(1);
+    next.wait().expect_code(0);
+    assert!(list_dir(disk.path()).is_empty());
+    common::assert_same_file(&source, &inbox.join("s.bin"));
+}
