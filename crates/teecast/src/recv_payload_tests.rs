@@ -164,3 +164,41 @@ fn writeback_only_for_regular_files_off_tmpfs() {
         assert_eq!(writeback_start(f.as_fd(), 101), None);
     }
 }
+
+/// Regression: `recv --output - | cat > FILE` took 1.46 s for 1 GiB against mbuffer's 1.03 s,
+/// writing into a 64 KiB pipe; into a pipe widened to a received piece, 1.02 s.
+#[test]
+fn a_pipe_written_into_is_widened_to_a_received_piece() {
+    let pipe = Pipe::with_size(4096).unwrap();
+    assert!(rustix::pipe::fcntl_getpipe_size(&pipe.write).unwrap() < RECEIVE_CHUNK);
+    widen_pipe(pipe.write.as_fd());
+    // The per-user pipe quota may refuse it; then the pipe is only as it was.
+    let size = rustix::pipe::fcntl_getpipe_size(&pipe.write).unwrap();
+    assert!(size >= RECEIVE_CHUNK || size == 4096, "{size}");
+    let file = tempfile::tempfile().unwrap();
+    widen_pipe(file.as_fd());
+    let data = pattern(RECEIVE_CHUNK + 3);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = data.clone();
+    let sender = std::thread::spawn(move || {
+        TcpStream::connect(addr).unwrap().write_all(&sent).unwrap();
+    });
+    let (sock, _) = listener.accept().unwrap();
+    let out = Pipe::with_size(4096).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        File::from(out.read).read_to_end(&mut got).unwrap();
+        got
+    });
+    let options = RecvOptions::new(Target::Stdout);
+    let mut payload = Payload::new(DigestAlgorithm::Xxh3_128, &options).unwrap();
+    payload.copy(sock.as_fd(), out.write.as_fd(), None).unwrap();
+    drop(out.write);
+    sender.join().unwrap();
+    assert!(reader.join().unwrap() == data);
+    assert_eq!(
+        payload.finish().bytes,
+        one_shot(DigestAlgorithm::Xxh3_128, &data).bytes
+    );
+}
