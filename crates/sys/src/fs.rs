@@ -1,4 +1,4 @@
-//! Files: reopening a descriptor, its size and filesystem, and starting or waiting for writeback.
+//! Files: reopening a descriptor, its size and filesystem, and starting writeback.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -41,22 +41,6 @@ pub fn start_writeback(fd: impl AsFd, offset: u64, len: u64) -> io::Result<()> {
     sync_file_range(fd, offset, len, libc::SYNC_FILE_RANGE_WRITE)
 }
 
-/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-/// SYNC_FILE_RANGE_WAIT_AFTER)`—Waits until the pages of `[offset, offset + len)` are written
-/// to the device: a writer that waits for the range it wrote a while ago never holds more than
-/// that while's worth of dirty pages. Like [`start_writeback`], not a substitute for `fsync`.
-#[doc(alias = "sync_file_range")]
-pub fn wait_writeback(fd: impl AsFd, offset: u64, len: u64) -> io::Result<()> {
-    sync_file_range(
-        fd,
-        offset,
-        len,
-        libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-    )
-}
-
 fn sync_file_range(fd: impl AsFd, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let too_big = |_| io::Error::new(io::ErrorKind::InvalidInput, "range past i64::MAX");
@@ -86,7 +70,6 @@ mod tests {
         let mut f = tempfile::tempfile_in(std::env::temp_dir()).unwrap();
         f.write_all(&vec![1u8; 1 << 20]).unwrap();
         start_writeback(&f, 0, 1 << 20).unwrap();
-        wait_writeback(&f, 0, 1 << 20).unwrap();
         // Past the end, and an empty range: nothing to do, no error.
         start_writeback(&f, 4 << 20, 0).unwrap();
         assert!(start_writeback(&f, u64::MAX, 1).is_err());
