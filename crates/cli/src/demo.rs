@@ -27,14 +27,15 @@ use crate::report;
 const RECEIVERS: usize = 3;
 
 pub fn run(size_mib: u64) -> u8 {
-    match demo(size_mib) {
+    let code = match demo(size_mib) {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,
         Err(e) => {
             errln!("teecast demo: {e}");
             EXIT_FAILED
         }
-    }
+    };
+    unless_interrupted(code)
 }
 
 fn demo(size_mib: u64) -> std::io::Result<bool> {
@@ -193,14 +194,15 @@ fn write_random(path: &Path, len: u64) -> std::io::Result<()> {
 /// file, first on `zerocopy` (which can fail: detected, nothing kept), then on the default path
 /// (which cannot).
 pub fn run_mutate(size_mib: u64) -> u8 {
-    match demo_mutate(size_mib) {
+    let code = match demo_mutate(size_mib) {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,
         Err(e) => {
             errln!("teecast demo: {e}");
             EXIT_FAILED
         }
-    }
+    };
+    unless_interrupted(code)
 }
 
 /// What one transfer under the writer did.
@@ -362,6 +364,18 @@ fn mutated_transfer(
     Ok(run)
 }
 
+/// Set by the signal thread before it removes the demo's directory and exits with 128 + the
+/// signal: whatever the transfer then fails on (its files are going), the exit is the signal's.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Leaves the exit to the signal thread once it has begun: it removes the directory and exits.
+fn unless_interrupted(code: u8) -> u8 {
+    while INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park_timeout(std::time::Duration::from_secs(1));
+    }
+    code
+}
+
 /// Where the demo works, and why there: `/dev/shm` when it is a tmpfs (memory), else the
 /// temporary directory.
 fn work_base() -> (PathBuf, &'static str) {
@@ -398,6 +412,7 @@ impl TempDir {
         ])?;
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
                 let _ = std::fs::remove_dir_all(&on_signal);
                 errln!("teecast demo: interrupted; removed {}", on_signal.display());
                 std::process::exit(128 + signal);
