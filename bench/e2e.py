@@ -394,7 +394,8 @@ def section(e2e, size_mib, rounds):
              "system of every receiver's process tree per GiB stored; RSS the largest receiver's "
              "peak. teecast's receiver checks length and digest, fsyncs and publishes; mbuffer, "
              "nc and socat check nothing and do not fsync. Command: `python3 bench/run.py "
-             "--e2e-only` (see the top of this file).")
+             f"--e2e-only --rounds {rounds}` (see the top of this file); the sender-side "
+             "tables above are from their own, earlier run.")
     L.append("")
     names = [c.name for c in contenders()]
     summary = []

@@ -509,9 +509,11 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
     L.append("")
     L.append("```sh")
     L.append("python3 bench/run.py            # full: 1 GiB source, N = 1, 2, 4, 8, 3 rounds "
-             "(~6 min on 2 cores; --rounds 5 ~9 min)")
+             "(~6 min on 2 cores, then ~9 min for the end-to-end pass; --no-e2e skips it)")
     L.append("python3 bench/run.py --quick    # smoke: 256 MiB, 1 round, "
-             "written under target/bench-quick/")
+             "written under target/bench-quick/ (~1-2 min)")
+    L.append("python3 bench/run.py --e2e-only # the end-to-end pass alone (receivers that "
+             "store the file), merged into this file")
     L.append("```")
     L.append("")
     L.append("It needs Python 3 (standard library only) and Rust; it builds "
@@ -524,7 +526,10 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "when the file is rewritten. A second, narrower pass repeats the main contenders "
              "from a page-cached file on a disk filesystem (`--disk-dir`, default the "
              "repository's `target/`; `--no-disk` skips it). `python3 bench/ab.py` alternates "
-             "any commands into fresh drains, for experiments (\"Attempts\").")
+             "any commands into fresh drains, and `python3 bench/e2e.py` teecast builds and "
+             "mbuffer into receivers that store the file, for experiments (\"Attempts\"). "
+             "The end-to-end pass (section \"End to end\") stores on /dev/shm and on "
+             "`--e2e-disk-dir` (default /var/tmp).")
     L.append("")
     L.append("**How it measures.** The source file sits on tmpfs (`/dev/shm`) unless "
              "`--source-dir` puts it elsewhere, so it is in memory; it is read once before the "
