@@ -30,6 +30,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e  # noqa: E402  (the end-to-end pass)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "teecast")
 BENCH = os.path.join(ROOT, "target", "release", "teecast-bench")
@@ -506,9 +509,11 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
     L.append("")
     L.append("```sh")
     L.append("python3 bench/run.py            # full: 1 GiB source, N = 1, 2, 4, 8, 3 rounds "
-             "(~6 min on 2 cores; --rounds 5 ~9 min)")
+             "(~6 min on 2 cores, then ~9 min for the end-to-end pass; --no-e2e skips it)")
     L.append("python3 bench/run.py --quick    # smoke: 256 MiB, 1 round, "
-             "written under target/bench-quick/")
+             "written under target/bench-quick/ (~1-2 min)")
+    L.append("python3 bench/run.py --e2e-only # the end-to-end pass alone (receivers that "
+             "store the file), merged into this file")
     L.append("```")
     L.append("")
     L.append("It needs Python 3 (standard library only) and Rust; it builds "
@@ -521,7 +526,10 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
              "when the file is rewritten. A second, narrower pass repeats the main contenders "
              "from a page-cached file on a disk filesystem (`--disk-dir`, default the "
              "repository's `target/`; `--no-disk` skips it). `python3 bench/ab.py` alternates "
-             "any commands into fresh drains, for experiments (\"Attempts\").")
+             "any commands into fresh drains, and `python3 bench/e2e.py` teecast builds and "
+             "mbuffer into receivers that store the file, for experiments (\"Attempts\"). "
+             "The end-to-end pass (section \"End to end\") stores on /dev/shm and on "
+             "`--e2e-disk-dir` (default /var/tmp).")
     L.append("")
     L.append("**How it measures.** The source file sits on tmpfs (`/dev/shm`) unless "
              "`--source-dir` puts it elsewhere, so it is in memory; it is read once before the "
@@ -610,6 +618,12 @@ def write_report(path, svg_rel, data, results, names, ns, attempts):
                      f"{statistics.median(r['rss_mib'] for r in ok):.0f} |")
         L.append("")
     L.extend(disk_section(data, names, ns))
+    if data.get("e2e"):
+        e = data["e2e"]
+        L.extend(e2e.section(e["parts"], e["size_mib"], e["rounds"]))
+        L.append(f"Machine for this pass: {e['machine_note']}")
+        L.append("")
+        failures = failures + e.get("failures", [])
     if failures:
         L.append("## Failures")
         L.append("")
@@ -735,6 +749,14 @@ def main():
     ap.add_argument("--disk-dir", help="where the second, narrower pass puts its page-cached "
                     "source file (default: target/ of the repository)")
     ap.add_argument("--no-disk", action="store_true", help="skip that second pass")
+    ap.add_argument("--no-e2e", action="store_true",
+                    help="skip the end-to-end pass (receivers that store the file)")
+    ap.add_argument("--e2e-only", action="store_true",
+                    help="run only the end-to-end pass and merge it into the existing "
+                    "results.json and report")
+    ap.add_argument("--e2e-disk-dir", default="/var/tmp",
+                    help="where the end-to-end pass's receivers store on a disk filesystem "
+                    "(default /var/tmp; 'none' skips it)")
     ap.add_argument("--report-from", metavar="RESULTS_JSON",
                     help="measure nothing: rewrite the report and chart from a results.json")
     args = ap.parse_args()
@@ -775,6 +797,9 @@ def main():
     free = shutil.disk_usage(shm).free
     src = os.path.join(src_dir, f"teecast-bench-source-{os.getpid()}")
     load_before = loadavg()
+    if args.e2e_only:
+        main_e2e_only(args, have, src, size, ns, out_dir, svg_dir, log)
+        return
     log("memcpy bandwidth: teecast-bench memcpy")
     memcpy = memcpy_bandwidth()
     log(f"  {memcpy} GB/s")
@@ -787,6 +812,7 @@ def main():
     try:
         results = measure(all_contenders, ns, args.rounds, src, size, shm, free, notes, failures,
                           log)
+        ends = None if args.no_e2e else run_e2e(args, have, src, size, ns, log)
     finally:
         os.unlink(src)
     disk = None
@@ -813,13 +839,65 @@ def main():
         "ns": ns, "note": args.note, "notes": notes, "versions": versions, "have": have,
         "memcpy_gbps": memcpy, "load_before": load_before, "load_after": loadavg(),
         "failures": failures, "results": {str(n): v for n, v in results.items()},
-        "disk": disk,
+        "disk": disk, "e2e": ends,
     }
     with open(os.path.join(svg_dir, "results.json"), "w") as f:
         json.dump(data, f, indent=1)
     render(data, out_dir, svg_dir)
     if failures:
         log(f"{len(failures)} run(s) failed; see the Failures section")
+
+
+def run_e2e(args, have, src, size, ns, log):
+    """The end-to-end pass (bench/e2e.py): into tmpfs and, unless told not to, a disk."""
+    dirs = [("tmpfs", "tmpfs", "/dev/shm")]
+    disk = args.e2e_disk_dir
+    if disk and disk != "none":
+        kind = sh(["df", "--output=fstype", disk]).stdout.split()[-1:] or ["?"]
+        kind = kind[0] if kind[0] != "?" else filesystem(disk)
+        if kind == "tmpfs":
+            log(f"{disk} is on tmpfs: the end-to-end pass stores on /dev/shm only")
+        else:
+            dirs.append((f"a disk filesystem ({kind})", "disk", disk))
+    bins = {"teecast": BIN, "bench": BENCH}
+    before = loadavg()
+    parts, failures = e2e.measure(bins, have, src, size, dirs, ns, args.rounds, log, args.only)
+    note = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, teecast "
+            f"{sh(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD']).stdout.strip()}, "
+            f"{os.cpu_count()} cores, kernel {platform.release()}, load average before "
+            f"{before}, after {loadavg()}. " + (args.note or ""))
+    return {"parts": parts, "size_mib": args.size_mib, "rounds": args.rounds,
+            "machine_note": note.strip(), "failures": failures}
+
+
+def main_e2e_only(args, have, src, size, ns, out_dir, svg_dir, log):
+    """Measures the end-to-end pass alone and merges it into results.json and the report."""
+    path = os.path.join(svg_dir, "results.json")
+    log(f"source: {args.size_mib} MiB of random bytes at {src}")
+    make_source(src, size)
+    try:
+        ends = run_e2e(args, have, src, size, ns, log)
+    finally:
+        os.unlink(src)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        data = None
+    if data is None:
+        report = os.path.join(out_dir, "BENCHMARKS.md")
+        lines = ["# Benchmarks", ""] + e2e.section(ends["parts"], ends["size_mib"],
+                                                  ends["rounds"])
+        lines += [f"Machine for this pass: {ends['machine_note']}", ""]
+        lines += [f"Failed: {f}" for f in ends["failures"]]
+        with open(report, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        log(f"wrote {report}")
+        return
+    data["e2e"] = ends
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    render(data, out_dir, svg_dir)
 
 
 def measure(todo_all, ns, rounds, src, size, shm, free, notes, failures, log, tag=""):

@@ -29,17 +29,27 @@ fn an_interrupted_demo_leaves_nothing() {
         .spawn()
         .unwrap();
     let pid = demo.id();
-    let work = std::env::temp_dir().join(format!("teecast-demo-{pid}"));
-    // Wait until the demo is at work: its receivers are listening.
+    // Wait until the demo is at work: its receivers are listening. It says first where it works
+    // (/dev/shm where that is a tmpfs, else the temporary directory).
     let mut out = std::io::BufReader::new(demo.stdout.take().unwrap());
     let mut line = String::new();
+    let mut work = None;
     while !line.contains("receivers listening") {
         line.clear();
         assert!(
             std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
             "the demo ended before its receivers listened"
         );
+        if let Some(rest) = line.strip_prefix("teecast demo: working in ") {
+            work = rest.split(" (").next().map(std::path::PathBuf::from);
+        }
     }
+    let work = work.expect("the demo says where it works");
+    assert!(
+        work.ends_with(format!("teecast-demo-{pid}")),
+        "{}",
+        work.display()
+    );
     assert!(
         work.is_dir(),
         "{} should exist while the demo runs",

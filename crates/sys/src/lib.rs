@@ -18,7 +18,7 @@ pub mod pipe;
 pub mod poll;
 pub mod process;
 
-pub use fs::{file_size, reopen};
+pub use fs::{file_size, is_tmpfs, reopen, start_writeback};
 pub use io::{bytes_queued, pread, read, write};
 pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite};
 pub use net::set_zerocopy;

@@ -960,9 +960,15 @@ fn raw_name(peer: Option<SocketAddr>) -> String {
 }
 
 /// The payload pipeline. With a digest: `read()` from the socket into a buffer, hash it while it
-/// is in cache, `write()` it to the file — two copies, and measured faster than splicing into the
-/// file and teeing the same pages back out for the hash (also two copies, twice the syscalls;
-/// BENCHMARKS.md, "Attempts"). Without a digest: socket → pipe → file with splice, one copy.
+/// is in cache, `write()` it to the file — two copies, and measured cheaper than one copy with
+/// the digest computed elsewhere: from the page cache through a mapping of the range just
+/// spliced into the file, from a `tee` of the spliced pages, or on a second thread
+/// (BENCHMARKS.md, "Attempts"). Without a digest: socket → pipe → file with splice, one copy.
+///
+/// On a disk filesystem the written range is handed to writeback as the stream goes (every
+/// [`WRITEBACK_STEP`]), so the disk writes while the stream arrives and the fsync before the
+/// commit has little left to do. The receiver does not wait for those writes: waiting for the
+/// range 64 MiB back made four receivers on one disk 1.6× slower (BENCHMARKS.md, "Attempts").
 struct Payload {
     /// `None` with a digest (the buffer path); the splice path's pipe otherwise.
     pipe: Option<Pipe>,
@@ -970,10 +976,17 @@ struct Payload {
     buf: AlignedBuf,
     bytes: u64,
     stall: Duration,
+    /// Where writeback stands, once the first bytes came: `None` where there is none (tmpfs, a
+    /// pipe, a device), else the payload bytes handed to it so far and the file offset where
+    /// the payload starts.
+    writeback: Option<Option<(u64, u64)>>,
 }
 
 /// Bytes moved per call.
 const RECEIVE_CHUNK: usize = 1024 * 1024;
+
+/// On a disk filesystem, every this many bytes stored are handed to writeback.
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 impl Payload {
     fn new(digest: DigestAlgorithm, options: &RecvOptions) -> Result<Payload, RecvError> {
@@ -989,6 +1002,7 @@ impl Payload {
             buf,
             bytes: 0,
             stall: options.stall_timeout,
+            writeback: None,
         })
     }
 
@@ -1022,7 +1036,28 @@ impl Payload {
             if let Some(l) = &mut left {
                 *l -= n as u64;
             }
+            self.advance_writeback(file);
         }
+    }
+
+    /// After more bytes are in the file: hands every full [`WRITEBACK_STEP`] to writeback. Best
+    /// effort: a failure only leaves the work to the fsync before the commit, which reports any
+    /// error that matters.
+    fn advance_writeback(&mut self, file: BorrowedFd<'_>) {
+        let stored = self.bytes;
+        let state = self.writeback.get_or_insert_with(|| {
+            widen_pipe(file);
+            writeback_start(file, stored)
+        });
+        let Some((started, base)) = *state else {
+            return;
+        };
+        if self.bytes - started < WRITEBACK_STEP {
+            return;
+        }
+        let end = self.bytes - self.bytes % WRITEBACK_STEP;
+        let _ = sys::start_writeback(file, base + started, end - started);
+        *state = Some((end, base));
     }
 
     /// Receives up to `want` bytes and stores them; 0 at the end of the stream. A socket that
@@ -1081,3 +1116,33 @@ impl Payload {
         self.hasher.finish()
     }
 }
+
+/// Into a pipe (standard output into a consumer, a FIFO): asks for a pipe of [`RECEIVE_CHUNK`],
+/// so that each piece received goes in with one write and the consumer reads it in large
+/// pieces, rather than 64 KiB (the default) at a time. Best effort: a pipe that stays small is
+/// only slower.
+fn widen_pipe(file: BorrowedFd<'_>) {
+    let fifo = rustix::fs::fstat(file).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+    });
+    if fifo && rustix::pipe::fcntl_getpipe_size(file).is_ok_and(|size| size < RECEIVE_CHUNK) {
+        let _ = rustix::pipe::fcntl_setpipe_size(file, RECEIVE_CHUNK);
+    }
+}
+
+/// Where writeback starts for `file`, which holds `stored` payload bytes so far: at the offset
+/// where the payload began, for a regular file that is not on tmpfs; `None` otherwise (memory
+/// has no writeback; a pipe or a device has no ranges).
+fn writeback_start(file: BorrowedFd<'_>, stored: u64) -> Option<(u64, u64)> {
+    let regular = rustix::fs::fstat(file)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+    if !regular || sys::is_tmpfs(file).unwrap_or(true) {
+        return None;
+    }
+    let now = rustix::fs::seek(file, rustix::fs::SeekFrom::Current(0)).ok()?;
+    Some((0, now.checked_sub(stored)?))
+}
+
+#[cfg(test)]
+#[path = "recv_payload_tests.rs"]
+mod payload_tests;
