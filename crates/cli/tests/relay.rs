@@ -51,7 +51,7 @@ fn hosts_of(report: &serde_json::Value) -> Vec<(String, Option<String>, String)>
 
 /// Sends `source` along a tree of `fanout` over `hosts` and checks that every host stored it,
 /// verified, and that the report names each host with its parent.
-fn relay_and_check(dir: &Path, source: &Path, hosts: Vec<(Receiver, PathBuf)>, fanout: usize) {
+fn relay_and_check(source: &Path, hosts: Vec<(Receiver, PathBuf)>, fanout: usize) {
     let addrs = addresses(&hosts);
     let sent = run(teecast(["send", "--json", "--tree", &fanout.to_string()])
         .arg(source)
@@ -75,7 +75,6 @@ fn relay_and_check(dir: &Path, source: &Path, hosts: Vec<(Receiver, PathBuf)>, f
         assert!(received.stderr.contains("verified"), "{received:?}");
         assert_same_file(source, &inbox.join(name));
     }
-    let _ = dir;
 }
 
 #[test]
@@ -84,7 +83,7 @@ fn a_chain_of_four_stores_a_verified_copy_on_every_host() {
     let source = dir.path().join("disk.img");
     random_file(&source, 24 * MIB + 7, 201);
     let hosts = relays(dir.path(), 4, &[]);
-    relay_and_check(dir.path(), &source, hosts, 1);
+    relay_and_check(&source, hosts, 1);
 }
 
 #[test]
@@ -93,7 +92,7 @@ fn a_tree_of_seven_with_two_children_each_stores_everywhere() {
     let source = dir.path().join("disk.img");
     random_file(&source, 8 * MIB + 3, 202);
     let hosts = relays(dir.path(), 7, &[]);
-    relay_and_check(dir.path(), &source, hosts, 2);
+    relay_and_check(&source, hosts, 2);
 }
 
 #[test]
