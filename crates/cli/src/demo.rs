@@ -380,7 +380,7 @@ fn unless_interrupted(code: u8) -> u8 {
 /// temporary directory.
 fn work_base() -> (PathBuf, &'static str) {
     let shm = Path::new("/dev/shm");
-    let tmpfs = File::open(shm).is_ok_and(|d| teecast_sys::is_tmpfs(&d).unwrap_or(false));
+    let tmpfs = teecast::store::is_on_tmpfs(shm);
     if tmpfs {
         (
             shm.to_path_buf(),

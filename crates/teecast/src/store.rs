@@ -497,6 +497,12 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Whether `dir` (any file or directory there) lives on tmpfs: memory, where a stored file
+/// costs no disk writes (the demo stores there to show the network path).
+pub fn is_on_tmpfs(dir: &Path) -> bool {
+    std::fs::File::open(dir).is_ok_and(|d| teecast_sys::is_tmpfs(&d).unwrap_or(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
