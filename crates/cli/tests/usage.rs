@@ -342,3 +342,19 @@ fn a_full_stderr_never_panics() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 }
+
+/// Regression: help was never wrapped, so an 80-column terminal broke its lines anywhere.
+#[test]
+fn help_fits_an_80_column_terminal() {
+    for command in ["send", "recv", "push", "demo", "probe", "keygen"] {
+        let out = run(teecast([command, "--help"]).env("COLUMNS", "80"));
+        out.expect_code(0);
+        for line in out.stdout.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "`teecast {command} --help` has a line of {} columns: {line:?}",
+                line.chars().count()
+            );
+        }
+    }
+}
