@@ -265,3 +265,48 @@ fn a_relay_killed_mid_stream_is_reported_and_nothing_bad_is_kept() {
         drop(receiver);
     }
 }
+
+/// A hop that cannot be reached: its parent adopts the hosts below it, which still store a
+/// verified copy; the report names the dead hop and who served each of the others.
+#[test]
+fn an_unreachable_hop_is_adopted_by_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 5 * MIB + 3, 207);
+    let mut hosts = relays(dir.path(), 3, &[]);
+    // Nothing listens at the second host's address.
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let addrs = [
+        hosts[0].0.dest(),
+        dead.clone(),
+        hosts[1].0.dest(),
+        hosts[2].0.dest(),
+    ];
+    let sent = run(teecast(["send", "--json", "--tree", "1"])
+        .arg(&source)
+        .args(&addrs));
+    sent.expect_code(1);
+    let report = json(&sent);
+    let seen = hosts_of(&report);
+    assert_eq!(
+        seen,
+        vec![
+            (addrs[0].clone(), None, "ok".to_string()),
+            (dead, Some(addrs[0].clone()), "failed".to_string()),
+            (addrs[2].clone(), Some(addrs[0].clone()), "ok".to_string()),
+            (addrs[3].clone(), Some(addrs[2].clone()), "ok".to_string()),
+        ],
+        "{report}"
+    );
+    assert!(
+        report["destinations"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("adopted by its parent"),
+        "{report}"
+    );
+    for (receiver, inbox) in hosts.drain(..) {
+        receiver.wait().expect_code(0);
+        assert_same_file(&source, &inbox.join("disk.img"));
+    }
+}

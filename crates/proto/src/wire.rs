@@ -965,6 +965,9 @@ pub struct Ack {
 pub struct HostReport {
     /// The host's position in the route (from 1).
     pub position: u16,
+    /// The position of the host that served it, or tried to (0: the sender): its parent in the
+    /// tree, or the host that adopted it when its parent could not be reached.
+    pub parent: u16,
     /// Its verdict.
     pub status: AckStatus,
     /// Payload bytes it got.
@@ -994,6 +997,7 @@ impl Ack {
             for report in reports {
                 let message = truncate_at_char_boundary(&report.message, MAX_REPORT_MESSAGE_LEN);
                 body.extend_from_slice(&report.position.to_be_bytes());
+                body.extend_from_slice(&report.parent.to_be_bytes());
                 body.push(report.status.code());
                 body.extend_from_slice(&report.bytes.to_be_bytes());
                 // At most MAX_REPORT_MESSAGE_LEN (255): fits.
@@ -1036,6 +1040,7 @@ impl Ack {
             }
             for _ in 0..count {
                 let position = r.u16("report position")?;
+                let parent = r.u16("report parent")?;
                 let code = r.u8("report status")?;
                 let status = AckStatus::from_code(code).ok_or(WireError::UnknownStatus(code))?;
                 let bytes = r.u64("report bytes")?;
@@ -1043,6 +1048,7 @@ impl Ack {
                 let message = r.text(len, "report message")?;
                 reports.push(HostReport {
                     position,
+                    parent,
                     status,
                     bytes,
                     message,
@@ -1520,12 +1526,14 @@ mod tests {
             reports: vec![
                 HostReport {
                     position: 2,
+                    parent: 1,
                     status: AckStatus::Ok,
                     bytes: 5,
                     message: String::new(),
                 },
                 HostReport {
                     position: 3,
+                    parent: 1,
                     status: AckStatus::Unreached,
                     bytes: 0,
                     message: "x".repeat(300),

@@ -535,12 +535,14 @@ impl<'a> Transfer<'a> {
         }
         for r in relayed {
             let position = usize::from(r.position);
-            let parent = Tree::parent_of(self.options.tree.unwrap_or(1), position);
+            let parent = usize::from(r.parent)
+                .checked_sub(1)
+                .and_then(|p| self.destinations.get(p).cloned());
             destinations.push((
                 position,
                 DestReport {
                     address: self.destinations[position - 1].clone(),
-                    parent: Some(self.destinations[parent - 1].clone()),
+                    parent,
                     outcome: match r.status {
                         AckStatus::Ok => Ok(Delivered::Confirmed {
                             receiver_digest: Vec::new(),
@@ -603,9 +605,43 @@ pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> 
     }
 }
 
-/// What a parent reports of its child at `position`, given how the child's stream went.
+/// Connects to the children of `me` in the tree over `route`; a child that cannot be reached
+/// is reported unreached and its own children are tried in its place (adopted), and so on down.
+/// Returns the connections made, by position, and the reports of the hosts that were not.
+pub(crate) fn connect_adopting(
+    fanout: u8,
+    route: &[String],
+    me: usize,
+    timeout: Duration,
+) -> (Vec<(usize, TcpStream)>, Vec<HostReport>) {
+    let position = |p: usize| u16::try_from(p).unwrap_or(u16::MAX);
+    let mut served = Vec::new();
+    let mut dead = Vec::new();
+    let mut next: std::collections::VecDeque<usize> =
+        Tree::children_of(fanout, me, route.len()).collect();
+    while let Some(p) = next.pop_front() {
+        match transport::connect(&route[p - 1], timeout) {
+            Ok(stream) => served.push((p, stream)),
+            Err(e) => {
+                dead.push(HostReport {
+                    position: position(p),
+                    parent: position(me),
+                    status: AckStatus::Unreached,
+                    bytes: 0,
+                    message: format!("{e}; the hosts below it were adopted by its parent"),
+                });
+                next.extend(Tree::children_of(fanout, p, route.len()));
+            }
+        }
+    }
+    (served, dead)
+}
+
+/// What a parent (at `parent`) reports of its child at `position`, given how the child's
+/// stream went.
 pub(crate) fn report_of(
     position: usize,
+    parent: usize,
     outcome: &Result<Delivered, DestFailure>,
     bytes: u64,
 ) -> HostReport {
@@ -618,6 +654,7 @@ pub(crate) fn report_of(
     };
     HostReport {
         position: u16::try_from(position).unwrap_or(u16::MAX),
+        parent: u16::try_from(parent).unwrap_or(u16::MAX),
         status,
         bytes,
         message,
@@ -642,6 +679,7 @@ pub(crate) fn below(
                 .cloned()
                 .unwrap_or_else(|| HostReport {
                     position: u16::try_from(d).unwrap_or(u16::MAX),
+                    parent: u16::try_from(Tree::parent_of(fanout, d)).unwrap_or(u16::MAX),
                     status: AckStatus::Unreached,
                     bytes: 0,
                     message: match outcome {
@@ -674,6 +712,8 @@ pub(crate) struct DestSink<'a> {
     /// How many levels of hosts answer through this one (1 + those relayed below it): its
     /// acknowledgement waits for theirs.
     levels: u32,
+    /// A connection already made (a relay connects first, to adopt what it cannot reach).
+    connected: Option<TcpStream>,
 }
 
 impl<'a> DestSink<'a> {
@@ -702,7 +742,14 @@ impl<'a> DestSink<'a> {
             progress,
             announce: None,
             levels: 1 + u32::try_from(below).unwrap_or(u32::MAX - 1),
+            connected: None,
         }
+    }
+
+    /// Uses `stream`, already connected, instead of connecting.
+    pub(crate) fn over(mut self, stream: TcpStream) -> DestSink<'a> {
+        self.connected = Some(stream);
+        self
     }
 
     /// Announces `digest` in the trailer (a relay passing on its sender's) instead of the
@@ -861,7 +908,10 @@ impl Consumer for DestSink<'_> {
     type Error = DestFailure;
 
     fn start(&mut self) -> Result<(), DestFailure> {
-        let stream = transport::connect(self.address, self.options.connect_timeout)?;
+        let stream = match self.connected.take() {
+            Some(s) => s,
+            None => transport::connect(self.address, self.options.connect_timeout)?,
+        };
         stream
             .set_nonblocking(true)
             .map_err(|source| DestFailure::Io {

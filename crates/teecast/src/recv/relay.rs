@@ -83,7 +83,13 @@ pub(super) fn forward(
         key: options.key.clone(),
         ..SendOptions::default()
     };
-    let progress = Progress::new(children.len());
+    let me = header.tree.map_or(0, |t| usize::from(t.position));
+    // A child that cannot be reached is adopted: its children are served from here.
+    let (served, unreachable) =
+        send::connect_adopting(fanout, &header.route, me, send_options.connect_timeout);
+    let positions: Vec<usize> = served.iter().map(|(p, _)| *p).collect();
+    reports.extend(unreachable);
+    let progress = Progress::new(served.len());
     let announced = OnceLock::new();
     let (store, mut local_error) = match store {
         Ok(s) => (Some(s), None),
@@ -97,7 +103,7 @@ pub(super) fn forward(
             .map_err(RecvError::io("duplicating the file"))?;
         hops.push(Hop::Local(LocalCopy(Some(File::from(file)))));
     }
-    for (index, position) in children.clone().enumerate() {
+    for (index, (position, stream)) in served.into_iter().enumerate() {
         let child = DestSink::new(
             &header.route[position - 1],
             index,
@@ -105,7 +111,9 @@ pub(super) fn forward(
             &send_options,
             &progress,
         );
-        hops.push(Hop::Child(Box::new(child.announcing(&announced))));
+        hops.push(Hop::Child(Box::new(
+            child.announcing(&announced).over(stream),
+        )));
     }
     let mut broken = None;
     let filler = SessionFiller {
@@ -122,11 +130,11 @@ pub(super) fn forward(
     let fanned = engine::fan_out_filled(filler, None, hops, &config);
     let mut outcomes = fanned.consumers.into_iter();
     let local = store.as_ref().and_then(|_| outcomes.next());
-    for (index, (position, outcome)) in children.zip(outcomes).enumerate() {
+    for (index, (position, outcome)) in positions.into_iter().zip(outcomes).enumerate() {
         let outcome = outcome
             .map(HopOutcome::delivered)
             .map_err(HopError::into_dest);
-        reports.push(send::report_of(position, &outcome, progress.of(index)));
+        reports.push(send::report_of(position, me, &outcome, progress.of(index)));
         let reported = progress.take_reports(index);
         reports.extend(send::below(fanout, hosts, position, &outcome, reported));
     }
