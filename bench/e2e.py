@@ -111,8 +111,19 @@ def socat_recv(b, port, path):
             f"OPEN:'{path}',creat,trunc")
 
 
-def tee_nc_send(b, src, addrs):
-    """`cat FILE | tee FIFO... | nc`, one nc per extra destination reading a fifo."""
+def round_order(todo, r):
+    """The contenders in round `r`: rotated by one each round and reversed every other, so no
+    contender always runs first or right after the same one."""
+    k = r % len(todo) if todo else 0
+    order = todo[k:] + todo[:k]
+    if r % 2:
+        order.reverse()
+    return order
+
+
+def tee_nc_script(src, addrs):
+    """`cat FILE | tee FIFO... | nc`, one nc per extra destination reading a fifo; the shell
+    waits for every nc, so its rusage covers the whole tree."""
     lines = ["set -o pipefail", 'd=$(mktemp -d)', "trap 'rm -rf \"$d\"' EXIT", "pids=()"]
     fifos = []
     for i, a in enumerate(addrs[:-1]):
@@ -126,6 +137,10 @@ def tee_nc_send(b, src, addrs):
                  "|| exit 1")
     lines.append('for p in "${pids[@]}"; do wait "$p" || exit 1; done')
     return "\n".join(lines)
+
+
+def tee_nc_send(b, src, addrs):
+    return tee_nc_script(src, addrs)
 
 
 TEECAST = "teecast send -> recv --output (verified, fsynced)"
@@ -334,11 +349,7 @@ def measure(b, have, src, size, dirs, ns, rounds, log, only=None):
                     continue
                 res[n] = {c.name: [] for c in todo}
                 for r in range(rounds):
-                    k = r % len(todo) if todo else 0
-                    order = todo[k:] + todo[:k]
-                    if r % 2:
-                        order.reverse()
-                    for c in order:
+                    for c in round_order(todo, r):
                         try:
                             fig = run_once(c, n, b, src, size, sha, outdir, kind == "disk")
                             log(f"e2e {label} N={n} round {r + 1}/{rounds} {c.name}: "

@@ -94,20 +94,8 @@ def nc_single(src, addrs):
 
 
 def tee_nc(src, addrs):
-    """`cat FILE | tee f1 ... | nc`, one nc per extra destination reading a fifo; bash waits for
-    every nc, so its rusage covers the whole tree."""
-    lines = ["set -o pipefail", 'd=$(mktemp -d)', "trap 'rm -rf \"$d\"' EXIT", "pids=()"]
-    fifos = []
-    for i, a in enumerate(addrs[:-1]):
-        host, port = a.rsplit(":", 1)
-        f = f'"$d/{i}"'
-        fifos.append(f)
-        lines.append(f"mkfifo {f}")
-        lines.append(f"nc -N {host} {port} < {f} > /dev/null & pids+=($!)")
-    host, port = addrs[-1].rsplit(":", 1)
-    lines.append(f"cat '{src}' | tee {' '.join(fifos)} | nc -N {host} {port} > /dev/null || exit 1")
-    lines.append('for p in "${pids[@]}"; do wait "$p" || exit 1; done')
-    return ["bash", "-c", "\n".join(lines)]
+    """`cat FILE | tee f1 ... | nc` (bench/e2e.py writes the script)."""
+    return ["bash", "-c", e2e.tee_nc_script(src, addrs)]
 
 
 def sendfile_limit(src, addrs):
@@ -913,11 +901,7 @@ def measure(todo_all, ns, rounds, src, size, shm, free, notes, failures, log, ta
             todo = [c for c in todo if c.receiver != "recv"]
         results[n] = {c.name: [] for c in todo}
         for r in range(rounds):
-            k = r % len(todo) if todo else 0
-            order = todo[k:] + todo[:k]
-            if r % 2:
-                order.reverse()
-            for c in order:
+            for c in e2e.round_order(todo, r):
                 try:
                     fig = run_once(c, n, src, size, shm)
                     log(f"{tag}N={n} round {r + 1}/{rounds} {c.name}: "
