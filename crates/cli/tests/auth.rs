@@ -22,10 +22,6 @@ fn key_args(key: &Path) -> Vec<std::ffi::OsString> {
     vec!["--key-file".into(), key.as_os_str().to_owned()]
 }
 
-fn json(sent: &common::Finished) -> serde_json::Value {
-    serde_json::from_str(&sent.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {sent:?}"))
-}
-
 #[test]
 fn keygen_writes_a_private_key_and_never_overwrites_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +51,7 @@ fn the_same_key_on_both_ends_confirms_with_a_cryptographic_digest() {
         .arg(&source)
         .arg(receiver.dest()));
     sent.expect_code(0);
-    let report = json(&sent);
+    let report = sent.json();
     assert_eq!(report["digest"]["algorithm"], "blake3", "{report}");
     let received = receiver.wait();
     received.expect_code(0);
@@ -101,7 +97,7 @@ fn refused(send_key: Option<&Path>, recv_key: Option<&Path>, kind: &str) {
     }
     let sent = run(cmd.arg(&source).arg(receiver.dest()));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     assert_eq!(report["destinations"][0]["kind"], kind, "{report}");
     assert!(
         report["destinations"][0]["error"]
@@ -238,7 +234,7 @@ fn a_byte_changed_in_flight_is_refused_and_nothing_is_kept() {
         .arg(&source)
         .arg(&proxy_addr));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     assert_eq!(report["destinations"][0]["kind"], "refused", "{report}");
     assert_eq!(
         report["destinations"][0]["ack_status"], "digest-mismatch",

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    Finished, MIB, Running, assert_same_file, free_port, list_dir, random_file, run, teecast,
-};
+use common::{MIB, Running, assert_same_file, free_port, list_dir, random_file, run, teecast};
 
 const BIN: &str = env!("CARGO_BIN_EXE_teecast");
 
@@ -27,10 +25,6 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 /// A launcher that runs the command here, as `ssh HOST COMMAND` would there.
 fn local_rsh(dir: &Path) -> PathBuf {
     script(dir, "rsh", "shift\nexec sh -c \"$1\"")
-}
-
-fn json(out: &Finished) -> serde_json::Value {
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
 }
 
 fn inboxes(dir: &Path, n: usize) -> Vec<PathBuf> {
@@ -59,7 +53,7 @@ fn push_through_a_launcher_to_three_hosts_as_a_chain() {
             .arg(format!("127.0.0.[1-3]:{}", inbox.display())),
     );
     out.expect_code(0);
-    let report = json(&out);
+    let report = out.json();
     let hosts = report["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 3, "{report}");
     for h in hosts {
@@ -295,7 +289,7 @@ fn push_over_real_ssh_to_three_hosts() {
         }
         let out = run(&mut cmd);
         out.expect_code(0);
-        let report = json(&out);
+        let report = out.json();
         assert_eq!(report["ok"], true, "{report}");
         for d in &inbox {
             assert_same_file(&source, &d.join("disk.img"));

@@ -5,10 +5,6 @@ mod common;
 
 use common::{MIB, Receiver, list_dir, random_file, run, teecast};
 
-fn json(sent: &common::Finished) -> serde_json::Value {
-    serde_json::from_str(&sent.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {sent:?}"))
-}
-
 /// Regression: a peer that sent a "file" named like another sender's temporary had it renamed
 /// onto that sender's target. Such names are refused, and temporaries have no name at all.
 #[test]
@@ -27,7 +23,7 @@ fn names_that_look_like_temporaries_are_refused() {
             .arg(&source)
             .arg(receiver.dest()));
         sent.expect_code(1);
-        let report = json(&sent);
+        let report = sent.json();
         assert_eq!(
             report["destinations"][0]["ack_status"], "rejected",
             "{report}"
@@ -49,7 +45,7 @@ fn no_clobber_keeps_an_existing_file_and_says_so() {
         .arg(&source)
         .arg(receiver.dest()));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     assert_eq!(
         report["destinations"][0]["ack_status"], "rejected",
         "{report}"

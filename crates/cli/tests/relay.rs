@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{
-    Finished, MIB, Receiver, Running, assert_same_file, list_dir, random_file, run, teecast,
-};
+use common::{MIB, Receiver, Running, assert_same_file, list_dir, random_file, run, teecast};
 
 /// `n` relays, each `recv --once --relay --dir DIR/host-i` plus `extra`.
 fn relays(dir: &Path, n: usize, extra: &[&str]) -> Vec<(Receiver, PathBuf)> {
@@ -27,10 +25,6 @@ fn relays(dir: &Path, n: usize, extra: &[&str]) -> Vec<(Receiver, PathBuf)> {
 
 fn addresses(hosts: &[(Receiver, PathBuf)]) -> Vec<String> {
     hosts.iter().map(|(r, _)| r.dest()).collect()
-}
-
-fn json(sent: &Finished) -> serde_json::Value {
-    serde_json::from_str(&sent.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {sent:?}"))
 }
 
 /// The report's hosts as (address, parent, status), in the order given.
@@ -57,15 +51,11 @@ fn relay_and_check(source: &Path, hosts: Vec<(Receiver, PathBuf)>, fanout: usize
         .arg(source)
         .args(&addrs));
     sent.expect_code(0);
-    let report = json(&sent);
+    let report = sent.json();
     let expected: Vec<_> = addrs
         .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            // Position i + 1; its parent is position i / fanout (0: the sender).
-            let parent = (i / fanout).checked_sub(1).map(|p| addrs[p].clone());
-            (a.clone(), parent, "ok".to_string())
-        })
+        .zip(common::tree_parents(&addrs, fanout))
+        .map(|(a, parent)| (a.clone(), parent, "ok".to_string()))
         .collect();
     assert_eq!(hosts_of(&report), expected, "{report}");
     let name = source.file_name().unwrap();
@@ -111,7 +101,7 @@ fn a_keyed_chain_proves_the_key_at_every_hop() {
             .args(&addrs),
     );
     sent.expect_code(0);
-    let report = json(&sent);
+    let report = sent.json();
     assert_eq!(report["digest"]["algorithm"], "blake3", "{report}");
     for (receiver, inbox) in hosts {
         receiver.wait().expect_code(0);
@@ -139,7 +129,7 @@ fn standard_input_goes_through_a_chain() {
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(0);
-    assert_eq!(hosts_of(&json(&sent)).len(), 3);
+    assert_eq!(hosts_of(&sent.json()).len(), 3);
     for (receiver, inbox) in hosts {
         receiver.wait().expect_code(0);
         assert_same_file(&source, &inbox.join("stream.bin"));
@@ -162,7 +152,7 @@ fn a_receiver_that_does_not_relay_refuses_and_the_rest_is_reported() {
         .arg(&source)
         .args(&addrs));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     let hosts = hosts_of(&report);
     assert_eq!(
         hosts.iter().map(|h| h.2.as_str()).collect::<Vec<_>>(),
@@ -200,7 +190,7 @@ fn an_unkeyed_relay_will_not_forward_beyond_loopback() {
         .arg(&source)
         .args(&addrs));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     let d = &report["destinations"];
     assert!(
         d[0]["error"]
@@ -243,7 +233,7 @@ fn a_relay_killed_mid_stream_is_reported_and_nothing_bad_is_kept() {
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     let hosts_seen = hosts_of(&report);
     assert_eq!(
         hosts_seen.iter().map(|h| h.2.as_str()).collect::<Vec<_>>(),
@@ -286,7 +276,7 @@ fn an_unreachable_hop_is_adopted_by_its_parent() {
         .arg(&source)
         .args(&addrs));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     let seen = hosts_of(&report);
     assert_eq!(
         seen,

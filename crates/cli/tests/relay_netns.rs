@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Finished, MIB, Running, assert_same_file, list_dir, random_file, run};
+use common::{MIB, Running, assert_same_file, list_dir, random_file, run};
 
 /// Every host's link: 200 Mbit/s (25 MB/s) each way, so that two cores relaying keep up.
 const RATE: &str = "200mbit";
@@ -139,10 +139,6 @@ fn keygen(dir: &Path) -> PathBuf {
     key
 }
 
-fn json(sent: &Finished) -> serde_json::Value {
-    serde_json::from_str(&sent.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {sent:?}"))
-}
-
 /// Host 0 sends `source` along a tree of `fanout` over hosts 1..n; every host stores a
 /// verified copy and the report names each with its parent.
 fn relay_over(tag: &str, hosts: usize, fanout: usize) {
@@ -168,7 +164,8 @@ fn relay_over(tag: &str, hosts: usize, fanout: usize) {
     args.extend(addrs.iter().map(String::as_str));
     let sent = run(&mut net.teecast(0, &args));
     sent.expect_code(0);
-    let report = json(&sent);
+    let report = sent.json();
+    let parents = common::tree_parents(&addrs, fanout);
     for (i, d) in report["destinations"]
         .as_array()
         .unwrap()
@@ -177,8 +174,7 @@ fn relay_over(tag: &str, hosts: usize, fanout: usize) {
     {
         assert_eq!(d["address"], addrs[i].as_str(), "{report}");
         assert_eq!(d["status"], "ok", "{report}");
-        let parent = ((i / fanout).checked_sub(1)).map(|p| addrs[p].clone());
-        assert_eq!(d["parent"].as_str(), parent.as_deref(), "{report}");
+        assert_eq!(d["parent"].as_str(), parents[i].as_deref(), "{report}");
     }
     for (proc, inbox) in relays {
         proc.wait(Duration::from_secs(120)).expect_code(0);
@@ -234,7 +230,7 @@ fn a_link_set_down_mid_stream() {
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(1);
-    let report = json(&sent);
+    let report = sent.json();
     let d = &report["destinations"];
     assert_eq!(d[0]["status"], "ok", "{report}");
     assert_eq!(d[1]["status"], "failed", "{report}");

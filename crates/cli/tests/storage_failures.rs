@@ -67,7 +67,7 @@ fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
     );
     let sent = sender.wait(common::TIMEOUT);
     sent.expect_code(1);
-    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let report = sent.json();
     let dest = &report["destinations"][0];
     assert_eq!(dest["status"], "failed", "{report}");
     assert_eq!(dest["kind"], "refused", "{report}");
@@ -100,7 +100,7 @@ fn a_file_that_cannot_fit_is_refused_before_its_payload() {
         .arg(&big)
         .arg(receiver.dest()));
     sent.expect_code(1);
-    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let report = sent.json();
     let dest = &report["destinations"][0];
     assert_eq!(dest["ack_status"], "io-error", "{report}");
     let error = dest["error"].as_str().unwrap();
@@ -153,7 +153,7 @@ fn receiver_that_cannot_create_the_file_refuses_with_its_reason() {
         .arg(&source)
         .arg(receiver.dest()));
     sent.expect_code(1);
-    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let report = sent.json();
     let dest = &report["destinations"][0];
     assert_eq!(dest["kind"], "refused", "{report}");
     assert_eq!(dest["ack_status"], "rejected", "{report}");
@@ -201,7 +201,7 @@ fn a_relay_whose_disk_is_full_still_forwards() {
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(1);
-    let report: serde_json::Value = serde_json::from_str(&sent.stdout).unwrap();
+    let report = sent.json();
     let d = &report["destinations"];
     assert_eq!(d[0]["ack_status"], "io-error", "{report}");
     assert_eq!(d[1]["status"], "ok", "{report}");

@@ -119,6 +119,11 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Stdout as one JSON object (`--json`); panics, showing the output, when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
     /// The exit code (panics, with the output, when the child died of a signal).
     pub fn code(&self) -> i32 {
         self.status
@@ -557,4 +562,12 @@ pub fn send_once(
 /// The SHA-256 of `bytes`, raw.
 pub fn sha256_raw(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
+}
+
+/// The parent each host of `hosts` has in a relay tree of `fanout` over them, in order: `None`
+/// for the sender's own children (positions 1 to `fanout`).
+pub fn tree_parents(hosts: &[String], fanout: usize) -> Vec<Option<String>> {
+    (0..hosts.len())
+        .map(|i| (i / fanout).checked_sub(1).map(|p| hosts[p].clone()))
+        .collect()
 }
