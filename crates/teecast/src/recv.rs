@@ -738,7 +738,7 @@ fn receive_framed(
                         let header = header.clone();
                         let store = open_store(options, &path, header.length);
                         return relay::forward(
-                            stream, options, session, &header, children, store, peer, reports,
+                            stream, options, session, &header, store, peer, reports,
                         );
                     }
                     store = Some((

@@ -64,17 +64,15 @@ pub(super) fn check(
     Ok(())
 }
 
-/// Stores the stream of `session` in `store` (when it could be opened) and forwards it to
-/// `children`; `reports` gets the outcome of every host below this one. The local copy is
+/// Stores the stream of `session` in `store` (when it could be opened) and forwards it to the
+/// children its header's tree gives this host; `reports` gets the outcome of every host below this one. The local copy is
 /// published only when it verifies against the sender's digest; a local failure (a full disk)
 /// does not stop the forwarding.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     stream: &TcpStream,
     options: &RecvOptions,
     session: &mut ReceiverSession,
     header: &Header,
-    children: Range<usize>,
     store: Result<Store, RecvError>,
     peer: Option<SocketAddr>,
     reports: &mut Vec<HostReport>,
@@ -98,7 +96,7 @@ pub(super) fn forward(
         Ok(s) => (Some(s), None),
         Err(e) => (None, Some(e)),
     };
-    let mut hops = Vec::with_capacity(children.len() + 1);
+    let mut hops = Vec::with_capacity(served.len() + 1);
     if let Some(s) = &store {
         let file = s
             .fd()
