@@ -55,13 +55,28 @@ fn one_shot(digest: DigestAlgorithm, data: &[u8]) -> Digest {
     h.finish()
 }
 
-/// Directories to store in: the temporary directory (a disk here, usually) and /dev/shm.
+/// A directory on a disk filesystem (not tmpfs): the temporary directory or /var/tmp. Fails,
+/// saying so, on a machine with neither, rather than pass without the disk path.
+fn disk_dir() -> PathBuf {
+    [std::env::temp_dir(), PathBuf::from("/var/tmp")]
+        .into_iter()
+        .find(|d| std::fs::File::open(d).is_ok_and(|f| !sys::is_tmpfs(&f).unwrap_or(true)))
+        .expect("these tests need a disk filesystem at $TMPDIR or /var/tmp (both are tmpfs here)")
+}
+
+/// A directory on tmpfs: /dev/shm. Fails, saying so, where it is not one.
+fn tmpfs_dir() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    assert!(
+        std::fs::File::open(&shm).is_ok_and(|f| sys::is_tmpfs(&f).unwrap_or(false)),
+        "these tests need /dev/shm to be a tmpfs"
+    );
+    shm
+}
+
+/// Directories to store in: a disk (where writeback starts as the stream goes) and tmpfs.
 fn dirs() -> Vec<PathBuf> {
-    let mut d = vec![std::env::temp_dir()];
-    if std::path::Path::new("/dev/shm").is_dir() {
-        d.push(PathBuf::from("/dev/shm"));
-    }
-    d
+    vec![disk_dir(), tmpfs_dir()]
 }
 
 #[test]
@@ -149,19 +164,14 @@ fn a_short_stream_is_truncated_not_stored() {
 fn writeback_only_for_regular_files_off_tmpfs() {
     let pipe = Pipe::with_size(4096).unwrap();
     assert!(writeback_start(pipe.write.as_fd(), 0).is_none());
-    if let Ok(f) = tempfile::tempfile_in("/dev/shm")
-        && sys::is_tmpfs(&f).unwrap_or(false)
-    {
-        assert!(writeback_start(f.as_fd(), 0).is_none());
-    }
-    let mut f = tempfile::tempfile().unwrap();
+    let f = tempfile::tempfile_in(tmpfs_dir()).unwrap();
+    assert!(writeback_start(f.as_fd(), 0).is_none());
+    let mut f = tempfile::tempfile_in(disk_dir()).unwrap();
     f.write_all(&[0u8; 100]).unwrap();
-    if !sys::is_tmpfs(&f).unwrap() {
-        // 100 bytes stored from offset 0.
-        assert_eq!(writeback_start(f.as_fd(), 100), Some((0, 0)));
-        // More stored than the offset: not a payload this file holds.
-        assert_eq!(writeback_start(f.as_fd(), 101), None);
-    }
+    // 100 bytes stored from offset 0.
+    assert_eq!(writeback_start(f.as_fd(), 100), Some((0, 0)));
+    // More stored than the offset: not a payload this file holds.
+    assert_eq!(writeback_start(f.as_fd(), 101), None);
 }
 
 /// Regression: `recv --output - | cat > FILE` took 1.46 s for 1 GiB against mbuffer's 1.03 s,
