@@ -148,6 +148,10 @@ struct SendArgs {
     /// host, in the order given (1: a chain). Each needs `teecast recv --relay`.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u8).range(1..))]
     tree: Option<u8>,
+    /// With --tree: keep the last SIZE bytes sent (e.g. 64M, 1G), to resume the children of
+    /// a host that fails from the bytes they hold.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    ring: usize,
     /// Also write exactly the bytes sent to FILE.
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
@@ -214,6 +218,10 @@ struct RecvArgs {
     /// --tree`), as they arrive, while storing this host's copy.
     #[arg(long)]
     relay: bool,
+    /// With --relay: keep the last SIZE bytes forwarded (e.g. 64M, 1G), to resume the
+    /// children of a child that fails.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    ring: usize,
     /// Give a connection this long, in all, to open its session (hello, proof and header).
     #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     header_timeout: Duration,
@@ -244,6 +252,32 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration ({e}; try 30s, 500ms, 2m or 1h30m)"))
+}
+
+/// Parses a size in bytes: a number with an optional K, M or G (powers of 1024), at least 2M.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("'{t}' is not a size: try 64M or 1G")),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{t}' is not a size: try 64M or 1G"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{t}' is too large"))?;
+    if bytes < 2 << 20 {
+        return Err(format!("'{t}' is too small: the ring holds at least 2M"));
+    }
+    Ok(bytes)
 }
 
 /// A duration that bounds a wait: as [`parse_duration`], and more than zero.
@@ -398,7 +432,7 @@ fn run_send(args: SendArgs) -> u8 {
         options = options.key(key);
     }
     if let Some(fanout) = args.tree {
-        options = options.tree(fanout);
+        options = options.tree(fanout).ring(args.ring);
     }
     let transfer = match Transfer::new(&source, &args.destinations, &options) {
         Ok(t) => t,
@@ -602,6 +636,7 @@ fn run_recv(mut args: RecvArgs) -> u8 {
         .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
         .max_per_peer(usize::try_from(args.max_per_peer).unwrap_or(usize::MAX))
         .relay(args.relay)
+        .ring(args.ring)
         .forward_unauthenticated(args.insecure);
     if let Some(key) = key {
         options = options.key(key);
@@ -618,6 +653,15 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                     let length = length.map_or_else(String::new, |n| format!(" ({n} bytes)"));
                     errln!(
                         "teecast: {peer}: receiving {}{length}",
+                        wire::escape_text(name, 255)
+                    );
+                }
+                return;
+            }
+            recv::Event::Resumed { name } => {
+                if !quiet {
+                    errln!(
+                        "teecast: {peer}: resumes {}: its parent failed, this one goes on",
                         wire::escape_text(name, 255)
                     );
                 }

@@ -172,8 +172,11 @@ pub fn summary(report: &SendReport, failures_only: bool) {
             .parent
             .as_ref()
             .map_or_else(String::new, |p| format!(" (via {p})"));
+        let note = d.note.as_ref().map_or_else(String::new, |n| {
+            format!("; {}", teecast::proto::wire::escape_text(n, 200))
+        });
         errln!(
-            "teecast: {}{via}: {status}, {} in {:.2} s ({}/s)",
+            "teecast: {}{via}: {status}, {} in {:.2} s ({}/s){note}",
             d.address,
             human_bytes(d.bytes),
             d.elapsed.as_secs_f64(),
@@ -247,6 +250,7 @@ struct JsonDestination<'a> {
     receiver_digest: Option<String>,
     seconds: f64,
     bytes_per_second: f64,
+    note: Option<&'a str>,
 }
 
 impl<'a> JsonDestination<'a> {
@@ -277,6 +281,7 @@ impl<'a> JsonDestination<'a> {
             receiver_digest,
             seconds: d.elapsed.as_secs_f64(),
             bytes_per_second: rate(d.bytes, d.elapsed),
+            note: d.note.as_deref(),
         }
     }
 }

@@ -178,6 +178,7 @@ fn take_stream(s: &mut TcpStream) -> (ReceiverSession, Vec<u8>) {
                 session.payload(got as u64);
             }
             Next::Verify => return (session, hasher.finish().bytes),
+            Next::Resume => panic!("a direct send does not resume"),
         }
     }
 }

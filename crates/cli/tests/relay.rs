@@ -205,12 +205,39 @@ fn an_unkeyed_relay_will_not_forward_beyond_loopback() {
     assert!(list_dir(&inbox).is_empty());
 }
 
-/// A relay killed with SIGKILL mid-stream: the host before it keeps its verified copy, the
-/// ones after it keep nothing, and the report names the dead hop and what became of the rest.
+/// The payload bytes process `pid` holds so far in files under `inbox` (its temporary copy:
+/// anonymous, so found through its open descriptors).
+fn held_under(pid: u32, inbox: &Path) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(inbox)))
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Waits (bounded) until the receiver at `host` holds at least `bytes` of its copy.
+fn wait_held(host: &(Receiver, PathBuf), bytes: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held_under(host.0.proc.pid(), &host.1) < bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?} never held {bytes} bytes",
+            host.1
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A relay killed with SIGKILL mid-stream: its parent adopts its child, which resumes from the
+/// bytes it holds; every other host stores a verified copy, and the report names the dead hop
+/// and how the rest were served.
 #[test]
-fn a_relay_killed_mid_stream_is_reported_and_nothing_bad_is_kept() {
+fn a_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
     let dir = tempfile::tempdir().unwrap();
-    let hosts = relays(dir.path(), 3, &[]);
+    let hosts = relays(dir.path(), 4, &["--stall-timeout", "5s"]);
     let addrs = addresses(&hosts);
     let (sender, stdin) = Running::spawn_with(
         teecast(["send", "--json", "--tree", "1", "--name", "s.bin", "-"]).args(&addrs),
@@ -218,41 +245,142 @@ fn a_relay_killed_mid_stream_is_reported_and_nothing_bad_is_kept() {
         None,
     );
     let mut stdin = stdin.unwrap();
-    stdin.write_all(&vec![7u8; 2 * MIB as usize]).unwrap();
-    // The middle relay is receiving: kill it.
-    hosts[1]
-        .0
-        .proc
-        .wait_stderr("receiving \"s.bin\"", Duration::from_secs(60));
+    let mut expected = common::Prng::new(208).bytes(3 * MIB as usize);
+    stdin.write_all(&expected[..2 * MIB as usize]).unwrap();
+    // The last host has part of the stream: kill the relay two above it.
+    wait_held(&hosts[3], MIB);
     hosts[1]
         .0
         .proc
         .signal(rustix::process::Signal::KILL)
         .unwrap();
-    stdin.write_all(&vec![8u8; MIB as usize]).unwrap();
+    stdin.write_all(&expected[2 * MIB as usize..]).unwrap();
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(1);
     let report = sent.json();
-    let hosts_seen = hosts_of(&report);
     assert_eq!(
-        hosts_seen.iter().map(|h| h.2.as_str()).collect::<Vec<_>>(),
-        ["ok", "failed", "failed"],
+        hosts_of(&report),
+        vec![
+            (addrs[0].clone(), None, "ok".to_string()),
+            (
+                addrs[1].clone(),
+                Some(addrs[0].clone()),
+                "failed".to_string()
+            ),
+            (addrs[2].clone(), Some(addrs[0].clone()), "ok".to_string()),
+            (addrs[3].clone(), Some(addrs[2].clone()), "ok".to_string()),
+        ],
         "{report}"
     );
     let d = &report["destinations"];
     assert_eq!(d[1]["kind"], "unreached", "{report}");
-    assert_eq!(d[2]["kind"], "unreached", "{report}");
+    let note = d[2]["note"].as_str().unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        note.starts_with(&format!(
+            "adopted after {} failed; resumed at byte ",
+            addrs[1]
+        )),
+        "{note}"
+    );
+    let resumed: u64 = note.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        resumed >= MIB,
+        "host 3 resumed from byte {resumed}, after holding 1 MiB below it"
+    );
     let mut hosts = hosts.into_iter();
+    let stored = |inbox: &Path| std::fs::read(inbox.join("s.bin")).unwrap();
     let (first, first_inbox) = hosts.next().unwrap();
     first.wait().expect_code(0);
-    assert_eq!(
-        std::fs::metadata(first_inbox.join("s.bin")).unwrap().len(),
-        3 * MIB
-    );
+    assert!(stored(&first_inbox) == expected, "host 1's copy differs");
+    let (_dead, dead_inbox) = hosts.next().unwrap();
+    assert!(list_dir(&dead_inbox).is_empty(), "{dead_inbox:?}");
     for (receiver, inbox) in hosts {
-        assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
-        drop(receiver);
+        receiver.wait().expect_code(0);
+        assert!(stored(&inbox) == expected, "{inbox:?}'s copy differs");
+    }
+    expected.clear();
+}
+
+/// An adopted host that holds less than the ring still has fails, named so, and keeps nothing.
+#[test]
+fn an_adopted_host_beyond_the_ring_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hosts = relays(dir.path(), 2, &["--stall-timeout", "5s"]);
+    let addrs = addresses(&hosts);
+    let (sender, stdin) = Running::spawn_with(
+        teecast([
+            "send", "--json", "--tree", "1", "--ring", "2M", "--name", "s.bin", "-",
+        ])
+        .args(&addrs),
+        Stdio::piped(),
+        None,
+    );
+    let mut stdin = stdin.unwrap();
+    let block = vec![5u8; MIB as usize];
+    for _ in 0..8 {
+        stdin.write_all(&block).unwrap();
+    }
+    // The second host holds 6 MiB: the sender's 2 MiB ring has moved past byte 0.
+    wait_held(&hosts[1], 6 * MIB);
+    // It restarts, holding nothing, on the same address; then the relay above it dies.
+    let (old, inbox) = hosts.pop().unwrap();
+    old.proc.signal(rustix::process::Signal::KILL).unwrap();
+    drop(old);
+    let fresh = Running::spawn(
+        teecast(["recv", "--listen", &addrs[1], "--once", "--relay", "--dir"]).arg(&inbox),
+    );
+    fresh.wait_stderr("teecast: listening on ", Duration::from_secs(30));
+    hosts[0]
+        .0
+        .proc
+        .signal(rustix::process::Signal::KILL)
+        .unwrap();
+    drop(stdin);
+    let sent = sender.wait(Duration::from_secs(120));
+    sent.expect_code(1);
+    let report = sent.json();
+    let d = &report["destinations"];
+    // Reported through the tree as not reached, with the reason.
+    assert_eq!(d[1]["kind"], "unreached", "{report}");
+    assert!(
+        d[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("it holds 0 bytes, and the replay ring now starts at byte"),
+        "{report}"
+    );
+    fresh.wait(Duration::from_secs(60)).expect_code(1);
+    assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
+}
+
+/// A first host that cannot be reached: the sender itself serves the hosts below it.
+#[test]
+fn the_sender_adopts_a_first_host_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 3 * MIB + 1, 209);
+    let hosts = relays(dir.path(), 2, &[]);
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let addrs = [dead.clone(), hosts[0].0.dest(), hosts[1].0.dest()];
+    let sent = run(teecast(["send", "--json", "--tree", "1"])
+        .arg(&source)
+        .args(&addrs));
+    sent.expect_code(1);
+    let report = sent.json();
+    assert_eq!(
+        hosts_of(&report),
+        vec![
+            (dead, None, "failed".to_string()),
+            (addrs[1].clone(), None, "ok".to_string()),
+            (addrs[2].clone(), Some(addrs[1].clone()), "ok".to_string()),
+        ],
+        "{report}"
+    );
+    assert_eq!(report["destinations"][0]["kind"], "connect", "{report}");
+    for (receiver, inbox) in hosts {
+        receiver.wait().expect_code(0);
+        assert_same_file(&source, &inbox.join("disk.img"));
     }
 }
 

@@ -192,8 +192,9 @@ fn a_tree_of_seven_on_shaped_links() {
     relay_over("t", 7, 2);
 }
 
-/// A relay's link goes down mid-stream: its parent drops it at the stall timeout and keeps its
-/// own copy; the relay and the host after it keep nothing; the report says what became of each.
+/// A relay's link goes down mid-stream: its parent drops it at the stall timeout and adopts
+/// the host after it, which resumes from the bytes it holds and stores a verified copy; the
+/// cut-off relay keeps nothing; the report says what became of each.
 #[test]
 fn a_link_set_down_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,17 +240,28 @@ fn a_link_set_down_mid_stream() {
         d[1]["error"].as_str().unwrap().contains("stalled"),
         "{report}"
     );
-    assert_eq!(d[2]["kind"], "unreached", "{report}");
+    assert_eq!(d[2]["status"], "ok", "{report}");
+    assert_eq!(d[2]["parent"], addrs[0].as_str(), "{report}");
+    let note = d[2]["note"].as_str().unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        note.starts_with(&format!(
+            "adopted after {} failed; resumed at byte ",
+            addrs[1]
+        )),
+        "{note}"
+    );
+    let mut expected = vec![1u8; 2 * MIB as usize];
+    expected.extend(vec![2u8; 16 * MIB as usize]);
+    let stored = |inbox: &Path| std::fs::read(inbox.join("s.bin")).unwrap();
     let mut relays = relays.into_iter();
     let (first, first_inbox) = relays.next().unwrap();
     first.wait(Duration::from_secs(60)).expect_code(0);
-    assert_eq!(
-        std::fs::metadata(first_inbox.join("s.bin")).unwrap().len(),
-        18 * MIB
-    );
-    for (proc, inbox) in relays {
-        // The cut-off relay gives up at its stall timeout; the last one is never reached.
-        drop(proc);
-        assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
-    }
+    assert!(stored(&first_inbox) == expected, "the first copy differs");
+    // The cut-off relay gives up once no parent resumes it; it keeps nothing.
+    let (cut, cut_inbox) = relays.next().unwrap();
+    cut.wait(Duration::from_secs(60)).expect_code(1);
+    assert!(list_dir(&cut_inbox).is_empty(), "{cut_inbox:?}");
+    let (last, last_inbox) = relays.next().unwrap();
+    last.wait(Duration::from_secs(60)).expect_code(0);
+    assert!(stored(&last_inbox) == expected, "the adopted copy differs");
 }

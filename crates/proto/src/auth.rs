@@ -79,6 +79,11 @@ impl Key {
         self.mac("teecast/2 stream", &[header, trailer])
     }
 
+    /// The seal of a receiver's answer to a resuming header, under the session key.
+    pub fn resume_seal(&self, header: &[u8], resume: &[u8]) -> [u8; MAC_LEN] {
+        self.mac("teecast/2 resume", &[header, resume])
+    }
+
     /// The seal of an acknowledgement, under the session key.
     pub fn ack_seal(&self, stream_seal: &[u8; MAC_LEN], ack: &[u8]) -> [u8; MAC_LEN] {
         self.mac("teecast/2 ack", &[stream_seal, ack])
@@ -117,6 +122,8 @@ mod tests {
         assert_ne!(s.ack_seal(&seal, b"a"), s.ack_seal(&seal, b"b"));
         // Labels separate the uses: the same inputs under two labels differ.
         assert_ne!(k.sender_proof(b"h", b"w"), k.stream_seal(b"h", b"w"));
+        assert_ne!(s.resume_seal(b"hd", b"r"), s.resume_seal(b"hd", b"s"));
+        assert_ne!(s.resume_seal(b"hd", b"r"), s.stream_seal(b"hd", b"r"));
     }
 
     #[test]

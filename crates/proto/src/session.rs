@@ -15,7 +15,7 @@ use crate::auth::{Key, same_mac};
 use crate::digest::DigestAlgorithm;
 use crate::wire::{
     self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, Header, Hello, HostReport, MAC_LEN,
-    MAX_CHUNK, MessageKind, NONCE_LEN, PREFIX_LEN, Seal, Trailer, Welcome, WireError,
+    MAX_CHUNK, MessageKind, NONCE_LEN, PREFIX_LEN, Resume, Seal, Trailer, Welcome, WireError,
 };
 
 /// Whether a keyed session may use `digest`: only one that resists deliberate collisions, as the
@@ -130,6 +130,8 @@ pub struct SenderSession {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SenderStep {
     Welcome,
+    /// A resuming header went out: the receiver's offset is due.
+    Resume,
     Payload,
     AwaitAck,
     Done,
@@ -207,8 +209,41 @@ impl SenderSession {
             }
         }
         out.extend_from_slice(&self.header_bytes);
-        self.step = SenderStep::Payload;
+        self.step = if self.header.tree.is_some_and(|t| t.resume) {
+            SenderStep::Resume
+        } else {
+            SenderStep::Payload
+        };
         Ok(out)
+    }
+
+    /// A reader for the receiver's answer to a resuming header.
+    pub fn resume_reader(&self) -> FrameReader {
+        FrameReader::new(MessageKind::Resume)
+    }
+
+    /// Takes the receiver's answer to a resuming header (and, keyed, its seal's body): the
+    /// payload bytes it holds, from which this side goes on (they count as sent).
+    pub fn resumed(&mut self, body: &[u8], seal: Option<&[u8]>) -> Result<u64, WireError> {
+        if self.step != SenderStep::Resume {
+            return Err(WireError::BadSeal("resume, out of its turn,"));
+        }
+        let resume = Resume::decode_body(body)?;
+        if let Some(k) = &self.session_key {
+            let seal = Seal::decode_body(seal.unwrap_or_default())?;
+            let expected = k.resume_seal(&self.header_bytes, &message(MessageKind::Resume, body));
+            if !same_mac(&seal.0, &expected) {
+                return Err(WireError::BadSeal("resume's seal"));
+            }
+        }
+        if let Some(length) = self.header.length
+            && resume.offset > length
+        {
+            return Err(WireError::BadLength(resume.offset));
+        }
+        self.sent = resume.offset;
+        self.step = SenderStep::Payload;
+        Ok(resume.offset)
     }
 
     /// True when the session is sealed under a key (the acknowledgement then carries a seal).
@@ -357,6 +392,9 @@ pub enum Next {
     /// The stream has ended: check it ([`ReceiverSession::verify`]) and answer
     /// ([`ReceiverSession::ack`]).
     Verify,
+    /// The header resumes a stream: answer with the payload bytes held
+    /// ([`ReceiverSession::resume_at`]).
+    Resume,
 }
 
 /// The receiver's side of a framed session.
@@ -384,6 +422,8 @@ enum ReceiverStep {
     /// Keyed: the sender's proof of the key.
     Proof(FrameReader),
     Header(FrameReader),
+    /// A resuming header arrived: the offset this side holds is due.
+    Resume,
     /// Raw payload of known length: bytes still due.
     Raw(u64),
     /// Waiting for a chunk header: the bytes of it so far.
@@ -459,7 +499,39 @@ impl ReceiverSession {
             ReceiverStep::Raw(left) | ReceiverStep::Chunk(left) => Next::Payload(*left),
             ReceiverStep::ChunkHeader(got) => Next::Framing(CHUNK_HEADER_LEN - got.len()),
             ReceiverStep::Verify => Next::Verify,
+            ReceiverStep::Resume => Next::Resume,
         }
+    }
+
+    /// Answers a resuming header: this side holds `offset` payload bytes of the stream, and
+    /// the rest follows. Returns the answer to write (and, keyed, its seal).
+    pub fn resume_at(&mut self, offset: u64) -> Result<Vec<u8>, OrderError> {
+        let Some(header) = self
+            .header
+            .as_ref()
+            .filter(|_| matches!(self.step, ReceiverStep::Resume))
+        else {
+            return Err(OrderError::WrongStep);
+        };
+        self.step = match header.length {
+            Some(announced) if offset > announced => {
+                return Err(OrderError::TooMuchPayload {
+                    sent: offset,
+                    announced,
+                });
+            }
+            Some(announced) if offset == announced => {
+                ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer))
+            }
+            Some(announced) => ReceiverStep::Raw(announced - offset),
+            None => ReceiverStep::ChunkHeader(Vec::new()),
+        };
+        self.received = offset;
+        let mut out = Resume { offset }.encode();
+        if let Some(k) = &self.session_key {
+            out.extend(Seal(k.resume_seal(&self.header_bytes, &out)).encode());
+        }
+        Ok(out)
     }
 
     /// The bytes to write to the sender now, if any (the welcome, once the hello has arrived).
@@ -513,6 +585,7 @@ impl ReceiverSession {
                     }
                     self.header_bytes = message(MessageKind::Header, &body);
                     self.step = match header.length {
+                        _ if header.tree.is_some_and(|t| t.resume) => ReceiverStep::Resume,
                         Some(0) => ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer)),
                         Some(len) => ReceiverStep::Raw(len),
                         None => ReceiverStep::ChunkHeader(Vec::new()),
@@ -556,7 +629,10 @@ impl ReceiverSession {
                     };
                 }
             }
-            ReceiverStep::Raw(_) | ReceiverStep::Chunk(_) | ReceiverStep::Verify => {}
+            ReceiverStep::Raw(_)
+            | ReceiverStep::Chunk(_)
+            | ReceiverStep::Verify
+            | ReceiverStep::Resume => {}
         }
         Ok(())
     }
@@ -739,7 +815,7 @@ mod tests {
                     rx.payload((end - at) as u64);
                     at = end;
                 }
-                Next::Verify => return Ok((payload, replies)),
+                Next::Verify | Next::Resume => return Ok((payload, replies)),
             }
         }
     }
@@ -836,6 +912,57 @@ mod tests {
         let ack = &answer[PREFIX_LEN..ack_end];
         let seal = (answer.len() > ack_end).then(|| &answer[ack_end + PREFIX_LEN..]);
         (ack, seal)
+    }
+
+    #[test]
+    fn a_resumed_session_goes_on_from_the_offset_the_receiver_holds() {
+        for k in [None, key()] {
+            for length in [Some(5), None] {
+                let mut h = header(length, DigestAlgorithm::Blake3);
+                h.route = vec!["a:1".into()];
+                h.tree = Some(wire::Tree {
+                    fanout: 1,
+                    position: 1,
+                    transfer: [1; wire::TRANSFER_ID_LEN],
+                    resume: true,
+                });
+                let mut run = open(&h, k.clone(), k.clone(), 7);
+                feed(&mut run.rx, &run.opening).unwrap();
+                assert_eq!(run.rx.next(), Next::Resume);
+                // Nothing may be sent before the receiver said where to go on from.
+                assert!(run.tx.finish(&DIGEST).is_err());
+                let answer = run.rx.resume_at(2).unwrap();
+                assert!(run.rx.resume_at(2).is_err(), "answered once");
+                let (body, seal) = split_ack(&answer);
+                let mut forged = run.tx.clone();
+                assert_eq!(run.tx.is_keyed(), seal.is_some());
+                assert_eq!(run.tx.resumed(body, seal), Ok(2));
+                if seal.is_some() {
+                    let other = Resume { offset: 0 }.encode();
+                    assert!(forged.resumed(&other[PREFIX_LEN..], seal).is_err());
+                }
+                run.opening.clear();
+                let wire = stream(&mut run, b"llo");
+                let (got, _) = drive(&mut run.rx, &wire, usize::MAX).unwrap();
+                assert_eq!(got, b"llo");
+                assert_eq!(run.rx.received(), 5);
+                assert_eq!(run.rx.verify(&DIGEST), Ok(()), "{length:?}");
+            }
+        }
+        // An offset beyond the announced length is refused by both ends.
+        let mut h = header(Some(5), DigestAlgorithm::Blake3);
+        h.route = vec!["a:1".into()];
+        h.tree = Some(wire::Tree {
+            fanout: 1,
+            position: 1,
+            transfer: [1; wire::TRANSFER_ID_LEN],
+            resume: true,
+        });
+        let mut run = open(&h, None, None, 7);
+        feed(&mut run.rx, &run.opening).unwrap();
+        assert!(run.rx.resume_at(6).is_err());
+        let six = Resume { offset: 6 }.encode();
+        assert!(run.tx.resumed(&six[PREFIX_LEN..], None).is_err());
     }
 
     #[test]

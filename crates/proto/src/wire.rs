@@ -61,6 +61,11 @@ pub const CAP_KEYED: u32 = 0x01;
 const FLAG_LENGTH_KNOWN: u8 = 0x01;
 /// Header flag bit 1: the stream is relayed along a tree over the route ([`Tree`]).
 const FLAG_TREE: u8 = 0x02;
+/// Header flag bit 2 (with bit 1 only): the stream resumes one this receiver already holds
+/// part of ([`Tree::resume`]).
+const FLAG_RESUME: u8 = 0x04;
+/// The length of a relayed transfer's identifier ([`Tree::transfer`]).
+pub const TRANSFER_ID_LEN: usize = 16;
 
 /// The framed messages of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,17 +83,20 @@ pub enum MessageKind {
     Trailer,
     /// Receiver to sender, after verifying the payload.
     Ack,
+    /// Receiver to sender, after a resuming header: the payload bytes it already holds.
+    Resume,
 }
 
 impl MessageKind {
     /// Every kind.
-    pub const ALL: [MessageKind; 6] = [
+    pub const ALL: [MessageKind; 7] = [
         Self::Hello,
         Self::Welcome,
         Self::Seal,
         Self::Header,
         Self::Trailer,
         Self::Ack,
+        Self::Resume,
     ];
 
     /// The four bytes that open a message of this kind.
@@ -100,6 +108,7 @@ impl MessageKind {
             Self::Header => *b"TCHD",
             Self::Trailer => *b"TCTR",
             Self::Ack => *b"TCAK",
+            Self::Resume => *b"TCRS",
         }
     }
 
@@ -112,6 +121,7 @@ impl MessageKind {
             Self::Header => MAX_HEADER_BODY,
             Self::Trailer => MAX_TRAILER_BODY,
             Self::Ack => MAX_ACK_BODY,
+            Self::Resume => 8,
         }
     }
 
@@ -124,6 +134,7 @@ impl MessageKind {
             Self::Header => "a header",
             Self::Trailer => "a trailer",
             Self::Ack => "an ack",
+            Self::Resume => "a resume",
         }
     }
 }
@@ -137,6 +148,7 @@ impl fmt::Display for MessageKind {
             Self::Header => "header",
             Self::Trailer => "trailer",
             Self::Ack => "ack",
+            Self::Resume => "resume",
         })
     }
 }
@@ -394,6 +406,7 @@ fn magic_hint(expected: MessageKind, found: &[u8; 4]) -> String {
             "is the receiver a teecast receiver of this version, and not a raw one?"
         }
         MessageKind::Seal => "the peer does not hold a key, or the two ends are out of step",
+        MessageKind::Resume => "is the receiver a teecast receiver of a version that resumes?",
     }
     .to_string()
 }
@@ -656,6 +669,13 @@ pub struct Tree {
     pub fanout: u8,
     /// The receiver's position, 1 to the route's length.
     pub position: u16,
+    /// The transfer's identifier, chosen at random by the sender and the same at every host:
+    /// by it (and the position) a receiver finds the stream a resuming header continues.
+    pub transfer: [u8; TRANSFER_ID_LEN],
+    /// This header resumes the stream at this position: the receiver answers with the payload
+    /// bytes it already holds, and the sender goes on from there (a parent adopting the
+    /// children of a host that died). A receiver that holds nothing of it answers 0.
+    pub resume: bool,
 }
 
 impl Tree {
@@ -746,6 +766,9 @@ impl Header {
         if let Some(tree) = self.tree {
             tree.check(self.route.len())?;
             flags |= FLAG_TREE;
+            if tree.resume {
+                flags |= FLAG_RESUME;
+            }
         }
         body.push(flags);
         body.extend_from_slice(&length.to_be_bytes());
@@ -764,6 +787,7 @@ impl Header {
         if let Some(tree) = self.tree {
             body.push(tree.fanout);
             body.extend_from_slice(&tree.position.to_be_bytes());
+            body.extend_from_slice(&tree.transfer);
         }
         frame(MessageKind::Header, &body)
     }
@@ -776,7 +800,8 @@ impl Header {
         let name = r.text(usize::from(name_len), "name")?;
         validate_name(&name)?;
         let flags = r.u8("flags")?;
-        if flags & !(FLAG_LENGTH_KNOWN | FLAG_TREE) != 0 {
+        let resume_without_tree = flags & FLAG_RESUME != 0 && flags & FLAG_TREE == 0;
+        if flags & !(FLAG_LENGTH_KNOWN | FLAG_TREE | FLAG_RESUME) != 0 || resume_without_tree {
             return Err(WireError::BadFlags(flags));
         }
         let length = r.u64("length")?;
@@ -801,9 +826,14 @@ impl Header {
             route.push(hop);
         }
         let tree = if flags & FLAG_TREE != 0 {
+            let fanout = r.u8("fan-out")?;
+            let position = r.u16("position")?;
+            let transfer = r.array("transfer id")?;
             let tree = Tree {
-                fanout: r.u8("fan-out")?,
-                position: r.u16("position")?,
+                fanout,
+                position,
+                transfer,
+                resume: flags & FLAG_RESUME != 0,
             };
             tree.check(route.len())?;
             Some(tree)
@@ -891,11 +921,14 @@ pub enum AckStatus {
     /// In a relay's report: the host was not reached, or its connection broke without an
     /// answer; the message says why. (6)
     Unreached,
+    /// Another parent resumed this stream here (its old parent was cut off): this connection
+    /// ends, and the host reports through its new parent. (7)
+    Adopted,
 }
 
 impl AckStatus {
     /// Every status, in code order.
-    pub const ALL: [AckStatus; 7] = [
+    pub const ALL: [AckStatus; 8] = [
         Self::Ok,
         Self::DigestMismatch,
         Self::LengthMismatch,
@@ -903,6 +936,7 @@ impl AckStatus {
         Self::IoError,
         Self::Truncated,
         Self::Unreached,
+        Self::Adopted,
     ];
 
     /// The code carried on the wire.
@@ -915,6 +949,7 @@ impl AckStatus {
             Self::IoError => 4,
             Self::Truncated => 5,
             Self::Unreached => 6,
+            Self::Adopted => 7,
         }
     }
 
@@ -924,7 +959,7 @@ impl AckStatus {
     }
 
     /// The name used in reports: `ok`, `digest-mismatch`, `length-mismatch`, `rejected`,
-    /// `io-error`, `truncated`, `unreached`.
+    /// `io-error`, `truncated`, `unreached`, `adopted`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -934,6 +969,7 @@ impl AckStatus {
             Self::IoError => "io-error",
             Self::Truncated => "truncated",
             Self::Unreached => "unreached",
+            Self::Adopted => "adopted",
         }
     }
 }
@@ -1149,6 +1185,30 @@ impl Welcome {
             nonce,
             proof,
         })
+    }
+}
+
+/// The receiver's answer to a resuming header: how many payload bytes of the stream it already
+/// holds (the sender goes on from there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// Payload bytes held.
+    pub offset: u64,
+}
+
+impl Resume {
+    /// Encodes prefix and body.
+    pub fn encode(&self) -> Vec<u8> {
+        frame_bounded(MessageKind::Resume, &self.offset.to_be_bytes())
+    }
+
+    /// Decodes a resume body: exactly 8 bytes.
+    pub fn decode_body(body: &[u8]) -> Result<Resume, WireError> {
+        check_body_len(MessageKind::Resume, body)?;
+        let mut r = Reader::new(MessageKind::Resume, body);
+        let offset = r.u64("offset")?;
+        r.finish()?;
+        Ok(Resume { offset })
     }
 }
 
@@ -1505,14 +1565,35 @@ mod tests {
         h.tree = Some(Tree {
             fanout: 2,
             position: 3,
+            transfer: [7; TRANSFER_ID_LEN],
+            resume: false,
         });
         let bytes = h.encode().unwrap();
         assert_eq!(
             Header::decode_body(body_of(&bytes, MessageKind::Header)),
             Ok(h.clone())
         );
+        let mut resuming = h.clone();
+        resuming.tree.as_mut().unwrap().resume = true;
+        let bytes = resuming.encode().unwrap();
+        assert_eq!(
+            Header::decode_body(body_of(&bytes, MessageKind::Header)),
+            Ok(resuming)
+        );
+        let r = Resume { offset: 1 << 40 };
+        assert_eq!(
+            Resume::decode_body(body_of(&r.encode(), MessageKind::Resume)),
+            Ok(r)
+        );
+        assert!(Resume::decode_body(&[0; 7]).is_err());
+        assert!(Resume::decode_body(&[0; 9]).is_err());
         for (fanout, position) in [(0, 1), (1, 0), (1, 4)] {
-            h.tree = Some(Tree { fanout, position });
+            h.tree = Some(Tree {
+                fanout,
+                position,
+                transfer: [0; TRANSFER_ID_LEN],
+                resume: false,
+            });
             assert_eq!(
                 h.encode(),
                 Err(WireError::BadTree {
@@ -2138,6 +2219,8 @@ mod tests {
                 _ => Some(Tree {
                     fanout: 1 + rng.below(3) as u8,
                     position: 1 + rng.below(hops) as u16,
+                    transfer: rng.bytes(TRANSFER_ID_LEN).try_into().unwrap_or_default(),
+                    resume: rng.below(2) == 0,
                 }),
             },
         }

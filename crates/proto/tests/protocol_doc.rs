@@ -53,6 +53,7 @@ fn example() -> Vec<(&'static str, Vec<u8>)> {
                 at += n;
             }
             Next::Verify => break,
+            Next::Resume => unreachable!("the example does not resume"),
         }
     }
     rx.verify(&digest).unwrap();

@@ -42,9 +42,14 @@ pub fn wait_ready(
     }
 }
 
-/// `poll(fds, n, -1)`—Waits until at least one of `fds` is ready for `readiness`; returns the
-/// indices of those that are (including those in an error or hang-up state).
-pub fn wait_any(fds: &[BorrowedFd<'_>], readiness: Readiness) -> io::Result<Vec<usize>> {
+/// `poll(fds, n, timeout)`—Waits until at least one of `fds` is ready for `readiness`, up to
+/// `deadline` (`None`: without limit); returns the indices of those that are (including those
+/// in an error or hang-up state), none when the deadline passed first.
+pub fn wait_any(
+    fds: &[BorrowedFd<'_>],
+    readiness: Readiness,
+    deadline: Option<Instant>,
+) -> io::Result<Vec<usize>> {
     let events = match readiness {
         Readiness::Readable => PollFlags::IN,
         Readiness::Writable => PollFlags::OUT,
@@ -54,7 +59,9 @@ pub fn wait_any(fds: &[BorrowedFd<'_>], readiness: Readiness) -> io::Result<Vec<
             .iter()
             .map(|fd| PollFd::from_borrowed_fd(*fd, events))
             .collect();
-        match rustix::event::poll(&mut polls, None) {
+        let timeout = deadline.map(|d| timespec(d.saturating_duration_since(Instant::now())));
+        match rustix::event::poll(&mut polls, timeout.as_ref()) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(Vec::new()),
             Ok(0) => continue,
             Ok(_) => {
                 return Ok(polls
@@ -99,8 +106,14 @@ mod tests {
         );
         crate::write(b.write.as_fd(), b"x").unwrap();
         let fds = [a.read.as_fd(), b.read.as_fd()];
-        assert_eq!(wait_any(&fds, Readiness::Readable).unwrap(), vec![1]);
+        assert_eq!(wait_any(&fds, Readiness::Readable, None).unwrap(), vec![1]);
         let fds = [b.read.as_fd(), a.write.as_fd()];
-        assert_eq!(wait_any(&fds, Readiness::Writable).unwrap(), vec![1]);
+        assert_eq!(wait_any(&fds, Readiness::Writable, None).unwrap(), vec![1]);
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        assert!(
+            wait_any(&[a.read.as_fd()], Readiness::Readable, soon)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -51,6 +51,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adopt;
 pub mod auth;
 pub mod digest;
 pub mod engine;

@@ -64,6 +64,9 @@ pub struct RecvOptions {
     pub relay: bool,
     /// As a relay, forward unauthenticated streams (no key) beyond loopback too.
     pub forward_unauthenticated: bool,
+    /// For a relay: the bytes kept to replay to the children of a child that fails
+    /// ([`crate::adopt::DEFAULT_RING`]).
+    pub ring: usize,
 }
 
 impl RecvOptions {
@@ -81,7 +84,14 @@ impl RecvOptions {
             max_per_peer: 8,
             relay: false,
             forward_unauthenticated: false,
+            ring: crate::adopt::DEFAULT_RING,
         }
+    }
+
+    /// Sets the size of a relay's replay ring (see [`RecvOptions::ring`]).
+    pub fn ring(mut self, bytes: usize) -> Self {
+        self.ring = bytes;
+        self
     }
 
     /// Sets whether streams are forwarded to the hosts their header names below this one.
@@ -231,6 +241,10 @@ pub enum RecvError {
     /// The receiver takes one stream (`once`) and another passed its header first.
     #[error("this receiver takes one stream and is receiving another")]
     Taken,
+    /// The connection resumed a relayed stream being received here; that stream goes on over
+    /// it (not an error of the stream's).
+    #[error("handed over to the stream it resumes")]
+    HandedOver,
     /// The announced name looks like one of teecast's temporary files.
     #[error("the name looks like a teecast temporary file; refused")]
     ReservedName,
@@ -302,6 +316,7 @@ impl RecvError {
             | RecvError::Busy
             | RecvError::Displaced
             | RecvError::Taken
+            | RecvError::HandedOver
             | RecvError::NotARelay
             | RecvError::UnauthenticatedForward
             | RecvError::FramedIntoRaw
@@ -326,6 +341,7 @@ impl RecvError {
             RecvError::Busy => "busy",
             RecvError::Displaced => "displaced",
             RecvError::Taken => "taken",
+            RecvError::HandedOver => "handed-over",
             RecvError::NotARelay => "not-a-relay",
             RecvError::UnauthenticatedForward => "unauthenticated-forward",
             RecvError::NoSpace { .. } => "no-space",
@@ -350,8 +366,14 @@ pub enum Event<'a> {
         /// The announced length, when known.
         length: Option<u64>,
     },
-    /// What became of it; once per connection.
+    /// What became of it; once per connection, except one that resumed another's stream.
     Done(&'a Result<Received, RecvError>),
+    /// It resumed a relayed stream this receiver was getting from a parent that failed: the
+    /// stream goes on over it, and its `Done` comes from the connection that began it.
+    Resumed {
+        /// The announced name (the peer's text: escape it before showing it).
+        name: &'a str,
+    },
 }
 
 /// Called with the peer and each [`Event`] of its connection.
@@ -379,6 +401,7 @@ pub fn serve(
     sys::ignore_sigpipe();
     let wake = Pipe::with_size(4096)?;
     let gate = Gate::new(options, once, File::from(wake.write));
+    let streams = relay::Streams::default();
     listener.set_nonblocking(true)?;
     let listening = [listener.as_fd(), wake.read.as_fd()];
     std::thread::scope(|scope| {
@@ -386,7 +409,7 @@ pub fn serve(
             if let Some(stored) = gate.finished() {
                 break Ok(stored);
             }
-            if let Err(e) = sys::wait_any(&listening, sys::Readiness::Readable) {
+            if let Err(e) = sys::wait_any(&listening, sys::Readiness::Readable, None) {
                 break Err(e);
             }
             let (stream, peer) = match listener.accept() {
@@ -406,17 +429,29 @@ pub fn serve(
                 on_event(Some(peer), Event::Done(&Err(RecvError::Busy)));
                 continue;
             };
-            let gate = &gate;
+            let (gate, streams) = (&gate, &streams);
             scope.spawn(move || {
                 let mut target = None;
-                let result = receive_admitted(stream, options, &mut |name, length| {
+                let mut resumed = None;
+                let admit = &mut |name: &str, length, resuming| {
+                    if resuming {
+                        gate.settle(ticket);
+                        resumed = Some(name.to_string());
+                        return Ok(());
+                    }
                     target = gate.open(ticket)?;
                     on_event(Some(peer), Event::Opened { name, length });
                     Ok(())
-                });
+                };
+                let result = receive_admitted(stream, options, admit, streams);
                 drop(target);
                 let result = gate.leave(ticket, result);
-                on_event(Some(peer), Event::Done(&result));
+                match (&result, resumed) {
+                    (Err(RecvError::HandedOver), Some(name)) => {
+                        on_event(Some(peer), Event::Resumed { name: &name });
+                    }
+                    _ => on_event(Some(peer), Event::Done(&result)),
+                }
             });
         };
         // Those still before their header are not waited for.
@@ -534,6 +569,14 @@ impl Gate {
             .map(|t| t.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
+    /// The connection of `ticket` resumes a stream already served here: it can no longer be
+    /// displaced, and is neither a new stream nor waits for the target.
+    fn settle(&self, ticket: Ticket) {
+        if let Some(place) = self.lock().live.iter_mut().find(|p| p.id == ticket.0) {
+            place.opening = None;
+        }
+    }
+
     /// The connection of `ticket` is done with `result`: frees its place (a connection that
     /// lost its place is told so) and, for `once`'s stream, ends the serving.
     fn leave(
@@ -591,18 +634,25 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// Receives one stream from `stream` and stores it; answers the sender with an acknowledgement
 /// (framed mode) when the header could be read.
 pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, RecvError> {
-    receive_admitted(stream, options, &mut |_, _| Ok(()))
+    receive_admitted(
+        stream,
+        options,
+        &mut |_, _, _| Ok(()),
+        &relay::Streams::default(),
+    )
 }
 
-/// Asked whether a stream that passed its header (name, length) may go on.
-type Admit<'a> = dyn FnMut(&str, Option<u64>) -> Result<(), RecvError> + 'a;
+/// Asked whether a stream that passed its header (name, length, whether it resumes one being
+/// received here) may go on.
+type Admit<'a> = dyn FnMut(&str, Option<u64>, bool) -> Result<(), RecvError> + 'a;
 
 /// [`receive`], asking `admit` once the stream has passed its header (at once for a raw one)
 /// whether it may go on.
 fn receive_admitted(
-    stream: TcpStream,
+    mut stream: TcpStream,
     options: &RecvOptions,
     admit: &mut Admit<'_>,
+    streams: &relay::Streams,
 ) -> Result<Received, RecvError> {
     let peer = stream.peer_addr().ok();
     stream
@@ -617,8 +667,16 @@ fn receive_admitted(
     })?;
     let mut session = ReceiverSession::new(options.key.clone(), nonce);
     let mut reports = Vec::new();
-    let result = receive_framed(&stream, options, &mut session, peer, admit, &mut reports);
-    if session.header().is_none() {
+    let result = receive_framed(
+        &mut stream,
+        options,
+        &mut session,
+        peer,
+        admit,
+        &mut reports,
+        streams,
+    );
+    if session.header().is_none() || matches!(result, Err(RecvError::HandedOver)) {
         // No header, no answer: the peer does not speak the protocol, or did not prove the key
         // (its welcome told it what this side holds).
         return result;
@@ -653,7 +711,7 @@ fn receive_admitted(
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// Reads and drops input until EOF, an error, or `limit` has passed.
-fn discard_input(mut stream: &TcpStream, limit: Duration) {
+pub(super) fn discard_input(mut stream: &TcpStream, limit: Duration) {
     let deadline = std::time::Instant::now() + limit;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -687,12 +745,13 @@ fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> 
 /// later frame (chunk header, trailer) within one of the payload before it, the payload into
 /// the temporary file; then checks length and digest against the trailer and stores the file.
 fn receive_framed(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     options: &RecvOptions,
     session: &mut ReceiverSession,
     peer: Option<SocketAddr>,
     admit: &mut Admit<'_>,
     reports: &mut Vec<HostReport>,
+    streams: &relay::Streams,
 ) -> Result<Received, RecvError> {
     let stall = options.stall_timeout;
     // Hello, proof and header, all within the header timeout of the connection.
@@ -723,6 +782,14 @@ fn receive_framed(
                         .map_err(RecvError::reading("welcome", 0, stall))?;
                 }
                 taken?;
+                if store.is_none()
+                    && let Some(header) = session.header()
+                    && header.tree.is_some()
+                {
+                    return receive_relayed(
+                        stream, options, session, peer, admit, reports, streams,
+                    );
+                }
                 if session.header().is_some() {
                     // After the header each frame (a chunk header, a keepalive, the trailer) is
                     // due within one stall timeout of the one before.
@@ -732,15 +799,7 @@ fn receive_framed(
                     && let Some(header) = session.header()
                 {
                     let path = target_path(options, &header.name)?;
-                    admit(&header.name, header.length)?;
-                    if let Some(children) = relay::children(header) {
-                        relay::check(options, header, &children)?;
-                        let header = header.clone();
-                        let store = open_store(options, &path, header.length);
-                        return relay::forward(
-                            stream, options, session, &header, store, peer, reports,
-                        );
-                    }
+                    admit(&header.name, header.length, false)?;
                     store = Some((
                         open_store(options, &path, header.length)?,
                         Payload::new(header.digest, options)?,
@@ -756,7 +815,7 @@ fn receive_framed(
                 session.payload(payload.bytes - before);
                 deadline = Instant::now() + stall;
             }
-            Next::Verify => break,
+            Next::Verify | Next::Resume => break,
         }
     }
     let Some((file, payload)) = store else {
@@ -766,6 +825,53 @@ fn receive_framed(
     let digest = payload.finish();
     session.verify(&digest.bytes).map_err(mismatch)?;
     commit(file, options, peer, bytes, digest)
+}
+
+/// [`receive_framed`] for a stream relayed along a tree, past its header: a resuming header
+/// hands its connection to the stream it continues, if that is being received here (or starts
+/// from nothing); the stream is stored and forwarded by [`relay::forward`].
+fn receive_relayed(
+    stream: &mut TcpStream,
+    options: &RecvOptions,
+    session: &mut ReceiverSession,
+    peer: Option<SocketAddr>,
+    admit: &mut Admit<'_>,
+    reports: &mut Vec<HostReport>,
+    streams: &relay::Streams,
+) -> Result<Received, RecvError> {
+    let Some(header) = session.header().cloned() else {
+        unreachable!("called past the header");
+    };
+    if session.next() == Next::Resume {
+        let handle = stream
+            .try_clone()
+            .map_err(RecvError::io("duplicating the connection"))?;
+        // Settled before it is handed over: its place can no longer be taken (and the
+        // connection closed under the stream it joins).
+        admit(&header.name, header.length, true)?;
+        if streams.offer(handle, session.clone()).is_none() {
+            return Err(RecvError::HandedOver);
+        }
+        // Nothing of it here: from the start, as a new stream.
+        admit(&header.name, header.length, false)?;
+        let reply = session.resume_at(0).map_err(|e| RecvError::Io {
+            op: "resuming",
+            source: io::Error::other(e),
+        })?;
+        transport::write_all(stream, &reply, Instant::now() + options.stall_timeout)
+            .map_err(RecvError::reading("resume", 0, options.stall_timeout))?;
+    }
+    let path = target_path(options, &header.name)?;
+    if !header.tree.is_some_and(|t| t.resume) {
+        admit(&header.name, header.length, false)?;
+    }
+    if let Some(children) = relay::children(&header) {
+        relay::check(options, &header, &children)?;
+    }
+    let store = open_store(options, &path, header.length);
+    relay::forward(
+        stream, options, session, &header, store, peer, reports, streams,
+    )
 }
 
 /// The receiver's error for a stream that failed its checks after the trailer.
@@ -798,7 +904,7 @@ fn receive_raw(
     // Any bytes are a raw stream, so a connection opens one at once; a teecast session sent
     // here too, so that `once` ends with the error that names the mistake.
     let name = raw_name(peer);
-    admit(&name, None)?;
+    admit(&name, None, false)?;
     if opens_a_session(stream, options.stall_timeout)? {
         return Err(RecvError::FramedIntoRaw);
     }

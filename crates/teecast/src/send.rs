@@ -17,6 +17,7 @@ use teecast_proto::session::{OrderError, SenderSession, Verdict};
 use teecast_proto::wire::{self, AckStatus, Header, HostReport, Tree, WireError};
 use teecast_sys::{self as sys, FileMap, Readiness};
 
+use crate::adopt::{self, Adopter, Hop, HopOutcome, Ring, RingSink};
 use crate::auth::{self, Key};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::engine::{
@@ -47,6 +48,9 @@ pub struct SendOptions {
     /// Relay the stream along a tree over the destinations, in the order given, with this
     /// many children per host (1: a chain); `None` sends to every destination directly.
     pub tree: Option<u8>,
+    /// In a tree: the bytes kept to replay to the children of a host that fails
+    /// ([`adopt::DEFAULT_RING`]).
+    pub ring: usize,
 }
 
 impl Default for SendOptions {
@@ -59,6 +63,7 @@ impl Default for SendOptions {
             fanout: FanoutConfig::default(),
             key: None,
             tree: None,
+            ring: adopt::DEFAULT_RING,
         }
     }
 }
@@ -107,6 +112,11 @@ impl SendOptions {
     /// Relays the stream along a tree with `fanout` children per host (1: a chain).
     pub fn tree(mut self, fanout: u8) -> Self {
         self.tree = Some(fanout);
+        self
+    }
+    /// Sets the size of the replay ring (see [`SendOptions::ring`]).
+    pub fn ring(mut self, bytes: usize) -> Self {
+        self.ring = bytes;
         self
     }
     /// Sets the engine's settings (path, digest, capture and sizes together).
@@ -203,6 +213,14 @@ pub enum DestFailure {
     /// answer; the relay that served it says why.
     #[error("not reached: {}", wire::escape_text(.0, 200))]
     Unreached(String),
+    /// An adopted host holds fewer bytes than the replay ring still has (`--ring`).
+    #[error("it holds {offset} bytes, and the replay ring now starts at byte {start}")]
+    BeyondRing {
+        /// Bytes it holds.
+        offset: u64,
+        /// The oldest byte the ring holds.
+        start: u64,
+    },
 }
 
 impl DestFailure {
@@ -210,7 +228,7 @@ impl DestFailure {
     /// `unconfirmed`, `reset`, `bad-ack`, `key` (one end has a key, the other none),
     /// `unauthenticated` (a proof does not verify: another key), `handshake`, `no-welcome`,
     /// `closed-at-hello`,
-    /// `io`, `source-shrank`, `order`, `abandoned` or `unreached`.
+    /// `io`, `source-shrank`, `order`, `abandoned`, `unreached` or `beyond-ring`.
     pub fn kind(&self) -> &'static str {
         match self {
             DestFailure::Connect(_) => "connect",
@@ -230,7 +248,23 @@ impl DestFailure {
             DestFailure::Order(_) => "order",
             DestFailure::Abandoned(_) => "abandoned",
             DestFailure::Unreached(_) => "unreached",
+            DestFailure::BeyondRing { .. } => "beyond-ring",
         }
+    }
+
+    /// True for a failure that leaves the hosts below without their stream and without an
+    /// answer (a parent adopts them): not for an answer the receiver gave.
+    fn orphans(&self) -> bool {
+        matches!(
+            self,
+            DestFailure::Connect(_)
+                | DestFailure::Stalled(_)
+                | DestFailure::NoAck(_)
+                | DestFailure::Reset(_)
+                | DestFailure::Io { .. }
+                | DestFailure::NoWelcome(_)
+                | DestFailure::ClosedAtHello
+        )
     }
 }
 
@@ -247,6 +281,9 @@ pub struct DestReport {
     pub bytes: u64,
     /// From the start of the transfer to the outcome.
     pub elapsed: Duration,
+    /// How it was served, when it is worth saying (adopted after its relay failed: from where,
+    /// and from which byte). Peer text: escape it before showing it.
+    pub note: Option<String>,
 }
 
 impl DestReport {
@@ -436,7 +473,10 @@ impl<'a> Transfer<'a> {
                 destinations.to_vec(),
             ),
         };
-        let consumers = direct.len() + usize::from(options.fanout.capture.is_some());
+        // In a tree the replay ring is one more consumer.
+        let consumers = direct.len()
+            + usize::from(options.fanout.capture.is_some())
+            + usize::from(options.tree.is_some());
         options.fanout.strategy = options.fanout.strategy.for_transfer(source, consumers);
         options.fanout.validate()?;
         engine::check(source, options.fanout.strategy, consumers)?;
@@ -445,6 +485,10 @@ impl<'a> Transfer<'a> {
             .clone()
             .or_else(|| source.default_name())
             .ok_or(SendError::NameNotUtf8)?;
+        let transfer = match options.tree {
+            Some(_) => transfer_id()?,
+            None => [0; wire::TRANSFER_ID_LEN],
+        };
         let header = (!options.raw).then(|| Header {
             name: name.clone(),
             length: source.len(),
@@ -453,6 +497,8 @@ impl<'a> Transfer<'a> {
             tree: options.tree.map(|fanout| Tree {
                 fanout,
                 position: 1,
+                transfer,
+                resume: false,
             }),
         });
         if let Some(h) = &header {
@@ -513,14 +559,20 @@ impl<'a> Transfer<'a> {
                 )
             })
             .collect();
-        let fanout = engine::fan_out(self.source, sinks, &self.options.fanout);
+        let (fanout, adopted) = match (self.options.tree, &self.header) {
+            (Some(_), Some(header)) => self.run_tree(sinks, header),
+            _ => (
+                engine::fan_out(self.source, sinks, &self.options.fanout),
+                Vec::new(),
+            ),
+        };
         let elapsed = started.elapsed();
         let mut destinations: Vec<(usize, DestReport)> = Vec::with_capacity(hosts);
-        let mut relayed = Vec::new();
+        let mut relayed = adopted;
         for (i, (&position, outcome)) in self.direct.iter().zip(fanout.consumers).enumerate() {
-            if let Some(fanout) = self.options.tree {
-                let reported = self.progress.take_reports(i);
-                relayed.extend(below(fanout, hosts, position, &outcome, reported));
+            if self.options.tree.is_some() {
+                relayed.push(report_of(position, 0, &outcome, self.progress.of(i)));
+                relayed.extend(self.progress.take_reports(i));
             }
             destinations.push((
                 position,
@@ -530,34 +582,19 @@ impl<'a> Transfer<'a> {
                     outcome,
                     bytes: self.progress.of(i),
                     elapsed,
+                    note: None,
                 },
             ));
         }
-        for r in relayed {
-            let position = usize::from(r.position);
-            let parent = usize::from(r.parent)
-                .checked_sub(1)
-                .and_then(|p| self.destinations.get(p).cloned());
-            destinations.push((
-                position,
-                DestReport {
-                    address: self.destinations[position - 1].clone(),
-                    parent,
-                    outcome: match r.status {
-                        AckStatus::Ok => Ok(Delivered::Confirmed {
-                            receiver_digest: Vec::new(),
-                        }),
-                        AckStatus::Unreached => Err(DestFailure::Unreached(r.message)),
-                        status => Err(DestFailure::Refused {
-                            status,
-                            message: r.message,
-                            bytes: r.bytes,
-                        }),
-                    },
-                    bytes: r.bytes,
-                    elapsed,
-                },
-            ));
+        let below = match self.options.tree {
+            Some(fanout) => adopt::complete(fanout, hosts, 0, &relayed),
+            None => Vec::new(),
+        };
+        for r in below
+            .into_iter()
+            .filter(|r| !self.direct.contains(&r.position.into()))
+        {
+            destinations.push((usize::from(r.position), self.relayed_report(r, elapsed)));
         }
         // In the order given.
         destinations.sort_by_key(|(position, _)| *position);
@@ -577,6 +614,78 @@ impl<'a> Transfer<'a> {
             capture: self.options.fanout.capture.clone().zip(fanout.capture),
             source_grew: fanout.source_grew,
             elapsed: started.elapsed(),
+        }
+    }
+
+    /// The fan-out of a tree: the first level's `sinks` and a ring to replay to the children
+    /// of one that fails; with the reports of the hosts adopted.
+    fn run_tree(
+        &self,
+        sinks: Vec<DestSink<'_>>,
+        header: &Header,
+    ) -> (
+        engine::FanoutReport<Delivered, DestFailure>,
+        Vec<HostReport>,
+    ) {
+        let ring = Arc::new(Ring::new(self.options.ring));
+        let adopter = Adopter::new(ring.clone(), header, 0, &self.options, None);
+        let mut hops: Vec<Hop<'_>> = sinks
+            .into_iter()
+            .zip(&self.direct)
+            .map(|(sink, &position)| Hop::Child(Box::new(sink.adopting(&adopter, position))))
+            .collect();
+        hops.push(Hop::Ring(RingSink::new(ring)));
+        let fanned = engine::fan_out(self.source, hops, &self.options.fanout);
+        let mut consumers: Vec<Result<Delivered, DestFailure>> = fanned
+            .consumers
+            .into_iter()
+            .map(|o| {
+                o.map_err(adopt::HopError::into_dest)
+                    .and_then(HopOutcome::delivered)
+            })
+            .collect();
+        consumers.pop();
+        let report = engine::FanoutReport {
+            strategy: fanned.strategy,
+            result: fanned.result,
+            bytes: fanned.bytes,
+            consumers,
+            capture: fanned.capture,
+            source_grew: fanned.source_grew,
+        };
+        (report, adopter.finish())
+    }
+
+    /// The report of a host reached through relays, from what its parent said of it.
+    fn relayed_report(&self, r: HostReport, elapsed: Duration) -> DestReport {
+        let position = usize::from(r.position);
+        let parent = usize::from(r.parent)
+            .checked_sub(1)
+            .and_then(|p| self.destinations.get(p).cloned());
+        let (outcome, note) = match r.status {
+            AckStatus::Ok => (
+                Ok(Delivered::Confirmed {
+                    receiver_digest: Vec::new(),
+                }),
+                Some(r.message).filter(|m| !m.is_empty()),
+            ),
+            AckStatus::Unreached => (Err(DestFailure::Unreached(r.message)), None),
+            status => (
+                Err(DestFailure::Refused {
+                    status,
+                    message: r.message,
+                    bytes: r.bytes,
+                }),
+                None,
+            ),
+        };
+        DestReport {
+            address: self.destinations[position - 1].clone(),
+            parent,
+            outcome,
+            bytes: r.bytes,
+            elapsed,
+            note,
         }
     }
 }
@@ -603,6 +712,19 @@ pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> 
             elapsed: Duration::ZERO,
         },
     }
+}
+
+/// A fresh random identifier for a relayed transfer.
+fn transfer_id() -> Result<[u8; wire::TRANSFER_ID_LEN], SendError> {
+    let nonce = auth::nonce().map_err(|e| {
+        SendError::Engine(EngineError::Source {
+            op: "getrandom",
+            source: io::Error::other(e),
+        })
+    })?;
+    let mut id = [0; wire::TRANSFER_ID_LEN];
+    id.copy_from_slice(&nonce[..wire::TRANSFER_ID_LEN]);
+    Ok(id)
 }
 
 /// Connects to the children of `me` in the tree over `route`; a child that cannot be reached
@@ -661,36 +783,6 @@ pub(crate) fn report_of(
     }
 }
 
-/// The reports of every host below `position`: as the relay at `position` reported them
-/// (`reported`), and unreached where it reported nothing of a host (it failed, say).
-pub(crate) fn below(
-    fanout: u8,
-    hosts: usize,
-    position: usize,
-    outcome: &Result<Delivered, DestFailure>,
-    reported: Vec<HostReport>,
-) -> Vec<HostReport> {
-    Tree::descendants_of(fanout, position, hosts)
-        .into_iter()
-        .map(|d| {
-            reported
-                .iter()
-                .find(|r| usize::from(r.position) == d)
-                .cloned()
-                .unwrap_or_else(|| HostReport {
-                    position: u16::try_from(d).unwrap_or(u16::MAX),
-                    parent: u16::try_from(Tree::parent_of(fanout, d)).unwrap_or(u16::MAX),
-                    status: AckStatus::Unreached,
-                    bytes: 0,
-                    message: match outcome {
-                        Err(e) => format!("a relay before it failed: {e}"),
-                        Ok(_) => "its relay reported nothing of it".to_string(),
-                    },
-                })
-        })
-        .collect()
-}
-
 /// The slowest storage rate, in bytes per second, the wait for an acknowledgement allows for
 /// (the receiver syncs the whole file before it answers).
 const FSYNC_RATE: f64 = 16.0 * 1024.0 * 1024.0;
@@ -714,6 +806,10 @@ pub(crate) struct DestSink<'a> {
     levels: u32,
     /// A connection already made (a relay connects first, to adopt what it cannot reach).
     connected: Option<TcpStream>,
+    /// In a tree: who serves this host's children should it fail, and its position.
+    adopter: Option<(&'a Adopter, usize)>,
+    /// For a resuming header: the offset the receiver said it holds.
+    resumed_at: Option<u64>,
 }
 
 impl<'a> DestSink<'a> {
@@ -743,7 +839,57 @@ impl<'a> DestSink<'a> {
             announce: None,
             levels: 1 + u32::try_from(below).unwrap_or(u32::MAX - 1),
             connected: None,
+            adopter: None,
+            resumed_at: None,
         }
+    }
+
+    /// Has `adopter` serve this host's children (it is at `position`) should it fail.
+    pub(crate) fn adopting(mut self, adopter: &'a Adopter, position: usize) -> DestSink<'a> {
+        self.adopter = Some((adopter, position));
+        self
+    }
+
+    /// For a resuming header, once started: the payload bytes the receiver holds.
+    pub(crate) fn resumed_at(&self) -> Option<u64> {
+        self.resumed_at
+    }
+
+    /// Passes `result` on; a failure that orphans this host's children has them adopted.
+    fn adopt_on<T>(&self, result: Result<T, DestFailure>) -> Result<T, DestFailure> {
+        if let (Err(e), Some((adopter, position))) = (&result, self.adopter)
+            && e.orphans()
+        {
+            adopter.adopt(position);
+        }
+        result
+    }
+
+    /// Reads the receiver's answer to a resuming header: the offset to go on from.
+    fn read_resume(&mut self) -> Result<(), DestFailure> {
+        let deadline = Instant::now() + self.stall();
+        let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
+            return Err(DestFailure::Abandoned(Abandoned::Transfer));
+        };
+        let read = |reader| {
+            transport::read_message(stream, reader, deadline).map_err(|e| match e {
+                ReadError::Wire(w) => DestFailure::Handshake(w),
+                ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    DestFailure::NoWelcome(self.options.stall_timeout)
+                }
+                ReadError::Io(e) => DestFailure::Reset(e),
+            })
+        };
+        let body = read(session.resume_reader())?;
+        let seal = match session.is_keyed() {
+            true => Some(read(session.seal_reader())?),
+            false => None,
+        };
+        let offset = session
+            .resumed(&body, seal.as_deref())
+            .map_err(DestFailure::Handshake)?;
+        self.resumed_at = Some(offset);
+        Ok(())
     }
 
     /// Uses `stream`, already connected, instead of connecting.
@@ -908,6 +1054,66 @@ impl Consumer for DestSink<'_> {
     type Error = DestFailure;
 
     fn start(&mut self) -> Result<(), DestFailure> {
+        let r = self.open();
+        self.adopt_on(r)
+    }
+
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, DestFailure> {
+        let r = self.send_pipe(pipe);
+        self.adopt_on(r)
+    }
+
+    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), DestFailure> {
+        let r = self.send_buffer(bytes);
+        self.adopt_on(r)
+    }
+
+    fn take_from_map(
+        &mut self,
+        map: &FileMap,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), DestFailure> {
+        let r = self.send_map(map, offset, len);
+        self.adopt_on(r)
+    }
+
+    fn finish(&mut self, _length: u64, digest: &Digest) -> Result<Delivered, DestFailure> {
+        let r = self.end(digest);
+        self.adopt_on(r)
+    }
+
+    /// A chunked session says it is alive three times per stall timeout while the source is
+    /// quiet, so the receiver's stall timeout measures the network, not the producer.
+    fn idle_interval(&self) -> Option<Duration> {
+        self.session
+            .as_ref()
+            .filter(|s| s.is_chunked())
+            .map(|_| (self.stall() / 3).max(Duration::from_millis(10)))
+    }
+
+    fn idle(&mut self) -> Result<(), DestFailure> {
+        let keepalive = match &self.session {
+            Some(s) if s.is_chunked() => s.keepalive()?,
+            _ => return Ok(()),
+        };
+        let r = self.write_framing(&keepalive);
+        self.adopt_on(r)
+    }
+
+    fn abort(&mut self) {
+        self.progress.fail(self.index);
+        // Closing without a trailer tells the receiver to discard what it has.
+        if let Some(s) = self.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl DestSink<'_> {
+    /// Connects (unless connected), and for a session: hello, welcome, proof and header, and
+    /// for a resuming header the receiver's offset.
+    fn open(&mut self) -> Result<(), DestFailure> {
         let stream = match self.connected.take() {
             Some(s) => s,
             None => transport::connect(self.address, self.options.connect_timeout)?,
@@ -947,13 +1153,17 @@ impl Consumer for DestSink<'_> {
                     ReadError::Io(e) => DestFailure::Reset(e),
                 })?;
             let next = session.welcome(&body).map_err(DestFailure::Handshake)?;
+            let resuming = header.tree.is_some_and(|t| t.resume);
             self.session = Some(session);
             self.write_framing(&next)?;
+            if resuming {
+                self.read_resume()?;
+            }
         }
         Ok(())
     }
 
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, DestFailure> {
+    fn send_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, DestFailure> {
         let stall = self.stall();
         let chunked = self.session.as_ref().is_some_and(SenderSession::is_chunked);
         let start = self.progress.of(self.index);
@@ -1006,19 +1216,14 @@ impl Consumer for DestSink<'_> {
         }
     }
 
-    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), DestFailure> {
+    fn send_buffer(&mut self, bytes: &[u8]) -> Result<(), DestFailure> {
         self.chunk_header(bytes.len())?;
         let deadline = Instant::now() + self.stall();
         transport::write_all(self.stream()?, bytes, deadline).map_err(|e| self.write_failed(e))?;
         self.count(bytes.len())
     }
 
-    fn take_from_map(
-        &mut self,
-        map: &FileMap,
-        offset: usize,
-        len: usize,
-    ) -> Result<(), DestFailure> {
+    fn send_map(&mut self, map: &FileMap, offset: usize, len: usize) -> Result<(), DestFailure> {
         self.chunk_header(len)?;
         let mut done = 0;
         while done < len {
@@ -1045,7 +1250,8 @@ impl Consumer for DestSink<'_> {
         Ok(())
     }
 
-    fn finish(&mut self, _length: u64, digest: &Digest) -> Result<Delivered, DestFailure> {
+    /// The trailer (and, keyed, the seal), then the acknowledgement.
+    fn end(&mut self, digest: &Digest) -> Result<Delivered, DestFailure> {
         let Some(session) = &mut self.session else {
             self.stream()?
                 .shutdown(Shutdown::Write)
@@ -1062,30 +1268,5 @@ impl Consumer for DestSink<'_> {
         let end = session.finish(announced)?;
         self.write_framing(&end)?;
         self.read_ack(digest)
-    }
-
-    /// A chunked session says it is alive three times per stall timeout while the source is
-    /// quiet, so the receiver's stall timeout measures the network, not the producer.
-    fn idle_interval(&self) -> Option<Duration> {
-        self.session
-            .as_ref()
-            .filter(|s| s.is_chunked())
-            .map(|_| (self.stall() / 3).max(Duration::from_millis(10)))
-    }
-
-    fn idle(&mut self) -> Result<(), DestFailure> {
-        let keepalive = match &self.session {
-            Some(s) if s.is_chunked() => s.keepalive()?,
-            _ => return Ok(()),
-        };
-        self.write_framing(&keepalive)
-    }
-
-    fn abort(&mut self) {
-        self.progress.fail(self.index);
-        // Closing without a trailer tells the receiver to discard what it has.
-        if let Some(s) = self.stream.take() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
     }
 }

@@ -278,6 +278,15 @@ pub fn receiver_session(data: &[u8]) -> bool {
                     assert!(payload <= len, "{payload} payload bytes of {len} announced");
                 }
             }
+            Next::Resume => {
+                // The fuzzed input decides how much this side holds: none, or half of it.
+                let header = s.header().expect("resume without a header");
+                assert!(header.tree.is_some_and(|t| t.resume), "resume unasked");
+                payload = header.length.map_or(0, |l| l / 2);
+                let answer = s.resume_at(payload).expect("answers a resume");
+                assert!(answer.len() <= 2 * PREFIX_LEN + 8 + 32);
+                assert_eq!(s.received(), payload);
+            }
             Next::Verify => {
                 let header = s.header().expect("verify without a header");
                 if let Some(len) = header.length {

@@ -365,7 +365,7 @@ fn flush_stages(branches: &mut [Branch]) -> Result<(), EngineError> {
             .iter()
             .filter_map(|&i| branches[i].out_w.as_ref().map(|f| f.as_fd()))
             .collect();
-        sys::wait_any(&fds, sys::Readiness::Writable)
+        sys::wait_any(&fds, sys::Readiness::Writable, None)
             .map_err(|source| EngineError::Pipe { op: "poll", source })?;
     }
 }

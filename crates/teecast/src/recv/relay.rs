@@ -13,22 +13,23 @@
 //! the hosts below it, comes back here and goes up in this host's acknowledgement.
 
 use std::fs::File;
-use std::io;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
 use teecast_proto::session::{Next, ReceiverSession};
-use teecast_proto::wire::{Header, HostReport, Tree};
-use teecast_sys as sys;
+use teecast_proto::wire::{AckStatus, Header, HostReport, TRANSFER_ID_LEN, Tree};
+use teecast_sys::{self as sys, Pipe, Readiness};
 
-use super::{Received, RecvError, RecvOptions, Store, commit, mismatch};
-use crate::digest::{Digest, Hasher};
-use crate::engine::{self, Abandoned, Consumer, EngineError, FanoutConfig, Filler};
-use crate::send::{self, Delivered, DestFailure, DestSink, Progress, SendOptions};
+use super::{Received, RecvError, RecvOptions, Store, commit, discard_input, mismatch};
+use crate::adopt::{self, Adopter, Hop, HopError, HopOutcome, LocalCopy, Ring, RingSink};
+use crate::digest::Hasher;
+use crate::engine::{self, EngineError, FanoutConfig, Filler};
+use crate::send::{self, DestSink, Progress, SendOptions};
 use crate::transport;
 
 /// The positions of the hosts this header asks its receiver to forward to, if any.
@@ -65,17 +66,22 @@ pub(super) fn check(
 }
 
 /// Stores the stream of `session` in `store` (when it could be opened) and forwards it to the
-/// children its header's tree gives this host; `reports` gets the outcome of every host below this one. The local copy is
-/// published only when it verifies against the sender's digest; a local failure (a full disk)
-/// does not stop the forwarding.
+/// children its header's tree gives this host (if any); `reports` gets the outcome of every
+/// host below this one. The local copy is published only when it verifies against the
+/// sender's digest; a local failure (a full disk) does not stop the forwarding.
+///
+/// While it runs the stream is in `streams`, so that a parent adopting this host after its own
+/// parent failed can resume it: then `stream` and `session` are the new parent's.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     options: &RecvOptions,
     session: &mut ReceiverSession,
     header: &Header,
     store: Result<Store, RecvError>,
     peer: Option<SocketAddr>,
     reports: &mut Vec<HostReport>,
+    streams: &Streams,
 ) -> Result<Received, RecvError> {
     let fanout = header.tree.map_or(1, |t| t.fanout);
     let hosts = header.route.len();
@@ -89,14 +95,26 @@ pub(super) fn forward(
     let (served, unreachable) =
         send::connect_adopting(fanout, &header.route, me, send_options.connect_timeout);
     let positions: Vec<usize> = served.iter().map(|(p, _)| *p).collect();
-    reports.extend(unreachable);
+    let mut below = unreachable;
     let progress = Progress::new(served.len());
-    let announced = OnceLock::new();
+    let announced = Arc::new(OnceLock::new());
     let (store, mut local_error) = match store {
         Ok(s) => (Some(s), None),
+        Err(e) if served.is_empty() => return Err(e),
         Err(e) => (None, Some(e)),
     };
-    let mut hops = Vec::with_capacity(served.len() + 1);
+    // A host with children keeps the last bytes to replay to theirs, should one fail.
+    let ring = (!served.is_empty()).then(|| Arc::new(Ring::new(options.ring)));
+    let adopter = ring.as_ref().map(|r| {
+        Adopter::new(
+            r.clone(),
+            header,
+            me,
+            &send_options,
+            Some(announced.clone()),
+        )
+    });
+    let mut hops = Vec::with_capacity(served.len() + 2);
     if let Some(s) = &store {
         let file = s
             .fd()
@@ -105,17 +123,24 @@ pub(super) fn forward(
         hops.push(Hop::Local(LocalCopy(Some(File::from(file)))));
     }
     for (index, (position, stream)) in served.into_iter().enumerate() {
-        let child = DestSink::new(
+        let mut child = DestSink::new(
             &header.route[position - 1],
             index,
             Some(header.for_position(position)),
             &send_options,
             &progress,
-        );
-        hops.push(Hop::Child(Box::new(
-            child.announcing(&announced).over(stream),
-        )));
+        )
+        .announcing(&announced)
+        .over(stream);
+        if let Some(a) = &adopter {
+            child = child.adopting(a, position);
+        }
+        hops.push(Hop::Child(Box::new(child)));
     }
+    if let Some(r) = &ring {
+        hops.push(Hop::Ring(RingSink::new(r.clone())));
+    }
+    let registered = streams.register(header, stream);
     let mut broken = None;
     let filler = SessionFiller {
         stream,
@@ -124,21 +149,26 @@ pub(super) fn forward(
         buf: Vec::new(),
         broken: &mut broken,
         announced: &announced,
+        registered: &registered,
     };
     let config = FanoutConfig::default().digest(header.digest);
     // No length for the engine: the filler ends the stream only once it has read the
     // sender's trailer, so the children's trailers carry the sender's digest.
     let fanned = engine::fan_out_filled(filler, None, hops, &config);
+    drop(registered);
     let mut outcomes = fanned.consumers.into_iter();
     let local = store.as_ref().and_then(|_| outcomes.next());
     for (index, (position, outcome)) in positions.into_iter().zip(outcomes).enumerate() {
         let outcome = outcome
-            .map(HopOutcome::delivered)
-            .map_err(HopError::into_dest);
-        reports.push(send::report_of(position, me, &outcome, progress.of(index)));
-        let reported = progress.take_reports(index);
-        reports.extend(send::below(fanout, hosts, position, &outcome, reported));
+            .map_err(HopError::into_dest)
+            .and_then(HopOutcome::delivered);
+        below.push(send::report_of(position, me, &outcome, progress.of(index)));
+        below.extend(progress.take_reports(index));
     }
+    if let Some(a) = adopter {
+        below.extend(a.finish());
+    }
+    reports.extend(adopt::complete(fanout, hosts, me, &below));
     if let Some(e) = broken {
         return Err(e);
     }
@@ -157,10 +187,110 @@ pub(super) fn forward(
     }
 }
 
+/// The relayed streams being received, for a resuming header to find the one it continues.
+#[derive(Default)]
+pub(super) struct Streams(Mutex<Vec<Arc<Resumable>>>);
+
+/// A relayed stream being received, which a new parent may take over.
+struct Resumable {
+    /// The stream's header, resume flag clear.
+    header: Header,
+    /// A handle on the current parent's connection, to cut it when another parent takes over.
+    parent: Mutex<Option<TcpStream>>,
+    /// The new parent's connection and session, once one offered to resume.
+    offer: Mutex<Option<(TcpStream, ReceiverSession)>>,
+    /// Written to when an offer arrives.
+    wake: Pipe,
+}
+
+/// A stream's place in [`Streams`], given up when dropped.
+pub(super) struct Registered<'a> {
+    streams: &'a Streams,
+    stream: Option<Arc<Resumable>>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(me) = self.stream.take() {
+            self.streams.lock().retain(|s| !Arc::ptr_eq(s, &me));
+        }
+    }
+}
+
+/// `header` with its resume flag clear: what a resuming header must match.
+fn resumed(header: &Header) -> Header {
+    let mut h = header.clone();
+    if let Some(t) = &mut h.tree {
+        t.resume = false;
+    }
+    h
+}
+
+impl Streams {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Resumable>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enters the stream of `header`, received from `parent` (nothing, for a stream that
+    /// cannot be resumed or when the system refuses a pipe: it then fails as it would have).
+    fn register<'a>(&'a self, header: &Header, parent: &TcpStream) -> Registered<'a> {
+        let id = header.tree.map(|t| t.transfer);
+        let entry = match (id, Pipe::with_size(4096)) {
+            (Some(id), Ok(wake)) if id != [0; TRANSFER_ID_LEN] => Some(Arc::new(Resumable {
+                header: resumed(header),
+                parent: Mutex::new(parent.try_clone().ok()),
+                offer: Mutex::new(None),
+                wake,
+            })),
+            _ => None,
+        };
+        if let Some(e) = &entry {
+            self.lock().push(e.clone());
+        }
+        Registered {
+            streams: self,
+            stream: entry,
+        }
+    }
+
+    /// Hands `stream` and `session` (past a resuming header) to the stream they resume, if
+    /// it is being received here; gives them back otherwise.
+    pub(super) fn offer(
+        &self,
+        stream: TcpStream,
+        session: ReceiverSession,
+    ) -> Option<(TcpStream, ReceiverSession)> {
+        let wanted = session.header().map(resumed);
+        let found = self
+            .lock()
+            .iter()
+            .find(|s| Some(&s.header) == wanted.as_ref())
+            .cloned();
+        let Some(target) = found else {
+            return Some((stream, session));
+        };
+        *lock(&target.offer) = Some((stream, session));
+        // The filler may be reading from the old parent: end that read.
+        if let Some(old) = lock(&target.parent).take() {
+            let _ = old.shutdown(Shutdown::Read);
+        }
+        let _ = sys::write(target.wake.write.as_fd(), b"!");
+        None
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The bytes of a session's payload, spliced from its socket into the engine's pipe; its
 /// framing (chunk headers, keepalives, the trailer and seal) read and checked on the way.
+///
+/// When the parent's connection breaks or stalls, it waits up to a stall timeout for another
+/// parent to resume the stream (or, stalled, for the old one to go on): the hosts below it
+/// keep their connections, and nothing is lost.
 struct SessionFiller<'a> {
-    stream: &'a TcpStream,
+    stream: &'a mut TcpStream,
     session: &'a mut ReceiverSession,
     stall: Duration,
     buf: Vec<u8>,
@@ -168,6 +298,7 @@ struct SessionFiller<'a> {
     broken: &'a mut Option<RecvError>,
     /// The sender's digest, once its trailer has arrived.
     announced: &'a OnceLock<Vec<u8>>,
+    registered: &'a Registered<'a>,
 }
 
 impl SessionFiller<'_> {
@@ -179,6 +310,84 @@ impl SessionFiller<'_> {
         };
         *self.broken = Some(e);
         stop
+    }
+
+    /// The parent's stream failed with `e`: waits for a new parent (or, when it only stalled,
+    /// for the old one), or stops with `e`.
+    fn recover(&mut self, e: RecvError) -> Result<(), EngineError> {
+        let waits = matches!(
+            e,
+            RecvError::Truncated { .. } | RecvError::Stalled(_) | RecvError::Io { .. }
+        );
+        let Some(resumable) = self.registered.stream.clone().filter(|_| waits) else {
+            return Err(self.broke(e));
+        };
+        let stalled = matches!(e, RecvError::Stalled(_));
+        let deadline = Instant::now() + self.stall;
+        loop {
+            if let Some((stream, session)) = lock(&resumable.offer).take() {
+                return self.take_over(&resumable, stream, session);
+            }
+            let wake = resumable.wake.read.as_fd();
+            let old = self.stream.as_fd();
+            let fds: &[BorrowedFd<'_>] = if stalled { &[wake, old] } else { &[wake] };
+            let ready = sys::wait_any(fds, Readiness::Readable, Some(deadline))
+                .map_err(|e| self.broke(RecvError::io("poll")(e)))?;
+            if ready.is_empty() {
+                return Err(self.broke(e));
+            }
+            if ready.contains(&0) {
+                let mut drained = [0u8; 64];
+                let _ = sys::read(wake, &mut drained);
+            }
+            if ready.contains(&1) && lock(&resumable.offer).is_none() {
+                // The old parent goes on.
+                return Ok(());
+            }
+        }
+    }
+
+    /// A new parent resumes the stream: the old one is told, and the new one learns the offset
+    /// this host holds.
+    fn take_over(
+        &mut self,
+        resumable: &Resumable,
+        stream: TcpStream,
+        session: ReceiverSession,
+    ) -> Result<(), EngineError> {
+        let offset = self.session.received();
+        let now = Instant::now();
+        let adopted = self.session.ack(
+            AckStatus::Adopted,
+            offset,
+            &[],
+            "another parent resumed this stream",
+        );
+        let old = std::mem::replace(self.stream, stream);
+        *self.session = session;
+        // The old parent may still be there (cut off upstream): it must not adopt this host.
+        let _ = transport::write_all(&old, &adopted, now + Duration::from_secs(1));
+        let _ = old.shutdown(Shutdown::Write);
+        let _ = std::thread::Builder::new()
+            .name("teecast-linger".into())
+            .spawn(move || discard_input(&old, Duration::from_secs(2)));
+        let taken = self
+            .stream
+            .set_read_timeout(Some(self.stall))
+            .map_err(RecvError::io("setting the read timeout"))
+            .and_then(|()| {
+                let reply = self.session.resume_at(offset).map_err(|e| RecvError::Io {
+                    op: "resuming",
+                    source: io::Error::other(e),
+                })?;
+                transport::write_all(self.stream, &reply, now + self.stall)
+                    .map_err(RecvError::reading("resume", offset, self.stall))
+            });
+        if let Err(e) = taken {
+            return Err(self.broke(e));
+        }
+        *lock(&resumable.parent) = self.stream.try_clone().ok();
+        Ok(())
     }
 }
 
@@ -193,19 +402,27 @@ impl Filler for SessionFiller<'_> {
         loop {
             match self.session.next() {
                 Next::Framing(n) => {
+                    // One read at a time, each handed to the session at once: a stall loses
+                    // no framing byte, so the stream can go on after one.
                     self.buf.resize(n, 0);
                     let during = match self.session.header().and_then(|h| h.length) {
                         Some(_) => "trailer",
                         None => "chunk header or trailer",
                     };
                     let got = self.session.received();
-                    let deadline = Instant::now() + self.stall;
-                    if let Err(e) = transport::read_exact(self.stream, &mut self.buf, deadline) {
-                        let e = RecvError::reading(during, got, self.stall)(e);
-                        return Err(self.broke(e));
-                    }
-                    if let Err(e) = self.session.framing(&self.buf) {
-                        return Err(self.broke(e.into()));
+                    let read = match (&*self.stream).read(&mut self.buf) {
+                        Ok(0) => Err(RecvError::Truncated { got, during }),
+                        Ok(k) => Ok(k),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(RecvError::reading(during, got, self.stall)(e)),
+                    };
+                    match read {
+                        Ok(k) => {
+                            if let Err(e) = self.session.framing(&self.buf[..k]) {
+                                return Err(self.broke(e.into()));
+                            }
+                        }
+                        Err(e) => self.recover(e)?,
                     }
                 }
                 Next::Payload(n) => {
@@ -213,20 +430,17 @@ impl Filler for SessionFiller<'_> {
                     let len = n.min(want as u64) as usize;
                     let got = self.session.received();
                     match sys::splice(self.stream.as_fd(), pipe, len, SpliceFlags::MORE) {
-                        Ok(0) => {
-                            let e = RecvError::Truncated {
-                                got,
-                                during: "payload",
-                            };
-                            return Err(self.broke(e));
-                        }
+                        Ok(0) => self.recover(RecvError::Truncated {
+                            got,
+                            during: "payload",
+                        })?,
                         Ok(k) => {
                             self.session.payload(k as u64);
                             return Ok(k);
                         }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            let e = RecvError::reading("payload", got, self.stall)(e);
-                            return Err(self.broke(e));
+                            self.recover(RecvError::reading("payload", got, self.stall)(e))?
                         }
                     }
                 }
@@ -235,130 +449,18 @@ impl Filler for SessionFiller<'_> {
                     let _ = self.announced.set(digest.to_vec());
                     return Ok(0);
                 }
+                Next::Resume => {
+                    let e = RecvError::Io {
+                        op: "resuming",
+                        source: io::Error::other("a resume out of its turn"),
+                    };
+                    return Err(self.broke(e));
+                }
             }
         }
     }
 
     fn hashes(&self) -> bool {
         false
-    }
-}
-
-/// Where a relay's stream goes: its own file, or a child.
-enum Hop<'a> {
-    Local(LocalCopy),
-    Child(Box<DestSink<'a>>),
-}
-
-/// The relay's own copy: its pipe spliced into the store's file.
-struct LocalCopy(Option<File>);
-
-enum HopOutcome {
-    Local,
-    Child(Delivered),
-}
-
-impl HopOutcome {
-    fn delivered(self) -> Delivered {
-        match self {
-            HopOutcome::Child(d) => d,
-            HopOutcome::Local => unreachable!("children come after the local copy"),
-        }
-    }
-}
-
-enum HopError {
-    Local(io::Error),
-    Child(DestFailure),
-    Abandoned(Abandoned),
-}
-
-impl HopError {
-    fn into_dest(self) -> DestFailure {
-        match self {
-            HopError::Child(d) => d,
-            HopError::Abandoned(a) => DestFailure::Abandoned(a),
-            HopError::Local(e) => DestFailure::Io {
-                op: "writing the file",
-                source: e,
-            },
-        }
-    }
-}
-
-impl From<Abandoned> for HopError {
-    fn from(a: Abandoned) -> Self {
-        HopError::Abandoned(a)
-    }
-}
-
-impl Consumer for Hop<'_> {
-    type Outcome = HopOutcome;
-    type Error = HopError;
-
-    fn start(&mut self) -> Result<(), HopError> {
-        match self {
-            Hop::Local(_) => Ok(()),
-            Hop::Child(c) => c.start().map_err(HopError::Child),
-        }
-    }
-
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, HopError> {
-        match self {
-            Hop::Local(LocalCopy(file)) => {
-                let file = file.as_ref().ok_or(Abandoned::Transfer)?;
-                let mut total = 0;
-                loop {
-                    // pipe → file is one copy in the kernel, into the page cache.
-                    match sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE) {
-                        Ok(0) => return Ok(total),
-                        Ok(n) => total += n as u64,
-                        Err(e) => return Err(HopError::Local(e)),
-                    }
-                }
-            }
-            Hop::Child(c) => c.take_pipe(pipe).map_err(HopError::Child),
-        }
-    }
-
-    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), HopError> {
-        match self {
-            Hop::Local(LocalCopy(file)) => {
-                let mut file = file.as_ref().ok_or(Abandoned::Transfer)?;
-                io::Write::write_all(&mut file, bytes).map_err(HopError::Local)
-            }
-            Hop::Child(c) => c.take_from_buffer(bytes).map_err(HopError::Child),
-        }
-    }
-
-    fn finish(&mut self, length: u64, digest: &Digest) -> Result<HopOutcome, HopError> {
-        match self {
-            Hop::Local(_) => Ok(HopOutcome::Local),
-            Hop::Child(c) => c
-                .finish(length, digest)
-                .map(HopOutcome::Child)
-                .map_err(HopError::Child),
-        }
-    }
-
-    fn abort(&mut self) {
-        match self {
-            Hop::Local(LocalCopy(file)) => *file = None,
-            Hop::Child(c) => c.abort(),
-        }
-    }
-
-    fn idle_interval(&self) -> Option<Duration> {
-        match self {
-            Hop::Local(_) => None,
-            Hop::Child(c) => c.idle_interval(),
-        }
-    }
-
-    fn idle(&mut self) -> Result<(), HopError> {
-        match self {
-            Hop::Local(_) => Ok(()),
-            Hop::Child(c) => c.idle().map_err(HopError::Child),
-        }
     }
 }
