@@ -1639,7 +1639,8 @@ mod tests {
                 "rejected",
                 "io-error",
                 "truncated",
-                "unreached"
+                "unreached",
+                "adopted"
             ]
         );
         for (code, status) in AckStatus::ALL.into_iter().enumerate() {
@@ -1647,7 +1648,7 @@ mod tests {
             assert_eq!(AckStatus::from_code(status.code()), Some(status));
             assert_eq!(status.to_string(), status.as_str());
         }
-        assert_eq!(AckStatus::from_code(7), None);
+        assert_eq!(AckStatus::from_code(8), None);
     }
 
     #[test]
@@ -2091,7 +2092,7 @@ mod tests {
 
     #[test]
     fn decode_unknown_status() {
-        for code in [7u8, 0xff] {
+        for code in [8u8, 0xff] {
             assert_eq!(
                 Ack::decode_body(&raw_ack(code, &[], b"")),
                 Err(WireError::UnknownStatus(code))
