@@ -218,8 +218,9 @@ struct RecvArgs {
     /// --tree`), as they arrive, while storing this host's copy.
     #[arg(long)]
     relay: bool,
-    /// With --relay: keep the last SIZE bytes forwarded (e.g. 64M, 1G), to resume the
-    /// children of a child that fails.
+    /// With --relay into standard output or a device: keep the last SIZE bytes forwarded
+    /// (e.g. 64M, 1G), to resume the children of a child that fails (a relay storing a file
+    /// replays from it).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     ring: usize,
     /// Give a connection this long, in all, to open its session (hello, proof and header).

@@ -205,30 +205,9 @@ fn an_unkeyed_relay_will_not_forward_beyond_loopback() {
     assert!(list_dir(&inbox).is_empty());
 }
 
-/// The payload bytes process `pid` holds so far in files under `inbox` (its temporary copy:
-/// anonymous, so found through its open descriptors).
-fn held_under(pid: u32, inbox: &Path) -> u64 {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    fds.flatten()
-        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(inbox)))
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 /// Waits (bounded) until the receiver at `host` holds at least `bytes` of its copy.
 fn wait_held(host: &(Receiver, PathBuf), bytes: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while held_under(host.0.proc.pid(), &host.1) < bytes {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?} never held {bytes} bytes",
-            host.1
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_held(host.0.proc.pid(), &host.1, bytes);
 }
 
 /// A relay killed with SIGKILL mid-stream: its parent adopts its child, which resumes from the
@@ -275,15 +254,7 @@ fn a_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
     );
     let d = &report["destinations"];
     assert_eq!(d[1]["kind"], "unreached", "{report}");
-    let note = d[2]["note"].as_str().unwrap_or_else(|| panic!("{report}"));
-    assert!(
-        note.starts_with(&format!(
-            "adopted after {} failed; resumed at byte ",
-            addrs[1]
-        )),
-        "{note}"
-    );
-    let resumed: u64 = note.rsplit(' ').next().unwrap().parse().unwrap();
+    let resumed = common::resumed_at(&d[2], &addrs[1]);
     assert!(
         resumed >= MIB,
         "host 3 resumed from byte {resumed}, after holding 1 MiB below it"
@@ -300,6 +271,44 @@ fn a_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
         assert!(stored(&inbox) == expected, "{inbox:?}'s copy differs");
     }
     expected.clear();
+}
+
+/// A relay that stores no file (here into a device node) replays from its ring instead: the
+/// host below its dead child resumes from it.
+#[test]
+fn a_relay_without_a_file_replays_from_its_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = ["--relay", "--stall-timeout", "5s"];
+    let first = Receiver::once_to(Path::new("/dev/null"), &stall);
+    let hosts = relays(dir.path(), 2, &["--stall-timeout", "5s"]);
+    let addrs = [first.dest(), hosts[0].0.dest(), hosts[1].0.dest()];
+    let (sender, stdin) = Running::spawn_with(
+        teecast(["send", "--json", "--tree", "1", "--name", "s.bin", "-"]).args(&addrs),
+        Stdio::piped(),
+        None,
+    );
+    let mut stdin = stdin.unwrap();
+    let expected = common::Prng::new(210).bytes(3 * MIB as usize);
+    stdin.write_all(&expected[..2 * MIB as usize]).unwrap();
+    wait_held(&hosts[1], MIB);
+    hosts[0]
+        .0
+        .proc
+        .signal(rustix::process::Signal::KILL)
+        .unwrap();
+    stdin.write_all(&expected[2 * MIB as usize..]).unwrap();
+    drop(stdin);
+    let sent = sender.wait(Duration::from_secs(120));
+    sent.expect_code(1);
+    let report = sent.json();
+    let d = &report["destinations"];
+    assert_eq!(d[2]["status"], "ok", "{report}");
+    assert_eq!(d[2]["parent"], addrs[0].as_str(), "{report}");
+    assert!(common::resumed_at(&d[2], &addrs[1]) >= MIB, "{report}");
+    first.wait().expect_code(0);
+    let (last, inbox) = hosts.into_iter().nth(1).unwrap();
+    last.wait().expect_code(0);
+    assert!(std::fs::read(inbox.join("s.bin")).unwrap() == expected);
 }
 
 /// An adopted host that holds less than the ring still has fails, named so, and keeps nothing.
@@ -328,7 +337,17 @@ fn an_adopted_host_beyond_the_ring_fails_clearly() {
     old.proc.signal(rustix::process::Signal::KILL).unwrap();
     drop(old);
     let fresh = Running::spawn(
-        teecast(["recv", "--listen", &addrs[1], "--once", "--relay", "--dir"]).arg(&inbox),
+        teecast([
+            "recv",
+            "--listen",
+            &addrs[1],
+            "--once",
+            "--relay",
+            "--stall-timeout",
+            "5s",
+            "--dir",
+        ])
+        .arg(&inbox),
     );
     fresh.wait_stderr("teecast: listening on ", Duration::from_secs(30));
     hosts[0]

@@ -914,19 +914,24 @@ mod tests {
         (ack, seal)
     }
 
+    /// The header of a one-hop chain's resuming session.
+    fn resuming(length: Option<u64>) -> Header {
+        let mut h = header(length, DigestAlgorithm::Blake3);
+        h.route = vec!["a:1".into()];
+        h.tree = Some(wire::Tree {
+            fanout: 1,
+            position: 1,
+            transfer: [1; wire::TRANSFER_ID_LEN],
+            resume: true,
+        });
+        h
+    }
+
     #[test]
     fn a_resumed_session_goes_on_from_the_offset_the_receiver_holds() {
         for k in [None, key()] {
             for length in [Some(5), None] {
-                let mut h = header(length, DigestAlgorithm::Blake3);
-                h.route = vec!["a:1".into()];
-                h.tree = Some(wire::Tree {
-                    fanout: 1,
-                    position: 1,
-                    transfer: [1; wire::TRANSFER_ID_LEN],
-                    resume: true,
-                });
-                let mut run = open(&h, k.clone(), k.clone(), 7);
+                let mut run = open(&resuming(length), k.clone(), k.clone(), 7);
                 feed(&mut run.rx, &run.opening).unwrap();
                 assert_eq!(run.rx.next(), Next::Resume);
                 // Nothing may be sent before the receiver said where to go on from.
@@ -950,15 +955,7 @@ mod tests {
             }
         }
         // An offset beyond the announced length is refused by both ends.
-        let mut h = header(Some(5), DigestAlgorithm::Blake3);
-        h.route = vec!["a:1".into()];
-        h.tree = Some(wire::Tree {
-            fanout: 1,
-            position: 1,
-            transfer: [1; wire::TRANSFER_ID_LEN],
-            resume: true,
-        });
-        let mut run = open(&h, None, None, 7);
+        let mut run = open(&resuming(Some(5)), None, None, 7);
         feed(&mut run.rx, &run.opening).unwrap();
         assert!(run.rx.resume_at(6).is_err());
         let six = Resume { offset: 6 }.encode();

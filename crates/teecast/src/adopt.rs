@@ -1,15 +1,16 @@
 //! Failover in a relay tree: a parent whose child died, stalled or could not be reached serves
 //! that child's children itself, each from the offset it already holds.
 //!
-//! Every host with children (the sender of a tree, and each relay) keeps the last bytes of the
-//! stream in a [`Ring`] of bounded size, filled as one more consumer of its fan-out
-//! ([`RingSink`]). When a child fails, its [`DestSink`] tells the [`Adopter`], which starts a
-//! follower per grandchild: it connects with a resuming header, learns the offset the
-//! grandchild holds (its copy so far stays in its temporary file), and replays the ring from
-//! there, then the rest of the stream as it arrives, then the trailer with the first sender's
-//! digest. The grandchild checks its whole copy against that digest, as before. A grandchild
-//! that cannot be reached is adopted in turn (its children are followed); one whose offset the
-//! ring no longer holds fails, named so.
+//! Every host with children can replay the stream ([`Replay`]): a relay from its own copy as it
+//! is written ([`StoredCopy`]); the sender, and a relay that stores no file, from a [`Ring`] of
+//! the last bytes, of bounded size, filled as one more consumer of its fan-out ([`RingSink`]).
+//! When a child fails, its [`DestSink`] tells the [`Adopter`], which starts a follower per
+//! grandchild: it connects with a resuming header, learns the offset the grandchild holds (its
+//! copy so far stays in its temporary file), and replays from there, then the rest of the
+//! stream as it arrives, then the trailer with the first sender's digest. The grandchild checks
+//! its whole copy against that digest, as before. A grandchild that cannot be reached is
+//! adopted in turn (its children are followed); one whose offset the ring no longer holds
+//! fails, named so.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -59,8 +60,8 @@ struct RingState {
     spare: Option<Vec<u8>>,
 }
 
-/// What a follower gets from the ring at an offset.
-enum Replay {
+/// What a follower gets at an offset of what it replays.
+enum Held {
     /// These bytes of this block come next.
     Bytes(Arc<Vec<u8>>, Range<usize>),
     /// Nothing yet.
@@ -132,11 +133,11 @@ impl Ring {
     }
 
     /// The bytes at `offset`, waiting up to `wait` for them.
-    fn at(&self, offset: u64, wait: Duration) -> Replay {
+    fn at(&self, offset: u64, wait: Duration) -> Held {
         let mut state = self.lock();
         for waited in [false, true] {
             if offset < state.start {
-                return Replay::Gone(state.start);
+                return Held::Gone(state.start);
             }
             if offset < state.end {
                 let mut at = state.start;
@@ -144,14 +145,14 @@ impl Ring {
                     let len = block.len() as u64;
                     if offset < at + len {
                         let from = (offset - at) as usize;
-                        return Replay::Bytes(block.clone(), from..block.len());
+                        return Held::Bytes(block.clone(), from..block.len());
                     }
                     at += len;
                 }
             }
             match &state.ended {
-                Some(Ok((length, digest))) => return Replay::End(*length, digest.clone()),
-                Some(Err(why)) => return Replay::Failed(why.clone()),
+                Some(Ok((length, digest))) => return Held::End(*length, digest.clone()),
+                Some(Err(why)) => return Held::Failed(why.clone()),
                 None if waited => break,
                 None => {
                     state = self
@@ -162,7 +163,101 @@ impl Ring {
                 }
             }
         }
-        Replay::Wait
+        Held::Wait
+    }
+}
+
+/// A relay's own copy as it is written, for replay: its temporary file, which no one else
+/// writes, read back from the page cache. It holds the whole stream, so a relay with a file
+/// needs no ring (and no memory for one).
+pub(crate) struct StoredCopy {
+    file: File,
+    state: Mutex<CopyState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct CopyState {
+    written: u64,
+    ended: Option<Result<(u64, Digest), String>>,
+}
+
+impl StoredCopy {
+    pub(crate) fn new(file: File) -> Arc<StoredCopy> {
+        Arc::new(StoredCopy {
+            file,
+            state: Mutex::new(CopyState::default()),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CopyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wrote(&self, n: u64) {
+        self.lock().written += n;
+        self.changed.notify_all();
+    }
+
+    fn end(&self, ended: Result<(u64, Digest), String>) {
+        self.lock().ended.get_or_insert(ended);
+        self.changed.notify_all();
+    }
+
+    /// The bytes at `offset`, waiting up to `wait` for them.
+    fn at(&self, offset: u64, wait: Duration) -> Held {
+        let mut state = self.lock();
+        for waited in [false, true] {
+            if offset < state.written {
+                let len = (state.written - offset).min(BLOCK as u64) as usize;
+                drop(state);
+                let mut buf = vec![0; len];
+                return match sys::pread(self.file.as_fd(), &mut buf, offset) {
+                    Ok(n) if n > 0 => Held::Bytes(Arc::new(buf), 0..n),
+                    Ok(_) => Held::Failed("the stored copy is shorter than written".into()),
+                    Err(e) => Held::Failed(format!("reading the stored copy: {e}")),
+                };
+            }
+            match &state.ended {
+                Some(Ok((length, digest))) => return Held::End(*length, digest.clone()),
+                Some(Err(why)) => return Held::Failed(why.clone()),
+                None if waited => break,
+                None => {
+                    state = self
+                        .changed
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        Held::Wait
+    }
+}
+
+/// What a host replays to the children it adopts: its ring, or (a relay storing a file) its
+/// own copy.
+#[derive(Clone)]
+pub(crate) enum Replay {
+    Ring(Arc<Ring>),
+    Stored(Arc<StoredCopy>),
+}
+
+impl Replay {
+    fn at(&self, offset: u64, wait: Duration) -> Held {
+        match self {
+            Replay::Ring(r) => r.at(offset, wait),
+            Replay::Stored(c) => c.at(offset, wait),
+        }
+    }
+
+    /// A claim on the ring's bytes from its oldest on (a stored copy drops nothing).
+    fn pin(&self) -> Option<Pin> {
+        match self {
+            Replay::Ring(r) => Some(r.pin()),
+            Replay::Stored(_) => None,
+        }
     }
 }
 
@@ -285,7 +380,7 @@ impl From<Abandoned> for RingError {
 pub(crate) struct Adopter(Arc<Shared>);
 
 struct Shared {
-    ring: Arc<Ring>,
+    replay: Replay,
     /// The stream's header as this host sends it on.
     header: Header,
     /// This host's position (0: the sender).
@@ -299,16 +394,16 @@ struct Shared {
 }
 
 impl Adopter {
-    /// An adopter at position `me` of `header`'s tree, replaying `ring`.
+    /// An adopter at position `me` of `header`'s tree, replaying from `replay`.
     pub(crate) fn new(
-        ring: Arc<Ring>,
+        replay: Replay,
         header: &Header,
         me: usize,
         options: &SendOptions,
         announced: Option<Arc<OnceLock<Vec<u8>>>>,
     ) -> Adopter {
         Adopter(Arc::new(Shared {
-            ring,
+            replay,
             header: header.clone(),
             me,
             options: options.clone(),
@@ -335,7 +430,7 @@ impl Adopter {
             return;
         }
         // Pinned now, before the follower connects: nothing it may need is dropped meanwhile.
-        let pin = self.0.ring.pin();
+        let pin = self.0.replay.pin();
         let me = self.clone();
         let started = std::thread::Builder::new()
             .name("teecast-adopt".into())
@@ -353,7 +448,7 @@ impl Adopter {
     }
 
     /// A follower: resumes the host at `position` (a child of `dead`) from the ring.
-    fn serve(&self, position: usize, dead: usize, pin: Pin) {
+    fn serve(&self, position: usize, dead: usize, pin: Option<Pin>) {
         let s = &*self.0;
         let mut header = s.header.for_position(position);
         if let Some(t) = &mut header.tree {
@@ -366,7 +461,7 @@ impl Adopter {
         if let Some(a) = &s.announced {
             sink = sink.announcing(a);
         }
-        let outcome = replay(&mut sink, &s.ring, &pin);
+        let outcome = replay(&mut sink, &s.replay, pin.as_ref());
         drop(pin);
         let resumed_at = sink.resumed_at().unwrap_or(0);
         let mut report = send::report_of(position, s.me, &outcome, resumed_at + progress.of(0));
@@ -398,27 +493,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Connects `sink` with its resuming header and sends it the ring from the offset it holds to
-/// the stream's end.
-fn replay(sink: &mut DestSink<'_>, ring: &Ring, pin: &Pin) -> Result<Delivered, DestFailure> {
+/// Connects `sink` with its resuming header and sends it the stream from the offset it holds to
+/// the end, out of `from` (a ring, held by `pin`).
+fn replay(
+    sink: &mut DestSink<'_>,
+    from: &Replay,
+    pin: Option<&Pin>,
+) -> Result<Delivered, DestFailure> {
     let result = (|| {
         sink.start()?;
         let mut offset = sink.resumed_at().unwrap_or(0);
         let beyond = |start| DestFailure::BeyondRing { offset, start };
-        pin.hold(offset).map_err(beyond)?;
+        pin.map_or(Ok(()), |p| p.hold(offset)).map_err(beyond)?;
         let wait = sink.idle_interval().unwrap_or(Duration::from_secs(1));
         loop {
-            match ring.at(offset, wait) {
-                Replay::Bytes(block, range) => {
+            match from.at(offset, wait) {
+                Held::Bytes(block, range) => {
                     let len = range.len() as u64;
                     sink.take_from_buffer(&block[range])?;
                     offset += len;
-                    let _ = pin.hold(offset);
+                    if let Some(p) = pin {
+                        let _ = p.hold(offset);
+                    }
                 }
-                Replay::Wait => sink.idle()?,
-                Replay::End(length, digest) => return sink.finish(length, &digest),
-                Replay::Gone(start) => return Err(DestFailure::BeyondRing { offset, start }),
-                Replay::Failed(why) => {
+                Held::Wait => sink.idle()?,
+                Held::End(length, digest) => return sink.finish(length, &digest),
+                Held::Gone(start) => return Err(DestFailure::BeyondRing { offset, start }),
+                Held::Failed(why) => {
                     return Err(DestFailure::Io {
                         op: "replaying",
                         source: io::Error::other(why),
@@ -490,8 +591,12 @@ pub(crate) enum Hop<'a> {
     Ring(RingSink),
 }
 
-/// A relay's own copy: its pipe spliced into the store's file.
-pub(crate) struct LocalCopy(pub(crate) Option<File>);
+/// A relay's own copy: its pipe spliced into the store's file, telling `stored` (the replay of
+/// an adopting relay) how far it got.
+pub(crate) struct LocalCopy {
+    pub(crate) file: Option<File>,
+    pub(crate) stored: Option<Arc<StoredCopy>>,
+}
 
 pub(crate) enum HopOutcome {
     Local,
@@ -549,14 +654,19 @@ impl Consumer for Hop<'_> {
 
     fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, HopError> {
         match self {
-            Hop::Local(LocalCopy(file)) => {
+            Hop::Local(LocalCopy { file, stored }) => {
                 let file = file.as_ref().ok_or(Abandoned::Transfer)?;
                 let mut total = 0;
                 loop {
                     // pipe → file is one copy in the kernel, into the page cache.
                     match sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE) {
                         Ok(0) => return Ok(total),
-                        Ok(n) => total += n as u64,
+                        Ok(n) => {
+                            total += n as u64;
+                            if let Some(s) = stored {
+                                s.wrote(n as u64);
+                            }
+                        }
                         Err(e) => return Err(HopError::Local(e)),
                     }
                 }
@@ -568,9 +678,13 @@ impl Consumer for Hop<'_> {
 
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), HopError> {
         match self {
-            Hop::Local(LocalCopy(file)) => {
+            Hop::Local(LocalCopy { file, stored }) => {
                 let mut file = file.as_ref().ok_or(Abandoned::Transfer)?;
-                io::Write::write_all(&mut file, bytes).map_err(HopError::Local)
+                io::Write::write_all(&mut file, bytes).map_err(HopError::Local)?;
+                if let Some(s) = stored {
+                    s.wrote(bytes.len() as u64);
+                }
+                Ok(())
             }
             Hop::Child(c) => c.take_from_buffer(bytes).map_err(HopError::Child),
             Hop::Ring(r) => r.take_from_buffer(bytes).map_err(HopError::Ring),
@@ -591,7 +705,12 @@ impl Consumer for Hop<'_> {
 
     fn finish(&mut self, length: u64, digest: &Digest) -> Result<HopOutcome, HopError> {
         match self {
-            Hop::Local(_) => Ok(HopOutcome::Local),
+            Hop::Local(LocalCopy { stored, .. }) => {
+                if let Some(s) = stored {
+                    s.end(Ok((length, digest.clone())));
+                }
+                Ok(HopOutcome::Local)
+            }
             Hop::Child(c) => c
                 .finish(length, digest)
                 .map(HopOutcome::Child)
@@ -605,7 +724,12 @@ impl Consumer for Hop<'_> {
 
     fn abort(&mut self) {
         match self {
-            Hop::Local(LocalCopy(file)) => *file = None,
+            Hop::Local(LocalCopy { file, stored }) => {
+                *file = None;
+                if let Some(s) = stored {
+                    s.end(Err("this host's own copy failed".into()));
+                }
+            }
             Hop::Child(c) => c.abort(),
             Hop::Ring(r) => r.abort(),
         }
@@ -643,16 +767,16 @@ mod tests {
         sink.take_from_buffer(&data).unwrap();
         sink.finish(data.len() as u64, &digest()).unwrap();
         // Two blocks held: the first block is gone.
-        assert!(matches!(ring.at(5, Duration::ZERO), Replay::Gone(s) if s == BLOCK as u64));
+        assert!(matches!(ring.at(5, Duration::ZERO), Held::Gone(s) if s == BLOCK as u64));
         let mut offset = BLOCK as u64 + 7;
         let mut got = Vec::new();
         loop {
             match ring.at(offset, Duration::ZERO) {
-                Replay::Bytes(b, r) => {
+                Held::Bytes(b, r) => {
                     offset += r.len() as u64;
                     got.extend_from_slice(&b[r]);
                 }
-                Replay::End(len, _) => {
+                Held::End(len, _) => {
                     assert_eq!(len, data.len() as u64);
                     break;
                 }
@@ -678,29 +802,29 @@ mod tests {
         let mut offset = 0;
         while offset < 2 * BLOCK as u64 {
             match ring.at(offset, Duration::from_secs(10)) {
-                Replay::Bytes(_, r) => offset += r.len() as u64,
+                Held::Bytes(_, r) => offset += r.len() as u64,
                 _ => panic!("the first two blocks come before anything else"),
             }
         }
-        assert!(matches!(ring.at(0, Duration::ZERO), Replay::Bytes(..)));
+        assert!(matches!(ring.at(0, Duration::ZERO), Held::Bytes(..)));
         assert!(
-            matches!(ring.at(offset, Duration::from_millis(50)), Replay::Wait),
+            matches!(ring.at(offset, Duration::from_millis(50)), Held::Wait),
             "a third block while the first is pinned"
         );
         // Released up to here, the writer goes on to the end.
         pin.hold(offset).unwrap();
         while offset < 4 * BLOCK as u64 {
             match ring.at(offset, Duration::from_secs(10)) {
-                Replay::Bytes(_, r) => {
+                Held::Bytes(_, r) => {
                     offset += r.len() as u64;
                     pin.hold(offset).unwrap();
                 }
-                Replay::Wait => {}
+                Held::Wait => {}
                 _ => panic!("nothing else before the end"),
             }
         }
         writer.join().unwrap();
-        assert!(matches!(ring.at(offset, Duration::ZERO), Replay::End(..)));
+        assert!(matches!(ring.at(offset, Duration::ZERO), Held::End(..)));
     }
 
     #[test]

@@ -64,8 +64,9 @@ pub struct RecvOptions {
     pub relay: bool,
     /// As a relay, forward unauthenticated streams (no key) beyond loopback too.
     pub forward_unauthenticated: bool,
-    /// For a relay: the bytes kept to replay to the children of a child that fails
-    /// ([`crate::adopt::DEFAULT_RING`]).
+    /// For a relay that stores no file (standard output, a device): the bytes kept to replay
+    /// to the children of a child that fails ([`crate::adopt::DEFAULT_RING`]); one storing a
+    /// file replays from it.
     pub ring: usize,
 }
 

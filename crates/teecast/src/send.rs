@@ -17,7 +17,7 @@ use teecast_proto::session::{OrderError, SenderSession, Verdict};
 use teecast_proto::wire::{self, AckStatus, Header, HostReport, Tree, WireError};
 use teecast_sys::{self as sys, FileMap, Readiness};
 
-use crate::adopt::{self, Adopter, Hop, HopOutcome, Ring, RingSink};
+use crate::adopt::{self, Adopter, Hop, HopOutcome, Replay, Ring, RingSink};
 use crate::auth::{self, Key};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::engine::{
@@ -628,7 +628,7 @@ impl<'a> Transfer<'a> {
         Vec<HostReport>,
     ) {
         let ring = Arc::new(Ring::new(self.options.ring));
-        let adopter = Adopter::new(ring.clone(), header, 0, &self.options, None);
+        let adopter = Adopter::new(Replay::Ring(ring.clone()), header, 0, &self.options, None);
         let mut hops: Vec<Hop<'_>> = sinks
             .into_iter()
             .zip(&self.direct)

@@ -571,3 +571,48 @@ pub fn tree_parents(hosts: &[String], fanout: usize) -> Vec<Option<String>> {
         .map(|i| (i / fanout).checked_sub(1).map(|p| hosts[p].clone()))
         .collect()
 }
+
+/// The byte a host of a relayed send's JSON report (`destination`) resumed at, after it was
+/// adopted because `dead` failed; panics unless its note says so.
+pub fn resumed_at(destination: &serde_json::Value, dead: &str) -> u64 {
+    let note = destination["note"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no note in {destination}"));
+    let prefix = format!("adopted after {dead} failed; resumed at byte ");
+    note.strip_prefix(&prefix)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{note:?} is not {prefix:?} and a byte"))
+}
+
+/// The payload bytes process `pid` has written so far to files under `inbox` (its temporary
+/// copy: anonymous, so found through its open descriptors; their file positions, as the file
+/// may be allocated to its full length up front).
+fn held_under(pid: u32, inbox: &Path) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(inbox)))
+        .filter_map(|fd| {
+            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            let info = std::fs::read_to_string(info).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("pos:"))
+                .and_then(|p| p.trim().parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits (bounded: a minute) until process `pid` holds at least `bytes` of its copy under
+/// `inbox`.
+pub fn wait_held(pid: u32, inbox: &Path, bytes: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held_under(pid, inbox) < bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{inbox:?} never held {bytes} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

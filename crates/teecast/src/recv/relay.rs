@@ -26,7 +26,9 @@ use teecast_proto::wire::{AckStatus, Header, HostReport, TRANSFER_ID_LEN, Tree};
 use teecast_sys::{self as sys, Pipe, Readiness};
 
 use super::{Received, RecvError, RecvOptions, Store, commit, discard_input, mismatch};
-use crate::adopt::{self, Adopter, Hop, HopError, HopOutcome, LocalCopy, Ring, RingSink};
+use crate::adopt::{
+    self, Adopter, Hop, HopError, HopOutcome, LocalCopy, Replay, Ring, RingSink, StoredCopy,
+};
 use crate::digest::Hasher;
 use crate::engine::{self, EngineError, FanoutConfig, Filler};
 use crate::send::{self, DestSink, Progress, SendOptions};
@@ -103,24 +105,35 @@ pub(super) fn forward(
         Err(e) if served.is_empty() => return Err(e),
         Err(e) => (None, Some(e)),
     };
-    // A host with children keeps the last bytes to replay to theirs, should one fail.
-    let ring = (!served.is_empty()).then(|| Arc::new(Ring::new(options.ring)));
-    let adopter = ring.as_ref().map(|r| {
-        Adopter::new(
-            r.clone(),
-            header,
-            me,
-            &send_options,
-            Some(announced.clone()),
-        )
-    });
+    // A host with children can replay to theirs, should one fail: from its own copy as it is
+    // written, or from a ring of the last bytes when it keeps no file of its own.
+    let dup = |s: &Store| {
+        s.fd()
+            .try_clone_to_owned()
+            .map(File::from)
+            .map_err(RecvError::io("duplicating the file"))
+    };
+    let (replay, ring) = match &store {
+        _ if served.is_empty() => (None, None),
+        Some(s @ Store::Atomic(_)) => (Some(Replay::Stored(StoredCopy::new(dup(s)?))), None),
+        _ => {
+            let ring = Arc::new(Ring::new(options.ring));
+            (Some(Replay::Ring(ring.clone())), Some(ring))
+        }
+    };
+    let adopter = replay
+        .clone()
+        .map(|r| Adopter::new(r, header, me, &send_options, Some(announced.clone())));
     let mut hops = Vec::with_capacity(served.len() + 2);
     if let Some(s) = &store {
-        let file = s
-            .fd()
-            .try_clone_to_owned()
-            .map_err(RecvError::io("duplicating the file"))?;
-        hops.push(Hop::Local(LocalCopy(Some(File::from(file)))));
+        let stored = match &replay {
+            Some(Replay::Stored(c)) => Some(c.clone()),
+            _ => None,
+        };
+        hops.push(Hop::Local(LocalCopy {
+            file: Some(dup(s)?),
+            stored,
+        }));
     }
     for (index, (position, stream)) in served.into_iter().enumerate() {
         let mut child = DestSink::new(
