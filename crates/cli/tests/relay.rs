@@ -447,3 +447,49 @@ fn an_unreachable_hop_is_adopted_by_its_parent() {
         assert_same_file(&source, &inbox.join("disk.img"));
     }
 }
+
+/// A host of a tree writing to a terminal (which takes no splice) gets the bytes through a
+/// buffer: `recv --output -` on a pseudo-terminal from util-linux `script`.
+#[test]
+fn a_tree_host_writing_to_a_terminal_stores_the_stream() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("x.txt");
+    std::fs::write(&source, vec![b'x'; 300_000]).unwrap();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let command = format!(
+        "exec {} recv --listen {addr} --once --output -",
+        env!("CARGO_BIN_EXE_teecast")
+    );
+    let mut terminal = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` (bsdutils) is needed for a terminal");
+    let mut screen = terminal.stdout.take().unwrap();
+    // Until it listens (its log goes to the same terminal).
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("listening on") {
+        assert_eq!(screen.read(&mut byte).unwrap(), 1, "{seen:?}");
+        seen.push(byte[0]);
+    }
+    let reader = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        screen.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let sent = run(teecast(["send", "--json", "--tree", "1"])
+        .arg(&source)
+        .arg(&addr));
+    sent.expect_code(0);
+    assert!(terminal.wait().unwrap().success());
+    let shown = reader.join().unwrap();
+    let xs = shown.iter().filter(|&&b| b == b'x').count();
+    assert!(
+        xs >= 300_000,
+        "{xs} of the 300000 bytes reached the terminal"
+    );
+}
