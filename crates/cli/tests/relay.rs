@@ -493,3 +493,109 @@ fn a_tree_host_writing_to_a_terminal_stores_the_stream() {
         "{xs} of the 300000 bytes reached the terminal"
     );
 }
+
+mod by_hand {
+    //! Sessions driven by hand from the sender's side, for what a real sender does not do.
+
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use teecast::proto::session::{SenderSession, Verdict};
+    use teecast::proto::wire::{self, Header, MessageKind, NONCE_LEN, PREFIX_LEN};
+
+    /// One whole message of `kind` from `s`: its body.
+    pub fn message(s: &mut TcpStream, kind: MessageKind) -> Vec<u8> {
+        let mut prefix = [0u8; PREFIX_LEN];
+        s.read_exact(&mut prefix).unwrap();
+        let len = wire::decode_prefix(&prefix, kind).unwrap();
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        body
+    }
+
+    /// Connects to `addr` and opens an unkeyed session for `header` (hello, welcome, header).
+    pub fn open(addr: &str, header: &Header) -> (TcpStream, SenderSession) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (mut tx, hello) = SenderSession::start(header, None, [5; NONCE_LEN]).unwrap();
+        s.write_all(&hello).unwrap();
+        let welcome = message(&mut s, MessageKind::Welcome);
+        let opening = tx.welcome(&welcome).unwrap();
+        s.write_all(&opening).unwrap();
+        (s, tx)
+    }
+
+    /// The receiver's answer to a resuming header: the offset it holds.
+    pub fn resumed(s: &mut TcpStream, tx: &mut SenderSession) -> u64 {
+        let body = message(s, MessageKind::Resume);
+        tx.resumed(&body, None).unwrap()
+    }
+
+    /// Writes `payload` raw (a known length), then the trailer; the receiver's verdict.
+    pub fn finish(
+        s: &mut TcpStream,
+        tx: &mut SenderSession,
+        payload: &[u8],
+        digest: &[u8],
+    ) -> Verdict {
+        s.write_all(payload).unwrap();
+        tx.payload(payload.len() as u64).unwrap();
+        s.write_all(&tx.finish(digest).unwrap()).unwrap();
+        let ack = message(s, MessageKind::Ack);
+        tx.ack(&ack, None, digest).unwrap()
+    }
+}
+
+/// A resuming header takes over only the stream it continues: the same transfer with another
+/// name is a new stream (refused here: this receiver takes one), and the matching one goes on
+/// from the bytes held; the old parent is told `adopted`; the copy is whole and verified.
+#[test]
+fn a_resume_takes_over_only_the_stream_it_continues() {
+    use teecast::digest::{DigestAlgorithm, Hasher};
+    use teecast::proto::session::Verdict;
+    use teecast::proto::wire::{Ack, AckStatus, Header, MessageKind, Tree};
+
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("host");
+    let host = (
+        Receiver::once_in(&inbox, &["--stall-timeout", "10s"]),
+        inbox.clone(),
+    );
+    let data = common::Prng::new(211).bytes(2 * MIB as usize);
+    let mut h = Hasher::new(DigestAlgorithm::Blake3);
+    h.update(&data);
+    let digest = h.finish().bytes;
+    let header = |name: &str, resume| Header {
+        name: name.into(),
+        length: Some(data.len() as u64),
+        digest: DigestAlgorithm::Blake3,
+        route: vec![host.0.dest()],
+        tree: Some(Tree {
+            fanout: 1,
+            position: 1,
+            transfer: [9; 16],
+            resume,
+        }),
+    };
+    let (mut first, mut first_tx) = by_hand::open(&host.0.dest(), &header("a.bin", false));
+    first.write_all(&data[..MIB as usize]).unwrap();
+    first_tx.payload(MIB).unwrap();
+    wait_held(&host, MIB);
+    // Another name under the same transfer: not this stream; nothing of it is held.
+    let (mut other, mut other_tx) = by_hand::open(&host.0.dest(), &header("b.bin", true));
+    assert_eq!(by_hand::resumed(&mut other, &mut other_tx), 0);
+    let refused = Ack::decode_body(&by_hand::message(&mut other, MessageKind::Ack)).unwrap();
+    assert_eq!(refused.status, AckStatus::Rejected, "{refused:?}");
+    // The stream's own header: it goes on from the megabyte held.
+    let (mut second, mut second_tx) = by_hand::open(&host.0.dest(), &header("a.bin", true));
+    assert_eq!(by_hand::resumed(&mut second, &mut second_tx), MIB);
+    let adopted = Ack::decode_body(&by_hand::message(&mut first, MessageKind::Ack)).unwrap();
+    assert_eq!(adopted.status, AckStatus::Adopted, "{adopted:?}");
+    let verdict = by_hand::finish(&mut second, &mut second_tx, &data[MIB as usize..], &digest);
+    assert!(matches!(verdict, Verdict::Confirmed(_)), "{verdict:?}");
+    let (receiver, inbox) = host;
+    receiver.wait().expect_code(0);
+    assert!(std::fs::read(inbox.join("a.bin")).unwrap() == data);
+    assert_eq!(list_dir(&inbox), ["a.bin"]);
+}

@@ -853,14 +853,15 @@ fn receive_relayed(
         if streams.offer(handle, session.clone()).is_none() {
             return Err(RecvError::HandedOver);
         }
-        // Nothing of it here: from the start, as a new stream.
-        admit(&header.name, header.length, false)?;
+        // Nothing of it here: from the start, as a new stream (the answer comes first, so that
+        // a refusal reaches the sender as an ack where it reads one).
         let reply = session.resume_at(0).map_err(|e| RecvError::Io {
             op: "resuming",
             source: io::Error::other(e),
         })?;
         transport::write_all(stream, &reply, Instant::now() + options.stall_timeout)
             .map_err(RecvError::reading("resume", 0, options.stall_timeout))?;
+        admit(&header.name, header.length, false)?;
     }
     let path = target_path(options, &header.name)?;
     if !header.tree.is_some_and(|t| t.resume) {
