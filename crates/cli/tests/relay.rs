@@ -205,6 +205,11 @@ fn an_unkeyed_relay_will_not_forward_beyond_loopback() {
     assert!(list_dir(&inbox).is_empty());
 }
 
+/// SIGKILL for the receiver at `host`.
+fn kill(host: &(Receiver, PathBuf)) {
+    host.0.proc.signal(rustix::process::Signal::KILL).unwrap();
+}
+
 /// Waits (bounded) until the receiver at `host` holds at least `bytes` of its copy.
 fn wait_held(host: &(Receiver, PathBuf), bytes: u64) {
     common::wait_held(host.0.proc.pid(), &host.1, bytes);
@@ -228,11 +233,7 @@ fn a_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
     stdin.write_all(&expected[..2 * MIB as usize]).unwrap();
     // The last host has part of the stream: kill the relay two above it.
     wait_held(&hosts[3], MIB);
-    hosts[1]
-        .0
-        .proc
-        .signal(rustix::process::Signal::KILL)
-        .unwrap();
+    kill(&hosts[1]);
     stdin.write_all(&expected[2 * MIB as usize..]).unwrap();
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
@@ -291,11 +292,7 @@ fn a_relay_without_a_file_replays_from_its_ring() {
     let expected = common::Prng::new(210).bytes(3 * MIB as usize);
     stdin.write_all(&expected[..2 * MIB as usize]).unwrap();
     wait_held(&hosts[1], MIB);
-    hosts[0]
-        .0
-        .proc
-        .signal(rustix::process::Signal::KILL)
-        .unwrap();
+    kill(&hosts[0]);
     stdin.write_all(&expected[2 * MIB as usize..]).unwrap();
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
@@ -350,11 +347,7 @@ fn an_adopted_host_beyond_the_ring_fails_clearly() {
         .arg(&inbox),
     );
     fresh.wait_stderr("teecast: listening on ", Duration::from_secs(30));
-    hosts[0]
-        .0
-        .proc
-        .signal(rustix::process::Signal::KILL)
-        .unwrap();
+    kill(&hosts[0]);
     drop(stdin);
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(1);

@@ -134,36 +134,49 @@ impl Ring {
 
     /// The bytes at `offset`, waiting up to `wait` for them.
     fn at(&self, offset: u64, wait: Duration) -> Held {
-        let mut state = self.lock();
-        for waited in [false, true] {
+        look_or_wait(&self.state, &self.changed, wait, |state| {
             if offset < state.start {
-                return Held::Gone(state.start);
+                return Some(Held::Gone(state.start));
             }
-            if offset < state.end {
-                let mut at = state.start;
-                for block in &state.blocks {
-                    let len = block.len() as u64;
-                    if offset < at + len {
-                        let from = (offset - at) as usize;
-                        return Held::Bytes(block.clone(), from..block.len());
-                    }
-                    at += len;
+            let mut at = state.start;
+            for block in &state.blocks {
+                let len = block.len() as u64;
+                if offset < at + len {
+                    let from = (offset - at) as usize;
+                    return Some(Held::Bytes(block.clone(), from..block.len()));
                 }
+                at += len;
             }
-            match &state.ended {
-                Some(Ok((length, digest))) => return Held::End(*length, digest.clone()),
-                Some(Err(why)) => return Held::Failed(why.clone()),
-                None if waited => break,
-                None => {
-                    state = self
-                        .changed
-                        .wait_timeout(state, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-        Held::Wait
+            ended(&state.ended)
+        })
+    }
+}
+
+/// Looks at the state in `m` with `look` until it finds something, once more after waiting up
+/// to `wait` for `changed`; [`Held::Wait`] if it still finds nothing.
+fn look_or_wait<T>(
+    m: &Mutex<T>,
+    changed: &Condvar,
+    wait: Duration,
+    mut look: impl FnMut(&T) -> Option<Held>,
+) -> Held {
+    let mut state = lock(m);
+    if let Some(held) = look(&state) {
+        return held;
+    }
+    state = changed
+        .wait_timeout(state, wait)
+        .unwrap_or_else(|p| p.into_inner())
+        .0;
+    look(&state).unwrap_or(Held::Wait)
+}
+
+/// What a follower past the last byte gets: the end, once it came.
+fn ended(ended: &Option<Result<(u64, Digest), String>>) -> Option<Held> {
+    match ended {
+        Some(Ok((length, digest))) => Some(Held::End(*length, digest.clone())),
+        Some(Err(why)) => Some(Held::Failed(why.clone())),
+        None => None,
     }
 }
 
@@ -207,32 +220,18 @@ impl StoredCopy {
 
     /// The bytes at `offset`, waiting up to `wait` for them.
     fn at(&self, offset: u64, wait: Duration) -> Held {
-        let mut state = self.lock();
-        for waited in [false, true] {
-            if offset < state.written {
-                let len = (state.written - offset).min(BLOCK as u64) as usize;
-                drop(state);
-                let mut buf = vec![0; len];
-                return match sys::pread(self.file.as_fd(), &mut buf, offset) {
-                    Ok(n) if n > 0 => Held::Bytes(Arc::new(buf), 0..n),
-                    Ok(_) => Held::Failed("the stored copy is shorter than written".into()),
-                    Err(e) => Held::Failed(format!("reading the stored copy: {e}")),
-                };
+        look_or_wait(&self.state, &self.changed, wait, |state| {
+            if offset >= state.written {
+                return ended(&state.ended);
             }
-            match &state.ended {
-                Some(Ok((length, digest))) => return Held::End(*length, digest.clone()),
-                Some(Err(why)) => return Held::Failed(why.clone()),
-                None if waited => break,
-                None => {
-                    state = self
-                        .changed
-                        .wait_timeout(state, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-        Held::Wait
+            let len = (state.written - offset).min(BLOCK as u64) as usize;
+            let mut buf = vec![0; len];
+            Some(match sys::pread(self.file.as_fd(), &mut buf, offset) {
+                Ok(n) if n > 0 => Held::Bytes(Arc::new(buf), 0..n),
+                Ok(_) => Held::Failed("the stored copy is shorter than written".into()),
+                Err(e) => Held::Failed(format!("reading the stored copy: {e}")),
+            })
+        })
     }
 }
 

@@ -650,7 +650,7 @@ type Admit<'a> = dyn FnMut(&str, Option<u64>, bool) -> Result<(), RecvError> + '
 /// [`receive`], asking `admit` once the stream has passed its header (at once for a raw one)
 /// whether it may go on.
 fn receive_admitted(
-    mut stream: TcpStream,
+    stream: TcpStream,
     options: &RecvOptions,
     admit: &mut Admit<'_>,
     streams: &relay::Streams,
@@ -666,17 +666,21 @@ fn receive_admitted(
         op: "getrandom",
         source: io::Error::other(e),
     })?;
-    let mut session = ReceiverSession::new(options.key.clone(), nonce);
-    let mut reports = Vec::new();
-    let result = receive_framed(
-        &mut stream,
+    let mut conn = Conn {
+        stream,
+        session: ReceiverSession::new(options.key.clone(), nonce),
         options,
-        &mut session,
         peer,
-        admit,
-        &mut reports,
+        reports: Vec::new(),
         streams,
-    );
+    };
+    let result = receive_framed(&mut conn, admit);
+    let Conn {
+        stream,
+        session,
+        reports,
+        ..
+    } = conn;
     if session.header().is_none() || matches!(result, Err(RecvError::HandedOver)) {
         // No header, no answer: the peer does not speak the protocol, or did not prove the key
         // (its welcome told it what this side holds).
@@ -745,59 +749,44 @@ fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> 
 /// Drives `session` over `stream`: the header within one stall timeout of the connection, each
 /// later frame (chunk header, trailer) within one of the payload before it, the payload into
 /// the temporary file; then checks length and digest against the trailer and stores the file.
-fn receive_framed(
-    stream: &mut TcpStream,
-    options: &RecvOptions,
-    session: &mut ReceiverSession,
-    peer: Option<SocketAddr>,
-    admit: &mut Admit<'_>,
-    reports: &mut Vec<HostReport>,
-    streams: &relay::Streams,
-) -> Result<Received, RecvError> {
+fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received, RecvError> {
+    let (options, peer) = (conn.options, conn.peer);
     let stall = options.stall_timeout;
     // Hello, proof and header, all within the header timeout of the connection.
     let mut deadline = Instant::now() + options.header_timeout;
     let mut buf = Vec::new();
     let mut store: Option<(Store, Payload)> = None;
     loop {
-        match session.next() {
+        match conn.session.next() {
             Next::Framing(n) => {
-                let during = match (session.header(), &store) {
+                let during = match (conn.session.header(), &store) {
                     (None, _) => "header",
                     (Some(h), _) if h.length.is_none() => "chunk header or trailer",
                     _ => "trailer",
                 };
                 buf.resize(n, 0);
-                let limit = match session.header() {
+                let limit = match conn.session.header() {
                     None => options.header_timeout,
                     Some(_) => stall,
                 };
-                transport::read_exact(stream, &mut buf, deadline).map_err(RecvError::reading(
-                    during,
-                    session.received(),
-                    limit,
-                ))?;
-                let taken = session.framing(&buf);
-                if let Some(reply) = session.take_reply() {
-                    transport::write_all(stream, &reply, deadline)
+                transport::read_exact(&conn.stream, &mut buf, deadline)
+                    .map_err(RecvError::reading(during, conn.session.received(), limit))?;
+                let taken = conn.session.framing(&buf);
+                if let Some(reply) = conn.session.take_reply() {
+                    transport::write_all(&conn.stream, &reply, deadline)
                         .map_err(RecvError::reading("welcome", 0, stall))?;
                 }
                 taken?;
-                if store.is_none()
-                    && let Some(header) = session.header()
-                    && header.tree.is_some()
-                {
-                    return receive_relayed(
-                        stream, options, session, peer, admit, reports, streams,
-                    );
+                if store.is_none() && conn.session.header().is_some_and(|h| h.tree.is_some()) {
+                    return receive_relayed(conn, admit);
                 }
-                if session.header().is_some() {
+                if conn.session.header().is_some() {
                     // After the header each frame (a chunk header, a keepalive, the trailer) is
                     // due within one stall timeout of the one before.
                     deadline = Instant::now() + stall;
                 }
                 if store.is_none()
-                    && let Some(header) = session.header()
+                    && let Some(header) = conn.session.header()
                 {
                     let path = target_path(options, &header.name)?;
                     admit(&header.name, header.length, false)?;
@@ -812,8 +801,8 @@ fn receive_framed(
                     unreachable!("the session asks for payload only after its header");
                 };
                 let before = payload.bytes;
-                payload.copy(stream.as_fd(), file.fd(), Some(n))?;
-                session.payload(payload.bytes - before);
+                payload.copy(conn.stream.as_fd(), file.fd(), Some(n))?;
+                conn.session.payload(payload.bytes - before);
                 deadline = Instant::now() + stall;
             }
             Next::Verify | Next::Resume => break,
@@ -824,42 +813,36 @@ fn receive_framed(
     };
     let bytes = payload.bytes;
     let digest = payload.finish();
-    session.verify(&digest.bytes).map_err(mismatch)?;
+    conn.session.verify(&digest.bytes).map_err(mismatch)?;
     commit(file, options, peer, bytes, digest)
 }
 
 /// [`receive_framed`] for a stream relayed along a tree, past its header: a resuming header
 /// hands its connection to the stream it continues, if that is being received here (or starts
 /// from nothing); the stream is stored and forwarded by [`relay::forward`].
-fn receive_relayed(
-    stream: &mut TcpStream,
-    options: &RecvOptions,
-    session: &mut ReceiverSession,
-    peer: Option<SocketAddr>,
-    admit: &mut Admit<'_>,
-    reports: &mut Vec<HostReport>,
-    streams: &relay::Streams,
-) -> Result<Received, RecvError> {
-    let Some(header) = session.header().cloned() else {
+fn receive_relayed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received, RecvError> {
+    let Some(header) = conn.session.header().cloned() else {
         unreachable!("called past the header");
     };
-    if session.next() == Next::Resume {
-        let handle = stream
+    let options = conn.options;
+    if conn.session.next() == Next::Resume {
+        let handle = conn
+            .stream
             .try_clone()
             .map_err(RecvError::io("duplicating the connection"))?;
         // Settled before it is handed over: its place can no longer be taken (and the
         // connection closed under the stream it joins).
         admit(&header.name, header.length, true)?;
-        if streams.offer(handle, session.clone()).is_none() {
+        if conn.streams.offer(handle, conn.session.clone()).is_none() {
             return Err(RecvError::HandedOver);
         }
         // Nothing of it here: from the start, as a new stream (the answer comes first, so that
         // a refusal reaches the sender as an ack where it reads one).
-        let reply = session.resume_at(0).map_err(|e| RecvError::Io {
+        let reply = conn.session.resume_at(0).map_err(|e| RecvError::Io {
             op: "resuming",
             source: io::Error::other(e),
         })?;
-        transport::write_all(stream, &reply, Instant::now() + options.stall_timeout)
+        transport::write_all(&conn.stream, &reply, Instant::now() + options.stall_timeout)
             .map_err(RecvError::reading("resume", 0, options.stall_timeout))?;
         admit(&header.name, header.length, false)?;
     }
@@ -871,9 +854,19 @@ fn receive_relayed(
         relay::check(options, &header, &children)?;
     }
     let store = open_store(options, &path, header.length);
-    relay::forward(
-        stream, options, session, &header, store, peer, reports, streams,
-    )
+    relay::forward(conn, &header, store)
+}
+
+/// A framed connection being served: its socket and session (which a parent resuming the stream
+/// replaces with its own), and what serving it needs.
+struct Conn<'a> {
+    stream: TcpStream,
+    session: ReceiverSession,
+    options: &'a RecvOptions,
+    peer: Option<SocketAddr>,
+    /// For a relay: the outcome of every host below this one, for its acknowledgement.
+    reports: Vec<HostReport>,
+    streams: &'a relay::Streams,
 }
 
 /// The receiver's error for a stream that failed its checks after the trailer.

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
 use teecast_proto::session::{Next, ReceiverSession};
-use teecast_proto::wire::{AckStatus, Header, HostReport, TRANSFER_ID_LEN, Tree};
+use teecast_proto::wire::{AckStatus, Header, TRANSFER_ID_LEN, Tree};
 use teecast_sys::{self as sys, Pipe, Readiness};
 
-use super::{Received, RecvError, RecvOptions, Store, commit, discard_input, mismatch};
+use super::{Conn, Received, RecvError, RecvOptions, Store, commit, discard_input, mismatch};
 use crate::adopt::{
     self, Adopter, Hop, HopError, HopOutcome, LocalCopy, Replay, Ring, RingSink, StoredCopy,
 };
@@ -72,19 +72,23 @@ pub(super) fn check(
 /// host below this one. The local copy is published only when it verifies against the
 /// sender's digest; a local failure (a full disk) does not stop the forwarding.
 ///
-/// While it runs the stream is in `streams`, so that a parent adopting this host after its own
-/// parent failed can resume it: then `stream` and `session` are the new parent's.
-#[allow(clippy::too_many_arguments)]
+/// While it runs the stream is in the connection's `streams`, so that a parent adopting this
+/// host after its own parent failed can resume it: then the connection's stream and session
+/// are the new parent's.
 pub(super) fn forward(
-    stream: &mut TcpStream,
-    options: &RecvOptions,
-    session: &mut ReceiverSession,
+    conn: &mut Conn<'_>,
     header: &Header,
     store: Result<Store, RecvError>,
-    peer: Option<SocketAddr>,
-    reports: &mut Vec<HostReport>,
-    streams: &Streams,
 ) -> Result<Received, RecvError> {
+    let Conn {
+        stream,
+        session,
+        options,
+        peer,
+        reports,
+        streams,
+    } = conn;
+    let (options, peer, streams) = (*options, *peer, *streams);
     let fanout = header.tree.map_or(1, |t| t.fanout);
     let hosts = header.route.len();
     let send_options = SendOptions {
