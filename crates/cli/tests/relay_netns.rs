@@ -289,9 +289,19 @@ fn a_link_set_down_mid_stream() {
         .0
         .wait_stderr("receiving \"s.bin\"", Duration::from_secs(60));
     ip(&["-n", &net.ns(2), "link", "set", "eth0", "down"]);
+    let down = std::time::Instant::now();
     // The source goes on: more than the socket buffers hold, so the dead link is noticed.
     stdin.write_all(&vec![2u8; 16 * MIB as usize]).unwrap();
     drop(stdin);
+    // Noticed at the 2 s stall timeout; the host after it resumed within 5 s of that.
+    relays[2]
+        .0
+        .wait_stderr("resumes \"s.bin\"", Duration::from_secs(30));
+    let resumed = down.elapsed();
+    assert!(
+        resumed < Duration::from_secs(7),
+        "resumed {resumed:?} after the link went down"
+    );
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(1);
     let report = sent.json();
