@@ -88,6 +88,11 @@ fn seal_corpus() {
 }
 
 #[test]
+fn resume_corpus() {
+    replay("resume", checks::resume);
+}
+
+#[test]
 fn receiver_session_corpus() {
     replay("receiver_session", checks::receiver_session);
 }
@@ -95,7 +100,7 @@ fn receiver_session_corpus() {
 /// Every corpus directory belongs to a target replayed above (a new target needs a test here).
 #[test]
 fn no_corpus_without_a_replay() {
-    const TARGETS: [&str; 9] = [
+    const TARGETS: [&str; 10] = [
         "hello",
         "welcome",
         "seal",
@@ -104,6 +109,7 @@ fn no_corpus_without_a_replay() {
         "trailer",
         "ack",
         "chunk_header",
+        "resume",
         "receiver_session",
     ];
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus");

@@ -27,6 +27,7 @@ use teecast_sys as sys;
 
 use crate::digest::Digest;
 use crate::engine::{Abandoned, Consumer};
+use crate::recv::Writeback;
 use crate::send::{self, Delivered, DestFailure, DestSink, Progress, SendOptions};
 
 /// The ring's default size: the bytes a parent can replay to an adopted child.
@@ -595,6 +596,7 @@ pub(crate) enum Hop<'a> {
 pub(crate) struct LocalCopy {
     pub(crate) file: Option<File>,
     pub(crate) stored: Option<Arc<StoredCopy>>,
+    pub(crate) writeback: Writeback,
 }
 
 pub(crate) enum HopOutcome {
@@ -653,7 +655,11 @@ impl Consumer for Hop<'_> {
 
     fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, HopError> {
         match self {
-            Hop::Local(LocalCopy { file, stored }) => {
+            Hop::Local(LocalCopy {
+                file,
+                stored,
+                writeback,
+            }) => {
                 let file = file.as_ref().ok_or(Abandoned::Transfer)?;
                 let mut total = 0;
                 loop {
@@ -662,6 +668,7 @@ impl Consumer for Hop<'_> {
                         Ok(0) => return Ok(total),
                         Ok(n) => {
                             total += n as u64;
+                            writeback.advance(file.as_fd(), total);
                             if let Some(s) = stored {
                                 s.wrote(n as u64);
                             }
@@ -677,7 +684,7 @@ impl Consumer for Hop<'_> {
 
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), HopError> {
         match self {
-            Hop::Local(LocalCopy { file, stored }) => {
+            Hop::Local(LocalCopy { file, stored, .. }) => {
                 let mut file = file.as_ref().ok_or(Abandoned::Transfer)?;
                 io::Write::write_all(&mut file, bytes).map_err(HopError::Local)?;
                 if let Some(s) = stored {
@@ -723,7 +730,7 @@ impl Consumer for Hop<'_> {
 
     fn abort(&mut self) {
         match self {
-            Hop::Local(LocalCopy { file, stored }) => {
+            Hop::Local(LocalCopy { file, stored, .. }) => {
                 *file = None;
                 if let Some(s) = stored {
                     s.end(Err("this host's own copy failed".into()));

@@ -1077,10 +1077,36 @@ struct Payload {
     buf: AlignedBuf,
     bytes: u64,
     stall: Duration,
-    /// Where writeback stands, once the first bytes came: `None` where there is none (tmpfs, a
-    /// pipe, a device), else the payload bytes handed to it so far and the file offset where
-    /// the payload starts.
-    writeback: Option<Option<(u64, u64)>>,
+    writeback: Writeback,
+}
+
+/// Hands a file's bytes to writeback in steps of [`WRITEBACK_STEP`] as they are stored, on a
+/// disk filesystem, so the final fsync has little left. Best effort: a failure only leaves the
+/// work to the fsync before the commit, which reports any error that matters.
+#[derive(Default)]
+pub(crate) struct Writeback {
+    /// Where it stands, once the first bytes came: `None` where there is none (tmpfs, a pipe, a
+    /// device), else the payload bytes handed to it so far and the file offset where the
+    /// payload starts.
+    state: Option<Option<(u64, u64)>>,
+}
+
+impl Writeback {
+    /// `file` now holds `stored` payload bytes.
+    pub(crate) fn advance(&mut self, file: BorrowedFd<'_>, stored: u64) {
+        let state = self
+            .state
+            .get_or_insert_with(|| writeback_start(file, stored));
+        let Some((started, base)) = *state else {
+            return;
+        };
+        if stored - started < WRITEBACK_STEP {
+            return;
+        }
+        let end = stored - stored % WRITEBACK_STEP;
+        let _ = sys::start_writeback(file, base + started, end - started);
+        *state = Some((end, base));
+    }
 }
 
 /// Bytes moved per call.
@@ -1103,7 +1129,7 @@ impl Payload {
             buf,
             bytes: 0,
             stall: options.stall_timeout,
-            writeback: None,
+            writeback: Writeback::default(),
         })
     }
 
@@ -1141,24 +1167,13 @@ impl Payload {
         }
     }
 
-    /// After more bytes are in the file: hands every full [`WRITEBACK_STEP`] to writeback. Best
-    /// effort: a failure only leaves the work to the fsync before the commit, which reports any
-    /// error that matters.
+    /// After more bytes are in the file: widens a pipe at the first, and hands every full
+    /// [`WRITEBACK_STEP`] to writeback.
     fn advance_writeback(&mut self, file: BorrowedFd<'_>) {
-        let stored = self.bytes;
-        let state = self.writeback.get_or_insert_with(|| {
+        if self.writeback.state.is_none() {
             widen_pipe(file);
-            writeback_start(file, stored)
-        });
-        let Some((started, base)) = *state else {
-            return;
-        };
-        if self.bytes - started < WRITEBACK_STEP {
-            return;
         }
-        let end = self.bytes - self.bytes % WRITEBACK_STEP;
-        let _ = sys::start_writeback(file, base + started, end - started);
-        *state = Some((end, base));
+        self.writeback.advance(file, self.bytes);
     }
 
     /// Receives up to `want` bytes and stores them; 0 at the end of the stream. A socket that

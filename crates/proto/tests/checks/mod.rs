@@ -9,8 +9,8 @@
 use teecast_proto::digest::DigestAlgorithm;
 use teecast_proto::wire::{
     Ack, CHUNK_HEADER_LEN, Header, Hello, MAC_LEN, MAX_CHUNK, MAX_DIGEST_LEN, MAX_MESSAGE_LEN,
-    MessageKind, PREFIX_LEN, Seal, Trailer, VERSION, Welcome, WireError, decode_chunk_header,
-    decode_prefix, encode_chunk_header,
+    MessageKind, PREFIX_LEN, Resume, Seal, Trailer, VERSION, Welcome, WireError,
+    decode_chunk_header, decode_prefix, encode_chunk_header,
 };
 
 /// Every error a decoder returns must print as one line without control characters: the
@@ -185,6 +185,24 @@ pub fn seal(data: &[u8]) -> bool {
         }
         Err(err) => {
             assert_ne!(data.len(), MAC_LEN, "a {MAC_LEN}-byte seal refused");
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `resume`: the input as a resume body. It decodes exactly when it is 8 bytes, and then
+/// re-encodes to the same bytes.
+pub fn resume(data: &[u8]) -> bool {
+    match Resume::decode_body(data) {
+        Ok(resume) => {
+            assert_eq!(data.len(), 8);
+            assert_eq!(resume.offset.to_be_bytes(), data);
+            assert_eq!(framed_body(&resume.encode(), MessageKind::Resume), data);
+            true
+        }
+        Err(err) => {
+            assert_ne!(data.len(), 8, "an 8-byte resume refused");
             check_error(&err);
             false
         }

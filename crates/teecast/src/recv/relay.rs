@@ -25,7 +25,9 @@ use teecast_proto::session::{Next, ReceiverSession};
 use teecast_proto::wire::{AckStatus, Header, TRANSFER_ID_LEN, Tree};
 use teecast_sys::{self as sys, Pipe, Readiness};
 
-use super::{Conn, Received, RecvError, RecvOptions, Store, commit, discard_input, mismatch};
+use super::{
+    Conn, Received, RecvError, RecvOptions, Store, Writeback, commit, discard_input, mismatch,
+};
 use crate::adopt::{
     self, Adopter, Hop, HopError, HopOutcome, LocalCopy, Replay, Ring, RingSink, StoredCopy,
 };
@@ -137,6 +139,7 @@ pub(super) fn forward(
         hops.push(Hop::Local(LocalCopy {
             file: Some(dup(s)?),
             stored,
+            writeback: Writeback::default(),
         }));
     }
     for (index, (position, stream)) in served.into_iter().enumerate() {
