@@ -447,7 +447,7 @@ impl Adopter {
         }
     }
 
-    /// A follower: resumes the host at `position` (a child of `dead`) from the ring.
+    /// A follower: resumes the host at `position` (a child of `dead`) from the replay.
     fn serve(&self, position: usize, dead: usize, pin: Option<Pin>) {
         let s = &*self.0;
         let mut header = s.header.for_position(position);
