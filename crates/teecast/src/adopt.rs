@@ -90,7 +90,7 @@ impl Ring {
     }
 
     /// Appends `block`, dropping the oldest blocks no follower needs to stay within capacity
-    /// (waiting while one does); returns an empty block to fill next.
+    /// (waiting while one does); returns a block to fill next (a dropped one, or none).
     fn push(&self, block: Vec<u8>) -> Vec<u8> {
         let mut state = self.lock();
         while state.held + block.len() > self.capacity && !state.blocks.is_empty() {
@@ -108,10 +108,9 @@ impl Ring {
         state.end += block.len() as u64;
         state.held += block.len();
         state.blocks.push_back(Arc::new(block));
-        let mut next = state.spare.take().unwrap_or_default();
-        next.clear();
         self.changed.notify_all();
-        next
+        // Filled over from its start: what it held does not matter.
+        state.spare.take().unwrap_or_default()
     }
 
     fn end(&self, ended: Result<(u64, Digest), String>) {
@@ -293,7 +292,10 @@ impl Drop for Pin {
 /// The consumer that fills a [`Ring`]: one copy of the stream into memory.
 pub(crate) struct RingSink {
     ring: Arc<Ring>,
+    /// The block being filled, [`BLOCK`] bytes long (zeroed once, when first allocated).
     block: Vec<u8>,
+    /// Bytes of `block` filled so far.
+    filled: usize,
 }
 
 impl RingSink {
@@ -301,12 +303,25 @@ impl RingSink {
         RingSink {
             ring,
             block: Vec::new(),
+            filled: 0,
         }
     }
 
+    /// The unfilled rest of the block (a full-length one).
+    fn room(&mut self) -> &mut [u8] {
+        if self.block.len() != BLOCK {
+            self.block.resize(BLOCK, 0);
+        }
+        &mut self.block[self.filled..]
+    }
+
+    /// Puts what the block holds into the ring; the next block to fill is one it dropped.
     fn publish(&mut self) {
-        if !self.block.is_empty() {
-            self.block = self.ring.push(std::mem::take(&mut self.block));
+        if self.filled > 0 {
+            let mut full = std::mem::take(&mut self.block);
+            full.truncate(self.filled);
+            self.block = self.ring.push(full);
+            self.filled = 0;
         }
     }
 }
@@ -318,13 +333,10 @@ impl Consumer for RingSink {
     fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, RingError> {
         let mut total = 0;
         loop {
-            let filled = self.block.len();
-            self.block.resize(BLOCK, 0);
-            let n = sys::read(pipe, &mut self.block[filled..]);
-            let n = n.inspect_err(|_| self.block.truncate(filled))?;
-            self.block.truncate(filled + n);
+            let n = sys::read(pipe, self.room())?;
+            self.filled += n;
             total += n as u64;
-            if n == 0 || self.block.len() == BLOCK {
+            if n == 0 || self.filled == BLOCK {
                 self.publish();
             }
             if n == 0 {
@@ -335,10 +347,12 @@ impl Consumer for RingSink {
 
     fn take_from_buffer(&mut self, mut bytes: &[u8]) -> Result<(), RingError> {
         while !bytes.is_empty() {
-            let take = bytes.len().min(BLOCK - self.block.len());
-            self.block.extend_from_slice(&bytes[..take]);
+            let room = self.room();
+            let take = bytes.len().min(room.len());
+            room[..take].copy_from_slice(&bytes[..take]);
+            self.filled += take;
             bytes = &bytes[take..];
-            if self.block.len() == BLOCK {
+            if self.filled == BLOCK {
                 self.publish();
             }
         }
