@@ -6,7 +6,6 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,13 +89,7 @@ fn progress_lines_fit_80_columns_and_mark_a_failed_destination() {
         env!("CARGO_BIN_EXE_teecast"),
         source.display()
     );
-    let mut child = Command::new("script")
-        .args(["-qfec", &command, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("util-linux `script` (bsdutils) is needed for a terminal");
+    let mut child = common::on_terminal(&command);
     let screen = Terminal::watch(child.stdout.take().unwrap());
     let (drained, _) = drained.accept().unwrap();
     // The overall line and one per destination, each on its own row, the refused one marked

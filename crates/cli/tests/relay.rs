@@ -454,13 +454,7 @@ fn a_tree_host_writing_to_a_terminal_stores_the_stream() {
         "exec {} recv --listen {addr} --once --output -",
         env!("CARGO_BIN_EXE_teecast")
     );
-    let mut terminal = std::process::Command::new("script")
-        .args(["-qfec", &command, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("util-linux `script` (bsdutils) is needed for a terminal");
+    let mut terminal = common::on_terminal(&command);
     let mut screen = terminal.stdout.take().unwrap();
     // Until it listens (its log goes to the same terminal).
     let mut seen = Vec::new();

@@ -616,3 +616,15 @@ pub fn wait_held(pid: u32, inbox: &Path, bytes: u64) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Runs the shell `command` on a pseudo-terminal of its own (util-linux `script`), its screen
+/// on the child's stdout.
+pub fn on_terminal(command: &str) -> Child {
+    Command::new("script")
+        .args(["-qfec", command, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` (bsdutils) is needed for a terminal")
+}
