@@ -191,6 +191,9 @@ pub enum DestFailure {
     /// No welcome arrived within the timeout.
     #[error("no answer to the hello within {:.1} s", .0.as_secs_f64())]
     NoWelcome(Duration),
+    /// No answer to a resuming header (the offset held) arrived within the timeout.
+    #[error("no answer to the resuming header within {:.1} s", .0.as_secs_f64())]
+    NoResume(Duration),
     /// A call on the socket failed.
     #[error("{op}: {source}")]
     Io {
@@ -227,7 +230,7 @@ impl DestFailure {
     /// A short, stable name for machines: `connect`, `stalled`, `no-ack`, `refused`,
     /// `unconfirmed`, `reset`, `bad-ack`, `key` (one end has a key, the other none),
     /// `unauthenticated` (a proof does not verify: another key), `handshake`, `no-welcome`,
-    /// `closed-at-hello`,
+    /// `no-resume`, `closed-at-hello`,
     /// `io`, `source-shrank`, `order`, `abandoned`, `unreached` or `beyond-ring`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -242,6 +245,7 @@ impl DestFailure {
             DestFailure::Handshake(WireError::BadSeal(_)) => "unauthenticated",
             DestFailure::Handshake(_) => "handshake",
             DestFailure::NoWelcome(_) => "no-welcome",
+            DestFailure::NoResume(_) => "no-resume",
             DestFailure::ClosedAtHello => "closed-at-hello",
             DestFailure::Io { .. } => "io",
             DestFailure::SourceShrank => "source-shrank",
@@ -263,6 +267,7 @@ impl DestFailure {
                 | DestFailure::Reset(_)
                 | DestFailure::Io { .. }
                 | DestFailure::NoWelcome(_)
+                | DestFailure::NoResume(_)
                 | DestFailure::ClosedAtHello
         )
     }
@@ -875,7 +880,7 @@ impl<'a> DestSink<'a> {
             transport::read_message(stream, reader, deadline).map_err(|e| match e {
                 ReadError::Wire(w) => DestFailure::Handshake(w),
                 ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    DestFailure::NoWelcome(self.options.stall_timeout)
+                    DestFailure::NoResume(self.options.stall_timeout)
                 }
                 ReadError::Io(e) => DestFailure::Reset(e),
             })
