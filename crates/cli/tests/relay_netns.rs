@@ -330,3 +330,81 @@ fn a_link_set_down_mid_stream() {
     last.wait(Duration::from_secs(60)).expect_code(0);
     assert!(stored(&last_inbox) == expected, "the adopted copy differs");
 }
+
+/// An unkeyed relay is never an open proxy, adoption included: it forwards among loopback
+/// addresses only, so a route that would have it adopt a host beyond loopback (its loopback
+/// child cannot be reached) is refused at the header, and the host beyond is never contacted.
+/// The namespace gives that host a real address (10.1.2.3, on its loopback device) and a
+/// listener that logs every connection.
+#[test]
+fn an_unkeyed_relay_never_adopts_a_host_beyond_loopback() {
+    let net = Net::new("px", 1);
+    ip(&["-n", &net.ns(0), "addr", "add", "10.1.2.3/32", "dev", "lo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let outside = Running::spawn(Command::new("ip").args([
+        "netns",
+        "exec",
+        &net.ns(0),
+        "socat",
+        "-d",
+        "-d",
+        "-u",
+        "TCP-LISTEN:7777,bind=10.1.2.3,reuseaddr,fork",
+        "OPEN:/dev/null",
+    ]));
+    outside.wait_stderr("listening on", Duration::from_secs(30));
+    let inbox = dir.path().join("relay");
+    std::fs::create_dir(&inbox).unwrap();
+    let relay = Running::spawn(&mut net.teecast(
+        0,
+        &[
+            "recv",
+            "--relay",
+            "--listen",
+            "127.0.0.1:7000",
+            "--dir",
+            inbox.to_str().unwrap(),
+        ],
+    ));
+    relay.wait_stderr("listening on", Duration::from_secs(30));
+    let file = dir.path().join("f");
+    random_file(&file, MIB, 7);
+    // Position 2 (a closed port) is the relay's child; 3, below it, would be adopted.
+    let sent = run(&mut net.teecast(
+        0,
+        &[
+            "send",
+            "--json",
+            "--tree",
+            "1",
+            file.to_str().unwrap(),
+            "127.0.0.1:7000",
+            "127.0.0.1:1",
+            "10.1.2.3:7777",
+        ],
+    ));
+    sent.expect_code(1);
+    let report = sent.json();
+    let refusal = report["destinations"][0]["error"].as_str().unwrap();
+    assert!(refusal.contains("only among loopback"), "{report}");
+    relay.wait_stderr("only among loopback", Duration::from_secs(30));
+    assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
+    // A marker connection from 127.0.0.9: every connection the listener accepted before it is
+    // logged before it, and there must be none.
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &net.ns(0),
+        "socat",
+        "-u",
+        "/dev/null",
+        "TCP:10.1.2.3:7777,bind=127.0.0.9",
+    ]))
+    .expect_code(0);
+    outside.wait_stderr("127.0.0.9", Duration::from_secs(30));
+    let accepted = outside
+        .stderr_so_far()
+        .matches("accepting connection")
+        .count();
+    assert_eq!(accepted, 1, "{}", outside.stderr_so_far());
+}

@@ -28,6 +28,7 @@ use teecast_sys as sys;
 use crate::digest::Digest;
 use crate::engine::{Abandoned, Consumer};
 use crate::recv::Writeback;
+use crate::route::Route;
 use crate::send::{self, Delivered, DestFailure, DestSink, Progress, SendOptions};
 
 /// The ring's default size: the bytes a parent can replay to an adopted child.
@@ -397,6 +398,8 @@ struct Shared {
     replay: Replay,
     /// The stream's header as this host sends it on.
     header: Header,
+    /// Where the hosts below this one are: only these addresses are contacted.
+    route: Arc<Route>,
     /// This host's position (0: the sender).
     me: usize,
     options: SendOptions,
@@ -412,6 +415,7 @@ impl Adopter {
     pub(crate) fn new(
         replay: Replay,
         header: &Header,
+        route: Arc<Route>,
         me: usize,
         options: &SendOptions,
         announced: Option<Arc<OnceLock<Vec<u8>>>>,
@@ -419,6 +423,7 @@ impl Adopter {
         Adopter(Arc::new(Shared {
             replay,
             header: header.clone(),
+            route,
             me,
             options: options.clone(),
             announced,
@@ -470,8 +475,9 @@ impl Adopter {
         }
         let progress = Progress::new(1);
         let address = &s.header.route[position - 1];
-        let mut sink =
-            DestSink::new(address, 0, Some(header), &s.options, &progress).adopting(self, position);
+        let mut sink = DestSink::new(address, 0, Some(header), &s.options, &progress)
+            .via(&s.route, position)
+            .adopting(self, position);
         if let Some(a) = &s.announced {
             sink = sink.announcing(a);
         }

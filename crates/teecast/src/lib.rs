@@ -57,6 +57,7 @@ pub mod digest;
 pub mod engine;
 pub mod probe;
 pub mod recv;
+mod route;
 pub mod send;
 pub mod source;
 pub mod store;

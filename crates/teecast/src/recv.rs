@@ -13,6 +13,7 @@ use rustix::pipe::SpliceFlags;
 
 use crate::auth::{self, Key};
 use crate::digest::{Digest, DigestAlgorithm, Hasher, to_hex};
+use crate::route::Route;
 use crate::store::{AtomicFile, is_temporary_name};
 use crate::transport;
 use std::fs::File;
@@ -850,11 +851,15 @@ fn receive_relayed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Receive
     if !header.tree.is_some_and(|t| t.resume) {
         admit(&header.name, header.length, false)?;
     }
-    if let Some(children) = relay::children(&header) {
-        relay::check(options, &header, &children)?;
+    let Some(tree) = header.tree else {
+        unreachable!("called for a stream with a tree");
+    };
+    let route = Route::resolve(&header.route, tree.fanout, usize::from(tree.position));
+    if relay::children(&header).is_some() {
+        relay::check(options, &route)?;
     }
     let store = open_store(options, &path, header.length);
-    relay::forward(conn, &header, store)
+    relay::forward(conn, &header, route, store)
 }
 
 /// A framed connection being served: its socket and session (which a parent resuming the stream

@@ -23,6 +23,7 @@ use crate::digest::{Digest, DigestAlgorithm};
 use crate::engine::{
     self, Abandoned, CaptureError, Consumer, EngineError, FanoutConfig, Unsupported,
 };
+use crate::route::Route;
 use crate::source::Source;
 use crate::strategy::Strategy;
 use crate::transport::{self, ConnectError, ReadError};
@@ -550,6 +551,12 @@ impl<'a> Transfer<'a> {
     pub fn run(self) -> SendReport {
         let started = Instant::now();
         let hosts = self.destinations.len();
+        // In a tree every name is resolved once, before the first connection, and only those
+        // addresses are used (by the first level and by any adoption below it).
+        let route = self
+            .options
+            .tree
+            .map(|fanout| Arc::new(Route::resolve(&self.destinations, fanout, 0)));
         let sinks: Vec<DestSink<'_>> = self
             .direct
             .iter()
@@ -563,9 +570,14 @@ impl<'a> Transfer<'a> {
                     &self.progress,
                 )
             })
+            .zip(&self.direct)
+            .map(|(sink, &position)| match &route {
+                Some(route) => sink.via(route, position),
+                None => sink,
+            })
             .collect();
-        let (fanout, adopted) = match (self.options.tree, &self.header) {
-            (Some(_), Some(header)) => self.run_tree(sinks, header),
+        let (fanout, adopted) = match (&route, &self.header) {
+            (Some(route), Some(header)) => self.run_tree(sinks, header, route.clone()),
             _ => (
                 engine::fan_out(self.source, sinks, &self.options.fanout),
                 Vec::new(),
@@ -628,12 +640,20 @@ impl<'a> Transfer<'a> {
         &self,
         sinks: Vec<DestSink<'_>>,
         header: &Header,
+        route: Arc<Route>,
     ) -> (
         engine::FanoutReport<Delivered, DestFailure>,
         Vec<HostReport>,
     ) {
         let ring = Arc::new(Ring::new(self.options.ring));
-        let adopter = Adopter::new(Replay::Ring(ring.clone()), header, 0, &self.options, None);
+        let adopter = Adopter::new(
+            Replay::Ring(ring.clone()),
+            header,
+            route,
+            0,
+            &self.options,
+            None,
+        );
         let mut hops: Vec<Hop<'_>> = sinks
             .into_iter()
             .zip(&self.direct)
@@ -732,35 +752,67 @@ fn transfer_id() -> Result<[u8; wire::TRANSFER_ID_LEN], SendError> {
     Ok(id)
 }
 
-/// Connects to the children of `me` in the tree over `route`; a child that cannot be reached
-/// is reported unreached and its own children are tried in its place (adopted), and so on down.
-/// Returns the connections made, by position, and the reports of the hosts that were not.
+/// Connects to the children of `me` in the tree over `route`, all at once; a child that cannot
+/// be reached is reported unreached and its own children are tried in its place (adopted), and
+/// so on down, a level at a time. Returns the connections made, by position, and the reports of
+/// the hosts that were not.
 pub(crate) fn connect_adopting(
     fanout: u8,
-    route: &[String],
+    route: &Route,
     me: usize,
     timeout: Duration,
 ) -> (Vec<(usize, TcpStream)>, Vec<HostReport>) {
     let position = |p: usize| u16::try_from(p).unwrap_or(u16::MAX);
     let mut served = Vec::new();
     let mut dead = Vec::new();
-    let mut next: std::collections::VecDeque<usize> =
-        Tree::children_of(fanout, me, route.len()).collect();
-    while let Some(p) = next.pop_front() {
-        match transport::connect(&route[p - 1], timeout) {
-            Ok(stream) => served.push((p, stream)),
-            Err(e) => {
-                dead.push(HostReport {
-                    position: position(p),
-                    parent: position(me),
-                    status: AckStatus::Unreached,
-                    bytes: 0,
-                    message: format!("{e}; the hosts below it were adopted by its parent"),
-                });
-                next.extend(Tree::children_of(fanout, p, route.len()));
+    let mut level: Vec<usize> = Tree::children_of(fanout, me, route.hosts()).collect();
+    while !level.is_empty() {
+        let tried: Vec<(usize, Result<TcpStream, ConnectError>)> = std::thread::scope(|s| {
+            let started: Vec<_> = level
+                .iter()
+                .map(|&p| {
+                    let connecting = std::thread::Builder::new()
+                        .name("teecast-connect".into())
+                        .spawn_scoped(s, move || route.connect(p, timeout));
+                    (p, connecting)
+                })
+                .collect();
+            started
+                .into_iter()
+                .map(|(p, connecting)| {
+                    let failed = |why: String| ConnectError::Resolve {
+                        address: route.name(p).to_string(),
+                        source: io::Error::other(why),
+                    };
+                    let result = match connecting {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(failed("the connecting thread panicked".into()))
+                        }),
+                        Err(e) => Err(failed(format!("cannot start a thread to connect: {e}"))),
+                    };
+                    (p, result)
+                })
+                .collect()
+        });
+        let mut below = Vec::new();
+        for (p, result) in tried {
+            match result {
+                Ok(stream) => served.push((p, stream)),
+                Err(e) => {
+                    dead.push(HostReport {
+                        position: position(p),
+                        parent: position(me),
+                        status: AckStatus::Unreached,
+                        bytes: 0,
+                        message: format!("{e}; the hosts below it were adopted by its parent"),
+                    });
+                    below.extend(Tree::children_of(fanout, p, route.hosts()));
+                }
             }
         }
+        level = below;
     }
+    served.sort_by_key(|(p, _)| *p);
     (served, dead)
 }
 
@@ -811,6 +863,8 @@ pub(crate) struct DestSink<'a> {
     levels: u32,
     /// A connection already made (a relay connects first, to adopt what it cannot reach).
     connected: Option<TcpStream>,
+    /// In a tree: the route whose resolved addresses to connect to, and this host's position.
+    via: Option<(&'a Route, usize)>,
     /// In a tree: who serves this host's children should it fail, and its position.
     adopter: Option<(&'a Adopter, usize)>,
     /// For a resuming header: the offset the receiver said it holds.
@@ -844,6 +898,7 @@ impl<'a> DestSink<'a> {
             announce: None,
             levels: 1 + u32::try_from(below).unwrap_or(u32::MAX - 1),
             connected: None,
+            via: None,
             adopter: None,
             resumed_at: None,
         }
@@ -895,6 +950,13 @@ impl<'a> DestSink<'a> {
             .map_err(DestFailure::Handshake)?;
         self.resumed_at = Some(offset);
         Ok(())
+    }
+
+    /// Connects to the addresses `route` resolved for the host at `position` (not to its
+    /// address resolved again).
+    pub(crate) fn via(mut self, route: &'a Route, position: usize) -> DestSink<'a> {
+        self.via = Some((route, position));
+        self
     }
 
     /// Uses `stream`, already connected, instead of connecting.
@@ -1119,9 +1181,11 @@ impl DestSink<'_> {
     /// Connects (unless connected), and for a session: hello, welcome, proof and header, and
     /// for a resuming header the receiver's offset.
     fn open(&mut self) -> Result<(), DestFailure> {
-        let stream = match self.connected.take() {
-            Some(s) => s,
-            None => transport::connect(self.address, self.options.connect_timeout)?,
+        let timeout = self.options.connect_timeout;
+        let stream = match (self.connected.take(), self.via) {
+            (Some(s), _) => s,
+            (None, Some((route, position))) => route.connect(position, timeout)?,
+            (None, None) => transport::connect(self.address, timeout)?,
         };
         stream
             .set_nonblocking(true)

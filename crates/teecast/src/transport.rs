@@ -37,21 +37,32 @@ pub enum ConnectError {
 
 /// Connects to `address` (`host:port`), trying each resolved address within `timeout`.
 pub fn connect(address: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let resolve = |source| ConnectError::Resolve {
+    let addrs: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|source| ConnectError::Resolve {
+            address: address.to_string(),
+            source,
+        })?
+        .collect();
+    connect_to(address, &addrs, timeout)
+}
+
+/// Connects to the first of `addrs` (what `address` resolved to) that accepts within `timeout`.
+pub fn connect_to(
+    address: &str,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let mut last = Err(ConnectError::Resolve {
         address: address.to_string(),
-        source,
-    };
-    let addrs: Vec<SocketAddr> = address.to_socket_addrs().map_err(resolve)?.collect();
-    let mut last = Err(resolve(io::Error::new(
-        io::ErrorKind::NotFound,
-        "it resolves to no address",
-    )));
+        source: io::Error::new(io::ErrorKind::NotFound, "it resolves to no address"),
+    });
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
+        match TcpStream::connect_timeout(addr, timeout) {
             Ok(s) => return Ok(s),
             Err(source) => {
                 last = Err(ConnectError::Connect {
-                    address: addr,
+                    address: *addr,
                     source,
                 })
             }

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -33,6 +33,7 @@ use crate::adopt::{
 };
 use crate::digest::Hasher;
 use crate::engine::{self, EngineError, FanoutConfig, Filler};
+use crate::route::Route;
 use crate::send::{self, DestSink, Progress, SendOptions};
 use crate::transport;
 
@@ -43,26 +44,17 @@ pub(super) fn children(header: &Header) -> Option<Range<usize>> {
     (!children.is_empty()).then_some(children)
 }
 
-/// Whether this receiver may forward to `children`: it relays at all, and an unauthenticated
+/// Whether this receiver may forward along `route`: it relays at all, and an unauthenticated
 /// stream (no key) only among loopback addresses unless told otherwise (an unauthenticated
-/// relay is an open proxy).
-pub(super) fn check(
-    options: &RecvOptions,
-    header: &Header,
-    children: &Range<usize>,
-) -> Result<(), RecvError> {
+/// relay is an open proxy). Every host it may contact is checked, those it could reach only
+/// by adopting them included.
+pub(super) fn check(options: &RecvOptions, route: &Route) -> Result<(), RecvError> {
     if !options.relay {
         return Err(RecvError::NotARelay);
     }
-    let loopback = |hop: &String| {
-        hop.to_socket_addrs()
-            .is_ok_and(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
-    };
     if options.key.is_none()
         && !options.forward_unauthenticated
-        && !header.route[children.start - 1..children.end - 1]
-            .iter()
-            .all(loopback)
+        && route.beyond_loopback().is_some()
     {
         return Err(RecvError::UnauthenticatedForward);
     }
@@ -80,6 +72,7 @@ pub(super) fn check(
 pub(super) fn forward(
     conn: &mut Conn<'_>,
     header: &Header,
+    route: Route,
     store: Result<Store, RecvError>,
 ) -> Result<Received, RecvError> {
     let Conn {
@@ -100,8 +93,9 @@ pub(super) fn forward(
     };
     let me = header.tree.map_or(0, |t| usize::from(t.position));
     // A child that cannot be reached is adopted: its children are served from here.
+    let route = Arc::new(route);
     let (served, unreachable) =
-        send::connect_adopting(fanout, &header.route, me, send_options.connect_timeout);
+        send::connect_adopting(fanout, &route, me, send_options.connect_timeout);
     let positions: Vec<usize> = served.iter().map(|(p, _)| *p).collect();
     let mut below = unreachable;
     let progress = Progress::new(served.len());
@@ -127,9 +121,16 @@ pub(super) fn forward(
             (Some(Replay::Ring(ring.clone())), Some(ring))
         }
     };
-    let adopter = replay
-        .clone()
-        .map(|r| Adopter::new(r, header, me, &send_options, Some(announced.clone())));
+    let adopter = replay.clone().map(|r| {
+        Adopter::new(
+            r,
+            header,
+            route.clone(),
+            me,
+            &send_options,
+            Some(announced.clone()),
+        )
+    });
     let mut hops = Vec::with_capacity(served.len() + 2);
     if let Some(s) = &store {
         let stored = match &replay {
