@@ -30,3 +30,14 @@ pub fn set_zerocopy(socket: BorrowedFd<'_>) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// `send(socket, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL)`, retrying on `EINTR`—Writes what fits
+/// now and never blocks, whether the socket is blocking or not (`WouldBlock` when nothing fits),
+/// so a caller with a deadline can wait for room with `poll` instead.
+#[doc(alias = "MSG_DONTWAIT")]
+pub fn send_now(socket: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    use rustix::net::SendFlags;
+    crate::io::retry_eintr(|| {
+        rustix::net::send(socket, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
+    })
+}

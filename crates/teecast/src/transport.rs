@@ -2,7 +2,7 @@
 //! deadline. One module for both sides, so every exchange — a header, a trailer, an
 //! acknowledgement — is bounded by a *total* deadline, however the peer drips its bytes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -80,13 +80,14 @@ pub fn wait(stream: &TcpStream, readiness: Readiness, deadline: Instant) -> io::
     }
 }
 
-/// Writes all of `bytes` to `stream` (blocking or not) by `deadline`.
-pub fn write_all(mut stream: &TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+/// Writes all of `bytes` to `stream` (blocking or not) by `deadline`: each write takes only what
+/// fits at once, and the wait for room is bounded by the deadline, so a peer that stops reading
+/// costs at most the time left.
+pub fn write_all(stream: &TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
     while !bytes.is_empty() {
-        match stream.write(bytes) {
+        match sys::send_now(stream.as_fd(), bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 wait(stream, Readiness::Writable, deadline)?;
             }
@@ -148,6 +149,7 @@ pub fn read_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::TcpListener;
     use teecast_proto::wire::MessageKind;
 
@@ -192,6 +194,31 @@ mod tests {
         assert!(took < Duration::from_secs(2), "{took:?}");
         drop(server);
         dripper.join().unwrap();
+    }
+
+    /// On a blocking socket too, a peer that reads nothing holds a write only until the
+    /// deadline: the write never blocks past it once the socket buffers are full.
+    #[test]
+    fn a_peer_that_stops_reading_is_bounded_by_the_deadline_on_a_blocking_socket() {
+        // A std socket is blocking unless told otherwise.
+        let (client, server) = pair();
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let got = write_all(
+                &client,
+                &vec![0u8; 64 << 20],
+                started + Duration::from_millis(300),
+            );
+            let _ = done.send((got.map_err(|e| e.kind()), started.elapsed()));
+        });
+        // A write that blocks past its deadline never answers here.
+        let (got, took) = outcome
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the write blocked past its deadline");
+        assert_eq!(got, Err(io::ErrorKind::TimedOut));
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        drop(server);
     }
 
     #[test]
