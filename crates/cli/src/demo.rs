@@ -343,7 +343,7 @@ fn mutated_transfer(
     };
     for d in &result.destinations {
         match &d.outcome {
-            Ok(Delivered::Confirmed { .. }) => run.confirmed += 1,
+            Ok(Delivered::Confirmed { .. } | Delivered::Relayed) => run.confirmed += 1,
             Err(DestFailure::Refused {
                 status: AckStatus::DigestMismatch,
                 ..

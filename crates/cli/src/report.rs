@@ -125,7 +125,7 @@ fn summarize(sent: &[u64], failed: &[bool], names: &[String]) -> (u64, String) {
 /// The human word for a destination's outcome.
 pub fn destination_status(d: &DestReport) -> String {
     match &d.outcome {
-        Ok(Delivered::Confirmed { .. }) => "confirmed".to_string(),
+        Ok(Delivered::Confirmed { .. } | Delivered::Relayed) => "confirmed".to_string(),
         Ok(Delivered::Sent) => "sent (raw, unconfirmed)".to_string(),
         Err(e) => format!("FAILED: {}", crate::cli::with_hint(e)),
     }
@@ -261,9 +261,7 @@ impl<'a> JsonDestination<'a> {
         };
         let (status, kind, error, receiver_digest) = match &d.outcome {
             // A host reached through a relay: the relay checked it against the sender's digest.
-            Ok(Delivered::Confirmed { receiver_digest }) if receiver_digest.is_empty() => {
-                ("ok", None, None, None)
-            }
+            Ok(Delivered::Relayed) => ("ok", None, None, None),
             Ok(Delivered::Confirmed { receiver_digest }) => {
                 ("ok", None, None, Some(to_hex(receiver_digest)))
             }

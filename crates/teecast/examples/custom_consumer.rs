@@ -1,14 +1,13 @@
-//! A consumer of your own, fed by the engine's fan-out: it counts the bytes it is given and keeps
-//! a 64-bit FNV-1a checksum of them. Two instances run side by side, on a buffer path and on a
+//! A consumer of your own that only wants bytes, fed by the engine's fan-out: it counts the bytes
+//! it is given and keeps a 64-bit FNV-1a checksum of them (it implements `take_from_buffer`; the
+//! engine's default `take_pipe` feeds it on the pipe paths). Two instances run side by side, on a buffer path and on a
 //! pipe path, and must agree with each other and with a direct read of the file.
 //!
 //! Run with `cargo run -p teecast --example custom_consumer`; it exits 0 only if every check
 //! holds.
 
 use std::error::Error;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::BorrowedFd;
+use std::io;
 
 use teecast::digest::{Digest, DigestAlgorithm, Hasher};
 use teecast::engine::{Abandoned, Consumer, FanoutConfig, fan_out};
@@ -43,11 +42,10 @@ struct Tally {
     engine_digest: Digest,
 }
 
-/// Why the consumer failed: the engine's reasons, or its own reading of the pipe.
+/// Why the consumer failed: the engine's reasons, or a count that does not match.
 #[derive(Debug)]
 enum TallyError {
     Abandoned(Abandoned),
-    Io(io::Error),
     /// The engine announced another length than the consumer counted.
     Length {
         counted: u64,
@@ -59,7 +57,6 @@ impl std::fmt::Display for TallyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TallyError::Abandoned(a) => write!(f, "{a}"),
-            TallyError::Io(e) => write!(f, "reading the pipe: {e}"),
             TallyError::Length { counted, announced } => {
                 write!(f, "counted {counted} bytes, the stream had {announced}")
             }
@@ -100,27 +97,9 @@ impl Consumer for Tallier {
     type Outcome = Tally;
     type Error = TallyError;
 
-    // Pipe paths: the consumer owns the pipe's reading end for the duration of the stream and
-    // reads until end of file, which comes when the filler has put in everything. A real
-    // consumer would `splice` from it; a checksum needs the bytes in memory, so this one reads.
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, TallyError> {
-        let mut pipe = File::from(pipe.try_clone_to_owned().map_err(TallyError::Io)?);
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut took = 0u64;
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => return Ok(took),
-                Ok(n) => {
-                    self.take(&buf[..n]);
-                    took += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(TallyError::Io(e)),
-            }
-        }
-    }
-
-    // Buffer paths: each buffer is shared, read-only, by every consumer.
+    // Only bytes are wanted: on the buffer paths each buffer is shared, read-only, by every
+    // consumer; on the pipe paths the engine's default `take_pipe` reads this consumer's pipe
+    // into a buffer and hands it here.
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), TallyError> {
         self.take(bytes);
         Ok(())

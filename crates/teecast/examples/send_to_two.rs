@@ -75,6 +75,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 dest.bytes,
                 teecast::digest::to_hex(receiver_digest)
             ),
+            Ok(Delivered::Relayed) => println!("  {}: confirmed by its relay", dest.address),
             Ok(Delivered::Sent) => println!("  {}: sent, {} bytes", dest.address, dest.bytes),
             Err(e) => println!("  {}: FAILED ({}): {e}", dest.address, e.kind()),
         }

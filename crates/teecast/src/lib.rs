@@ -51,17 +51,17 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod adopt;
 pub mod auth;
+mod dest;
 pub mod digest;
 pub mod engine;
 pub mod probe;
 pub mod recv;
-mod route;
 pub mod send;
 pub mod source;
 pub mod store;
 pub mod strategy;
 pub mod transport;
+mod tree;
 
 pub use teecast_proto as proto;

@@ -21,12 +21,13 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
+use teecast_sys as sys;
 
 /// How every temporary (fallback) name and every fresh name used for publishing begins.
 const TEMP_PREFIX: &str = ".teecast-tmp-";
@@ -500,7 +501,57 @@ fn parent_dir(path: &Path) -> &Path {
 /// Whether `dir` (any file or directory there) lives on tmpfs: memory, where a stored file
 /// costs no disk writes (the demo stores there to show the network path).
 pub fn is_on_tmpfs(dir: &Path) -> bool {
-    std::fs::File::open(dir).is_ok_and(|d| teecast_sys::is_tmpfs(&d).unwrap_or(false))
+    std::fs::File::open(dir).is_ok_and(|d| sys::is_tmpfs(&d).unwrap_or(false))
+}
+
+/// Hands a file's bytes to writeback in steps of [`WRITEBACK_STEP`] as they are stored, on a
+/// disk filesystem, so the final fsync has little left. Best effort: a failure only leaves the
+/// work to the fsync before the commit, which reports any error that matters.
+#[derive(Default)]
+pub(crate) struct Writeback {
+    /// Where it stands, once the first bytes came: `None` where there is none (tmpfs, a pipe, a
+    /// device), else the payload bytes handed to it so far and the file offset where the
+    /// payload starts.
+    state: Option<Option<(u64, u64)>>,
+}
+
+impl Writeback {
+    /// Whether the first bytes came (whether or not writeback applies to this file).
+    pub(crate) fn started(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// `file` now holds `stored` payload bytes.
+    pub(crate) fn advance(&mut self, file: BorrowedFd<'_>, stored: u64) {
+        let state = self
+            .state
+            .get_or_insert_with(|| writeback_start(file, stored));
+        let Some((started, base)) = *state else {
+            return;
+        };
+        if stored - started < WRITEBACK_STEP {
+            return;
+        }
+        let end = stored - stored % WRITEBACK_STEP;
+        let _ = sys::start_writeback(file, base + started, end - started);
+        *state = Some((end, base));
+    }
+}
+
+/// On a disk filesystem, every this many bytes stored are handed to writeback.
+pub(crate) const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+
+/// Where writeback starts for `file`, which holds `stored` payload bytes so far: at the offset
+/// where the payload began, for a regular file that is not on tmpfs; `None` otherwise (memory
+/// has no writeback; a pipe or a device has no ranges).
+pub(crate) fn writeback_start(file: BorrowedFd<'_>, stored: u64) -> Option<(u64, u64)> {
+    let regular = rustix::fs::fstat(file)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+    if !regular || sys::is_tmpfs(file).unwrap_or(true) {
+        return None;
+    }
+    let now = rustix::fs::seek(file, rustix::fs::SeekFrom::Current(0)).ok()?;
+    Some((0, now.checked_sub(stored)?))
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@
 //! The engine knows nothing of the wire protocol: framing belongs to the consumers.
 
 mod buffers;
+mod consumers;
 mod pipes;
-mod sinks;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -32,9 +32,9 @@ use crate::strategy::Strategy;
 use teecast_sys::{self as sys, Pipe};
 
 use buffers::{Chunk, pump_buffers, pump_map};
+pub use consumers::{Capture, CaptureError};
+use consumers::{DigestError, Digester};
 use pipes::{SourceFiller, pump_pipes};
-pub use sinks::{CaptureError, CaptureSink};
-use sinks::{DigestError, DigestSink};
 pub use teecast_sys::FileMap;
 
 /// Why the engine stopped feeding a consumer before the stream ended. Every consumer's error
@@ -63,7 +63,13 @@ pub enum Abandoned {
     /// The consumer's thread panicked.
     #[error("the consumer's thread panicked")]
     Panicked,
+    /// Reading the consumer's own pipe failed (the default [`Consumer::take_pipe`]).
+    #[error("reading this consumer's pipe failed: {0}")]
+    PipeRead(std::io::ErrorKind),
 }
+
+/// What the default [`Consumer::take_pipe`] reads from the pipe at once.
+const PIPE_READ: usize = 256 * 1024;
 
 /// A consumer of the stable stream. Each runs on a thread of its own and receives the stream in
 /// order, in one of three forms depending on the data path: its own pipe ([`take_pipe`]),
@@ -85,7 +91,25 @@ pub trait Consumer: Send {
     }
     /// Takes everything that arrives in `pipe` (this consumer's own) until its end of file,
     /// which comes when the filler has put the whole stream in (or given up). Returns the count.
-    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, Self::Error>;
+    ///
+    /// The default reads the pipe into a buffer and hands each piece to
+    /// [`take_from_buffer`](Consumer::take_from_buffer): one copy, for a consumer that only wants
+    /// bytes. A consumer that moves the pipe's pages on (`splice` into a socket or a file)
+    /// overrides it.
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, Self::Error> {
+        let mut buf = vec![0u8; PIPE_READ];
+        let mut took = 0u64;
+        loop {
+            match sys::read(pipe, &mut buf) {
+                Ok(0) => return Ok(took),
+                Ok(n) => {
+                    self.take_from_buffer(&buf[..n])?;
+                    took += n as u64;
+                }
+                Err(e) => return Err(Abandoned::PipeRead(e.kind()).into()),
+            }
+        }
+    }
     /// Takes bytes from a shared, immutable buffer.
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
     /// Takes `len` bytes of a file mapping from `offset` (the `mmap-write` path).
@@ -530,12 +554,7 @@ fn run<C: Consumer>(
     config: &FanoutConfig,
 ) -> FanoutReport<C::Outcome, C::Error> {
     sys::ignore_sigpipe();
-    let capture = match config
-        .capture
-        .as_deref()
-        .map(CaptureSink::create)
-        .transpose()
-    {
+    let capture = match config.capture.as_deref().map(Capture::create).transpose() {
         Ok(c) => c,
         Err(e) => {
             let mut report = refuse(EngineError::Capture, strategy, consumers, config);
@@ -552,7 +571,7 @@ fn run<C: Consumer>(
     };
     let uses_pipes = matches!(plan, Plan::Pipes(_));
     let digest_consumer =
-        (!filler_hashes && config.digest != DigestAlgorithm::None).then(|| DigestSink {
+        (!filler_hashes && config.digest != DigestAlgorithm::None).then(|| Digester {
             hasher: Some(Hasher::new(config.digest)),
             buf: Vec::new(),
         });

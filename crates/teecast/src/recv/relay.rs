@@ -17,32 +17,40 @@ use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::pipe::SpliceFlags;
 use teecast_proto::session::{Next, ReceiverSession};
-use teecast_proto::wire::{AckStatus, Header, TRANSFER_ID_LEN, Tree};
-use teecast_sys::{self as sys, Pipe, Readiness};
+use teecast_proto::wire::{AckStatus, Header, Tree};
+use teecast_sys as sys;
+use teecast_sys::Readiness;
 
-use super::{
-    Conn, Received, RecvError, RecvOptions, Store, Writeback, commit, discard_input, mismatch,
-};
-use crate::adopt::{
-    self, Adopter, Hop, HopError, HopOutcome, LocalCopy, Replay, Ring, RingSink, StoredCopy,
-};
+use super::conn::{Conn, discard_input, mismatch};
+use super::error::RecvError;
+use super::options::{Received, RecvOptions};
+use super::payload::{Store, commit};
+use super::streams::{Registered, Resumable, lock};
+
+use crate::dest::{DestOptions, Destination, Progress};
 use crate::digest::Hasher;
-use crate::engine::{self, EngineError, FanoutConfig, Filler};
-use crate::route::Route;
-use crate::send::{self, DestSink, Progress, SendOptions};
-use crate::transport;
-
+use crate::engine::{EngineError, FanoutConfig, Filler};
+use crate::store::Writeback;
+use crate::tree::adopt::Adopter;
+use crate::tree::consumer::{LocalCopy, TreeConsumer, TreeError, TreeOutcome};
+use crate::tree::report::{Reports, complete, report_of};
+use crate::tree::ring::{Replay, Ring, RingWriter, StoredCopy};
+use crate::tree::route::{Route, connect_adopting};
+use crate::{engine, transport};
 /// The positions of the hosts this header asks its receiver to forward to, if any.
 pub(super) fn children(header: &Header) -> Option<Range<usize>> {
     let tree = header.tree?;
     let children = Tree::children_of(tree.fanout, usize::from(tree.position), header.route.len());
     (!children.is_empty()).then_some(children)
 }
+
+/// How long a relay waits for a child to accept its connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether this receiver may forward along `route`: it relays at all, and an unauthenticated
 /// stream (no key) only among loopback addresses unless told otherwise (an unauthenticated
@@ -86,19 +94,19 @@ pub(super) fn forward(
     let (options, peer, streams) = (*options, *peer, *streams);
     let fanout = header.tree.map_or(1, |t| t.fanout);
     let hosts = header.route.len();
-    let send_options = SendOptions {
+    let send_options = DestOptions {
         stall_timeout: options.stall_timeout,
+        connect_timeout: CONNECT_TIMEOUT,
         key: options.key.clone(),
-        ..SendOptions::default()
     };
     let me = header.tree.map_or(0, |t| usize::from(t.position));
     // A child that cannot be reached is adopted: its children are served from here.
     let route = Arc::new(route);
-    let (served, unreachable) =
-        send::connect_adopting(fanout, &route, me, send_options.connect_timeout);
+    let (served, unreachable) = connect_adopting(fanout, &route, me, send_options.connect_timeout);
     let positions: Vec<usize> = served.iter().map(|(p, _)| *p).collect();
     let mut below = unreachable;
     let progress = Progress::new(served.len());
+    let child_reports = Reports::new(served.len());
     let announced = Arc::new(OnceLock::new());
     let (store, mut local_error) = match store {
         Ok(s) => (Some(s), None),
@@ -131,20 +139,20 @@ pub(super) fn forward(
             Some(announced.clone()),
         )
     });
-    let mut hops = Vec::with_capacity(served.len() + 2);
+    let mut consumers = Vec::with_capacity(served.len() + 2);
     if let Some(s) = &store {
         let stored = match &replay {
             Some(Replay::Stored(c)) => Some(c.clone()),
             _ => None,
         };
-        hops.push(Hop::Local(LocalCopy {
+        consumers.push(TreeConsumer::Local(LocalCopy {
             file: Some(dup(s)?),
             stored,
             writeback: Writeback::default(),
         }));
     }
     for (index, (position, stream)) in served.into_iter().enumerate() {
-        let mut child = DestSink::new(
+        let mut child = Destination::new(
             &header.route[position - 1],
             index,
             Some(header.for_position(position)),
@@ -152,14 +160,15 @@ pub(super) fn forward(
             &progress,
         )
         .announcing(&announced)
+        .reporting_to(child_reports.slot(index))
         .over(stream);
         if let Some(a) = &adopter {
-            child = child.adopting(a, position);
+            child = child.on_orphaned(move || a.adopt(position));
         }
-        hops.push(Hop::Child(Box::new(child)));
+        consumers.push(TreeConsumer::Child(Box::new(child)));
     }
     if let Some(r) = &ring {
-        hops.push(Hop::Ring(RingSink::new(r.clone())));
+        consumers.push(TreeConsumer::Ring(RingWriter::new(r.clone())));
     }
     let registered = streams.register(header, stream);
     let mut broken = None;
@@ -175,21 +184,21 @@ pub(super) fn forward(
     let config = FanoutConfig::default().digest(header.digest);
     // No length for the engine: the filler ends the stream only once it has read the
     // sender's trailer, so the children's trailers carry the sender's digest.
-    let fanned = engine::fan_out_filled(filler, None, hops, &config);
+    let fanned = engine::fan_out_filled(filler, None, consumers, &config);
     drop(registered);
     let mut outcomes = fanned.consumers.into_iter();
     let local = store.as_ref().and_then(|_| outcomes.next());
     for (index, (position, outcome)) in positions.into_iter().zip(outcomes).enumerate() {
         let outcome = outcome
-            .map_err(HopError::into_dest)
-            .and_then(HopOutcome::delivered);
-        below.push(send::report_of(position, me, &outcome, progress.of(index)));
-        below.extend(progress.take_reports(index));
+            .map_err(TreeError::into_dest)
+            .and_then(TreeOutcome::delivered);
+        below.push(report_of(position, me, &outcome, progress.of(index)));
+        below.extend(child_reports.take(index));
     }
     if let Some(a) = adopter {
         below.extend(a.finish());
     }
-    reports.extend(adopt::complete(fanout, hosts, me, &below));
+    reports.extend(complete(fanout, hosts, me, &below));
     if let Some(e) = broken {
         return Err(e);
     }
@@ -198,7 +207,7 @@ pub(super) fn forward(
         source: io::Error::other(e),
     })?;
     session.verify(&digest.bytes).map_err(mismatch)?;
-    if let Some(Err(HopError::Local(e))) = local {
+    if let Some(Err(TreeError::Local(e))) = local {
         local_error = Some(RecvError::io("writing the file")(e));
     }
     match (local_error, store) {
@@ -206,102 +215,6 @@ pub(super) fn forward(
         (None, Some(store)) => commit(store, options, peer, fanned.bytes, digest),
         (None, None) => unreachable!("a relay without a store has its reason"),
     }
-}
-
-/// The relayed streams being received, for a resuming header to find the one it continues.
-#[derive(Default)]
-pub(super) struct Streams(Mutex<Vec<Arc<Resumable>>>);
-
-/// A relayed stream being received, which a new parent may take over.
-struct Resumable {
-    /// The stream's header, resume flag clear.
-    header: Header,
-    /// A handle on the current parent's connection, to cut it when another parent takes over.
-    parent: Mutex<Option<TcpStream>>,
-    /// The new parent's connection and session, once one offered to resume.
-    offer: Mutex<Option<(TcpStream, ReceiverSession)>>,
-    /// Written to when an offer arrives.
-    wake: Pipe,
-}
-
-/// A stream's place in [`Streams`], given up when dropped.
-pub(super) struct Registered<'a> {
-    streams: &'a Streams,
-    stream: Option<Arc<Resumable>>,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        if let Some(me) = self.stream.take() {
-            self.streams.lock().retain(|s| !Arc::ptr_eq(s, &me));
-        }
-    }
-}
-
-/// `header` with its resume flag clear: what a resuming header must match.
-fn resumed(header: &Header) -> Header {
-    let mut h = header.clone();
-    if let Some(t) = &mut h.tree {
-        t.resume = false;
-    }
-    h
-}
-
-impl Streams {
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Resumable>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Enters the stream of `header`, received from `parent` (nothing, for a stream that
-    /// cannot be resumed or when the system refuses a pipe: it then fails as it would have).
-    fn register<'a>(&'a self, header: &Header, parent: &TcpStream) -> Registered<'a> {
-        let id = header.tree.map(|t| t.transfer);
-        let entry = match (id, Pipe::with_size(4096)) {
-            (Some(id), Ok(wake)) if id != [0; TRANSFER_ID_LEN] => Some(Arc::new(Resumable {
-                header: resumed(header),
-                parent: Mutex::new(parent.try_clone().ok()),
-                offer: Mutex::new(None),
-                wake,
-            })),
-            _ => None,
-        };
-        if let Some(e) = &entry {
-            self.lock().push(e.clone());
-        }
-        Registered {
-            streams: self,
-            stream: entry,
-        }
-    }
-
-    /// Hands `stream` and `session` (past a resuming header) to the stream they resume, if
-    /// it is being received here; gives them back otherwise.
-    pub(super) fn offer(
-        &self,
-        stream: TcpStream,
-        session: ReceiverSession,
-    ) -> Option<(TcpStream, ReceiverSession)> {
-        let wanted = session.header().map(resumed);
-        let found = self
-            .lock()
-            .iter()
-            .find(|s| Some(&s.header) == wanted.as_ref())
-            .cloned();
-        let Some(target) = found else {
-            return Some((stream, session));
-        };
-        *lock(&target.offer) = Some((stream, session));
-        // The filler may be reading from the old parent: end that read.
-        if let Some(old) = lock(&target.parent).take() {
-            let _ = old.shutdown(Shutdown::Read);
-        }
-        let _ = sys::write(target.wake.write.as_fd(), b"!");
-        None
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The bytes of a session's payload, spliced from its socket into the engine's pipe; its

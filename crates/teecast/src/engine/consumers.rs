@@ -25,12 +25,12 @@ pub enum DigestError {
 }
 
 /// The digest consumer: hashes a copy of the stable stream (a tee of the stable pipe).
-pub(super) struct DigestSink {
+pub(super) struct Digester {
     pub(super) hasher: Option<Hasher>,
     pub(super) buf: Vec<u8>,
 }
 
-impl Consumer for DigestSink {
+impl Consumer for Digester {
     type Outcome = Digest;
     type Error = DigestError;
 
@@ -104,19 +104,19 @@ impl CaptureError {
 }
 
 /// The capture: exactly the bytes that were sent, in a file that appears only when complete.
-pub struct CaptureSink {
+pub struct Capture {
     file: Option<AtomicFile>,
     path: PathBuf,
 }
 
-impl CaptureSink {
+impl Capture {
     /// Prepares `path` (written under a temporary name until the stream completes).
-    pub fn create(path: &Path) -> Result<CaptureSink, CaptureError> {
+    pub fn create(path: &Path) -> Result<Capture, CaptureError> {
         let file = AtomicFile::create(path).map_err(|source| CaptureError::Create {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(CaptureSink {
+        Ok(Capture {
             file: Some(file),
             path: path.to_path_buf(),
         })
@@ -138,7 +138,7 @@ impl CaptureSink {
     }
 }
 
-impl Consumer for CaptureSink {
+impl Consumer for Capture {
     type Outcome = ();
     type Error = CaptureError;
 

@@ -10,10 +10,9 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use teecast_proto::wire::Tree;
+use teecast_proto::wire::{AckStatus, HostReport, Tree};
 
 use crate::transport::{self, ConnectError};
-
 /// The route of a transfer as seen from the host at `me`: the addresses of every host of its
 /// subtree (not its own).
 #[derive(Debug)]
@@ -86,6 +85,70 @@ impl Route {
             }),
         }
     }
+}
+
+/// Connects to the children of `me` in the tree over `route`, all at once; a child that cannot
+/// be reached is reported unreached and its own children are tried in its place (adopted), and
+/// so on down, a level at a time. Returns the connections made, by position, and the reports of
+/// the hosts that were not.
+pub(crate) fn connect_adopting(
+    fanout: u8,
+    route: &Route,
+    me: usize,
+    timeout: Duration,
+) -> (Vec<(usize, TcpStream)>, Vec<HostReport>) {
+    let position = |p: usize| u16::try_from(p).unwrap_or(u16::MAX);
+    let mut served = Vec::new();
+    let mut dead = Vec::new();
+    let mut level: Vec<usize> = Tree::children_of(fanout, me, route.hosts()).collect();
+    while !level.is_empty() {
+        let tried: Vec<(usize, Result<TcpStream, ConnectError>)> = std::thread::scope(|s| {
+            let started: Vec<_> = level
+                .iter()
+                .map(|&p| {
+                    let connecting = std::thread::Builder::new()
+                        .name("teecast-connect".into())
+                        .spawn_scoped(s, move || route.connect(p, timeout));
+                    (p, connecting)
+                })
+                .collect();
+            started
+                .into_iter()
+                .map(|(p, connecting)| {
+                    let failed = |why: String| ConnectError::Resolve {
+                        address: route.name(p).to_string(),
+                        source: io::Error::other(why),
+                    };
+                    let result = match connecting {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(failed("the connecting thread panicked".into()))
+                        }),
+                        Err(e) => Err(failed(format!("cannot start a thread to connect: {e}"))),
+                    };
+                    (p, result)
+                })
+                .collect()
+        });
+        let mut below = Vec::new();
+        for (p, result) in tried {
+            match result {
+                Ok(stream) => served.push((p, stream)),
+                Err(e) => {
+                    dead.push(HostReport {
+                        position: position(p),
+                        parent: position(me),
+                        status: AckStatus::Unreached,
+                        bytes: 0,
+                        message: format!("{e}; the hosts below it were adopted by its parent"),
+                    });
+                    below.extend(Tree::children_of(fanout, p, route.hosts()));
+                }
+            }
+        }
+        level = below;
+    }
+    served.sort_by_key(|(p, _)| *p);
+    (served, dead)
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! EOF, on tmpfs and on a disk filesystem (where writeback starts as the stream goes).
 
 use super::*;
+use crate::store::{WRITEBACK_STEP, writeback_start};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 /// Bytes no two positions of which repeat within a page or a chunk.

@@ -1,0 +1,390 @@
+//! Serving: accept connections, give each a place, and receive each stream (raw or framed,
+//! relayed or not).
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use teecast_proto::session::{Next, ReceiverSession};
+use teecast_proto::wire::{self, AckStatus};
+use teecast_sys as sys;
+use teecast_sys::Pipe;
+
+use super::conn::{Conn, REFUSAL_LINGER, discard_input, mismatch};
+use super::error::RecvError;
+use super::gate::Gate;
+use super::options::{Event, EventHandler, Received, RecvOptions, Target};
+use super::payload::{Payload, Store, commit, open_store};
+use super::relay;
+use super::streams::Streams;
+
+use crate::store::is_temporary_name;
+use crate::tree::route::Route;
+use crate::{auth, transport};
+/// Accepts connections on `listener` and stores each stream, telling `on_event` of each.
+///
+/// Every connection is served on its own thread, up to `max_connections` at once and
+/// `max_per_peer` from one address. A connection that has not yet sent its header (it has
+/// proved nothing) gives its place up to a newer one when the receiver or its address is full,
+/// oldest first, and is closed at `header_timeout` in any case: idle or dripping peers cannot
+/// keep a sender out, whose header comes one round trip after it connects. A connection past
+/// its header keeps its place; one more from a full address is closed at once.
+///
+/// Into a [`Target::File`] or [`Target::Stdout`] one stream is written at a time; the others
+/// wait for it after their header. With `once`, returns after the first stream that passed its
+/// header (a port scan or a peer without the key does not use it up) with whether it was stored;
+/// streams that pass theirs meanwhile are refused. Otherwise serves until accepting fails.
+pub fn serve(
+    listener: &TcpListener,
+    options: &RecvOptions,
+    once: bool,
+    on_event: &EventHandler,
+) -> io::Result<bool> {
+    sys::ignore_sigpipe();
+    let wake = Pipe::with_size(4096)?;
+    let gate = Gate::new(options, once, File::from(wake.write));
+    let streams = Streams::default();
+    listener.set_nonblocking(true)?;
+    let listening = [listener.as_fd(), wake.read.as_fd()];
+    std::thread::scope(|scope| {
+        let served = loop {
+            if let Some(stored) = gate.finished() {
+                break Ok(stored);
+            }
+            if let Err(e) = sys::wait_any(&listening, sys::Readiness::Readable, None) {
+                break Err(e);
+            }
+            let (stream, peer) = match listener.accept() {
+                Ok(c) => c,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) || is_transient_accept_error(&e) =>
+                {
+                    continue;
+                }
+                Err(e) => break Err(e),
+            };
+            let Some(ticket) = gate.enter(&stream, peer.ip()) else {
+                drop(stream);
+                on_event(Some(peer), Event::Done(&Err(RecvError::Busy)));
+                continue;
+            };
+            let (gate, streams) = (&gate, &streams);
+            scope.spawn(move || {
+                let mut target = None;
+                let mut resumed = None;
+                let admit = &mut |name: &str, length, resuming| {
+                    if resuming {
+                        gate.settle(ticket);
+                        resumed = Some(name.to_string());
+                        return Ok(());
+                    }
+                    target = gate.open(ticket)?;
+                    on_event(Some(peer), Event::Opened { name, length });
+                    Ok(())
+                };
+                let result = receive_admitted(stream, options, admit, streams);
+                drop(target);
+                let result = gate.leave(ticket, result);
+                match (&result, resumed) {
+                    (Err(RecvError::HandedOver), Some(name)) => {
+                        on_event(Some(peer), Event::Resumed { name: &name });
+                    }
+                    _ => on_event(Some(peer), Event::Done(&result)),
+                }
+            });
+        };
+        // Those still before their header are not waited for.
+        gate.close_opening();
+        served
+    })
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Receives one stream from `stream` and stores it; answers the sender with an acknowledgement
+/// (framed mode) when the header could be read.
+pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, RecvError> {
+    receive_admitted(stream, options, &mut |_, _, _| Ok(()), &Streams::default())
+}
+
+/// Asked whether a stream that passed its header (name, length, whether it resumes one being
+/// received here) may go on.
+type Admit<'a> = dyn FnMut(&str, Option<u64>, bool) -> Result<(), RecvError> + 'a;
+
+/// [`receive`], asking `admit` once the stream has passed its header (at once for a raw one)
+/// whether it may go on.
+fn receive_admitted(
+    stream: TcpStream,
+    options: &RecvOptions,
+    admit: &mut Admit<'_>,
+    streams: &Streams,
+) -> Result<Received, RecvError> {
+    let peer = stream.peer_addr().ok();
+    stream
+        .set_read_timeout(Some(options.stall_timeout))
+        .map_err(RecvError::io("setting the read timeout"))?;
+    if options.raw {
+        return receive_raw(&stream, options, peer, admit);
+    }
+    let nonce = auth::nonce().map_err(|e| RecvError::Io {
+        op: "getrandom",
+        source: io::Error::other(e),
+    })?;
+    let mut conn = Conn {
+        stream,
+        session: ReceiverSession::new(options.key.clone(), nonce),
+        options,
+        peer,
+        reports: Vec::new(),
+        streams,
+    };
+    let result = receive_framed(&mut conn, admit);
+    let Conn {
+        stream,
+        session,
+        reports,
+        ..
+    } = conn;
+    if session.header().is_none() || matches!(result, Err(RecvError::HandedOver)) {
+        // No header, no answer: the peer does not speak the protocol, or did not prove the key
+        // (its welcome told it what this side holds).
+        return result;
+    }
+    let ack = match &result {
+        Ok(r) => session.ack_with_reports(AckStatus::Ok, r.bytes, &r.digest.bytes, "", reports),
+        Err(e) => session.ack_with_reports(e.ack_status(), 0, &[], &e.peer_message(), reports),
+    };
+    if let Err(RecvError::Wire(_)) = &result {
+        // Malformed frames after the header: no answer to a peer that does not speak the
+        // protocol (docs/PROTOCOL.md, "Malformed input").
+        return result;
+    }
+    // The sender may already be gone; the outcome here stands either way.
+    let _ = transport::write_all(&stream, &ack, Instant::now() + options.stall_timeout);
+    if let Err(
+        RecvError::Io { .. }
+        | RecvError::CannotCreate { .. }
+        | RecvError::Taken
+        | RecvError::Displaced,
+    ) = &result
+    {
+        // Refused mid-stream: let the acknowledgement reach the sender before the connection
+        // closes. Closing with unread data would reset it, and a reset can overtake the answer.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        discard_input(&stream, REFUSAL_LINGER.min(options.stall_timeout));
+    }
+    result
+}
+
+fn target_path(options: &RecvOptions, name: &str) -> Result<PathBuf, RecvError> {
+    match &options.target {
+        Target::File(p) => Ok(p.clone()),
+        Target::Stdout => Ok(PathBuf::from("-")),
+        Target::Dir(d) => {
+            // The wire layer already refused '/', '..' and NUL; check again where it matters.
+            wire::validate_name(name)?;
+            if is_temporary_name(name) {
+                return Err(RecvError::ReservedName);
+            }
+            Ok(d.join(name))
+        }
+    }
+}
+
+/// Drives `session` over `stream`: the header within one stall timeout of the connection, each
+/// later frame (chunk header, trailer) within one of the payload before it, the payload into
+/// the temporary file; then checks length and digest against the trailer and stores the file.
+fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received, RecvError> {
+    let (options, peer) = (conn.options, conn.peer);
+    let stall = options.stall_timeout;
+    // Hello, proof and header, all within the header timeout of the connection.
+    let mut deadline = Instant::now() + options.header_timeout;
+    let mut buf = Vec::new();
+    let mut store: Option<(Store, Payload)> = None;
+    loop {
+        match conn.session.next() {
+            Next::Framing(n) => {
+                let during = match (conn.session.header(), &store) {
+                    (None, _) => "header",
+                    (Some(h), _) if h.length.is_none() => "chunk header or trailer",
+                    _ => "trailer",
+                };
+                buf.resize(n, 0);
+                let limit = match conn.session.header() {
+                    None => options.header_timeout,
+                    Some(_) => stall,
+                };
+                transport::read_exact(&conn.stream, &mut buf, deadline)
+                    .map_err(RecvError::reading(during, conn.session.received(), limit))?;
+                let taken = conn.session.framing(&buf);
+                if let Some(reply) = conn.session.take_reply() {
+                    transport::write_all(&conn.stream, &reply, deadline)
+                        .map_err(RecvError::reading("welcome", 0, stall))?;
+                }
+                taken?;
+                if store.is_none() && conn.session.header().is_some_and(|h| h.tree.is_some()) {
+                    return receive_relayed(conn, admit);
+                }
+                if conn.session.header().is_some() {
+                    // After the header each frame (a chunk header, a keepalive, the trailer) is
+                    // due within one stall timeout of the one before.
+                    deadline = Instant::now() + stall;
+                }
+                if store.is_none()
+                    && let Some(header) = conn.session.header()
+                {
+                    let path = target_path(options, &header.name)?;
+                    admit(&header.name, header.length, false)?;
+                    store = Some((
+                        open_store(options, &path, header.length)?,
+                        Payload::new(header.digest, options)?,
+                    ));
+                }
+            }
+            Next::Payload(n) => {
+                let Some((file, payload)) = &mut store else {
+                    unreachable!("the session asks for payload only after its header");
+                };
+                let before = payload.bytes;
+                payload.copy(conn.stream.as_fd(), file.fd(), Some(n))?;
+                conn.session.payload(payload.bytes - before);
+                deadline = Instant::now() + stall;
+            }
+            Next::Verify | Next::Resume => break,
+        }
+    }
+    let Some((file, payload)) = store else {
+        unreachable!("the session verifies only after its header");
+    };
+    let bytes = payload.bytes;
+    let digest = payload.finish();
+    conn.session.verify(&digest.bytes).map_err(mismatch)?;
+    commit(file, options, peer, bytes, digest)
+}
+
+/// [`receive_framed`] for a stream relayed along a tree, past its header: a resuming header
+/// hands its connection to the stream it continues, if that is being received here (or starts
+/// from nothing); the stream is stored and forwarded by [`relay::forward`].
+fn receive_relayed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received, RecvError> {
+    let Some(header) = conn.session.header().cloned() else {
+        unreachable!("called past the header");
+    };
+    let options = conn.options;
+    if conn.session.next() == Next::Resume {
+        let handle = conn
+            .stream
+            .try_clone()
+            .map_err(RecvError::io("duplicating the connection"))?;
+        // Settled before it is handed over: its place can no longer be taken (and the
+        // connection closed under the stream it joins).
+        admit(&header.name, header.length, true)?;
+        if conn.streams.offer(handle, conn.session.clone()).is_none() {
+            return Err(RecvError::HandedOver);
+        }
+        // Nothing of it here: from the start, as a new stream (the answer comes first, so that
+        // a refusal reaches the sender as an ack where it reads one).
+        let reply = conn.session.resume_at(0).map_err(|e| RecvError::Io {
+            op: "resuming",
+            source: io::Error::other(e),
+        })?;
+        transport::write_all(&conn.stream, &reply, Instant::now() + options.stall_timeout)
+            .map_err(RecvError::reading("resume", 0, options.stall_timeout))?;
+        admit(&header.name, header.length, false)?;
+    }
+    let path = target_path(options, &header.name)?;
+    if !header.tree.is_some_and(|t| t.resume) {
+        admit(&header.name, header.length, false)?;
+    }
+    let Some(tree) = header.tree else {
+        unreachable!("called for a stream with a tree");
+    };
+    let route = Route::resolve(&header.route, tree.fanout, usize::from(tree.position));
+    if relay::children(&header).is_some() {
+        relay::check(options, &route)?;
+    }
+    let store = open_store(options, &path, header.length);
+    relay::forward(conn, &header, route, store)
+}
+
+fn receive_raw(
+    stream: &TcpStream,
+    options: &RecvOptions,
+    peer: Option<SocketAddr>,
+    admit: &mut Admit<'_>,
+) -> Result<Received, RecvError> {
+    // Any bytes are a raw stream, so a connection opens one at once; a teecast session sent
+    // here too, so that `once` ends with the error that names the mistake.
+    let name = raw_name(peer);
+    admit(&name, None, false)?;
+    if opens_a_session(stream, options.stall_timeout)? {
+        return Err(RecvError::FramedIntoRaw);
+    }
+    let path = match &options.target {
+        Target::File(p) => p.clone(),
+        Target::Stdout => PathBuf::from("-"),
+        Target::Dir(d) => d.join(name),
+    };
+    let file = open_store(options, &path, None)?;
+    let mut payload = Payload::new(options.digest, options)?;
+    payload.copy(stream.as_fd(), file.fd(), None)?;
+    let bytes = payload.bytes;
+    let digest = payload.finish();
+    commit(file, options, peer, bytes, digest)
+}
+
+/// Whether a bare stream opens the way a teecast sender opens a session (the hello's magic and
+/// version), looking without taking: a framed sender sent to a raw receiver, which would
+/// otherwise store the framing as data and leave the sender waiting for a welcome.
+fn opens_a_session(stream: &TcpStream, stall: Duration) -> Result<bool, RecvError> {
+    let mut opening = wire::MessageKind::Hello.magic().to_vec();
+    opening.extend_from_slice(&wire::VERSION.to_be_bytes());
+    let mut first = vec![0u8; opening.len()];
+    let deadline = Instant::now() + stall;
+    loop {
+        let n = match stream.peek(&mut first) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(RecvError::Stalled(stall));
+            }
+            Err(e) => return Err(RecvError::io("receiving")(e)),
+        };
+        // Enough to tell, or the stream ended (a short stream is data like any other).
+        if n == first.len() || n == 0 || !opening.starts_with(&first[..n]) {
+            return Ok(n == first.len() && first == opening);
+        }
+        if Instant::now() >= deadline {
+            return Err(RecvError::Stalled(stall));
+        }
+        // Fewer bytes than the opening, all matching it so far (rare: a peer dripping its first
+        // bytes): the socket stays readable, so look again a moment later.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn raw_name(peer: Option<SocketAddr>) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    match peer {
+        Some(p) => format!("raw-{}-{}-{secs}", p.ip(), p.port()),
+        None => format!("raw-{secs}"),
+    }
+}

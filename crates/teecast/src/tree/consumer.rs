@@ -1,0 +1,188 @@
+//! The consumers of a host with children: its local copy, a destination per child, the ring.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::pipe::SpliceFlags;
+use teecast_sys as sys;
+
+use crate::dest::{Delivered, DestFailure, Destination};
+use crate::digest::Digest;
+use crate::engine::{Abandoned, Consumer};
+use crate::store::Writeback;
+use crate::tree::ring::Stopped;
+use crate::tree::ring::{RingError, RingWriter, StoredCopy};
+/// Where a stream goes at a host of a tree: its own file, a child, or the ring.
+pub(crate) enum TreeConsumer<'a> {
+    Local(LocalCopy),
+    Child(Box<Destination<'a>>),
+    Ring(RingWriter),
+}
+
+/// A relay's own copy: its pipe spliced into the store's file, telling `stored` (the replay of
+/// an adopting relay) how far it got.
+pub(crate) struct LocalCopy {
+    pub(crate) file: Option<File>,
+    pub(crate) stored: Option<Arc<StoredCopy>>,
+    pub(crate) writeback: Writeback,
+}
+
+pub(crate) enum TreeOutcome {
+    Local,
+    Child(Delivered),
+    Ring,
+}
+
+impl TreeOutcome {
+    pub(crate) fn delivered(self) -> Result<Delivered, DestFailure> {
+        match self {
+            TreeOutcome::Child(d) => Ok(d),
+            TreeOutcome::Local | TreeOutcome::Ring => Err(Abandoned::Transfer.into()),
+        }
+    }
+}
+
+pub(crate) enum TreeError {
+    Local(io::Error),
+    Child(DestFailure),
+    Ring(RingError),
+    Abandoned(Abandoned),
+}
+
+impl TreeError {
+    pub(crate) fn into_dest(self) -> DestFailure {
+        match self {
+            TreeError::Child(d) => d,
+            TreeError::Abandoned(a) | TreeError::Ring(RingError::Abandoned(a)) => {
+                DestFailure::Abandoned(a)
+            }
+            TreeError::Local(e) | TreeError::Ring(RingError::Io(e)) => DestFailure::Io {
+                op: "writing the file",
+                source: e,
+            },
+        }
+    }
+}
+
+impl From<Abandoned> for TreeError {
+    fn from(a: Abandoned) -> Self {
+        TreeError::Abandoned(a)
+    }
+}
+
+impl Consumer for TreeConsumer<'_> {
+    type Outcome = TreeOutcome;
+    type Error = TreeError;
+
+    fn start(&mut self) -> Result<(), TreeError> {
+        match self {
+            TreeConsumer::Local(_) | TreeConsumer::Ring(_) => Ok(()),
+            TreeConsumer::Child(c) => c.start().map_err(TreeError::Child),
+        }
+    }
+
+    fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, TreeError> {
+        match self {
+            TreeConsumer::Local(LocalCopy {
+                file,
+                stored,
+                writeback,
+            }) => {
+                let file = file.as_ref().ok_or(Abandoned::Transfer)?;
+                let mut total = 0;
+                loop {
+                    // pipe → file is one copy in the kernel, into the page cache.
+                    match sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE) {
+                        Ok(0) => return Ok(total),
+                        Ok(n) => {
+                            total += n as u64;
+                            writeback.advance(file.as_fd(), total);
+                            if let Some(s) = stored {
+                                s.wrote(n as u64);
+                            }
+                        }
+                        Err(e) => return Err(TreeError::Local(e)),
+                    }
+                }
+            }
+            TreeConsumer::Child(c) => c.take_pipe(pipe).map_err(TreeError::Child),
+            TreeConsumer::Ring(r) => r.take_pipe(pipe).map_err(TreeError::Ring),
+        }
+    }
+
+    fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), TreeError> {
+        match self {
+            TreeConsumer::Local(LocalCopy { file, stored, .. }) => {
+                let mut file = file.as_ref().ok_or(Abandoned::Transfer)?;
+                io::Write::write_all(&mut file, bytes).map_err(TreeError::Local)?;
+                if let Some(s) = stored {
+                    s.wrote(bytes.len() as u64);
+                }
+                Ok(())
+            }
+            TreeConsumer::Child(c) => c.take_from_buffer(bytes).map_err(TreeError::Child),
+            TreeConsumer::Ring(r) => r.take_from_buffer(bytes).map_err(TreeError::Ring),
+        }
+    }
+
+    fn take_from_map(
+        &mut self,
+        map: &sys::FileMap,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), TreeError> {
+        match self {
+            TreeConsumer::Child(c) => c.take_from_map(map, offset, len).map_err(TreeError::Child),
+            TreeConsumer::Local(_) | TreeConsumer::Ring(_) => Err(Abandoned::NoMapping.into()),
+        }
+    }
+
+    fn finish(&mut self, length: u64, digest: &Digest) -> Result<TreeOutcome, TreeError> {
+        match self {
+            TreeConsumer::Local(LocalCopy { stored, .. }) => {
+                if let Some(s) = stored {
+                    s.end(Ok((length, digest.clone())));
+                }
+                Ok(TreeOutcome::Local)
+            }
+            TreeConsumer::Child(c) => c
+                .finish(length, digest)
+                .map(TreeOutcome::Child)
+                .map_err(TreeError::Child),
+            TreeConsumer::Ring(r) => r
+                .finish(length, digest)
+                .map(|()| TreeOutcome::Ring)
+                .map_err(TreeError::Ring),
+        }
+    }
+
+    fn abort(&mut self) {
+        match self {
+            TreeConsumer::Local(LocalCopy { file, stored, .. }) => {
+                *file = None;
+                if let Some(s) = stored {
+                    s.end(Err(Stopped::LocalCopyFailed));
+                }
+            }
+            TreeConsumer::Child(c) => c.abort(),
+            TreeConsumer::Ring(r) => r.abort(),
+        }
+    }
+
+    fn idle_interval(&self) -> Option<Duration> {
+        match self {
+            TreeConsumer::Child(c) => c.idle_interval(),
+            TreeConsumer::Local(_) | TreeConsumer::Ring(_) => None,
+        }
+    }
+
+    fn idle(&mut self) -> Result<(), TreeError> {
+        match self {
+            TreeConsumer::Child(c) => c.idle().map_err(TreeError::Child),
+            TreeConsumer::Local(_) | TreeConsumer::Ring(_) => Ok(()),
+        }
+    }
+}
