@@ -274,6 +274,103 @@ fn a_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
     expected.clear();
 }
 
+/// A host frozen mid-stream (SIGSTOP) below a healthy relay: the relay gives up on it within
+/// half of the sender's stall timeout (timeouts nest by depth) and adopts the host below it, so
+/// the sender never takes the healthy relay for stalled.
+#[test]
+fn a_frozen_host_never_takes_its_healthy_parent_down() {
+    let dir = tempfile::tempdir().unwrap();
+    // The relays keep their default stall timeout: the sender's reaches them in its header.
+    let hosts = relays(dir.path(), 3, &[]);
+    let addrs = addresses(&hosts);
+    let (sender, stdin) = Running::spawn_with(
+        teecast(["send", "--json", "--tree", "1", "--stall-timeout", "3s"])
+            .args(["--name", "s.bin", "-"])
+            .args(&addrs),
+        Stdio::piped(),
+        None,
+    );
+    let mut stdin = stdin.unwrap();
+    let expected = common::Prng::new(209).bytes(64 * MIB as usize);
+    stdin.write_all(&expected[..4 * MIB as usize]).unwrap();
+    wait_held(&hosts[2], 2 * MIB);
+    hosts[1].0.proc.pause();
+    // More than every buffer on the way holds, so the freeze is felt all the way back.
+    stdin.write_all(&expected[4 * MIB as usize..]).unwrap();
+    drop(stdin);
+    let sent = sender.wait(Duration::from_secs(120));
+    hosts[1].0.proc.resume();
+    sent.expect_code(1);
+    let report = sent.json();
+    assert_eq!(
+        hosts_of(&report),
+        vec![
+            (addrs[0].clone(), None, "ok".to_string()),
+            (
+                addrs[1].clone(),
+                Some(addrs[0].clone()),
+                "failed".to_string()
+            ),
+            (addrs[2].clone(), Some(addrs[0].clone()), "ok".to_string()),
+        ],
+        "{report}"
+    );
+    assert!(
+        report["destinations"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stalled"),
+        "{report}"
+    );
+    let stored = |inbox: &Path| std::fs::read(inbox.join("s.bin")).unwrap();
+    let mut hosts = hosts.into_iter();
+    let (first, first_inbox) = hosts.next().unwrap();
+    first.wait().expect_code(0);
+    assert!(stored(&first_inbox) == expected, "host 1's copy differs");
+    let (thawed, thawed_inbox) = hosts.next().unwrap();
+    thawed.wait().expect_code(1);
+    assert!(list_dir(&thawed_inbox).is_empty(), "{thawed_inbox:?}");
+    let (last, last_inbox) = hosts.next().unwrap();
+    last.wait().expect_code(0);
+    assert!(stored(&last_inbox) == expected, "host 3's copy differs");
+}
+
+/// Ctrl-C of a chain's sender reaches the whole chain within seconds: the first host has no one
+/// to wait for (only the sender could adopt it), and a host whose stream is abandoned resets its
+/// children's connections, so none of them waits out a stall timeout. Nothing is kept.
+#[test]
+fn a_senders_abort_reaches_the_whole_chain_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Their own stall timeout is the default (30 s): none of it may be waited.
+    let hosts = relays(dir.path(), 3, &[]);
+    let addrs = addresses(&hosts);
+    let (sender, stdin) = Running::spawn_with(
+        teecast(["send", "--tree", "1", "--name", "s.bin", "-"]).args(&addrs),
+        Stdio::piped(),
+        None,
+    );
+    let mut stdin = stdin.unwrap();
+    stdin
+        .write_all(&common::Prng::new(210).bytes(2 * MIB as usize))
+        .unwrap();
+    wait_held(&hosts[2], MIB);
+    sender.signal(rustix::process::Signal::INT).unwrap();
+    let aborted = sender.wait(Duration::from_secs(30));
+    assert!(!aborted.status.success(), "{aborted:?}");
+    let stopped = std::time::Instant::now();
+    for (receiver, inbox) in hosts {
+        let finished = receiver.proc.wait(Duration::from_secs(30));
+        finished.expect_code(1);
+        assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
+    }
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the chain stopped {took:?} after the sender"
+    );
+    drop(stdin);
+}
+
 /// A relay that stores no file (here into a device node) replays from its ring instead: the
 /// host below its dead child resumes from it.
 #[test]
@@ -563,6 +660,8 @@ fn a_resume_takes_over_only_the_stream_it_continues() {
             position: 1,
             transfer: [9; 16],
             resume,
+            stall_ms: 30_000,
+            connect_ms: 10_000,
         }),
     };
     let (mut first, mut first_tx) = by_hand::open(&host.0.dest(), &header("a.bin", false));

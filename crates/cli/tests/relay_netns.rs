@@ -408,3 +408,71 @@ fn an_unkeyed_relay_never_adopts_a_host_beyond_loopback() {
         .count();
     assert_eq!(accepted, 1, "{}", outside.stderr_so_far());
 }
+
+/// A host frozen mid-stream (SIGSTOP: its kernel still holds the connections, nothing is
+/// refused) in a chain of three costs only itself: its healthy parent gives up on it within
+/// half of the sender's stall timeout (timeouts nest by depth), adopts the host below it, and
+/// is never taken for stalled by the sender. Every other host stores a verified copy, and the
+/// report is exact.
+#[test]
+fn a_frozen_host_costs_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let source = dir.path().join("image.bin");
+    random_file(&source, 48 * MIB + 3, 240);
+    let net = Net::new("f", 4);
+    let relays: Vec<_> = (1..=3)
+        .map(|i| net.relay(i, dir.path(), &key, &[]))
+        .collect();
+    let addrs: Vec<String> = (1..=3).map(|i| net.addr(i)).collect();
+    let mut args = vec![
+        "send",
+        "--json",
+        "--tree",
+        "1",
+        "--stall-timeout",
+        "3s",
+        "--key-file",
+        key.to_str().unwrap(),
+        source.to_str().unwrap(),
+    ];
+    args.extend(addrs.iter().map(String::as_str));
+    let sender = Running::spawn(&mut net.teecast(0, &args));
+    // The last host holds part of the stream: freeze the middle one.
+    common::wait_held(relays[2].0.pid(), &relays[2].1, 4 * MIB);
+    relays[1].0.pause();
+    let frozen = std::time::Instant::now();
+    relays[2]
+        .0
+        .wait_stderr("resumes \"image.bin\"", Duration::from_secs(30));
+    let resumed = frozen.elapsed();
+    let sent = sender.wait(Duration::from_secs(120));
+    relays[1].0.resume();
+    sent.expect_code(1);
+    let report = sent.json();
+    let d = report["destinations"].as_array().unwrap();
+    assert_eq!(d[0]["status"], "ok", "{report}");
+    assert_eq!(d[1]["status"], "failed", "{report}");
+    assert!(
+        d[1]["error"].as_str().unwrap().contains("stalled"),
+        "{report}"
+    );
+    assert_eq!(d[2]["status"], "ok", "{report}");
+    assert_eq!(d[2]["parent"], addrs[0].as_str(), "{report}");
+    assert!(common::resumed_at(&d[2], &addrs[1]) >= 4 * MIB, "{report}");
+    // Given up on within half the sender's 3 s, and adopted at once.
+    assert!(
+        resumed < Duration::from_secs(3),
+        "resumed {resumed:?} after the freeze"
+    );
+    let mut relays = relays.into_iter();
+    let (first, first_inbox) = relays.next().unwrap();
+    first.wait(Duration::from_secs(60)).expect_code(0);
+    assert_same_file(&source, &first_inbox.join("image.bin"));
+    let (thawed, thawed_inbox) = relays.next().unwrap();
+    thawed.wait(Duration::from_secs(60)).expect_code(1);
+    assert!(list_dir(&thawed_inbox).is_empty(), "{thawed_inbox:?}");
+    let (last, last_inbox) = relays.next().unwrap();
+    last.wait(Duration::from_secs(60)).expect_code(0);
+    assert_same_file(&source, &last_inbox.join("image.bin"));
+}

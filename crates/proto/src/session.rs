@@ -923,6 +923,8 @@ mod tests {
             position: 1,
             transfer: [1; wire::TRANSFER_ID_LEN],
             resume: true,
+            stall_ms: 30_000,
+            connect_ms: 10_000,
         });
         h
     }

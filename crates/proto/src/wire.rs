@@ -308,6 +308,12 @@ pub enum WireError {
         "header flags 0x{0:02x} have unknown bits set; only bits 0 (length known) and 1 (relayed) are defined"
     )]
     BadFlags(u8),
+    /// A relayed header's stall or connect timeout is 0.
+    #[error("the relay tree's {field} is 0 ms")]
+    ZeroTimeout {
+        /// Which timeout.
+        field: &'static str,
+    },
     /// A relayed header's tree does not fit its route.
     #[error(
         "the relay tree (fan-out {fanout}, position {position}) does not fit a route of {hops} hops"
@@ -543,6 +549,10 @@ impl<'a> Reader<'a> {
         self.array(field).map(u16::from_be_bytes)
     }
 
+    fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        self.array(field).map(u32::from_be_bytes)
+    }
+
     fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
         self.array(field).map(u64::from_be_bytes)
     }
@@ -676,6 +686,14 @@ pub struct Tree {
     /// bytes it already holds, and the sender goes on from there (a parent adopting the
     /// children of a host that died). A receiver that holds nothing of it answers 0.
     pub resume: bool,
+    /// How long, in milliseconds, this receiver's parent waits for it to accept data before it
+    /// gives up on it (its stall timeout for this receiver), at least 1. A relay gives up on a
+    /// stalled child of its own within half of it ([`Tree::child_stall_ms`]), so that a frozen
+    /// host costs only itself and the adoption of the hosts below it, never its parent.
+    pub stall_ms: u32,
+    /// The connect timeout the sender asked for, in milliseconds, at least 1: a relay connects
+    /// to its children (and to the hosts it adopts) within it.
+    pub connect_ms: u32,
 }
 
 impl Tree {
@@ -719,7 +737,23 @@ impl Tree {
         levels
     }
 
+    /// The stall timeout a receiver with this tree uses for its own children (and sends them
+    /// as theirs): half of its parent's for it, and at least 1 ms.
+    pub fn child_stall_ms(self) -> u32 {
+        (self.stall_ms / 2).max(1)
+    }
+
     fn check(self, hops: usize) -> Result<(), WireError> {
+        if self.stall_ms == 0 {
+            return Err(WireError::ZeroTimeout {
+                field: "stall timeout",
+            });
+        }
+        if self.connect_ms == 0 {
+            return Err(WireError::ZeroTimeout {
+                field: "connect timeout",
+            });
+        }
         if self.fanout == 0 || self.position == 0 || usize::from(self.position) > hops {
             return Err(WireError::BadTree {
                 fanout: self.fanout,
@@ -788,6 +822,8 @@ impl Header {
             body.push(tree.fanout);
             body.extend_from_slice(&tree.position.to_be_bytes());
             body.extend_from_slice(&tree.transfer);
+            body.extend_from_slice(&tree.stall_ms.to_be_bytes());
+            body.extend_from_slice(&tree.connect_ms.to_be_bytes());
         }
         frame(MessageKind::Header, &body)
     }
@@ -829,11 +865,15 @@ impl Header {
             let fanout = r.u8("fan-out")?;
             let position = r.u16("position")?;
             let transfer = r.array("transfer id")?;
+            let stall_ms = r.u32("stall timeout")?;
+            let connect_ms = r.u32("connect timeout")?;
             let tree = Tree {
                 fanout,
                 position,
                 transfer,
                 resume: flags & FLAG_RESUME != 0,
+                stall_ms,
+                connect_ms,
             };
             tree.check(route.len())?;
             Some(tree)
@@ -1567,6 +1607,8 @@ mod tests {
             position: 3,
             transfer: [7; TRANSFER_ID_LEN],
             resume: false,
+            stall_ms: 30_000,
+            connect_ms: 10_000,
         });
         let bytes = h.encode().unwrap();
         assert_eq!(
@@ -1587,13 +1629,16 @@ mod tests {
         );
         assert!(Resume::decode_body(&[0; 7]).is_err());
         assert!(Resume::decode_body(&[0; 9]).is_err());
+        let tree = |fanout, position, stall_ms, connect_ms| Tree {
+            fanout,
+            position,
+            transfer: [0; TRANSFER_ID_LEN],
+            resume: false,
+            stall_ms,
+            connect_ms,
+        };
         for (fanout, position) in [(0, 1), (1, 0), (1, 4)] {
-            h.tree = Some(Tree {
-                fanout,
-                position,
-                transfer: [0; TRANSFER_ID_LEN],
-                resume: false,
-            });
+            h.tree = Some(tree(fanout, position, 1, 1));
             assert_eq!(
                 h.encode(),
                 Err(WireError::BadTree {
@@ -1602,6 +1647,10 @@ mod tests {
                     hops: 3
                 })
             );
+        }
+        for (stall_ms, connect_ms, field) in [(0, 1, "stall timeout"), (1, 0, "connect timeout")] {
+            h.tree = Some(tree(1, 1, stall_ms, connect_ms));
+            assert_eq!(h.encode(), Err(WireError::ZeroTimeout { field }));
         }
         let a = Ack {
             reports: vec![
@@ -2222,6 +2271,8 @@ mod tests {
                     position: 1 + rng.below(hops) as u16,
                     transfer: rng.bytes(TRANSFER_ID_LEN).try_into().unwrap_or_default(),
                     resume: rng.below(2) == 0,
+                    stall_ms: 1 + rng.below(1 << 20) as u32,
+                    connect_ms: 1 + rng.below(1 << 20) as u32,
                 }),
             },
         }

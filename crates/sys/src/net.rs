@@ -41,3 +41,12 @@ pub fn send_now(socket: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         rustix::net::send(socket, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
     })
 }
+
+/// `setsockopt(socket, SOL_SOCKET, SO_LINGER, {on, 0})`—Makes closing the socket reset the
+/// connection (RST) instead of ending it (FIN): the peer learns the stream was abandoned on
+/// purpose, not cut short by a failure it might wait out.
+#[doc(alias = "SO_LINGER")]
+pub fn reset_on_close(socket: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::net::sockopt::set_socket_linger(socket, Some(std::time::Duration::ZERO))?;
+    Ok(())
+}

@@ -269,6 +269,8 @@ pub(crate) struct Destination<'a> {
     resumed_at: Option<u64>,
     /// Where to put what its acknowledgement reports of the hosts below it (a relay's).
     reports: Option<&'a Mutex<Vec<HostReport>>>,
+    /// It failed itself (rather than being abandoned with the whole stream).
+    failed: bool,
 }
 
 impl<'a> Destination<'a> {
@@ -302,6 +304,7 @@ impl<'a> Destination<'a> {
             orphaned: None,
             resumed_at: None,
             reports: None,
+            failed: false,
         }
     }
 
@@ -325,11 +328,13 @@ impl<'a> Destination<'a> {
 
     /// Passes `result` on; a failure that orphans the hosts below calls `orphaned`.
     fn adopt_on<T>(&mut self, result: Result<T, DestFailure>) -> Result<T, DestFailure> {
-        if let Err(e) = &result
-            && e.orphans()
-            && let Some(orphaned) = self.orphaned.take()
-        {
-            orphaned();
+        if let Err(e) = &result {
+            self.failed = true;
+            if e.orphans()
+                && let Some(orphaned) = self.orphaned.take()
+            {
+                orphaned();
+            }
         }
         result
     }
@@ -581,8 +586,13 @@ impl Consumer for Destination<'_> {
 
     fn abort(&mut self) {
         self.progress.fail(self.index);
-        // Closing without a trailer tells the receiver to discard what it has.
-        if let Some(s) = self.stream.take() {
+        // Closing without a trailer tells the receiver to discard what it has. When this
+        // destination failed itself, a parent may yet adopt the hosts below it, who wait for
+        // that; when the whole stream was abandoned no one will, and a reset tells them so at
+        // once (and they tell theirs).
+        if let Some(s) = self.stream.take()
+            && (self.failed || sys::reset_on_close(s.as_fd()).is_err())
+        {
             let _ = s.shutdown(Shutdown::Both);
         }
     }

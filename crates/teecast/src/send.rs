@@ -305,6 +305,8 @@ impl<'a> Transfer<'a> {
                 position: 1,
                 transfer,
                 resume: false,
+                stall_ms: millis(options.stall_timeout),
+                connect_ms: millis(options.connect_timeout),
             }),
         });
         if let Some(h) = &header {
@@ -537,6 +539,14 @@ pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> 
             elapsed: Duration::ZERO,
         },
     }
+}
+
+/// `timeout` in whole milliseconds for a header: at least 1, at most `u32::MAX` (49 days, which
+/// a longer timeout, "never" included, becomes).
+fn millis(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// A fresh random identifier for a relayed transfer.

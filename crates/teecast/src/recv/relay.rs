@@ -49,9 +49,6 @@ pub(super) fn children(header: &Header) -> Option<Range<usize>> {
     (!children.is_empty()).then_some(children)
 }
 
-/// How long a relay waits for a child to accept its connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Whether this receiver may forward along `route`: it relays at all, and an unauthenticated
 /// stream (no key) only among loopback addresses unless told otherwise (an unauthenticated
 /// relay is an open proxy). Every host it may contact is checked, those it could reach only
@@ -92,14 +89,28 @@ pub(super) fn forward(
         streams,
     } = conn;
     let (options, peer, streams) = (*options, *peer, *streams);
-    let fanout = header.tree.map_or(1, |t| t.fanout);
-    let hosts = header.route.len();
+    let Some(tree) = header.tree else {
+        unreachable!("forward is called for a stream with a tree");
+    };
+    let (fanout, me, hosts) = (tree.fanout, usize::from(tree.position), header.route.len());
+    // Timeouts nest by depth: this host gives up on a stalled child within half of what its
+    // parent allows it, and connects within that too, so a frozen child costs its parent only
+    // the child itself (and the adoption of the hosts below it).
+    let child_stall = Duration::from_millis(u64::from(tree.child_stall_ms()));
     let send_options = DestOptions {
-        stall_timeout: options.stall_timeout,
-        connect_timeout: CONNECT_TIMEOUT,
+        stall_timeout: child_stall,
+        connect_timeout: Duration::from_millis(u64::from(tree.connect_ms)).min(child_stall),
         key: options.key.clone(),
     };
-    let me = header.tree.map_or(0, |t| usize::from(t.position));
+    // The header as this host sends it on: its children's parent (this host, or this host
+    // adopting them) waits `child_stall` for each.
+    let received = header;
+    let received_stall_ms = tree.stall_ms;
+    let mut onward = header.clone();
+    if let Some(t) = &mut onward.tree {
+        t.stall_ms = tree.child_stall_ms();
+    }
+    let header = &onward;
     // A child that cannot be reached is adopted: its children are served from here.
     let route = Arc::new(route);
     let (served, unreachable) = connect_adopting(fanout, &route, me, send_options.connect_timeout);
@@ -170,7 +181,7 @@ pub(super) fn forward(
     if let Some(r) = &ring {
         consumers.push(TreeConsumer::Ring(RingWriter::new(r.clone())));
     }
-    let registered = streams.register(header, stream);
+    let registered = streams.register(received, stream);
     let mut broken = None;
     let filler = SessionFiller {
         stream,
@@ -180,6 +191,13 @@ pub(super) fn forward(
         broken: &mut broken,
         announced: &announced,
         registered: &registered,
+        heard: Instant::now(),
+        patience: (Tree::parent_of(fanout, me) != 0).then(|| {
+            // Its grandparent gives up on its parent within twice what its parent allows it,
+            // then connects here within as long: wait at least that.
+            let adoption = Duration::from_millis(4 * u64::from(received_stall_ms));
+            options.stall_timeout.max(adoption)
+        }),
     };
     let config = FanoutConfig::default().digest(header.digest);
     // No length for the engine: the filler ends the stream only once it has read the
@@ -233,9 +251,25 @@ struct SessionFiller<'a> {
     /// The sender's digest, once its trailer has arrived.
     announced: &'a OnceLock<Vec<u8>>,
     registered: &'a Registered<'a>,
+    /// When a parent last sent anything: a host waits for a new parent from then, not from
+    /// when it noticed, so that a break noticed late (after its own parent gave up on it) is
+    /// not waited for twice.
+    heard: Instant,
+    /// How long after that it waits for a new parent; `None` when no one can adopt it (its
+    /// parent is the sender: a sender that is gone has no parent to adopt in its place).
+    patience: Option<Duration>,
 }
 
 impl SessionFiller<'_> {
+    /// The parent's connection failed with `e` while reading `during`: a reset is a parent that
+    /// abandoned the stream on purpose (it waits for nothing); anything else is recovered from.
+    fn lost(&mut self, e: io::Error, during: &'static str, got: u64) -> Result<(), EngineError> {
+        if e.kind() == io::ErrorKind::ConnectionReset {
+            return Err(self.broke(RecvError::Truncated { got, during }));
+        }
+        self.recover(RecvError::reading(during, got, self.stall)(e))
+    }
+
     /// Keeps `e` as the reason and gives the engine an error to stop on.
     fn broke(&mut self, e: RecvError) -> EngineError {
         let stop = EngineError::Source {
@@ -256,8 +290,15 @@ impl SessionFiller<'_> {
         let Some(resumable) = self.registered.stream.clone().filter(|_| waits) else {
             return Err(self.broke(e));
         };
+        // A new parent may be here already (its offer is what ended the old one's read).
+        if let Some((stream, session)) = lock(&resumable.offer).take() {
+            return self.take_over(&resumable, stream, session);
+        }
+        let Some(patience) = self.patience else {
+            return Err(self.broke(e));
+        };
         let stalled = matches!(e, RecvError::Stalled(_));
-        let deadline = Instant::now() + self.stall;
+        let deadline = self.heard.checked_add(patience);
         loop {
             if let Some((stream, session)) = lock(&resumable.offer).take() {
                 return self.take_over(&resumable, stream, session);
@@ -265,7 +306,7 @@ impl SessionFiller<'_> {
             let wake = resumable.wake.read.as_fd();
             let old = self.stream.as_fd();
             let fds: &[BorrowedFd<'_>] = if stalled { &[wake, old] } else { &[wake] };
-            let ready = sys::wait_any(fds, Readiness::Readable, Some(deadline))
+            let ready = sys::wait_any(fds, Readiness::Readable, deadline)
                 .map_err(|e| self.broke(RecvError::io("poll")(e)))?;
             if ready.is_empty() {
                 return Err(self.broke(e));
@@ -321,6 +362,7 @@ impl SessionFiller<'_> {
             return Err(self.broke(e));
         }
         *lock(&resumable.parent) = self.stream.try_clone().ok();
+        self.heard = Instant::now();
         Ok(())
     }
 }
@@ -344,19 +386,16 @@ impl Filler for SessionFiller<'_> {
                         None => "chunk header or trailer",
                     };
                     let got = self.session.received();
-                    let read = match (&*self.stream).read(&mut self.buf) {
-                        Ok(0) => Err(RecvError::Truncated { got, during }),
-                        Ok(k) => Ok(k),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => Err(RecvError::reading(during, got, self.stall)(e)),
-                    };
-                    match read {
+                    match (&*self.stream).read(&mut self.buf) {
+                        Ok(0) => self.recover(RecvError::Truncated { got, during })?,
                         Ok(k) => {
+                            self.heard = Instant::now();
                             if let Err(e) = self.session.framing(&self.buf[..k]) {
                                 return Err(self.broke(e.into()));
                             }
                         }
-                        Err(e) => self.recover(e)?,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => self.lost(e, during, got)?,
                     }
                 }
                 Next::Payload(n) => {
@@ -369,13 +408,12 @@ impl Filler for SessionFiller<'_> {
                             during: "payload",
                         })?,
                         Ok(k) => {
+                            self.heard = Instant::now();
                             self.session.payload(k as u64);
                             return Ok(k);
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            self.recover(RecvError::reading("payload", got, self.stall)(e))?
-                        }
+                        Err(e) => self.lost(e, "payload", got)?,
                     }
                 }
                 Next::Verify => {

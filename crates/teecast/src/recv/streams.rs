@@ -40,11 +40,16 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// `header` with its resume flag clear: what a resuming header must match.
+/// `header` with its resume flag clear and its timeouts set aside: what a resuming header must
+/// match.
 pub(super) fn resumed(header: &Header) -> Header {
     let mut h = header.clone();
     if let Some(t) = &mut h.tree {
         t.resume = false;
+        // Each parent sends the timeouts it keeps itself: an adopter's differ from the
+        // parent's it replaces, and the stream is the same.
+        t.stall_ms = 1;
+        t.connect_ms = 1;
     }
     h
 }
