@@ -598,6 +598,18 @@ impl Consumer for Destination<'_> {
     }
 }
 
+impl Drop for Destination<'_> {
+    /// A destination whose thread panicked leaves the hosts below it as orphaned as a failure
+    /// does: they are adopted, not left waiting.
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(orphaned) = self.orphaned.take()
+        {
+            orphaned();
+        }
+    }
+}
+
 impl Destination<'_> {
     /// Connects (unless connected), and for a session: hello, welcome, proof and header, and
     /// for a resuming header the receiver's offset.

@@ -15,6 +15,16 @@ use crate::engine::{Abandoned, Consumer};
 use crate::store::Writeback;
 use crate::tree::ring::Stopped;
 use crate::tree::ring::{RingError, RingWriter, StoredCopy};
+impl Drop for LocalCopy {
+    /// A copy that goes without finishing (its thread panicked) ends its replay, so that no
+    /// follower waits for bytes that will never be stored. After `finish` or `abort`, nothing.
+    fn drop(&mut self) {
+        if let Some(s) = &self.stored {
+            s.end(Err(Stopped::LocalCopyFailed));
+        }
+    }
+}
+
 /// Where a stream goes at a host of a tree: its own file, a child, or the ring.
 pub(crate) enum TreeConsumer<'a> {
     Local(LocalCopy),

@@ -370,6 +370,14 @@ impl Consumer for RingWriter {
     }
 }
 
+impl Drop for RingWriter {
+    /// A writer that goes without finishing (its thread panicked) ends the ring, so that no
+    /// follower waits for bytes that will never come. After `finish` or `abort`, nothing.
+    fn drop(&mut self) {
+        self.ring.end(Err(Stopped::Abandoned));
+    }
+}
+
 /// Why the ring stopped filling (its followers are told; the transfer goes on).
 #[derive(Debug)]
 pub(crate) enum RingError {
@@ -464,5 +472,25 @@ mod tests {
         }
         writer.join().unwrap();
         assert!(matches!(ring.at(offset, Duration::ZERO), Held::End(..)));
+    }
+
+    /// A writer whose thread panics mid-stream ends the ring: a follower waiting for more is
+    /// told the replay stopped, and does not wait for ever.
+    #[test]
+    fn a_writer_that_panics_ends_the_ring() {
+        let ring = Arc::new(Ring::new(4 * BLOCK));
+        let writing = ring.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut writer = RingWriter::new(writing);
+            writer.take_from_buffer(&vec![7; BLOCK]).unwrap();
+            panic!("a consumer's bug");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(matches!(ring.at(0, Duration::ZERO), Held::Bytes(..)));
+        assert!(matches!(
+            ring.at(BLOCK as u64, Duration::from_secs(5)),
+            Held::Failed(Stopped::Abandoned)
+        ));
     }
 }
