@@ -29,20 +29,22 @@ pub const CHUNK_HEADER_LEN: usize = 4;
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// Longest file name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 255;
-/// Most hops a header's route may carry: the hosts of one relayed transfer.
-pub const MAX_ROUTE_HOPS: usize = 128;
+/// Most hosts of one relayed transfer (a header carries only the receiver's subtree of them).
+pub const MAX_ROUTE_HOPS: usize = 10_000;
 /// Longest ack message, in bytes of UTF-8.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 /// Longest route hop (`host:port`), in bytes of UTF-8.
 pub const MAX_HOP_LEN: usize = 255;
 /// Longest digest a trailer or an ack may carry, in bytes.
 pub const MAX_DIGEST_LEN: usize = 64;
-/// Longest header body, in bytes (40 KiB: a full route of the longest hops).
-pub const MAX_HEADER_BODY: usize = 40 * 1024;
+/// Longest header body, in bytes (2.5 MiB: the longest name and a route of the longest hops,
+/// which only the first host of a chain of [`MAX_ROUTE_HOPS`] gets near).
+pub const MAX_HEADER_BODY: usize = 5 << 19;
 /// Longest trailer body, in bytes.
 pub const MAX_TRAILER_BODY: usize = 128;
-/// Longest ack body, in bytes (40 KiB: a report for every host of the longest route).
-pub const MAX_ACK_BODY: usize = 40 * 1024;
+/// Longest ack body, in bytes (3 MiB: a report, with the longest message, for every host of
+/// the longest route).
+pub const MAX_ACK_BODY: usize = 3 << 20;
 /// Longest message of one host's report in an ack, in bytes of UTF-8.
 pub const MAX_REPORT_MESSAGE_LEN: usize = 255;
 /// Length of a hello's or a welcome's nonce.
@@ -314,6 +316,9 @@ pub enum WireError {
         /// Which timeout.
         field: &'static str,
     },
+    /// A relayed header has hops in the route field: its route is in its tree section.
+    #[error("a relayed header carries {0} hops outside its tree section")]
+    RouteOutsideTree(usize),
     /// A relayed header's tree does not fit its route.
     #[error(
         "the relay tree (fan-out {fanout}, position {position}) does not fit a route of {hops} hops"
@@ -725,6 +730,15 @@ impl Tree {
         out
     }
 
+    /// `position` and every position below it, in order: the hosts a header for `position`
+    /// carries.
+    pub fn subtree(fanout: u8, position: usize, hosts: usize) -> Vec<usize> {
+        let mut all = Tree::descendants_of(fanout, position, hosts);
+        all.push(position);
+        all.sort_unstable();
+        all
+    }
+
     /// How many levels of hosts hang below `position` (0 for a leaf).
     pub fn height_below(fanout: u8, position: usize, hosts: usize) -> usize {
         let mut levels = 0;
@@ -775,6 +789,15 @@ impl Header {
         h
     }
 
+    /// The positions of the route this header carries on the wire: for a relayed header the
+    /// receiver's subtree, else every hop.
+    fn carried_positions(&self) -> Vec<usize> {
+        match self.tree {
+            Some(t) => Tree::subtree(t.fanout, usize::from(t.position), self.route.len()),
+            None => (1..=self.route.len()).collect(),
+        }
+    }
+
     /// Encodes prefix and body, after validating the name and route.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         validate_name(&self.name)?;
@@ -787,9 +810,21 @@ impl Header {
             name: self.name.clone(),
             reason: NameProblem::TooLong(self.name.len()),
         })?;
-        let route_count = u8::try_from(self.route.len()).map_err(|_| WireError::RouteTooLong {
-            hops: self.route.len(),
-        })?;
+        // A relayed header carries, in its tree section, the receiver's subtree of the route
+        // (itself and every host below it, by position): the others are not its business. A
+        // direct stream's route (checked, then ignored) is carried as it is.
+        let carried = self.carried_positions();
+        for (index, hop) in self.route.iter().enumerate() {
+            if !hop.is_empty() || carried.binary_search(&(index + 1)).is_ok() {
+                validate_hop(index, hop)?;
+            }
+        }
+        let route_count = match self.tree {
+            Some(_) => 0,
+            None => u8::try_from(self.route.len()).map_err(|_| WireError::RouteTooLong {
+                hops: self.route.len(),
+            })?,
+        };
         let mut body = Vec::with_capacity(64);
         body.extend_from_slice(&name_len.to_be_bytes());
         body.extend_from_slice(self.name.as_bytes());
@@ -808,22 +843,25 @@ impl Header {
         body.extend_from_slice(&length.to_be_bytes());
         body.push(self.digest.id());
         body.push(route_count);
-        for (index, hop) in self.route.iter().enumerate() {
-            validate_hop(index, hop)?;
-            let hop_len = u8::try_from(hop.len()).map_err(|_| WireError::InvalidHop {
-                index,
-                hop: hop.clone(),
-                reason: HopProblem::TooLong(hop.len()),
-            })?;
-            body.push(hop_len);
-            body.extend_from_slice(hop.as_bytes());
-        }
+        let push_hops = |body: &mut Vec<u8>, positions: &[usize]| {
+            for &position in positions {
+                let hop = &self.route[position - 1];
+                // Validated above: at most MAX_HOP_LEN (255) bytes.
+                body.push(hop.len() as u8);
+                body.extend_from_slice(hop.as_bytes());
+            }
+        };
         if let Some(tree) = self.tree {
             body.push(tree.fanout);
             body.extend_from_slice(&tree.position.to_be_bytes());
             body.extend_from_slice(&tree.transfer);
             body.extend_from_slice(&tree.stall_ms.to_be_bytes());
             body.extend_from_slice(&tree.connect_ms.to_be_bytes());
+            // At most MAX_ROUTE_HOPS (10,000), checked above: fits.
+            body.extend_from_slice(&(self.route.len() as u16).to_be_bytes());
+            push_hops(&mut body, &carried);
+        } else {
+            push_hops(&mut body, &carried);
         }
         frame(MessageKind::Header, &body)
     }
@@ -851,22 +889,30 @@ impl Header {
         let id = r.u8("digest algorithm")?;
         let digest = DigestAlgorithm::from_id(id).ok_or(WireError::UnknownDigest(id))?;
         let hops = usize::from(r.u8("route count")?);
-        if hops > MAX_ROUTE_HOPS {
-            return Err(WireError::RouteTooLong { hops });
-        }
-        let mut route = Vec::with_capacity(hops);
-        for index in 0..hops {
-            let hop_len = r.u8("route hop length")?;
-            let hop = r.text(usize::from(hop_len), "route hop")?;
-            validate_hop(index, &hop)?;
-            route.push(hop);
-        }
+        let read_hops = |r: &mut Reader<'_>, count: usize| -> Result<Vec<String>, WireError> {
+            let mut hops = Vec::with_capacity(count.min(r.rest.len()));
+            for index in 0..count {
+                let hop_len = r.u8("route hop length")?;
+                let hop = r.text(usize::from(hop_len), "route hop")?;
+                validate_hop(index, &hop)?;
+                hops.push(hop);
+            }
+            Ok(hops)
+        };
+        let mut route = read_hops(&mut r, hops)?;
         let tree = if flags & FLAG_TREE != 0 {
+            if hops != 0 {
+                return Err(WireError::RouteOutsideTree(hops));
+            }
             let fanout = r.u8("fan-out")?;
             let position = r.u16("position")?;
             let transfer = r.array("transfer id")?;
             let stall_ms = r.u32("stall timeout")?;
             let connect_ms = r.u32("connect timeout")?;
+            let hosts = usize::from(r.u16("hosts")?);
+            if hosts > MAX_ROUTE_HOPS {
+                return Err(WireError::RouteTooLong { hops: hosts });
+            }
             let tree = Tree {
                 fanout,
                 position,
@@ -875,7 +921,14 @@ impl Header {
                 stall_ms,
                 connect_ms,
             };
-            tree.check(route.len())?;
+            tree.check(hosts)?;
+            // The hops that follow are the receiver's subtree, by position: each in its place.
+            let positions = Tree::subtree(fanout, usize::from(position), hosts);
+            let carried = read_hops(&mut r, positions.len())?;
+            route = vec![String::new(); hosts];
+            for (p, hop) in positions.into_iter().zip(carried) {
+                route[p - 1] = hop;
+            }
             Some(tree)
         } else {
             None
@@ -1068,7 +1121,7 @@ impl Ack {
         body.extend_from_slice(message.as_bytes());
         if !self.reports.is_empty() {
             let reports = self.reports.get(..MAX_ROUTE_HOPS).unwrap_or(&self.reports);
-            // At most MAX_ROUTE_HOPS (128): fits.
+            // At most MAX_ROUTE_HOPS (10,000): fits.
             body.extend_from_slice(&(reports.len() as u16).to_be_bytes());
             for report in reports {
                 let message = truncate_at_char_boundary(&report.message, MAX_REPORT_MESSAGE_LEN);
@@ -1403,8 +1456,8 @@ mod tests {
             "10.0.0.2:1".to_string(),
             "[::1]:8080".to_string(),
         ];
-        route.resize(MAX_ROUTE_HOPS, long_hop);
-        let h = Header {
+        route.resize(usize::from(u8::MAX), long_hop.clone());
+        let mut h = Header {
             name: "x".repeat(MAX_NAME_LEN),
             length: None,
             digest: DigestAlgorithm::Sha256,
@@ -1414,7 +1467,58 @@ mod tests {
         let encoded = h.encode().expect("valid header");
         let body = body_of(&encoded, MessageKind::Header);
         assert!(body.len() <= MAX_HEADER_BODY);
+        assert_eq!(Header::decode_body(body), Ok(h.clone()));
+        // The largest relayed header: the first host of a chain of the most hosts, each hop
+        // the longest, carries them all.
+        h.route = vec![long_hop; MAX_ROUTE_HOPS];
+        h.tree = Some(Tree {
+            fanout: 1,
+            position: 1,
+            transfer: [3; TRANSFER_ID_LEN],
+            resume: false,
+            stall_ms: u32::MAX,
+            connect_ms: 1,
+        });
+        let encoded = h.encode().expect("valid header");
+        let body = body_of(&encoded, MessageKind::Header);
+        assert!(body.len() <= MAX_HEADER_BODY, "{}", body.len());
         assert_eq!(Header::decode_body(body), Ok(h));
+    }
+
+    /// A relayed header carries its receiver's subtree of the route and no other host: in a
+    /// tree of fan-out 2 over 7 hosts, position 2 gets 2, 5 and 6.
+    #[test]
+    fn a_relayed_header_carries_only_the_subtree() {
+        let route: Vec<String> = (1..=7).map(|i| format!("h{i}:1")).collect();
+        let h = Header {
+            name: "f".into(),
+            length: Some(1),
+            digest: DigestAlgorithm::Blake3,
+            route: route.clone(),
+            tree: Some(Tree {
+                fanout: 2,
+                position: 2,
+                transfer: [1; TRANSFER_ID_LEN],
+                resume: false,
+                stall_ms: 1000,
+                connect_ms: 1000,
+            }),
+        };
+        let encoded = h.encode().unwrap();
+        let text = String::from_utf8_lossy(&encoded);
+        for absent in ["h1:", "h3:", "h4:", "h7:"] {
+            assert!(!text.contains(absent), "{absent} in {text:?}");
+        }
+        let decoded = Header::decode_body(body_of(&encoded, MessageKind::Header)).unwrap();
+        let mut expected = h.clone();
+        for p in [1, 3, 4, 7] {
+            expected.route[p - 1] = String::new();
+        }
+        assert_eq!(decoded, expected);
+        // Re-encoded for a child (position 5): its subtree, as the first sender would send it.
+        assert_eq!(decoded.for_position(5).encode(), h.for_position(5).encode());
+        assert_eq!(Tree::subtree(2, 2, 7), vec![2, 5, 6]);
+        assert_eq!(Tree::subtree(3, 0, 4), vec![0, 1, 2, 3, 4]);
     }
 
     #[test]
@@ -1611,11 +1715,14 @@ mod tests {
             connect_ms: 10_000,
         });
         let bytes = h.encode().unwrap();
+        // Position 3 is a leaf: it is carried alone.
+        let mut carried = h.clone();
+        carried.route = vec![String::new(), String::new(), "c:3".into()];
         assert_eq!(
             Header::decode_body(body_of(&bytes, MessageKind::Header)),
-            Ok(h.clone())
+            Ok(carried.clone())
         );
-        let mut resuming = h.clone();
+        let mut resuming = carried.clone();
         resuming.tree.as_mut().unwrap().resume = true;
         let bytes = resuming.encode().unwrap();
         assert_eq!(
@@ -1795,7 +1902,7 @@ mod tests {
 
     #[test]
     fn decoders_reject_over_long_bodies_handed_directly() {
-        let big = vec![0u8; MAX_HEADER_BODY + 1];
+        let big = vec![0u8; MAX_HEADER_BODY.max(MAX_ACK_BODY) + 1];
         assert!(matches!(
             Header::decode_body(&big),
             Err(WireError::BodyTooLong { .. })
@@ -2100,13 +2207,22 @@ mod tests {
 
     #[test]
     fn decode_route_too_long() {
-        let hops: Vec<&[u8]> = vec![b"h:1"; MAX_ROUTE_HOPS + 1];
+        let mut b = raw_header(b"a", FLAG_TREE, 0, 1, &[]);
+        b.push(1);
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.extend_from_slice(&[0; TRANSFER_ID_LEN]);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&((MAX_ROUTE_HOPS + 1) as u16).to_be_bytes());
         assert_eq!(
-            Header::decode_body(&raw_header(b"a", 0, 0, 1, &hops)),
+            Header::decode_body(&b),
             Err(WireError::RouteTooLong {
                 hops: MAX_ROUTE_HOPS + 1
             })
         );
+        // A relayed header's route is in its tree section, never before it.
+        let b = raw_header(b"a", FLAG_TREE, 0, 1, &[b"h:1"]);
+        assert_eq!(Header::decode_body(&b), Err(WireError::RouteOutsideTree(1)));
     }
 
     #[test]

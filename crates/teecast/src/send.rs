@@ -272,7 +272,7 @@ impl<'a> Transfer<'a> {
                 ));
             }
             Some(_) if destinations.len() > wire::MAX_ROUTE_HOPS => {
-                return Err(SendError::Tree("at most 128 hosts can be relayed to"));
+                return Err(SendError::Tree("at most 10,000 hosts can be relayed to"));
             }
             Some(k) => (
                 Tree::children_of(k, 0, destinations.len()).collect(),
