@@ -436,7 +436,7 @@ impl<'a> Transfer<'a> {
     ) {
         let route = Arc::new(Route::resolve(&self.destinations, fanout, 0));
         let reports = Reports::new(dests.len());
-        let ring = Arc::new(Ring::new(self.options.ring));
+        let ring = Arc::new(Ring::new(self.options.ring, self.options.stall_timeout));
         let adopter = Adopter::new(
             Replay::Ring(ring.clone()),
             header,

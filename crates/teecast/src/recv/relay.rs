@@ -136,7 +136,7 @@ pub(super) fn forward(
         _ if served.is_empty() => (None, None),
         Some(s @ Store::Atomic(_)) => (Some(Replay::Stored(StoredCopy::new(dup(s)?))), None),
         _ => {
-            let ring = Arc::new(Ring::new(options.ring));
+            let ring = Arc::new(Ring::new(options.ring, child_stall));
             (Some(Replay::Ring(ring.clone())), Some(ring))
         }
     };

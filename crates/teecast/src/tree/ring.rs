@@ -7,7 +7,7 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use teecast_sys as sys;
 
@@ -23,6 +23,7 @@ pub(crate) const BLOCK: usize = 1 << 20;
 /// needs older bytes (then the writer waits, as for a slow destination).
 pub(crate) struct Ring {
     capacity: usize,
+    patience: Duration,
     state: Mutex<RingState>,
     changed: Condvar,
 }
@@ -76,10 +77,12 @@ pub(crate) enum Held {
 }
 
 impl Ring {
-    /// A ring of `capacity` bytes (at least two blocks).
-    pub(crate) fn new(capacity: usize) -> Ring {
+    /// A ring of `capacity` bytes (at least two blocks), whose writer waits at most `patience`
+    /// for a follower that still needs its oldest block.
+    pub(crate) fn new(capacity: usize, patience: Duration) -> Ring {
         Ring {
             capacity: capacity.max(2 * BLOCK),
+            patience,
             state: Mutex::new(RingState::default()),
             changed: Condvar::new(),
         }
@@ -90,13 +93,25 @@ impl Ring {
     }
 
     /// Appends `block`, dropping the oldest blocks no follower needs to stay within capacity
-    /// (waiting while one does); returns a block to fill next (a dropped one, or none).
+    /// (waiting while one does, at most the ring's patience: then the block goes all the same,
+    /// and that follower learns it is gone); returns a block to fill next (a dropped one, or
+    /// none).
     fn push(&self, block: Vec<u8>) -> Vec<u8> {
+        let until = Instant::now().checked_add(self.patience);
         let mut state = self.lock();
         while state.held + block.len() > self.capacity && !state.blocks.is_empty() {
             let first_end = state.start + state.blocks[0].len() as u64;
-            if state.pins.iter().any(|&(_, offset)| offset < first_end) {
-                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            let left = until.map(|t| t.saturating_duration_since(Instant::now()));
+            if left != Some(Duration::ZERO)
+                && state.pins.iter().any(|&(_, offset)| offset < first_end)
+            {
+                state = match left {
+                    Some(left) => {
+                        let waited = self.changed.wait_timeout(state, left);
+                        waited.unwrap_or_else(|p| p.into_inner()).0
+                    }
+                    None => self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
+                };
                 continue;
             }
             if let Some(dropped) = state.blocks.pop_front() {
@@ -408,7 +423,7 @@ mod tests {
 
     #[test]
     fn the_ring_replays_from_any_offset_it_still_holds() {
-        let ring = Arc::new(Ring::new(2 * BLOCK));
+        let ring = Arc::new(Ring::new(2 * BLOCK, Duration::MAX));
         let mut writer = RingWriter::new(ring.clone());
         let data: Vec<u8> = (0..2 * BLOCK + 5).map(|i| (i % 251) as u8).collect();
         writer.take_from_buffer(&data).unwrap();
@@ -435,7 +450,7 @@ mod tests {
 
     #[test]
     fn a_pinned_offset_holds_the_writer_back() {
-        let ring = Arc::new(Ring::new(2 * BLOCK));
+        let ring = Arc::new(Ring::new(2 * BLOCK, Duration::MAX));
         let pin = ring.pin();
         let writer = {
             let ring = ring.clone();
@@ -474,11 +489,28 @@ mod tests {
         assert!(matches!(ring.at(offset, Duration::ZERO), Held::End(..)));
     }
 
+    /// A follower that holds its pin past the ring's patience does not freeze the writer: the
+    /// block goes, and the follower is told its offset is gone.
+    #[test]
+    fn a_pin_held_too_long_is_dropped() {
+        let ring = Arc::new(Ring::new(2 * BLOCK, Duration::from_millis(100)));
+        let pin = ring.pin();
+        let writing = ring.clone();
+        let writer = std::thread::spawn(move || {
+            let mut writer = RingWriter::new(writing);
+            writer.take_from_buffer(&vec![1; 4 * BLOCK]).unwrap();
+            writer.finish(4 * BLOCK as u64, &digest()).unwrap();
+        });
+        writer.join().unwrap();
+        assert!(matches!(ring.at(0, Duration::ZERO), Held::Gone(start) if start > 0));
+        drop(pin);
+    }
+
     /// A writer whose thread panics mid-stream ends the ring: a follower waiting for more is
     /// told the replay stopped, and does not wait for ever.
     #[test]
     fn a_writer_that_panics_ends_the_ring() {
-        let ring = Arc::new(Ring::new(4 * BLOCK));
+        let ring = Arc::new(Ring::new(4 * BLOCK, Duration::MAX));
         let writing = ring.clone();
         let panicked = std::thread::spawn(move || {
             let mut writer = RingWriter::new(writing);
