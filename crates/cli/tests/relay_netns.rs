@@ -476,3 +476,105 @@ fn a_frozen_host_costs_only_itself() {
     last.wait(Duration::from_secs(60)).expect_code(0);
     assert_same_file(&source, &last_inbox.join("image.bin"));
 }
+
+/// A tree of 15 over shaped links with one host blackholed mid-stream (every packet it sends is
+/// dropped by `iptables`: no reset, no close, nothing) and another frozen (SIGSTOP): every healthy host stores a
+/// verified copy, the report is exact (the two named `stalled`, the hosts below them adopted by
+/// the right parents), and the whole transfer ends within a bound.
+#[test]
+fn a_blackholed_and_a_frozen_host_in_a_tree_of_fifteen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let source = dir.path().join("image.bin");
+    random_file(&source, 48 * MIB + 1, 250);
+    let net = Net::new("b", 16);
+    // Their own stall timeout bounds how long the blackholed one takes to give up.
+    let relays: Vec<_> = (1..=15)
+        .map(|i| net.relay(i, dir.path(), &key, &["--stall-timeout", "8s"]))
+        .collect();
+    let addrs: Vec<String> = (1..=15).map(|i| net.addr(i)).collect();
+    let mut args = vec![
+        "send",
+        "--json",
+        "--tree",
+        "2",
+        "--stall-timeout",
+        "4s",
+        "--key-file",
+        key.to_str().unwrap(),
+        source.to_str().unwrap(),
+    ];
+    args.extend(addrs.iter().map(String::as_str));
+    let started = std::time::Instant::now();
+    let sender = Running::spawn(&mut net.teecast(0, &args));
+    // The deepest hosts below both hold part of the stream (positions 11 and 9).
+    common::wait_held(relays[10].0.pid(), &relays[10].1, 4 * MIB);
+    common::wait_held(relays[8].0.pid(), &relays[8].1, 4 * MIB);
+    // Position 2 (children 5 and 6) goes silent: every packet it sends is dropped. Position 4
+    // (children 9 and 10) freezes.
+    ip(&[
+        "netns",
+        "exec",
+        &net.ns(2),
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-o",
+        "eth0",
+        "-j",
+        "DROP",
+    ]);
+    relays[3].0.pause();
+    let sent = sender.wait(Duration::from_secs(120));
+    let took = started.elapsed();
+    eprintln!("the tree of 15 with a blackholed and a frozen host finished in {took:?}");
+    sent.expect_code(1);
+    let report = sent.json();
+    let d = report["destinations"].as_array().unwrap();
+    let parent = |p: usize| (p > 2).then(|| addrs[(p - 1) / 2 - 1].as_str());
+    for p in 1..=15 {
+        let host = &d[p - 1];
+        match p {
+            2 | 4 => {
+                assert_eq!(host["status"], "failed", "{p}: {report}");
+                assert!(
+                    host["error"].as_str().unwrap().contains("stalled"),
+                    "{p}: {report}"
+                );
+            }
+            // Adopted: 5 and 6 by the sender, 9 and 10 by position 1.
+            5 | 6 => {
+                assert_eq!(host["status"], "ok", "{p}: {report}");
+                assert_eq!(host["parent"].as_str(), None, "{p}: {report}");
+            }
+            9 | 10 => {
+                assert_eq!(host["status"], "ok", "{p}: {report}");
+                assert_eq!(
+                    host["parent"].as_str(),
+                    Some(addrs[0].as_str()),
+                    "{p}: {report}"
+                );
+            }
+            _ => {
+                assert_eq!(host["status"], "ok", "{p}: {report}");
+                assert_eq!(host["parent"].as_str(), parent(p), "{p}: {report}");
+            }
+        }
+    }
+    // 48 MiB at 200 Mbit/s is about 2 s a link; the two stalls cost 4 s and 2 s, overlapped.
+    assert!(took < Duration::from_secs(40), "the tree took {took:?}");
+    relays[3].0.signal(rustix::process::Signal::KILL).unwrap();
+    for (i, (proc, inbox)) in relays.into_iter().enumerate() {
+        match i + 1 {
+            2 => {
+                proc.wait(Duration::from_secs(60)).expect_code(1);
+                assert!(list_dir(&inbox).is_empty(), "{inbox:?}");
+            }
+            4 => drop(proc),
+            _ => {
+                proc.wait(Duration::from_secs(60)).expect_code(0);
+                assert_same_file(&source, &inbox.join("image.bin"));
+            }
+        }
+    }
+}
