@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{MIB, Receiver, Running, assert_same_file, list_dir, random_file, run, teecast};
+use common::{
+    MIB, Receiver, Running, assert_same_file, hosts_of, list_dir, random_file, run, teecast,
+};
 
 /// `n` relays, each `recv --once --relay --dir DIR/host-i` plus `extra`.
 fn relays(dir: &Path, n: usize, extra: &[&str]) -> Vec<(Receiver, PathBuf)> {
@@ -25,22 +27,6 @@ fn relays(dir: &Path, n: usize, extra: &[&str]) -> Vec<(Receiver, PathBuf)> {
 
 fn addresses(hosts: &[(Receiver, PathBuf)]) -> Vec<String> {
     hosts.iter().map(|(r, _)| r.dest()).collect()
-}
-
-/// The report's hosts as (address, parent, status), in the order given.
-fn hosts_of(report: &serde_json::Value) -> Vec<(String, Option<String>, String)> {
-    report["destinations"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no destinations in {report}"))
-        .iter()
-        .map(|d| {
-            (
-                d["address"].as_str().unwrap().to_string(),
-                d["parent"].as_str().map(str::to_string),
-                d["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Sends `source` along a tree of `fanout` over `hosts` and checks that every host stored it,

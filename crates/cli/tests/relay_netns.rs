@@ -120,6 +120,29 @@ impl Net {
     }
 }
 
+impl Net {
+    /// `teecast send --json --tree FANOUT --stall-timeout STALL --key-file KEY SOURCE` from host
+    /// 0 to hosts 1 to `hosts`, started.
+    fn send_tree(
+        &self,
+        fanout: &str,
+        stall: &str,
+        key: &Path,
+        source: &Path,
+        hosts: usize,
+    ) -> Running {
+        let addrs: Vec<String> = (1..=hosts).map(|i| self.addr(i)).collect();
+        let mut args = vec!["send", "--json", "--tree", fanout, "--stall-timeout", stall];
+        args.extend([
+            "--key-file",
+            key.to_str().unwrap(),
+            source.to_str().unwrap(),
+        ]);
+        args.extend(addrs.iter().map(String::as_str));
+        Running::spawn(&mut self.teecast(0, &args))
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for i in 0..self.hosts {
@@ -208,19 +231,7 @@ fn a_relay_killed_in_a_tree_is_survived() {
         .map(|i| net.relay(i, dir.path(), &key, &stall))
         .collect();
     let addrs: Vec<String> = (1..=7).map(|i| net.addr(i)).collect();
-    let mut args = vec![
-        "send",
-        "--json",
-        "--tree",
-        "2",
-        "--stall-timeout",
-        "2s",
-        "--key-file",
-        key.to_str().unwrap(),
-        source.to_str().unwrap(),
-    ];
-    args.extend(addrs.iter().map(String::as_str));
-    let sender = Running::spawn(&mut net.teecast(0, &args));
+    let sender = net.send_tree("2", "2s", &key, &source, addrs.len());
     // Position 3 (a child of 1) holds 2 MiB: kill position 1.
     common::wait_held(relays[2].0.pid(), &relays[2].1, 2 * MIB);
     relays[0].0.signal(rustix::process::Signal::KILL).unwrap();
@@ -425,19 +436,7 @@ fn a_frozen_host_costs_only_itself() {
         .map(|i| net.relay(i, dir.path(), &key, &[]))
         .collect();
     let addrs: Vec<String> = (1..=3).map(|i| net.addr(i)).collect();
-    let mut args = vec![
-        "send",
-        "--json",
-        "--tree",
-        "1",
-        "--stall-timeout",
-        "3s",
-        "--key-file",
-        key.to_str().unwrap(),
-        source.to_str().unwrap(),
-    ];
-    args.extend(addrs.iter().map(String::as_str));
-    let sender = Running::spawn(&mut net.teecast(0, &args));
+    let sender = net.send_tree("1", "3s", &key, &source, addrs.len());
     // The last host holds part of the stream: freeze the middle one.
     common::wait_held(relays[2].0.pid(), &relays[2].1, 4 * MIB);
     relays[1].0.pause();
@@ -493,20 +492,8 @@ fn a_blackholed_and_a_frozen_host_in_a_tree_of_fifteen() {
         .map(|i| net.relay(i, dir.path(), &key, &["--stall-timeout", "8s"]))
         .collect();
     let addrs: Vec<String> = (1..=15).map(|i| net.addr(i)).collect();
-    let mut args = vec![
-        "send",
-        "--json",
-        "--tree",
-        "2",
-        "--stall-timeout",
-        "4s",
-        "--key-file",
-        key.to_str().unwrap(),
-        source.to_str().unwrap(),
-    ];
-    args.extend(addrs.iter().map(String::as_str));
     let started = std::time::Instant::now();
-    let sender = Running::spawn(&mut net.teecast(0, &args));
+    let sender = net.send_tree("2", "4s", &key, &source, addrs.len());
     // The deepest hosts below both hold part of the stream (positions 11 and 9).
     common::wait_held(relays[10].0.pid(), &relays[10].1, 4 * MIB);
     common::wait_held(relays[8].0.pid(), &relays[8].1, 4 * MIB);

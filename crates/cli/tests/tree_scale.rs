@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Prng, Running, list_dir, teecast};
+use common::{Prng, Running, hosts_of, list_dir, teecast};
 
 const HOSTS: usize = 1000;
 const FANOUT: usize = 10;
@@ -65,22 +65,6 @@ fn enough_descriptors() {
 fn start_hosts(dir: &Path) -> Vec<Host> {
     enough_descriptors();
     (0..HOSTS).map(|i| start_host(dir, i)).collect()
-}
-
-/// The report's hosts, in the order given, as (address, parent, status).
-fn hosts_of(report: &serde_json::Value) -> Vec<(String, Option<String>, String)> {
-    report["destinations"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no destinations in {report}"))
-        .iter()
-        .map(|d| {
-            (
-                d["address"].as_str().unwrap().to_string(),
-                d["parent"].as_str().map(str::to_string),
-                d["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 fn sender(addrs: &[String]) -> Command {

@@ -572,6 +572,22 @@ pub fn tree_parents(hosts: &[String], fanout: usize) -> Vec<Option<String>> {
         .collect()
 }
 
+/// The report's hosts as (address, parent, status), in the order given.
+pub fn hosts_of(report: &serde_json::Value) -> Vec<(String, Option<String>, String)> {
+    report["destinations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no destinations in {report}"))
+        .iter()
+        .map(|d| {
+            (
+                d["address"].as_str().unwrap().to_string(),
+                d["parent"].as_str().map(str::to_string),
+                d["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The byte a host of a relayed send's JSON report (`destination`) resumed at, after it was
 /// adopted because `dead` failed; panics unless its note says so.
 pub fn resumed_at(destination: &serde_json::Value, dead: &str) -> u64 {
