@@ -18,6 +18,7 @@ use teecast::digest::DigestAlgorithm;
 use teecast::proto::wire;
 use teecast::send::{SendOptions, SendReport, Transfer};
 use teecast::source::Source;
+use teecast::transport::deadline;
 
 use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, parse_timeout, send_error_with_hint};
 use crate::out::{errln, outln};
@@ -285,8 +286,12 @@ fn listening_port(line: &str) -> Option<u16> {
         .ok()
 }
 
-/// Waits until every remote said where it listens, ended, or `deadline` passed.
-fn wait_listening(remotes: &mut [Remote], woken: &mpsc::Receiver<usize>, deadline: Instant) {
+/// Waits until every remote said where it listens, ended, or `deadline` passed (`None`: never).
+fn wait_listening(
+    remotes: &mut [Remote],
+    woken: &mpsc::Receiver<usize>,
+    deadline: Option<Instant>,
+) {
     loop {
         for r in remotes
             .iter_mut()
@@ -317,9 +322,12 @@ fn wait_listening(remotes: &mut [Remote], woken: &mpsc::Receiver<usize>, deadlin
         {
             return;
         }
-        match woken.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        let woke = match deadline {
+            Some(d) => woken.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => woken.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        if woke.is_err() {
+            break;
         }
     }
     for r in remotes
@@ -331,8 +339,8 @@ fn wait_listening(remotes: &mut [Remote], woken: &mpsc::Receiver<usize>, deadlin
     }
 }
 
-/// Waits for every remote to exit by `deadline`, killing the ones that do not.
-fn wait_exits(remotes: &mut [Remote], woken: &mpsc::Receiver<usize>, deadline: Instant) {
+/// Waits for every remote to exit by `deadline` (`None`: never), killing the ones that do not.
+fn wait_exits(remotes: &mut [Remote], woken: &mpsc::Receiver<usize>, deadline: Option<Instant>) {
     loop {
         for r in remotes.iter_mut().filter(|r| r.exit.is_none()) {
             if let Ok(Some(status)) = r.child.try_wait() {
@@ -342,7 +350,9 @@ fn wait_exits(remotes: &mut [Remote], woken: &mpsc::Receiver<usize>, deadline: I
         if remotes.iter().all(|r| r.exit.is_some()) {
             return;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         if left.is_zero() {
             break;
         }
@@ -408,7 +418,7 @@ pub fn run(args: PushArgs) -> u8 {
         }
     }
     drop(woke);
-    wait_listening(&mut remotes, &woken, Instant::now() + args.start_timeout);
+    wait_listening(&mut remotes, &woken, deadline(args.start_timeout));
     let started: Vec<usize> = (0..remotes.len())
         .filter(|&i| remotes[i].port.is_some())
         .collect();
@@ -447,7 +457,7 @@ pub fn run(args: PushArgs) -> u8 {
     wait_exits(
         &mut remotes,
         &woken,
-        Instant::now() + args.stall_timeout + Duration::from_secs(5),
+        deadline(args.stall_timeout.saturating_add(Duration::from_secs(5))),
     );
     let mut hosts = Vec::with_capacity(remotes.len());
     for (i, r) in remotes.iter().enumerate() {

@@ -341,7 +341,7 @@ impl<'a> Destination<'a> {
 
     /// Reads the receiver's answer to a resuming header: the offset to go on from.
     fn read_resume(&mut self) -> Result<(), DestFailure> {
-        let deadline = Instant::now() + self.stall();
+        let deadline = transport::deadline(self.stall());
         let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
             return Err(DestFailure::Abandoned(Abandoned::Transfer));
         };
@@ -400,7 +400,7 @@ impl<'a> Destination<'a> {
 
     /// Writes framing bytes, by one deadline a stall timeout away.
     fn write_framing(&self, bytes: &[u8]) -> Result<(), DestFailure> {
-        let deadline = Instant::now() + self.stall();
+        let deadline = transport::deadline(self.stall());
         transport::write_all(self.stream()?, bytes, deadline).map_err(|e| self.write_failed(e))
     }
 
@@ -427,7 +427,7 @@ impl<'a> Destination<'a> {
     fn wait_for_filler(&mut self, pipe: BorrowedFd<'_>) -> Result<bool, DestFailure> {
         let io = |op| move |source| DestFailure::Io { op, source };
         loop {
-            let deadline = self.idle_interval().map(|i| Instant::now() + i);
+            let deadline = self.idle_interval().and_then(transport::deadline);
             if sys::wait_ready(pipe, Readiness::Readable, deadline).map_err(io("poll"))? {
                 return Ok(sys::bytes_queued(pipe).map_err(io("FIONREAD"))? > 0);
             }
@@ -448,7 +448,7 @@ impl<'a> Destination<'a> {
                 stream,
                 &mut session.clone(),
                 &[],
-                Instant::now() + Duration::from_secs(1),
+                transport::deadline(Duration::from_secs(1)),
             )
         {
             return refused(ack);
@@ -467,8 +467,10 @@ impl<'a> Destination<'a> {
         // The receiver fsyncs before it answers: allow for a slow disk (16 MiB/s) on top of
         // the stall timeout, so a file a receiver kept is not reported failed.
         let sent = self.progress.of(self.index);
-        let stall =
-            (self.stall() + Duration::from_secs_f64(sent as f64 / FSYNC_RATE)) * self.levels;
+        let stall = self
+            .stall()
+            .saturating_add(Duration::from_secs_f64(sent as f64 / FSYNC_RATE))
+            .saturating_mul(self.levels);
         let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
             return Err(DestFailure::Abandoned(Abandoned::Transfer));
         };
@@ -476,15 +478,14 @@ impl<'a> Destination<'a> {
             .announce
             .and_then(OnceLock::get)
             .unwrap_or(&digest.bytes);
-        let verdict = read_verdict(stream, session, announced, Instant::now() + stall).map_err(
-            |e| match e {
+        let verdict = read_verdict(stream, session, announced, transport::deadline(stall))
+            .map_err(|e| match e {
                 ReadError::Wire(w) => DestFailure::BadAck(w),
                 ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
                     DestFailure::NoAck(stall)
                 }
                 ReadError::Io(e) => DestFailure::Reset(e),
-            },
-        )?;
+            })?;
         let reports = match &verdict {
             Verdict::Confirmed(ack) | Verdict::Refused(ack) => ack.reports.clone(),
         };
@@ -509,7 +510,7 @@ fn read_verdict(
     stream: &TcpStream,
     session: &mut SenderSession,
     digest: &[u8],
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<Verdict, ReadError> {
     let body = transport::read_message(stream, session.ack_reader(), deadline)?;
     let seal = if session.is_keyed() {
@@ -637,7 +638,7 @@ impl Destination<'_> {
                     .map_err(|_| DestFailure::Abandoned(Abandoned::NotStarted))?;
             self.write_framing(&hello)?;
             let stall = self.stall();
-            let deadline = Instant::now() + stall;
+            let deadline = transport::deadline(stall);
             let body = transport::read_message(self.stream()?, session.welcome_reader(), deadline)
                 .map_err(|e| match e {
                     ReadError::Wire(w) => DestFailure::Handshake(w),
@@ -672,7 +673,8 @@ impl Destination<'_> {
         let took = |s: &Self| s.progress.of(s.index) - start;
         // Bytes still due in the current chunk (chunked framing declares what the pipe holds).
         let mut chunk_left = 0usize;
-        let mut last_progress = Instant::now();
+        // Where this destination counts as stalled, when no byte goes out before it.
+        let mut stall_at = transport::deadline(stall);
         loop {
             if chunked && chunk_left == 0 {
                 let queued = sys::bytes_queued(pipe).map_err(|source| DestFailure::Io {
@@ -683,7 +685,7 @@ impl Destination<'_> {
                     if !self.wait_for_filler(pipe)? {
                         return Ok(took(self));
                     }
-                    last_progress = Instant::now();
+                    stall_at = transport::deadline(stall);
                     continue;
                 }
                 chunk_left = queued.min(wire::MAX_CHUNK as usize);
@@ -698,7 +700,7 @@ impl Destination<'_> {
                 Ok(n) => {
                     chunk_left = chunk_left.saturating_sub(n);
                     self.count(n)?;
-                    last_progress = Instant::now();
+                    stall_at = transport::deadline(stall);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if sys::bytes_queued(pipe).unwrap_or(1) == 0 {
@@ -706,10 +708,10 @@ impl Destination<'_> {
                         if !self.wait_for_filler(pipe)? {
                             return Ok(took(self));
                         }
-                        last_progress = Instant::now();
+                        stall_at = transport::deadline(stall);
                     } else {
                         let stream = self.stream()?;
-                        transport::wait(stream, Readiness::Writable, last_progress + stall)
+                        transport::wait(stream, Readiness::Writable, stall_at)
                             .map_err(|e| self.write_failed(e))?;
                     }
                 }
@@ -720,7 +722,7 @@ impl Destination<'_> {
 
     fn send_buffer(&mut self, bytes: &[u8]) -> Result<(), DestFailure> {
         self.chunk_header(bytes.len())?;
-        let deadline = Instant::now() + self.stall();
+        let deadline = transport::deadline(self.stall());
         transport::write_all(self.stream()?, bytes, deadline).map_err(|e| self.write_failed(e))?;
         self.count(bytes.len())
     }
@@ -740,8 +742,12 @@ impl Destination<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let stream = self.stream()?;
-                    transport::wait(stream, Readiness::Writable, Instant::now() + self.stall())
-                        .map_err(|e| self.write_failed(e))?;
+                    transport::wait(
+                        stream,
+                        Readiness::Writable,
+                        transport::deadline(self.stall()),
+                    )
+                    .map_err(|e| self.write_failed(e))?;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                     return Err(DestFailure::SourceShrank);

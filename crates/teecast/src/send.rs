@@ -101,12 +101,12 @@ impl SendOptions {
         self.fanout.capture = Some(path.into());
         self
     }
-    /// Sets the stall timeout.
+    /// Sets the stall timeout. A timeout too long for the clock (`Duration::MAX`) is none: never.
     pub fn stall_timeout(mut self, timeout: Duration) -> Self {
         self.stall_timeout = timeout;
         self
     }
-    /// Sets the connect timeout.
+    /// Sets the connect timeout. A timeout too long for the clock (`Duration::MAX`) is none: never.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self

@@ -1,6 +1,8 @@
 //! Transport: connecting to a destination, and reading and writing a socket against a
 //! deadline. One module for both sides, so every exchange — a header, a trailer, an
 //! acknowledgement — is bounded by a *total* deadline, however the peer drips its bytes.
+//! Every deadline is made by [`deadline`]: a timeout too long for the clock is no deadline
+//! (`None`, never), not an overflow.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -71,19 +73,30 @@ pub fn connect_to(
     last
 }
 
-/// Waits until `stream` is ready for `readiness`, or fails with `TimedOut` at `deadline`.
-pub fn wait(stream: &TcpStream, readiness: Readiness, deadline: Instant) -> io::Result<()> {
-    if sys::wait_ready(stream.as_fd(), readiness, Some(deadline))? {
+/// The instant `after` from now: `None` (no deadline, never) when `after` reaches beyond what
+/// the clock can hold, as `Duration::MAX` does.
+pub fn deadline(after: Duration) -> Option<Instant> {
+    Instant::now().checked_add(after)
+}
+
+/// Waits until `stream` is ready for `readiness`, or fails with `TimedOut` at `deadline`
+/// (`None`: never).
+pub fn wait(stream: &TcpStream, readiness: Readiness, deadline: Option<Instant>) -> io::Result<()> {
+    if sys::wait_ready(stream.as_fd(), readiness, deadline)? {
         Ok(())
     } else {
         Err(io::ErrorKind::TimedOut.into())
     }
 }
 
-/// Writes all of `bytes` to `stream` (blocking or not) by `deadline`: each write takes only what
-/// fits at once, and the wait for room is bounded by the deadline, so a peer that stops reading
-/// costs at most the time left.
-pub fn write_all(stream: &TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+/// Writes all of `bytes` to `stream` (blocking or not) by `deadline` (`None`: never): each
+/// write takes only what fits at once, and the wait for room is bounded by the deadline, so a
+/// peer that stops reading costs at most the time left.
+pub fn write_all(
+    stream: &TcpStream,
+    mut bytes: &[u8],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
     while !bytes.is_empty() {
         match sys::send_now(stream.as_fd(), bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -99,7 +112,11 @@ pub fn write_all(stream: &TcpStream, mut bytes: &[u8], deadline: Instant) -> io:
 
 /// Reads exactly `buf.len()` bytes from `stream` by `deadline`. The end of the stream before
 /// that is `UnexpectedEof`.
-pub fn read_exact(mut stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+pub fn read_exact(
+    mut stream: &TcpStream,
+    buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         // Wait first, so a blocking socket never blocks past the deadline either.
@@ -135,7 +152,7 @@ pub enum ReadError {
 pub fn read_message(
     stream: &TcpStream,
     mut reader: FrameReader,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<Vec<u8>, ReadError> {
     loop {
         let mut buf = vec![0; reader.wanted()];
@@ -184,7 +201,7 @@ mod tests {
         let got = read_message(
             &server,
             FrameReader::new(MessageKind::Ack),
-            started + Duration::from_millis(200),
+            started.checked_add(Duration::from_millis(200)),
         );
         let took = started.elapsed();
         assert!(
@@ -208,7 +225,7 @@ mod tests {
             let got = write_all(
                 &client,
                 &vec![0u8; 64 << 20],
-                started + Duration::from_millis(300),
+                started.checked_add(Duration::from_millis(300)),
             );
             let _ = done.send((got.map_err(|e| e.kind()), started.elapsed()));
         });
@@ -226,9 +243,17 @@ mod tests {
         let (client, server) = pair();
         drop(client);
         let mut buf = [0u8; 4];
-        let err =
-            read_exact(&server, &mut buf, Instant::now() + Duration::from_secs(5)).unwrap_err();
+        let err = read_exact(&server, &mut buf, deadline(Duration::from_secs(5))).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A timeout too long for the clock is no deadline, not an overflow; a short one is one.
+    #[test]
+    fn a_timeout_beyond_the_clock_is_never() {
+        assert_eq!(deadline(Duration::MAX), None);
+        assert_eq!(deadline(Duration::from_secs(u64::MAX / 2)), None);
+        let soon = deadline(Duration::from_secs(1)).unwrap();
+        assert!(soon > Instant::now() && soon < Instant::now() + Duration::from_secs(2));
     }
 
     #[test]

@@ -57,3 +57,39 @@ fn a_transfer_without_destinations_is_refused_before_it_starts() {
         Err(SendError::NoDestinations)
     ));
 }
+
+/// Regression: `stall_timeout(Duration::MAX)`, the natural "never", overflowed `Instant + Duration`
+/// and panicked the destination's thread. Every timeout of both ends at `Duration::MAX`: the
+/// stream is stored and confirmed.
+#[test]
+fn regression_timeouts_of_duration_max_mean_never() {
+    use std::time::Duration;
+    use teecast::recv::{self, RecvOptions, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let source_path = dir.path().join("data.bin");
+    std::fs::write(&source_path, vec![7u8; 1_000_000]).unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let receiver = std::thread::spawn({
+        let inbox = inbox.clone();
+        move || {
+            let options = RecvOptions::new(Target::Dir(inbox))
+                .stall_timeout(Duration::MAX)
+                .header_timeout(Duration::MAX);
+            recv::serve(&listener, &options, true, &|_, _| {}).unwrap()
+        }
+    });
+    let source = Source::open(&source_path).unwrap();
+    let options = SendOptions::default()
+        .stall_timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX);
+    let report = Transfer::new(&source, &[address], &options).unwrap().run();
+    assert!(report.is_success(), "{report:?}");
+    assert!(receiver.join().unwrap(), "the receiver stored it");
+    assert_eq!(
+        std::fs::read(inbox.join("data.bin")).unwrap(),
+        vec![7u8; 1_000_000]
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use teecast_proto::session::{Mismatch, ReceiverSession};
 use teecast_proto::wire::HostReport;
@@ -10,6 +10,7 @@ use teecast_proto::wire::HostReport;
 use super::error::RecvError;
 use super::options::RecvOptions;
 use super::streams::Streams;
+use crate::transport;
 
 /// A framed connection being served: its socket and session (which a parent resuming the stream
 /// replaces with its own), and what serving it needs.
@@ -28,10 +29,10 @@ pub(super) const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// Reads and drops input until EOF, an error, or `limit` has passed.
 pub(super) fn discard_input(mut stream: &TcpStream, limit: Duration) {
-    let deadline = std::time::Instant::now() + limit;
+    let deadline = transport::deadline(limit);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.map_or(limit, |d| d.saturating_duration_since(Instant::now()));
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             return;
         }

@@ -94,6 +94,7 @@ impl RecvOptions {
     }
 
     /// Sets how long a connection may take to open its session (hello, proof, header).
+    /// A timeout too long for the clock (`Duration::MAX`) is none: never.
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
         self
@@ -129,7 +130,7 @@ impl RecvOptions {
         self
     }
 
-    /// Sets the stall timeout.
+    /// Sets the stall timeout. A timeout too long for the clock (`Duration::MAX`) is none: never.
     pub fn stall_timeout(mut self, timeout: Duration) -> Self {
         self.stall_timeout = timeout;
         self

@@ -331,7 +331,6 @@ impl SessionFiller<'_> {
         session: ReceiverSession,
     ) -> Result<(), EngineError> {
         let offset = self.session.received();
-        let now = Instant::now();
         let adopted = self.session.ack(
             AckStatus::Adopted,
             offset,
@@ -341,7 +340,7 @@ impl SessionFiller<'_> {
         let old = std::mem::replace(self.stream, stream);
         *self.session = session;
         // The old parent may still be there (cut off upstream): it must not adopt this host.
-        let _ = transport::write_all(&old, &adopted, now + Duration::from_secs(1));
+        let _ = transport::write_all(&old, &adopted, transport::deadline(Duration::from_secs(1)));
         let _ = old.shutdown(Shutdown::Write);
         let _ = std::thread::Builder::new()
             .name("teecast-linger".into())
@@ -355,7 +354,7 @@ impl SessionFiller<'_> {
                     op: "resuming",
                     source: io::Error::other(e),
                 })?;
-                transport::write_all(self.stream, &reply, now + self.stall)
+                transport::write_all(self.stream, &reply, transport::deadline(self.stall))
                     .map_err(RecvError::reading("resume", offset, self.stall))
             });
         if let Err(e) = taken {

@@ -171,7 +171,7 @@ fn receive_admitted(
         return result;
     }
     // The sender may already be gone; the outcome here stands either way.
-    let _ = transport::write_all(&stream, &ack, Instant::now() + options.stall_timeout);
+    let _ = transport::write_all(&stream, &ack, transport::deadline(options.stall_timeout));
     if let Err(
         RecvError::Io { .. }
         | RecvError::CannotCreate { .. }
@@ -209,7 +209,7 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
     let (options, peer) = (conn.options, conn.peer);
     let stall = options.stall_timeout;
     // Hello, proof and header, all within the header timeout of the connection.
-    let mut deadline = Instant::now() + options.header_timeout;
+    let mut deadline = transport::deadline(options.header_timeout);
     let mut buf = Vec::new();
     let mut store: Option<(Store, Payload)> = None;
     loop {
@@ -239,7 +239,7 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                 if conn.session.header().is_some() {
                     // After the header each frame (a chunk header, a keepalive, the trailer) is
                     // due within one stall timeout of the one before.
-                    deadline = Instant::now() + stall;
+                    deadline = transport::deadline(stall);
                 }
                 if store.is_none()
                     && let Some(header) = conn.session.header()
@@ -259,7 +259,7 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                 let before = payload.bytes;
                 payload.copy(conn.stream.as_fd(), file.fd(), Some(n))?;
                 conn.session.payload(payload.bytes - before);
-                deadline = Instant::now() + stall;
+                deadline = transport::deadline(stall);
             }
             Next::Verify | Next::Resume => break,
         }
@@ -298,8 +298,12 @@ fn receive_relayed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Receive
             op: "resuming",
             source: io::Error::other(e),
         })?;
-        transport::write_all(&conn.stream, &reply, Instant::now() + options.stall_timeout)
-            .map_err(RecvError::reading("resume", 0, options.stall_timeout))?;
+        transport::write_all(
+            &conn.stream,
+            &reply,
+            transport::deadline(options.stall_timeout),
+        )
+        .map_err(RecvError::reading("resume", 0, options.stall_timeout))?;
         admit(&header.name, header.length, false)?;
     }
     let path = target_path(options, &header.name)?;
@@ -350,7 +354,7 @@ fn opens_a_session(stream: &TcpStream, stall: Duration) -> Result<bool, RecvErro
     let mut opening = wire::MessageKind::Hello.magic().to_vec();
     opening.extend_from_slice(&wire::VERSION.to_be_bytes());
     let mut first = vec![0u8; opening.len()];
-    let deadline = Instant::now() + stall;
+    let deadline = transport::deadline(stall);
     loop {
         let n = match stream.peek(&mut first) {
             Ok(n) => n,
@@ -369,7 +373,7 @@ fn opens_a_session(stream: &TcpStream, stall: Duration) -> Result<bool, RecvErro
         if n == first.len() || n == 0 || !opening.starts_with(&first[..n]) {
             return Ok(n == first.len() && first == opening);
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(RecvError::Stalled(stall));
         }
         // Fewer bytes than the opening, all matching it so far (rare: a peer dripping its first
