@@ -10,10 +10,12 @@
 //! [`AtomicFile::commit`] fsyncs the file and publishes the open descriptor itself — a hard link
 //! from `/proc/self/fd/N` to a fresh unguessable name, renamed onto the target — never a name that
 //! someone else could have swapped; it then checks that the target is the inode written (same
-//! device and inode number) and fsyncs the directory. [`AtomicFile::commit_no_clobber`] links
+//! device and inode number) and fsyncs the directory: a commit succeeds only once the new name
+//! is durable, and fails (the file published, but perhaps not after a crash) when the
+//! directory cannot be synced. [`AtomicFile::commit_no_clobber`] links
 //! straight to the target name and refuses an existing target. Dropped before a commit, the file
 //! leaves nothing behind. The published file gets mode 0644 less the umask, as a plain create
-//! would.
+//! would. Errors name no path (a receiver passes them on to its peer): the caller knows it.
 //!
 //! [`is_temporary_name`] recognises the names this module and older versions create, for a
 //! receiver to refuse them from peers; [`sweep`] removes the ones a crash left behind.
@@ -65,6 +67,9 @@ pub struct AtomicFile {
     /// The tests make `linkat` fail as on a filesystem without hard links.
     #[cfg(test)]
     no_links: bool,
+    /// The tests make the directory's fsync fail with this error, as a failing disk would.
+    #[cfg(test)]
+    dir_sync_fails: Option<Errno>,
 }
 
 /// How a commit treats an existing target.
@@ -113,6 +118,8 @@ impl AtomicFile {
             target: target.to_path_buf(),
             #[cfg(test)]
             no_links: false,
+            #[cfg(test)]
+            dir_sync_fails: None,
         };
         if try_tmpfile {
             match rustix::fs::openat(
@@ -156,7 +163,9 @@ impl AtomicFile {
     /// fsyncs the file and publishes it under its final name, atomically replacing whatever was
     /// there (a symlink at the target is replaced, never followed); checks that the target now
     /// is the file written, and fsyncs the directory. On an error nothing of this file is left,
-    /// and the target is either as it was or (if the check failed) not this file.
+    /// and the target is either as it was or (if the check failed) not this file — except when
+    /// the directory cannot be synced: then the file is published, and the error says that its
+    /// name may not survive a crash.
     pub fn commit(mut self) -> io::Result<PathBuf> {
         self.publish(Publish::Replace, &mut |_| {})
     }
@@ -184,25 +193,40 @@ impl AtomicFile {
         }
         race(Stage::BeforeCheck);
         if !self.is_ours(&self.name)? {
-            return Err(io::Error::other(format!(
-                "{} was replaced while it was being stored: it is not the file written",
-                self.target.display()
-            )));
+            return Err(io::Error::other(
+                "the target was replaced while it was being stored: it is not the file written",
+            ));
         }
         // The fallback's temporary name, if it still names this file, goes before the
         // directory is synced, so the sync covers both.
         self.remove_temp();
-        // The new name is durable once the directory is; a failure here does not undo it (and
-        // an `O_PATH` descriptor cannot be synced, so the directory is opened for it).
-        if let Ok(dir) = rustix::fs::openat(
+        // The new name is durable once the directory is: not before, so a failure here fails
+        // the commit (it cannot undo the rename). An `O_PATH` descriptor cannot be synced, so
+        // the directory is opened for it.
+        self.sync_dir().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "the file is in place but its directory could not be synced ({e}): it may not survive a crash"
+                ),
+            )
+        })?;
+        Ok(self.target.clone())
+    }
+
+    /// fsyncs the target's directory.
+    fn sync_dir(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(e) = self.dir_sync_fails {
+            return Err(e.into());
+        }
+        let dir = rustix::fs::openat(
             &self.dir,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-        ) {
-            let _ = rustix::fs::fsync(dir);
-        }
-        Ok(self.target.clone())
+        )?;
+        Ok(rustix::fs::fsync(dir)?)
     }
 
     /// Links the open file to a fresh unguessable name and renames that onto the target. The
@@ -291,10 +315,7 @@ impl AtomicFile {
         if self.is_ours(OsStr::new(&temp))? {
             Ok(temp)
         } else {
-            Err(io::Error::other(format!(
-                "the temporary file for {} was replaced",
-                self.target.display()
-            )))
+            Err(io::Error::other("the temporary file was replaced"))
         }
     }
 
@@ -822,10 +843,40 @@ mod tests {
                 })
                 .unwrap_err();
             assert!(err.to_string().contains("not the file written"), "{err}");
+            // Regression: the message named the target's path, which a receiver told its peer.
+            assert!(
+                !err.to_string().contains(&*dir.path().to_string_lossy()),
+                "{err}"
+            );
             drop(f);
             let context = format!("tmpfile: {tmpfile}, {how:?}");
             assert_eq!(list(dir.path()), ["disk.img"], "{context}");
             assert_eq!(std::fs::read(&target).unwrap(), b"theirs", "{context}");
+        }
+    }
+
+    /// Regression: the directory's fsync result was ignored, so a commit reported the file
+    /// stored before its new name was durable. A failing sync fails the commit, saying so.
+    #[test]
+    fn a_directory_that_cannot_be_synced_fails_the_commit() {
+        for (tmpfile, how) in [
+            (true, Publish::Replace),
+            (false, Publish::Replace),
+            (true, Publish::NoClobber),
+            (false, Publish::NoClobber),
+        ] {
+            let dir = dir_for(tmpfile);
+            let target = dir.path().join("disk.img");
+            let mut f = make(&target, tmpfile);
+            f.dir_sync_fails = Some(Errno::IO);
+            write(&f, b"ours");
+            let err = f.publish(how, &mut |_| {}).unwrap_err();
+            let context = format!("tmpfile: {tmpfile}, {how:?}: {err}");
+            assert!(err.to_string().contains("could not be synced"), "{context}");
+            assert!(err.to_string().contains("Input/output error"), "{context}");
+            drop(f);
+            // Published (a rename cannot be undone), and nothing else left.
+            assert_eq!(list(dir.path()), ["disk.img"], "{context}");
         }
     }
 
