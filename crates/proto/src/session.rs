@@ -188,7 +188,7 @@ impl SenderSession {
     /// header.
     pub fn welcome(&mut self, body: &[u8]) -> Result<Vec<u8>, WireError> {
         if self.step != SenderStep::Welcome {
-            return Err(WireError::BadSeal("welcome, out of its turn,"));
+            return Err(WireError::OutOfTurn(MessageKind::Welcome));
         }
         let welcome = Welcome::decode_body(body)?;
         let peer_keyed = welcome.capabilities & CAP_KEYED != 0;
@@ -226,7 +226,7 @@ impl SenderSession {
     /// payload bytes it holds, from which this side goes on (they count as sent).
     pub fn resumed(&mut self, body: &[u8], seal: Option<&[u8]>) -> Result<u64, WireError> {
         if self.step != SenderStep::Resume {
-            return Err(WireError::BadSeal("resume, out of its turn,"));
+            return Err(WireError::OutOfTurn(MessageKind::Resume));
         }
         let resume = Resume::decode_body(body)?;
         if let Some(k) = &self.session_key {
@@ -1010,6 +1010,27 @@ mod tests {
             tx.welcome(&welcome[PREFIX_LEN..]),
             Err(WireError::KeyRequired)
         );
+    }
+
+    /// Regression: a welcome or a resume handed over out of its turn was `BadSeal`, which a
+    /// caller reports as a wrong key. It is its own error, keyed or not.
+    #[test]
+    fn a_message_out_of_its_turn_is_no_matter_of_keys() {
+        for k in [None, key()] {
+            let h = header(Some(1), DigestAlgorithm::Blake3);
+            let (mut tx, hello) = SenderSession::start(&h, k.clone(), [3; NONCE_LEN]).unwrap();
+            let mut rx = ReceiverSession::new(k.clone(), [7; NONCE_LEN]);
+            let (_, welcome) = drive(&mut rx, &hello, usize::MAX).unwrap();
+            let resume = Resume { offset: 0 }.encode();
+            assert_eq!(
+                tx.resumed(&resume[PREFIX_LEN..], None),
+                Err(WireError::OutOfTurn(MessageKind::Resume))
+            );
+            tx.welcome(&welcome[PREFIX_LEN..]).unwrap();
+            let again = tx.welcome(&welcome[PREFIX_LEN..]);
+            assert_eq!(again, Err(WireError::OutOfTurn(MessageKind::Welcome)));
+            assert!(!again.unwrap_err().to_string().contains("key"));
+        }
     }
 
     #[test]

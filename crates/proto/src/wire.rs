@@ -379,6 +379,10 @@ pub enum WireError {
     /// The peer holds a key and this side does not.
     #[error("the peer requires a key; both ends need the same key")]
     KeyRequired,
+    /// A message was handed to the session before its turn or after it (a caller's calls, or
+    /// the two ends, out of step): no matter of keys.
+    #[error("{} came out of its turn in the session: the two ends are out of step", .0.with_article())]
+    OutOfTurn(MessageKind),
     /// A keyed session announced a digest that does not resist deliberate collisions.
     #[error("a keyed session needs a cryptographic digest (blake3 or sha256), not {0}")]
     WeakDigest(DigestAlgorithm),

@@ -156,6 +156,7 @@ impl DestFailure {
             DestFailure::BadAck(_) => "bad-ack",
             DestFailure::Handshake(WireError::PeerUnkeyed | WireError::KeyRequired) => "key",
             DestFailure::Handshake(WireError::BadSeal(_)) => "unauthenticated",
+            DestFailure::Handshake(WireError::OutOfTurn(_)) => "order",
             DestFailure::Handshake(_) => "handshake",
             DestFailure::NoWelcome(_) => "no-welcome",
             DestFailure::NoResume(_) => "no-resume",
