@@ -2,6 +2,7 @@
 //! the shape is checked: names are resolved later, by the library (a name that does not resolve
 //! is a failure of the run, not of its usage).
 
+use std::fmt;
 use std::net::Ipv6Addr;
 
 /// Splits `s` into a host (brackets removed from an IPv6 address) and a port (0 too, which only a
@@ -49,6 +50,10 @@ fn host_port<'a>(s: &'a str, example: &str) -> Result<(&'a str, u16), String> {
             ));
         }
         let Some((host, port)) = s.rsplit_once(':') else {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                // `send f 7000`: a port alone.
+                return Err(format!("no host: give HOST:PORT, e.g. 127.0.0.1:{s}"));
+            }
             return Err(format!("no port: give HOST:PORT, e.g. {s}:{example}"));
         };
         if host.is_empty() {
@@ -94,16 +99,44 @@ pub fn parse_destination(s: &str) -> Result<String, String> {
     }
 }
 
+/// Where `recv --listen` listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `:PORT` or `PORT`: every address, IPv6 and IPv4.
+    Every(u16),
+    /// `HOST:PORT` or `[IPV6]:PORT`, as given.
+    Address(String),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Every(port) => write!(f, ":{port} (every address)"),
+            Listen::Address(a) => f.write_str(a),
+        }
+    }
+}
+
 /// The address of `recv --listen`: `HOST:PORT`, `[IPV6]:PORT`, or `:PORT` and `PORT` alone for
-/// every IPv4 address (`0.0.0.0:PORT`). Port 0 lets the system pick one.
-pub fn parse_listen(s: &str) -> Result<String, String> {
+/// every address of both families. Port 0 lets the system pick one.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
     let bare = s.strip_prefix(':').unwrap_or(s);
     if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
-        parse_port(bare, "7000")?;
-        return Ok(format!("0.0.0.0:{bare}"));
+        return Ok(Listen::Every(parse_port(bare, "7000")?));
     }
     host_port(s, "7000").map_err(|e| format!("{e} (or :PORT for every address)"))?;
-    Ok(s.to_string())
+    Ok(Listen::Address(s.to_string()))
+}
+
+/// Refuses a destination given twice (as the same text): it would get the stream twice, over
+/// two connections, and a receiver storing both under one name keeps one.
+pub fn distinct(destinations: &[String]) -> Result<(), String> {
+    for (i, d) in destinations.iter().enumerate() {
+        if destinations[..i].contains(d) {
+            return Err(format!("{d} is given twice: give each destination once"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -136,6 +169,7 @@ mod tests {
             ("[::1", "no closing"),
             ("[host]:7000", "not an IPv6"),
             ("[::1]x:7000", "after ']'"),
+            ("7000", "127.0.0.1:7000"),
         ] {
             let e = parse_destination(bad).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");
@@ -145,11 +179,12 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(parse_listen(":7000").as_deref(), Ok("0.0.0.0:7000"));
-        assert_eq!(parse_listen("7000").as_deref(), Ok("0.0.0.0:7000"));
-        assert_eq!(parse_listen(":0").as_deref(), Ok("0.0.0.0:0"));
-        assert_eq!(parse_listen("127.0.0.1:0").as_deref(), Ok("127.0.0.1:0"));
-        assert_eq!(parse_listen("[::]:7000").as_deref(), Ok("[::]:7000"));
+        assert_eq!(parse_listen(":7000"), Ok(Listen::Every(7000)));
+        assert_eq!(parse_listen("7000"), Ok(Listen::Every(7000)));
+        assert_eq!(parse_listen(":0"), Ok(Listen::Every(0)));
+        let given = |a: &str| Ok(Listen::Address(a.to_string()));
+        assert_eq!(parse_listen("127.0.0.1:0"), given("127.0.0.1:0"));
+        assert_eq!(parse_listen("[::]:7000"), given("[::]:7000"));
         assert!(parse_listen(":70000").is_err());
         assert!(parse_listen("").is_err());
         assert!(parse_listen("host").is_err());

@@ -22,7 +22,7 @@ use teecast::store;
 use teecast::strategy::Strategy;
 use teecast::transport::ConnectError;
 
-use crate::addr::{parse_destination, parse_listen};
+use crate::addr::{Listen, parse_destination, parse_listen};
 use crate::out::{self, errln, outln};
 use crate::{demo, report};
 
@@ -76,12 +76,20 @@ struct KeygenArgs {
 struct KeyArgs {
     /// Authenticate with the key in FILE (made by `teecast keygen`, mode 0600); both ends need
     /// the same key. Also from the TEECAST_KEY_FILE environment variable. - reads it from
-    /// standard input (one line of 64 hex digits, as `teecast push` hands it over).
+    /// standard input (one line of 64 hex digits, as `teecast push` hands it over; not with a
+    /// stream on standard input too).
     #[arg(long, value_name = "FILE", env = "TEECAST_KEY_FILE")]
     key_file: Option<PathBuf>,
 }
 
 impl KeyArgs {
+    /// Whether the key comes from standard input (`--key-file -`).
+    fn on_stdin(&self) -> bool {
+        self.key_file
+            .as_deref()
+            .is_some_and(|p| p.as_os_str() == "-")
+    }
+
     /// The key, read from its file; `Ok(None)` without one.
     fn load(&self) -> Result<Option<Key>, KeyError> {
         match self.key_file.as_deref() {
@@ -148,10 +156,10 @@ struct SendArgs {
     /// host, in the order given (1: a chain). Each needs `teecast recv --relay`.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u8).range(1..))]
     tree: Option<u8>,
-    /// With --tree: keep the last SIZE bytes sent (e.g. 64M, 1G), to resume the children of
-    /// a host that fails from the bytes they hold.
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-    ring: usize,
+    /// With --tree: keep the last SIZE bytes sent (default 64M; at least 2M; e.g. 1G), to
+    /// resume the children of a host that fails from the bytes they hold.
+    #[arg(long, value_name = "SIZE", requires = "tree", value_parser = parse_size)]
+    ring: Option<usize>,
     /// Also write exactly the bytes sent to FILE.
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
@@ -175,9 +183,9 @@ struct SendArgs {
 #[derive(Args, Debug)]
 struct RecvArgs {
     /// Address to listen on, e.g. 0.0.0.0:7000, 127.0.0.1:0, or :7000 (or 7000) for every
-    /// address on port 7000.
+    /// address, IPv6 and IPv4, on port 7000.
     #[arg(long, value_parser = parse_listen)]
-    listen: String,
+    listen: Listen,
     /// Store every stream at this path (published only when verified); a device node or FIFO
     /// there is written into, never replaced; - writes to standard output (e.g. into
     /// `zfs receive`), with the digest line on stderr.
@@ -219,10 +227,10 @@ struct RecvArgs {
     #[arg(long)]
     relay: bool,
     /// With --relay into standard output or a device: keep the last SIZE bytes forwarded
-    /// (e.g. 64M, 1G), to resume the children of a child that fails (a relay storing a file
-    /// replays from it).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-    ring: usize,
+    /// (default 64M; at least 2M; e.g. 1G), to resume the children of a child that fails (a
+    /// relay storing a file replays from it).
+    #[arg(long, value_name = "SIZE", requires = "relay", value_parser = parse_size)]
+    ring: Option<usize>,
     /// Give a connection this long, in all, to open its session (hello, proof and header).
     #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     header_timeout: Duration,
@@ -276,7 +284,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("'{t}' is too large"))?;
     if bytes < 2 << 20 {
-        return Err(format!("'{t}' is too small: the ring holds at least 2M"));
+        return Err(format!(
+            "'{t}' is too small: the ring holds at least 2M (e.g. 2M, 64M, 1G)"
+        ));
     }
     Ok(bytes)
 }
@@ -398,6 +408,16 @@ fn run_mutate(args: MutateArgs) -> u8 {
 }
 
 fn run_send(args: SendArgs) -> u8 {
+    if args.source.as_os_str() == "-" && args.key.on_stdin() {
+        errln!(
+            "teecast: --key-file - and the source - both read standard input: give the key in a file (--key-file FILE), or the stream as a file"
+        );
+        return EXIT_USAGE;
+    }
+    if let Err(e) = crate::addr::distinct(&args.destinations) {
+        errln!("teecast: {e}");
+        return EXIT_USAGE;
+    }
     let source = match Source::open(&args.source) {
         Ok(s) => s,
         Err(e) => {
@@ -433,7 +453,10 @@ fn run_send(args: SendArgs) -> u8 {
         options = options.key(key);
     }
     if let Some(fanout) = args.tree {
-        options = options.tree(fanout).ring(args.ring);
+        options = options.tree(fanout);
+    }
+    if let Some(ring) = args.ring {
+        options = options.ring(ring);
     }
     let transfer = match Transfer::new(&source, &args.destinations, &options) {
         Ok(t) => t,
@@ -443,6 +466,14 @@ fn run_send(args: SendArgs) -> u8 {
         }
     };
     let progress = transfer.progress();
+    let sending = progress.clone();
+    crate::interrupt::on_ctrl_c(move || {
+        let most = sending.sent().into_iter().max().unwrap_or(0);
+        format!(
+            "stopped after {} sent; a receiver keeps nothing it had not confirmed",
+            report::human_bytes(most)
+        )
+    });
     let display = (!args.quiet)
         .then(|| {
             report::ProgressDisplay::start(
@@ -463,7 +494,12 @@ fn run_send(args: SendArgs) -> u8 {
         && result.error.is_none()
         && d.algorithm != DigestAlgorithm::None
     {
-        outln!("digest line", "{}  {}", d.hex(), result.source);
+        outln!(
+            "digest line",
+            "{}  {}",
+            d.hex(),
+            out::digest_line_name(&result.source)
+        );
     }
     report::summary(&result, args.quiet);
     if result.is_success() {
@@ -599,7 +635,17 @@ fn run_recv(mut args: RecvArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let listener = match TcpListener::bind(&args.listen) {
+    if args.raw && key.is_some() {
+        errln!(
+            "teecast: --raw takes no key: a bare stream carries no proof of one (beyond loopback give --insecure instead)"
+        );
+        return EXIT_USAGE;
+    }
+    let bound = match &args.listen {
+        Listen::Every(port) => teecast::transport::listen_every_address(*port),
+        Listen::Address(a) => TcpListener::bind(a),
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             errln!("teecast: cannot listen on {}: {e}", args.listen);
@@ -608,6 +654,13 @@ fn run_recv(mut args: RecvArgs) -> u8 {
     };
     let local = listener.local_addr().ok();
     if key.is_none() && !local.is_some_and(|a| a.ip().is_loopback()) {
+        if !args.insecure && args.raw {
+            errln!(
+                "teecast: {} is not a loopback address, and a bare stream proves no key: give --insecure to take bare streams from anyone who reaches it",
+                args.listen
+            );
+            return EXIT_USAGE;
+        }
         if !args.insecure {
             errln!(
                 "teecast: {} is not a loopback address: give --key-file FILE (made by `teecast keygen FILE`, the same on the sender), or --insecure to let anyone who reaches it store files",
@@ -637,8 +690,10 @@ fn run_recv(mut args: RecvArgs) -> u8 {
         .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
         .max_per_peer(usize::try_from(args.max_per_peer).unwrap_or(usize::MAX))
         .relay(args.relay)
-        .ring(args.ring)
         .forward_unauthenticated(args.insecure);
+    if let Some(ring) = args.ring {
+        options = options.ring(ring);
+    }
     if let Some(key) = key {
         options = options.key(key);
     }
@@ -677,7 +732,13 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                     if to_stdout {
                         errln!("{}  -", r.digest.hex());
                     } else {
-                        outln!("digest line", "{}  {}", r.digest.hex(), r.path.display());
+                        let name = r.path.to_string_lossy();
+                        outln!(
+                            "digest line",
+                            "{}  {}",
+                            r.digest.hex(),
+                            out::digest_line_name(&name)
+                        );
                     }
                 }
                 if !quiet {
@@ -695,14 +756,20 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                     };
                     errln!(
                         "teecast: {peer}: stored {} ({} bytes, {checked})",
-                        r.path.display(),
+                        wire::escape_if_needed(&r.path.to_string_lossy()),
                         r.bytes,
                     );
                 }
             }
+            Err(e @ recv::RecvError::NoProof) => {
+                errln!("teecast: {peer}: {e} (--key-file on both ends, the same key)")
+            }
             Err(e) => errln!("teecast: {peer}: {e}"),
         }
     };
+    crate::interrupt::on_ctrl_c(|| {
+        "stopped; streams still arriving are not kept, stored ones stay".to_string()
+    });
     match recv::serve(&listener, &options, args.once, &on_event) {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,

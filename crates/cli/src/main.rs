@@ -7,6 +7,7 @@
 mod addr;
 mod cli;
 mod demo;
+mod interrupt;
 mod mutate;
 mod out;
 mod push;

@@ -50,6 +50,18 @@ pub fn line(what: &str, text: fmt::Arguments<'_>) -> bool {
     }
 }
 
+/// The name in a digest line (`<hex>  <name>`): on a terminal escaped where it needs it (a
+/// peer's U+202E must not turn the line around); into a pipe or a file as it is, for
+/// `sha256sum -c` and the like to find the file.
+pub fn digest_line_name(name: &str) -> std::borrow::Cow<'_, str> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        teecast::proto::wire::escape_if_needed(name)
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// Whether a line could not be written to stdout.
 pub fn failed() -> bool {
     FAILED.load(Ordering::Acquire)

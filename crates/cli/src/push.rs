@@ -5,7 +5,7 @@
 //! along a tree of relays), and reports every host.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,8 @@ pub struct PushArgs {
     /// The file to send, or - for standard input.
     source: PathBuf,
     /// Where it goes: [USER@]HOST:PATH, PATH a directory there (the file goes in under its
-    /// name) or a file name; pdsh-style ranges expand: node[01-16]:/srv.
+    /// name) or a file name; pdsh-style ranges expand: node[01-16]:/srv (at most 10000 hosts
+    /// in all).
     targets: Vec<String>,
     /// More targets, one a line (blank lines and lines from # on are skipped); a line without
     /// :PATH takes --path.
@@ -41,7 +42,9 @@ pub struct PushArgs {
     /// Relay along a tree with K children per host, in the order given (1: a chain).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u8).range(1..))]
     tree: Option<u8>,
-    /// The remote command that runs a command on a host, as `RSH HOST COMMAND` (split at spaces).
+    /// The remote command that runs a command on a host, as `RSH HOST COMMAND`; split into words
+    /// as a shell would (quotes and backslashes: --rsh "ssh -i '/a b/key'"). With ssh, `--`
+    /// goes before the host.
     #[arg(
         long,
         value_name = "RSH",
@@ -69,10 +72,13 @@ pub struct PushArgs {
     json: bool,
 }
 
+/// The most hosts one push takes (ranges expanded): more is a typo in a range, not a fleet.
+const MAX_TARGETS: usize = 10_000;
+
 /// One target: where to log in and where the file goes there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Target {
-    /// What the remote command is given: `[USER@]HOST`.
+    /// What the remote command is given: `[USER@]HOST`, an IPv6 address without brackets.
     login: String,
     /// The host to connect to (an IPv6 address in brackets).
     host: String,
@@ -110,17 +116,28 @@ fn expand(text: &str) -> Result<Vec<String>, String> {
             from.parse().map_err(|_| bad())?,
             to.parse().map_err(|_| bad())?,
         );
-        if a > b || b - a > 100_000 {
+        if a > b {
             return Err(bad());
         }
+        if b - a >= MAX_TARGETS as u64 {
+            return Err(too_many(text));
+        }
         let width = if from.starts_with('0') { from.len() } else { 0 };
+        let rests = expand(&text[close + 1..])?;
         for n in a..=b {
-            for rest in expand(&text[close + 1..])? {
+            for rest in &rests {
+                if out.len() == MAX_TARGETS {
+                    return Err(too_many(text));
+                }
                 out.push(format!("{}{n:0width$}{rest}", &text[..open]));
             }
         }
     }
     Ok(out)
+}
+
+fn too_many(text: &str) -> String {
+    format!("{text}: more than {MAX_TARGETS} hosts; push to at most {MAX_TARGETS} at once")
 }
 
 /// Parses `[USER@]HOST:PATH` (`default_path` when there is no `:PATH`).
@@ -145,11 +162,20 @@ fn parse_target(text: &str, default_path: Option<&str>) -> Result<Target, String
         .filter(|p| !p.is_empty())
         .or(default_path)
         .ok_or_else(|| format!("{text}: give HOST:PATH (or --path PATH)"))?;
+    if text.starts_with('-') {
+        // It would reach the remote command as an option (`-oProxyCommand=...`).
+        return Err(format!("{text}: a target cannot begin with '-'"));
+    }
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(format!("{text}: no host"));
     }
+    // The remote command takes an IPv6 address bare (`ssh ::1`); the connection, in brackets.
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     Ok(Target {
-        login: user.map_or_else(|| host.to_string(), |u| format!("{u}@{host}")),
+        login: user.map_or_else(|| bare.to_string(), |u| format!("{u}@{bare}")),
         host: host.to_string(),
         path: path.to_string(),
     })
@@ -170,12 +196,20 @@ fn targets(args: &PushArgs) -> Result<Vec<Target>, String> {
     let mut out = Vec::new();
     for text in texts {
         for one in expand(&text)? {
+            if out.len() == MAX_TARGETS {
+                return Err(too_many(&text));
+            }
             out.push(parse_target(&one, args.path.as_deref())?);
         }
     }
     if out.is_empty() {
         return Err("no target: give HOST:PATH, or --hosts FILE".to_string());
     }
+    let named: Vec<String> = out
+        .iter()
+        .map(|t| format!("{}:{}", t.login, t.path))
+        .collect();
+    crate::addr::distinct(&named)?;
     Ok(out)
 }
 
@@ -217,7 +251,7 @@ impl Remote {
 /// `woken` hears of every line it prints.
 fn start(
     target: &Target,
-    rsh: &[&str],
+    rsh: &[String],
     args: &PushArgs,
     key: &str,
     index: usize,
@@ -238,15 +272,20 @@ fn start(
     if args.tree.is_some() {
         remote.push_str(" --relay");
     }
-    let mut child = Command::new(rsh[0])
-        .args(&rsh[1..])
+    let mut command = Command::new(&rsh[0]);
+    command.args(&rsh[1..]);
+    if Path::new(&rsh[0]).file_name().is_some_and(|n| n == "ssh") {
+        // Whatever the host's name, ssh takes it as the host, never as an option.
+        command.arg("--");
+    }
+    let mut child = command
         .arg(&target.login)
         .arg(&remote)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", rsh[0]))?;
+        .map_err(|e| format!("cannot run {}: {e}", wire::escape_text(&rsh[0], 200)))?;
     if let Some(mut stdin) = child.stdin.take() {
         // The launcher may already be gone; its exit says why.
         let _ = stdin.write_all(format!("{key}\n").as_bytes());
@@ -387,7 +426,13 @@ pub fn run(args: PushArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let rsh: Vec<&str> = args.rsh.split_whitespace().collect();
+    let Some(rsh) = shlex::split(&args.rsh) else {
+        errln!(
+            "teecast: --rsh {}: an unclosed quote or a trailing backslash",
+            wire::escape_text(&args.rsh, 200)
+        );
+        return EXIT_USAGE;
+    };
     if rsh.is_empty() {
         errln!("teecast: --rsh is empty: give the remote command, e.g. ssh");
         return EXIT_USAGE;
@@ -406,6 +451,9 @@ pub fn run(args: PushArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
+    crate::interrupt::on_ctrl_c(|| {
+        "stopped; the remotes end with their connections and keep nothing unconfirmed".to_string()
+    });
     let (woke, woken) = mpsc::channel();
     let mut remotes = Vec::with_capacity(targets.len());
     for (i, t) in targets.iter().enumerate() {
@@ -453,6 +501,17 @@ pub fn run(args: PushArgs) -> u8 {
             }
         }
     }
+    // A remote its stream failed on gets none (one that never saw a proof of the key waits
+    // for another sender): it goes now, its failure the sender's.
+    if let Some(sent) = &sent {
+        for (k, &i) in started.iter().enumerate() {
+            if !sent.destinations[k].is_ok() {
+                let r = &mut remotes[i];
+                let _ = r.child.kill();
+                r.exit = r.child.wait().ok().map(|s| s.code().unwrap_or(-1));
+            }
+        }
+    }
     // The remotes exit once their stream is done; allow for the last acknowledgements.
     wait_exits(
         &mut remotes,
@@ -466,8 +525,8 @@ pub fn run(args: PushArgs) -> u8 {
                 .map(|s| (&s.destinations[k], addresses[k].clone()))
         });
         let error = match (&r.failure, &dest) {
+            (_, Some((d, _))) if !d.is_ok() => d.outcome.as_ref().err().map(crate::cli::with_hint),
             (Some(f), _) => Some(f.clone()),
-            (None, Some((d, _))) if !d.is_ok() => Some(report::destination_status(d)),
             (None, _) if r.exit != Some(0) => Some(format!(
                 "the remote exited {}: {}",
                 r.exit.unwrap_or(-1),
@@ -526,6 +585,11 @@ mod tests {
         );
         assert_eq!(expand("[::1]:/srv").unwrap(), ["[::1]:/srv"]);
         assert!(expand("n[3-1]").is_err());
+        // Regression: `n[0-99999][0-99999]` expanded to 10^10 names.
+        let e = expand("n[0-99999][0-99999]:/srv").unwrap_err();
+        assert!(e.contains("more than 10000 hosts"), "{e}");
+        assert!(expand("n[1-100][1-101]").is_err());
+        assert_eq!(expand("n[1-100][1-100]").unwrap().len(), 10_000);
         assert!(expand("n[a-b]").unwrap() == ["n[a-b]"]);
     }
 
@@ -536,8 +600,14 @@ mod tests {
             (t.login.as_str(), t.host.as_str(), t.path.as_str()),
             ("root@node1", "node1", "/srv/images")
         );
+        // Regression: the remote command was given `[::1]`, brackets and all.
         let t = parse_target("[::1]:/x", None).unwrap();
-        assert_eq!((t.login.as_str(), t.host.as_str()), ("[::1]", "[::1]"));
+        assert_eq!((t.login.as_str(), t.host.as_str()), ("::1", "[::1]"));
+        let t = parse_target("me@[fe80::1]:/x", None).unwrap();
+        assert_eq!(t.login, "me@fe80::1");
+        // Regression: a target beginning with '-' reached the remote command as an option.
+        let e = parse_target("-oProxyCommand=touch:/srv", None).unwrap_err();
+        assert!(e.contains("cannot begin with '-'"), "{e}");
         assert_eq!(parse_target("node2", Some("/d")).unwrap().path, "/d");
         assert!(parse_target("node2", None).is_err());
         assert!(parse_target(":/x", None).is_err());

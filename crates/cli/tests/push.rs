@@ -226,12 +226,15 @@ fn sshd(dir: &Path) -> Sshd {
             .success();
         assert!(ok, "ssh-keygen failed");
     };
+    // The user's key in a folder with a space: --rsh quotes its path as a shell would.
+    let keys = dir.join("ssh keys");
+    std::fs::create_dir(&keys).unwrap();
     let host_key = dir.join("host_key");
-    let user_key = dir.join("user_key");
+    let user_key = keys.join("user_key");
     keygen(&host_key);
     keygen(&user_key);
     let authorized = dir.join("authorized_keys");
-    std::fs::copy(dir.join("user_key.pub"), &authorized).unwrap();
+    std::fs::copy(keys.join("user_key.pub"), &authorized).unwrap();
     // sshd's privilege separation directory (made by the package's service, which is not run).
     let _ = std::fs::create_dir_all("/run/sshd");
     let port = free_port();
@@ -239,7 +242,7 @@ fn sshd(dir: &Path) -> Sshd {
     std::fs::write(
         &config,
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nListenAddress 127.0.0.3\n\
+            "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nListenAddress 127.0.0.3\nListenAddress ::1\n\
              HostKey {}\nAuthorizedKeysFile {}\nPidFile none\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              PermitRootLogin prohibit-password\nLogLevel INFO\n",
@@ -257,7 +260,7 @@ fn sshd(dir: &Path) -> Sshd {
     );
     proc.wait_stderr("listening on 127.0.0.3", Duration::from_secs(30));
     let rsh = format!(
-        "ssh -p {port} -i {} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5",
+        "ssh -p {port} -i '{}' -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5",
         user_key.display()
     );
     Sshd { proc, rsh }
@@ -312,4 +315,167 @@ fn a_refused_ssh_is_named() {
         .arg(format!("127.0.0.1:{}", dir.path().display())));
     out.expect_code(1);
     assert!(out.stderr.contains("Connection refused"), "{out:?}");
+}
+
+/// Regressions: the remote command was given `[::1]` with its brackets (ssh cannot resolve it),
+/// and --rsh was split at spaces, so a key under a path with a space could not be given. Over
+/// real ssh to ::1, the key's path quoted: stored.
+#[test]
+fn push_over_real_ssh_to_ipv6_with_a_quoted_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sshd(dir.path());
+    assert!(server.rsh.contains("ssh keys/user_key'"), "{}", server.rsh);
+    let source = dir.path().join("disk.img");
+    random_file(&source, 2 * MIB + 3, 308);
+    let inbox = inboxes(dir.path(), 1).remove(0);
+    let out = run(
+        teecast(["push", "--remote-teecast", BIN, "--rsh", &server.rsh])
+            .arg(&source)
+            .arg(format!("[::1]:{}", inbox.display())),
+    );
+    out.expect_code(0);
+    assert_same_file(&source, &inbox.join("disk.img"));
+    drop(server.proc);
+}
+
+/// An unclosed quote in --rsh is a usage error, said as such.
+#[test]
+fn an_rsh_with_an_unclosed_quote_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, 1000, 309);
+    let out = run(teecast(["push", "--rsh", "ssh -i '/a b/key"])
+        .arg(&source)
+        .arg("127.0.0.1:/srv"));
+    out.expect_code(2);
+    assert!(out.stderr.contains("unclosed quote"), "{out:?}");
+}
+
+/// Regression: a --hosts line beginning with '-' reached the launcher as an option
+/// (`-oProxyCommand=...` runs a command on this machine). It is refused before any launcher
+/// runs; and with ssh, `--` goes before every host.
+#[test]
+fn a_target_beginning_with_a_dash_never_reaches_the_launcher_as_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, MIB, 310);
+    let ran = dir.path().join("launcher-ran");
+    let rsh = script(dir.path(), "rsh", &format!("touch '{}'", ran.display()));
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "-oProxyCommand=sh:/srv\n").unwrap();
+    let out = run(teecast(["push", "--hosts"])
+        .arg(&hosts)
+        .arg("--rsh")
+        .arg(&rsh)
+        .arg(&source));
+    out.expect_code(2);
+    assert!(out.stderr.contains("cannot begin with '-'"), "{out:?}");
+    assert!(!ran.exists(), "the launcher ran");
+
+    // A launcher named ssh gets `--` before the host (it records its arguments, then runs the
+    // command here as ssh would there).
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let argv = dir.path().join("argv");
+    let ssh = script(
+        &bin,
+        "ssh",
+        &format!(
+            "printf '%s\\n' \"$@\" > '{}'\nwhile [ \"$1\" != -- ]; do shift; done\nshift 2\nexec sh -c \"$1\"",
+            argv.display()
+        ),
+    );
+    let inbox = inboxes(dir.path(), 1).remove(0);
+    let out = run(teecast(["push", "--remote-teecast", BIN, "--rsh"])
+        .arg(format!("{} -o BatchMode=yes", ssh.display()))
+        .arg(&source)
+        .arg(format!("127.0.0.1:{}", inbox.display())));
+    out.expect_code(0);
+    let args = std::fs::read_to_string(&argv).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(
+        &args[..4],
+        ["-o", "BatchMode=yes", "--", "127.0.0.1"],
+        "{args:?}"
+    );
+    assert_same_file(&source, &inbox.join("data.bin"));
+}
+
+/// Regression: a range like `n[0-99999][0-99999]` expanded to 10^10 names (memory and time
+/// without end). Past 10,000 hosts push stops at once, saying why.
+#[test]
+fn a_range_of_too_many_hosts_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, 1000, 311);
+    let started = Instant::now();
+    let out = run(teecast(["push", "--rsh", "false"])
+        .arg(&source)
+        .arg("n[0-99999][0-99999]:/srv"));
+    out.expect_code(2);
+    assert!(out.stderr.contains("more than 10000 hosts"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// The same target twice is refused: two remotes would write one file.
+#[test]
+fn a_target_given_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, 1000, 312);
+    let ran = dir.path().join("launcher-ran");
+    let rsh = script(dir.path(), "rsh", &format!("touch '{}'", ran.display()));
+    let out = run(teecast(["push", "--rsh"])
+        .arg(&rsh)
+        .arg(&source)
+        .arg("127.0.0.1:/srv")
+        .arg("127.0.0.[1-2]:/srv"));
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("127.0.0.1:/srv is given twice"),
+        "{out:?}"
+    );
+    assert!(!ran.exists(), "the launcher ran");
+}
+
+/// Regressions: a host's failure read "FAILED: FAILED: ...", and a remote's words came out with
+/// `\'` for every apostrophe. One remote holds another key (its launcher hands it one of its
+/// own); the other's launcher fails, saying why in words with an apostrophe.
+#[test]
+fn a_host_that_failed_is_said_once_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.bin");
+    random_file(&source, MIB, 313);
+    let inbox = inboxes(dir.path(), 1).remove(0);
+    let rsh = script(
+        dir.path(),
+        "rsh",
+        "case \"$1\" in\n127.0.0.2) echo \"this host's disk is gone\" >&2; exit 1;;\nesac\n\
+         read key\nshift\necho 0000000000000000000000000000000000000000000000000000000000000001 | sh -c \"$1\"",
+    );
+    let out = run(teecast(["push", "--remote-teecast", BIN, "--rsh"])
+        .arg(&rsh)
+        .arg(&source)
+        .arg(format!("127.0.0.1:{}", inbox.display()))
+        .arg(format!("127.0.0.2:{}", inbox.display())));
+    out.expect_code(1);
+    assert!(!out.stderr.contains("FAILED: FAILED:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("\\'"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("this host's disk is gone"),
+        "{}",
+        out.stderr
+    );
+    let failed: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{}", out.stderr);
+    assert!(
+        failed[0].contains("does not verify under the key"),
+        "{}",
+        out.stderr
+    );
+    assert!(list_dir(&inbox).is_empty());
 }

@@ -72,6 +72,15 @@ fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {
     assert_eq!(dest["status"], "failed", "{report}");
     assert_eq!(dest["kind"], "refused", "{report}");
     assert_eq!(dest["ack_status"], "io-error", "{report}");
+    // Regression: the refusal said "it received 0 bytes" after megabytes had arrived.
+    let error = dest["error"].as_str().unwrap();
+    let received: u64 = error
+        .rsplit("it received ")
+        .next()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {error:?}"));
+    assert!((MIB..=8 * MIB).contains(&received), "{error}");
     assert_eq!(list_dir(disk.path()), Vec::<String>::new());
     // The receiver logs the reason once it has answered and closed (bounded wait).
     receiver

@@ -189,8 +189,8 @@ fn recv_output_in_a_missing_directory_is_refused_before_listening() {
     assert!(!received.stderr.contains("listening"), "{received:?}");
 }
 
-/// `recv --listen ADDR --insecure --once --output OUT`: it listens on 0.0.0.0, and a send to
-/// 127.0.0.1 on that port arrives.
+/// `recv --listen ADDR --insecure --once --output OUT`: it listens on every address of both
+/// families (`[::]`, IPv4 mapped), and a send to 127.0.0.1 on that port arrives.
 fn expect_listening_everywhere(listen: &str) {
     let (dir, source) = small_source();
     let out = dir.path().join("out.bin");
@@ -207,7 +207,7 @@ fn expect_listening_everywhere(listen: &str) {
     );
     let line = receiver.wait_stderr("teecast: listening on ", PROMPT);
     let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(addr.ip().is_unspecified() && addr.is_ipv4(), "{line}");
+    assert!(addr.ip().is_unspecified() && addr.is_ipv6(), "{line}");
     let sent = run(teecast(["send"])
         .arg(&source)
         .arg(format!("127.0.0.1:{}", addr.port())));

@@ -545,6 +545,12 @@ impl ReceiverSession {
         !self.hello.is_empty()
     }
 
+    /// Keyed: the welcome went out and the sender's proof of the key is due. A sender that
+    /// closes here most likely found this side's proof wrong: it holds another key.
+    pub fn awaits_proof(&self) -> bool {
+        matches!(self.step, ReceiverStep::Proof(_))
+    }
+
     /// The header, once it has arrived (and, keyed, after the sender proved the key).
     pub fn header(&self) -> Option<&Header> {
         self.header.as_ref()

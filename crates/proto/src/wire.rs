@@ -433,17 +433,54 @@ fn show_text(text: &str) -> String {
 }
 
 /// Peer-supplied text made safe for a one-line message or a terminal: quoted, every control
-/// character (escape sequences included) escaped, cut at `max_chars` characters (then `…`).
+/// character (escape sequences included), bidirectional control (U+202E...), invisible
+/// character and space other than U+0020 escaped as `\u{..}`, cut at `max_chars` characters
+/// (then `…`). A `'` stays as it is; a `"` and a `\` are escaped.
 pub fn escape_text(text: &str, max_chars: usize) -> String {
-    let mut shown: String = text
-        .chars()
-        .take(max_chars)
-        .flat_map(char::escape_debug)
-        .collect();
+    let mut shown = String::new();
+    for c in text.chars().take(max_chars) {
+        push_escaped(&mut shown, c);
+    }
     if text.chars().nth(max_chars).is_some() {
         shown.push('…');
     }
     format!("\"{shown}\"")
+}
+
+/// `text` as it is when no character of it needs escaping; else [`escape_text`] of all of it
+/// (quoted): for a name shown where it would otherwise appear bare (`stored NAME`).
+pub fn escape_if_needed(text: &str) -> std::borrow::Cow<'_, str> {
+    if text
+        .chars()
+        .all(|c| !needs_escape(c) && c != '"' && c != '\\')
+    {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(escape_text(text, usize::MAX))
+    }
+}
+
+/// Characters that show as nothing (or as something else) without being control characters:
+/// the Hangul fillers and the Braille blank.
+const INVISIBLE: [char; 5] = ['\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}', '\u{2800}'];
+
+/// Whether `c` cannot be shown as itself: a control or format character (bidirectional ones
+/// included, as `char::escape_debug` finds them), an invisible one, or a space other than U+0020.
+fn needs_escape(c: char) -> bool {
+    c != ' '
+        && c != '\''
+        && c != '"'
+        && c != '\\'
+        && (c.is_whitespace() || INVISIBLE.contains(&c) || c.escape_debug().nth(1).is_some())
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\'' => out.push(c),
+        c if c.escape_debug().nth(1).is_some() => out.extend(c.escape_debug()),
+        c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        c => out.push(c),
+    }
 }
 
 /// "0 (none), 1 (blake3), ..." for the unknown-digest message.
@@ -1423,6 +1460,28 @@ mod tests {
 
     // ---- round trips ----
 
+    /// Regression: U+202E and other bidirectional or invisible characters were shown raw (a
+    /// name could read backwards), and a `'` came out as `\'`.
+    #[test]
+    fn text_shown_escapes_bidi_and_invisible_characters() {
+        assert_eq!(
+            escape_text("evil\u{202e}gpj.exe", 64),
+            "\"evil\\u{202e}gpj.exe\""
+        );
+        for c in [
+            '\u{200b}', '\u{2066}', '\u{feff}', '\u{3164}', '\u{a0}', '\u{1b}', '\n',
+        ] {
+            let shown = escape_text(&format!("a{c}b"), 64);
+            assert!(!shown.contains(c), "{c:?}: {shown}");
+            assert!(shown.starts_with("\"a\\"), "{c:?}: {shown}");
+        }
+        assert_eq!(escape_text("receiver's", 64), "\"receiver's\"");
+        assert_eq!(escape_text("a \"b\" \\", 64), "\"a \\\"b\\\" \\\\\"");
+        assert_eq!(escape_text("naïve 名前", 64), "\"naïve 名前\"");
+        assert_eq!(escape_if_needed("in/plain name.bin"), "in/plain name.bin");
+        assert_eq!(escape_if_needed("in/x\u{202e}y"), "\"in/x\\u{202e}y\"");
+        assert_eq!(escape_if_needed("a\"b"), "\"a\\\"b\"");
+    }
     #[test]
     fn header_round_trips_for_every_digest_length_and_name() {
         let max_name = "n".repeat(MAX_NAME_LEN);

@@ -21,7 +21,7 @@ pub mod process;
 pub use fs::{file_size, is_tmpfs, reopen, start_writeback};
 pub use io::{bytes_queued, pread, read, write};
 pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite};
-pub use net::{reset_on_close, send_now, set_zerocopy};
+pub use net::{listen_dual_stack, reset_on_close, send_now, set_zerocopy};
 pub use pipe::{Pipe, splice, splice_from_offset, tee};
 pub use poll::{Readiness, wait_any, wait_ready};
 pub use process::{ChildrenUsage, children_usage, ignore_sigpipe, io_uring_usable};

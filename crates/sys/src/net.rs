@@ -1,7 +1,33 @@
-//! Socket options.
+//! Socket options, and a listener on every address.
 
 use std::io;
+use std::net::{Ipv6Addr, SocketAddrV6, TcpListener};
 use std::os::fd::BorrowedFd;
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+
+/// `socket(AF_INET6)`, `setsockopt(IPV6_V6ONLY, 0)`, `bind([::]:port)`, `listen`—A TCP
+/// listener on every address of both families: IPv6, and IPv4 as mapped addresses, whatever
+/// `net.ipv6.bindv6only` says. Port 0 lets the system pick one. `EAFNOSUPPORT` where the
+/// kernel has no IPv6.
+///
+/// # References
+///  - [ipv6(7)](https://man7.org/linux/man-pages/man7/ipv6.7.html), `IPV6_V6ONLY`
+#[doc(alias = "IPV6_V6ONLY")]
+pub fn listen_dual_stack(port: u16) -> io::Result<TcpListener> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET6,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_ipv6_v6only(&fd, false)?;
+    // As std's listeners do: a restarted receiver binds its port again at once.
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0))?;
+    rustix::net::listen(&fd, 128)?;
+    Ok(TcpListener::from(fd))
+}
 
 /// `setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, 1)`—Asks a socket to accept `MSG_ZEROCOPY` sends
 /// (KERNEL.md §2, strategy 2). An error means this kernel or socket type refuses it.

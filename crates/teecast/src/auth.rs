@@ -108,7 +108,14 @@ pub fn read_key_file(path: &Path) -> Result<Key, KeyError> {
         source,
     };
     let file = File::open(path).map_err(io)?;
-    let mode = file.metadata().map_err(io)?.mode() & 0o777;
+    let meta = file.metadata().map_err(io)?;
+    if meta.is_dir() {
+        return Err(io(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "a directory, not a key file (make one with `teecast keygen FILE`)",
+        )));
+    }
+    let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Exposed {
             path: path.to_path_buf(),

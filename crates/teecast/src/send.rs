@@ -211,7 +211,8 @@ pub struct SendReport {
     pub strategy: Strategy,
     /// The digest of the stable bytes, when the stream was read to its end.
     pub digest: Option<Digest>,
-    /// Bytes read from the source.
+    /// Bytes read from the source; when the transfer failed as a whole, at least the most any
+    /// destination was sent.
     pub bytes: u64,
     /// Why the transfer failed as a whole, if it did.
     pub error: Option<SendError>,
@@ -412,7 +413,10 @@ impl<'a> Transfer<'a> {
             name: self.name,
             strategy: fanout.strategy.unwrap_or(self.options.fanout.strategy),
             digest,
-            bytes: fanout.bytes,
+            // A transfer that failed as a whole still sent what its destinations took.
+            bytes: fanout
+                .bytes
+                .max(self.progress.sent().into_iter().max().unwrap_or(0)),
             error,
             destinations,
             capture: self.options.fanout.capture.clone().zip(fanout.capture),

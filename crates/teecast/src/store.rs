@@ -93,7 +93,8 @@ enum Stage {
 impl AtomicFile {
     /// Opens an anonymous file (`O_TMPFILE`, mode 0600) in `target`'s directory; where the
     /// filesystem refuses that, creates `.teecast-tmp-` + 32 random hex digits there instead
-    /// (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600).
+    /// (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600). A target that is a directory is refused here
+    /// (`ErrorKind::IsADirectory`), before anything is written, not at the commit.
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
         AtomicFile::create_in(target, true)
     }
@@ -110,6 +111,14 @@ impl AtomicFile {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        if rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "it is a directory (a file cannot replace it)",
+            ));
+        }
         let new = |file: OwnedFd, temp: Option<String>, dir: OwnedFd| AtomicFile {
             file: File::from(file),
             dir,

@@ -5,7 +5,7 @@
 //! (`None`, never), not an overflow.
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,17 @@ pub fn connect_to(
         }
     }
     last
+}
+
+/// A listener on every address, IPv6 and IPv4 alike, at `port` (0: the system picks one); on a
+/// kernel without IPv6, every IPv4 address.
+pub fn listen_every_address(port: u16) -> io::Result<TcpListener> {
+    match sys::listen_dual_stack(port) {
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        }
+        other => other,
+    }
 }
 
 /// The instant `after` from now: `None` (no deadline, never) when `after` reaches beyond what

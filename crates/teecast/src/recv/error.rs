@@ -90,6 +90,12 @@ pub enum RecvError {
     /// A file of that name exists and the receiver does not replace files (`no_clobber`).
     #[error("a file of that name exists here and is not replaced")]
     Exists,
+    /// A keyed sender closed the connection after the welcome, before proving the key: most
+    /// likely it holds another key (it found this receiver's proof wrong and gave up).
+    #[error(
+        "the sender closed the connection before proving the key: most likely it holds another key"
+    )]
+    NoProof,
     /// The sender went quiet, or did not finish a message in time.
     #[error("no data for {:.1} s; connection dropped", .0.as_secs_f64())]
     Stalled(Duration),
@@ -159,6 +165,7 @@ impl RecvError {
             | RecvError::NotARelay
             | RecvError::UnauthenticatedForward
             | RecvError::FramedIntoRaw
+            | RecvError::NoProof
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
             RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
@@ -169,7 +176,7 @@ impl RecvError {
 
     /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`, `unsealed`,
     /// `reserved-name`, `exists`, `no-space`,
-    /// `length-mismatch`, `stalled`, `cannot-create` or `io`.
+    /// `length-mismatch`, `stalled`, `no-proof`, `cannot-create` or `io`.
     pub fn kind(&self) -> &'static str {
         match self {
             RecvError::Wire(_) => "protocol",
@@ -186,6 +193,7 @@ impl RecvError {
             RecvError::NoSpace { .. } => "no-space",
             RecvError::FramedIntoRaw => "framed-into-raw",
             RecvError::Exists => "exists",
+            RecvError::NoProof => "no-proof",
             RecvError::LengthMismatch { .. } => "length-mismatch",
             RecvError::Stalled(_) => "stalled",
             RecvError::CannotCreate { .. } => "cannot-create",

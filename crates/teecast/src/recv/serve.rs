@@ -163,7 +163,10 @@ fn receive_admitted(
     }
     let ack = match &result {
         Ok(r) => session.ack_with_reports(AckStatus::Ok, r.bytes, &r.digest.bytes, "", reports),
-        Err(e) => session.ack_with_reports(e.ack_status(), 0, &[], &e.peer_message(), reports),
+        Err(e) => {
+            let got = session.received();
+            session.ack_with_reports(e.ack_status(), got, &[], &e.peer_message(), reports)
+        }
     };
     if let Err(RecvError::Wire(_)) = &result {
         // Malformed frames after the header: no answer to a peer that does not speak the
@@ -225,8 +228,17 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                     None => options.header_timeout,
                     Some(_) => stall,
                 };
-                transport::read_exact(&conn.stream, &mut buf, deadline)
-                    .map_err(RecvError::reading(during, conn.session.received(), limit))?;
+                let awaits_proof = conn.session.awaits_proof();
+                transport::read_exact(&conn.stream, &mut buf, deadline).map_err(|e| {
+                    match e.kind() {
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                            if awaits_proof =>
+                        {
+                            RecvError::NoProof
+                        }
+                        _ => RecvError::reading(during, conn.session.received(), limit)(e),
+                    }
+                })?;
                 let taken = conn.session.framing(&buf);
                 if let Some(reply) = conn.session.take_reply() {
                     transport::write_all(&conn.stream, &reply, deadline)
