@@ -97,7 +97,7 @@ impl Ring {
     /// and that follower learns it is gone); returns a block to fill next (a dropped one, or
     /// none).
     fn push(&self, block: Vec<u8>) -> Vec<u8> {
-        let until = Instant::now().checked_add(self.patience);
+        let until = crate::transport::deadline(self.patience);
         let mut state = self.lock();
         while state.held + block.len() > self.capacity && !state.blocks.is_empty() {
             let first_end = state.start + state.blocks[0].len() as u64;
