@@ -12,26 +12,21 @@ use clap::{Args, Parser, Subcommand};
 use crate::mutate::{self, MutateLimits, Mutation};
 use teecast::auth::{self, Key, KeyError};
 use teecast::digest::DigestAlgorithm;
-use teecast::engine::{CaptureError, EngineError, Unsupported};
+use teecast::engine::{CaptureError, EngineError};
 use teecast::probe;
-use teecast::proto::wire::{self, WireError};
+use teecast::proto::wire;
 use teecast::recv::{self, RecvOptions, Target};
-use teecast::send::{DestFailure, SendError, SendOptions, Transfer};
+use teecast::send::{SendError, SendOptions, Transfer};
 use teecast::source::Source;
 use teecast::store;
 use teecast::strategy::Strategy;
-use teecast::transport::ConnectError;
 
 use crate::addr::{Listen, parse_destination, parse_listen};
+use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::hint::send_error_with_hint;
 use crate::out::{self, errln, outln};
+use crate::parse::{parse_duration, parse_size, parse_timeout};
 use crate::{demo, report};
-
-/// Exit code: every destination confirmed.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: a destination failed or did not confirm.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code: bad usage or unusable input.
-pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -252,57 +247,6 @@ struct DemoArgs {
     mutate: bool,
 }
 
-/// Parses a duration as humantime does (`30s`, `500ms`, `2m`, `1h30m`), or a bare number of
-/// seconds (`3`, `0.5`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}; try 30s, 500ms, 2m or 1h30m)"))
-}
-
-/// Parses a size in bytes: a number with an optional K, M or G (powers of 1024), at least 2M.
-fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, ""),
-    };
-    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        _ => return Err(format!("'{t}' is not a size: try 64M or 1G")),
-    };
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("'{t}' is not a size: try 64M or 1G"))?;
-    let bytes = n
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("'{t}' is too large"))?;
-    if bytes < 2 << 20 {
-        return Err(format!(
-            "'{t}' is too small: the ring holds at least 2M (e.g. 2M, 64M, 1G)"
-        ));
-    }
-    Ok(bytes)
-}
-
-/// A duration that bounds a wait: as [`parse_duration`], and more than zero.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err(format!(
-            "'{}' is no time at all: give a timeout above zero, e.g. 30s or 500ms",
-            s.trim()
-        ));
-    }
-    Ok(d)
-}
-
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -514,43 +458,6 @@ fn run_send(args: SendArgs) -> u8 {
         EXIT_USAGE
     } else {
         EXIT_FAILED
-    }
-}
-
-/// A request the library refused, with the flag that changes it.
-pub fn send_error_with_hint(e: &SendError) -> String {
-    let unsupported = match e {
-        SendError::Unsupported(u) | SendError::Engine(EngineError::Unsupported(u)) => Some(u),
-        _ => None,
-    };
-    let hint = match (e, unsupported) {
-        (_, Some(Unsupported::NeedsRegularFile(_))) => " (use --strategy read-pipe or readwrite)",
-        (_, Some(Unsupported::MmapWriteNeedsOneConsumer)) => {
-            " (use --strategy mmap-pipe or read-pipe)"
-        }
-        (_, Some(Unsupported::NoDirect { .. })) => " (use --strategy read-pipe)",
-        (SendError::Name(_) | SendError::NameNotUtf8, _) => " (use --name)",
-        (SendError::WeakDigest(_), _) => " (use --digest blake3, the default with a key)",
-        _ => "",
-    };
-    format!("{e}{hint}")
-}
-
-/// A destination's failure, with the flag that governs it.
-pub fn with_hint(e: &DestFailure) -> String {
-    match e {
-        DestFailure::Stalled(_) | DestFailure::NoAck(_) | DestFailure::NoWelcome(_) => {
-            format!("{e} (--stall-timeout)")
-        }
-        DestFailure::Handshake(
-            WireError::PeerUnkeyed | WireError::KeyRequired | WireError::BadSeal(_),
-        ) => format!("{e} (--key-file on both ends, the same key)"),
-        DestFailure::Connect(ConnectError::Connect { source, .. })
-            if source.kind() == std::io::ErrorKind::TimedOut =>
-        {
-            format!("{e} (--connect-timeout)")
-        }
-        _ => e.to_string(),
     }
 }
 

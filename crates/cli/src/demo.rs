@@ -20,7 +20,7 @@ use teecast::send::{Delivered, DestFailure};
 use teecast::source::Source;
 use teecast::strategy::Strategy;
 
-use crate::cli::{EXIT_FAILED, EXIT_OK};
+use crate::exit::{EXIT_FAILED, EXIT_OK};
 use crate::out::{errln, outln};
 use crate::report;
 

@@ -7,9 +7,12 @@
 mod addr;
 mod cli;
 mod demo;
+mod exit;
+mod hint;
 mod interrupt;
 mod mutate;
 mod out;
+mod parse;
 mod push;
 mod report;
 

@@ -20,8 +20,10 @@ use teecast::send::{SendOptions, SendReport, Transfer};
 use teecast::source::Source;
 use teecast::transport::deadline;
 
-use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, parse_timeout, send_error_with_hint};
+use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::hint::send_error_with_hint;
 use crate::out::{errln, outln};
+use crate::parse::parse_timeout;
 use crate::report;
 
 #[derive(Args, Debug)]
@@ -525,7 +527,7 @@ pub fn run(args: PushArgs) -> u8 {
                 .map(|s| (&s.destinations[k], addresses[k].clone()))
         });
         let error = match (&r.failure, &dest) {
-            (_, Some((d, _))) if !d.is_ok() => d.outcome.as_ref().err().map(crate::cli::with_hint),
+            (_, Some((d, _))) if !d.is_ok() => d.outcome.as_ref().err().map(crate::hint::with_hint),
             (Some(f), _) => Some(f.clone()),
             (None, _) if r.exit != Some(0) => Some(format!(
                 "the remote exited {}: {}",

@@ -127,7 +127,7 @@ pub fn destination_status(d: &DestReport) -> String {
     match &d.outcome {
         Ok(Delivered::Confirmed { .. } | Delivered::Relayed) => "confirmed".to_string(),
         Ok(Delivered::Sent) => "sent (raw, unconfirmed)".to_string(),
-        Err(e) => format!("FAILED: {}", crate::cli::with_hint(e)),
+        Err(e) => format!("FAILED: {}", crate::hint::with_hint(e)),
     }
 }
 
@@ -162,7 +162,7 @@ pub fn summary(report: &SendReport, failures_only: bool) {
             errln!("teecast: capture {}: FAILED: {e}", path.display());
         }
         if let Some(e) = &report.error {
-            errln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
+            errln!("teecast: error: {}", crate::hint::send_error_with_hint(e));
         }
         return;
     }
@@ -195,7 +195,7 @@ pub fn summary(report: &SendReport, failures_only: bool) {
         );
     }
     if let Some(e) = &report.error {
-        errln!("teecast: error: {}", crate::cli::send_error_with_hint(e));
+        errln!("teecast: error: {}", crate::hint::send_error_with_hint(e));
     }
     let ok = report.destinations.iter().filter(|d| d.is_ok()).count();
     errln!(
