@@ -407,11 +407,12 @@ fn an_adopted_host_beyond_the_ring_fails_clearly() {
     );
     let mut stdin = stdin.unwrap();
     let block = vec![5u8; MIB as usize];
-    for _ in 0..8 {
+    for _ in 0..16 {
         stdin.write_all(&block).unwrap();
     }
-    // The second host holds 6 MiB: the sender's 2 MiB ring has moved past byte 0.
-    wait_held(&hosts[1], 6 * MIB);
+    // The second host holds 12 MiB: the sender's 2 MiB ring has moved past byte 0 (its writer,
+    // one consumer among the sender's, runs at most a few MiB behind the first host's).
+    wait_held(&hosts[1], 12 * MIB);
     // It restarts, holding nothing, on the same address; then the relay above it dies.
     let (old, inbox) = hosts.pop().unwrap();
     old.proc.signal(rustix::process::Signal::KILL).unwrap();
