@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,10 @@ pub struct PushArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Launch at most N remotes at once (as pdsh does): one holds its place until it says where
+    /// it listens or fails, so an sshd's limit on logins in progress (MaxStartups) is not hit.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    fanout: u16,
 }
 
 /// The most hosts one push takes (ranges expanded): more is a typo in a range, not a fleet.
@@ -224,6 +228,8 @@ fn shell_quote(text: &str) -> String {
 struct Remote {
     target: Target,
     child: Child,
+    /// When its launch began: it has the start timeout from then.
+    started: Instant,
     /// Its stderr so far (its log), gathered on a thread of its own.
     log: Arc<Mutex<Vec<String>>>,
     /// Its stderr has ended (it exited, or the launcher did).
@@ -236,6 +242,11 @@ struct Remote {
 }
 
 impl Remote {
+    /// Its launch is in flight: it has neither said where it listens nor failed.
+    fn launching(&self) -> bool {
+        self.port.is_none() && self.failure.is_none()
+    }
+
     fn log_tail(&self) -> String {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let last: Vec<&String> = log.iter().rev().take(3).collect();
@@ -309,6 +320,7 @@ fn start(
     Ok(Remote {
         target: target.clone(),
         child,
+        started: Instant::now(),
         log,
         ended,
         port: None,
@@ -327,54 +339,67 @@ fn listening_port(line: &str) -> Option<u16> {
         .ok()
 }
 
-/// Waits until every remote said where it listens, ended, or `deadline` passed (`None`: never).
-fn wait_listening(
-    remotes: &mut [Remote],
+/// Starts every target's remote, at most `args.fanout` launches at once, and waits until each
+/// said where it listens, failed, or used up its start timeout (counted from its own start).
+fn launch(
+    targets: &[Target],
+    rsh: &[String],
+    args: &PushArgs,
+    key: &str,
+    woke: mpsc::Sender<usize>,
     woken: &mpsc::Receiver<usize>,
-    deadline: Option<Instant>,
-) {
+) -> Result<Vec<Remote>, String> {
+    let mut remotes: Vec<Remote> = Vec::with_capacity(targets.len());
     loop {
-        for r in remotes
-            .iter_mut()
-            .filter(|r| r.port.is_none() && r.failure.is_none())
-        {
-            let port = r
-                .log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find_map(|l| listening_port(l));
-            if port.is_some() {
-                r.port = port;
-            } else if *r.ended.lock().unwrap_or_else(|p| p.into_inner()) {
-                let said = r.log_tail();
-                r.failure = Some(match r.child.try_wait() {
-                    Ok(Some(status)) if said == "\"\"" => format!(
-                        "did not start: the remote command exited {} and said nothing",
-                        status.code().unwrap_or(-1)
-                    ),
-                    _ => format!("did not start: {said}"),
-                });
+        for r in remotes.iter_mut().filter(|r| r.launching()) {
+            settle(r, args.start_timeout);
+        }
+        let mut in_flight = remotes.iter().filter(|r| r.launching()).count();
+        while in_flight < usize::from(args.fanout) && remotes.len() < targets.len() {
+            let i = remotes.len();
+            remotes.push(start(&targets[i], rsh, args, key, i, &woke)?);
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            return Ok(remotes);
+        }
+        let first_due = remotes
+            .iter()
+            .filter(|r| r.launching())
+            .filter_map(|r| r.started.checked_add(args.start_timeout))
+            .min();
+        match first_due {
+            Some(due) => {
+                let _ = woken.recv_timeout(due.saturating_duration_since(Instant::now()));
+            }
+            None => {
+                let _ = woken.recv();
             }
         }
-        if remotes
-            .iter()
-            .all(|r| r.port.is_some() || r.failure.is_some())
-        {
-            return;
-        }
-        let woke = match deadline {
-            Some(d) => woken.recv_timeout(d.saturating_duration_since(Instant::now())),
-            None => woken.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        if woke.is_err() {
-            break;
-        }
     }
-    for r in remotes
-        .iter_mut()
-        .filter(|r| r.port.is_none() && r.failure.is_none())
-    {
+}
+
+/// Looks at what a remote in launch said: where it listens, that it ended without saying so,
+/// or nothing yet (past `timeout` from its start: it is killed).
+fn settle(r: &mut Remote, timeout: Duration) {
+    let port = r
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find_map(|l| listening_port(l));
+    if port.is_some() {
+        r.port = port;
+    } else if *r.ended.lock().unwrap_or_else(|p| p.into_inner()) {
+        let said = r.log_tail();
+        r.failure = Some(match r.child.try_wait() {
+            Ok(Some(status)) if said == "\"\"" => format!(
+                "did not start: the remote command exited {} and said nothing",
+                status.code().unwrap_or(-1)
+            ),
+            _ => format!("did not start: {said}"),
+        });
+    } else if r.started.elapsed() >= timeout {
         r.failure = Some("did not say where it listens in time (a hanging login?)".to_string());
         let _ = r.child.kill();
     }
@@ -457,18 +482,13 @@ pub fn run(args: PushArgs) -> u8 {
         "stopped; the remotes end with their connections and keep nothing unconfirmed".to_string()
     });
     let (woke, woken) = mpsc::channel();
-    let mut remotes = Vec::with_capacity(targets.len());
-    for (i, t) in targets.iter().enumerate() {
-        match start(t, &rsh, &args, &auth::to_hex(&key), i, &woke) {
-            Ok(r) => remotes.push(r),
-            Err(e) => {
-                errln!("teecast: {e}");
-                return EXIT_USAGE;
-            }
+    let mut remotes = match launch(&targets, &rsh, &args, &auth::to_hex(&key), woke, &woken) {
+        Ok(r) => r,
+        Err(e) => {
+            errln!("teecast: {e}");
+            return EXIT_USAGE;
         }
-    }
-    drop(woke);
-    wait_listening(&mut remotes, &woken, deadline(args.start_timeout));
+    };
     let started: Vec<usize> = (0..remotes.len())
         .filter(|&i| remotes[i].port.is_some())
         .collect();

@@ -213,6 +213,11 @@ struct Sshd {
 }
 
 fn sshd(dir: &Path) -> Sshd {
+    sshd_with(dir, "")
+}
+
+/// [`sshd`] with `extra` lines of configuration.
+fn sshd_with(dir: &Path, extra: &str) -> Sshd {
     assert!(
         Path::new("/usr/sbin/sshd").exists(),
         "these tests need an OpenSSH server: apt-get install openssh-server"
@@ -245,7 +250,7 @@ fn sshd(dir: &Path) -> Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nListenAddress 127.0.0.3\nListenAddress ::1\n\
              HostKey {}\nAuthorizedKeysFile {}\nPidFile none\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nLogLevel INFO\n",
+             PermitRootLogin prohibit-password\nLogLevel INFO\n{extra}",
             host_key.display(),
             authorized.display()
         ),
@@ -298,6 +303,40 @@ fn push_over_real_ssh_to_three_hosts() {
             assert_same_file(&source, &d.join("disk.img"));
             std::fs::remove_file(d.join("disk.img")).unwrap();
         }
+    }
+    drop(server.proc);
+}
+
+/// Through a real OpenSSH server to 256 hosts (the loopback addresses 127.0.1.1 to 127.0.2.1,
+/// each logging in to the one sshd), relayed along a tree of 8. The sshd drops every login in
+/// progress beyond 10 (`MaxStartups 10:100:100`): a launch window of 8 (`--fanout`) stays
+/// within it, and every host stores a verified copy.
+#[test]
+fn push_over_real_ssh_to_256_hosts_in_a_launch_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sshd_with(dir.path(), "MaxStartups 10:100:100\n");
+    let source = dir.path().join("image.bin");
+    random_file(&source, MIB + 7, 306);
+    let inbox = inboxes(dir.path(), 256);
+    let hosts = dir.path().join("hosts");
+    let lines: Vec<String> = inbox
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("127.0.{}.{}:{}", 1 + i / 255, 1 + i % 255, d.display()))
+        .collect();
+    std::fs::write(&hosts, lines.join("\n")).unwrap();
+    let rsh = format!("{} -o HostName=127.0.0.1", server.rsh);
+    let out = run(teecast(["push", "--json", "--tree", "8", "--fanout", "8"])
+        .args(["--remote-teecast", BIN, "--rsh", &rsh, "--hosts"])
+        .arg(&hosts)
+        .arg(&source));
+    out.expect_code(0);
+    let report = out.json();
+    let reported = report["hosts"].as_array().unwrap();
+    assert_eq!(reported.len(), 256, "{report}");
+    assert!(reported.iter().all(|h| h["status"] == "ok"), "{report}");
+    for d in &inbox {
+        assert_same_file(&source, &d.join("image.bin"));
     }
     drop(server.proc);
 }
