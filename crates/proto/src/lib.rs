@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod crypt;
 pub mod digest;
 pub mod session;
 pub mod wire;

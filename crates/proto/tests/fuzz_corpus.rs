@@ -97,10 +97,30 @@ fn receiver_session_corpus() {
     replay("receiver_session", checks::receiver_session);
 }
 
+#[test]
+fn crypt_prefix_corpus() {
+    replay("crypt_prefix", checks::crypt_prefix);
+}
+
+#[test]
+fn record_header_corpus() {
+    replay("record_header", checks::record_header);
+}
+
+#[test]
+fn records_corpus() {
+    replay("records", checks::records);
+}
+
+#[test]
+fn handshake_corpus() {
+    replay("handshake", checks::handshake);
+}
+
 /// Every corpus directory belongs to a target replayed above (a new target needs a test here).
 #[test]
 fn no_corpus_without_a_replay() {
-    const TARGETS: [&str; 10] = [
+    const TARGETS: [&str; 14] = [
         "hello",
         "welcome",
         "seal",
@@ -111,6 +131,10 @@ fn no_corpus_without_a_replay() {
         "chunk_header",
         "resume",
         "receiver_session",
+        "crypt_prefix",
+        "record_header",
+        "records",
+        "handshake",
     ];
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus");
     let entries =

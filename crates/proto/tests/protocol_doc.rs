@@ -1,7 +1,9 @@
-//! The keyed session example in docs/PROTOCOL.md, byte for byte: every message a sender and a
-//! receiver exchange for `hello`, with a fixed key and fixed nonces, as the sessions make them.
+//! The examples in docs/PROTOCOL.md, byte for byte: every message a sender and a receiver
+//! exchange for `hello` in a keyed version-2 session, with a fixed key and fixed nonces, as the
+//! sessions make them; and version 3's handshake, transfer key and records, with fixed keys.
 
 use teecast_proto::auth::Key;
+use teecast_proto::crypt::{self, Initiator, RECORDS_PER_KEY, RecordSealer, TransferKey};
 use teecast_proto::digest::DigestAlgorithm;
 use teecast_proto::session::{Next, ReceiverSession, SenderSession, Verdict};
 use teecast_proto::wire::{AckStatus, Header, NONCE_LEN, PREFIX_LEN};
@@ -76,17 +78,42 @@ fn example() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// The bytes of the document's example block: on every line but `#` comments, the two-digit
-/// hexadecimal tokens after the label, up to the first token that is not one.
-fn documented() -> Vec<u8> {
+/// The version-3 example's messages in order: hello, welcome, the transfer key, and `hello, world`
+/// as two records.
+fn example_v3() -> Vec<(&'static str, Vec<u8>)> {
+    let key = Key::from_bytes(std::array::from_fn(|i| i as u8));
+    let sender_ephemeral = std::array::from_fn(|i| 0x40 + i as u8);
+    let receiver_ephemeral = std::array::from_fn(|i| 0x80 + i as u8);
+    let transfer = TransferKey::new(
+        std::array::from_fn(|i| 0xa0 + i as u8),
+        std::array::from_fn(|i| 0xc0 + i as u8),
+    );
+    let (initiator, hello) = Initiator::start(&key, sender_ephemeral).unwrap();
+    let (mut rx, welcome) = crypt::respond(&key, receiver_ephemeral, &hello).unwrap();
+    let mut tx = initiator.welcome(&welcome).unwrap();
+    let key_message = tx.send_transfer_key(&transfer).unwrap();
+    assert_eq!(rx.receive_transfer_key(&key_message).unwrap(), transfer);
+    let mut sealer = RecordSealer::new(&transfer, RECORDS_PER_KEY);
+    let first = sealer.seal(b"hello, ", false).unwrap();
+    let last = sealer.seal(b"world", true).unwrap();
+    vec![
+        ("hello", hello),
+        ("welcome", welcome),
+        ("key", key_message),
+        ("record0", first),
+        ("record1", last),
+    ]
+}
+
+/// The bytes of the document's example block after `marker`: on every line but `#` comments, the
+/// two-digit hexadecimal tokens after the label, up to the first token that is not one.
+fn documented(marker: &str) -> Vec<u8> {
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/PROTOCOL.md"
     ))
     .expect("docs/PROTOCOL.md");
-    let start = doc
-        .find("<!-- keyed example: checked by crates/proto/tests/protocol_doc.rs -->")
-        .expect("the keyed example's marker");
+    let start = doc.find(marker).expect("the example's marker");
     let block = doc[start..]
         .split("```")
         .nth(1)
@@ -110,19 +137,34 @@ fn documented() -> Vec<u8> {
     bytes
 }
 
-#[test]
-fn the_documented_keyed_session_is_what_the_sessions_send() {
-    let messages = example();
+/// Fails, showing what the sessions send, unless the block after `marker` holds `messages`.
+fn check(marker: &str, messages: &[(&str, Vec<u8>)]) {
     let expected: Vec<u8> = messages.iter().flat_map(|(_, b)| b.clone()).collect();
-    if documented() != expected {
+    if documented(marker) != expected {
         let mut shown = String::new();
-        for (label, bytes) in &messages {
+        for (label, bytes) in messages {
             for (i, line) in bytes.chunks(16).enumerate() {
                 let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
                 let label = if i == 0 { *label } else { "" };
                 shown.push_str(&format!("{label:<8} {}\n", hex.join(" ")));
             }
         }
-        panic!("docs/PROTOCOL.md's keyed example differs; the sessions send:\n{shown}");
+        panic!("docs/PROTOCOL.md's example ({marker}) differs; the sessions send:\n{shown}");
     }
+}
+
+#[test]
+fn the_documented_keyed_session_is_what_the_sessions_send() {
+    check(
+        "<!-- keyed example: checked by crates/proto/tests/protocol_doc.rs -->",
+        &example(),
+    );
+}
+
+#[test]
+fn the_documented_version_3_exchange_is_what_crypt_makes() {
+    check(
+        "<!-- version 3 example: checked by crates/proto/tests/protocol_doc.rs -->",
+        &example_v3(),
+    );
 }

@@ -319,3 +319,208 @@ pub fn receiver_session(data: &[u8]) -> bool {
         }
     }
 }
+
+/// Every error of `crypt` must print as one line without control characters, as decoders'
+/// errors do.
+fn check_crypt_error(err: &teecast_proto::crypt::CryptError) {
+    let text = err.to_string();
+    assert!(!text.is_empty(), "empty message for {err:?}");
+    assert!(
+        !text.chars().any(char::is_control),
+        "control character in the message for {err:?}: {text:?}"
+    );
+}
+
+/// `crypt_prefix`: the first [`PREFIX_LEN`] bytes, decoded as the prefix of each version-3
+/// message. It must accept exactly the prefixes with the message's magic, version 3 and its one
+/// body length, return that length, and name a version-2 prefix of the message as such.
+pub fn crypt_prefix(data: &[u8]) -> bool {
+    use teecast_proto::crypt::{self, CryptError, Message};
+    let Some(prefix) = data.first_chunk::<PREFIX_LEN>() else {
+        return false;
+    };
+    let version = u16::from_be_bytes([prefix[4], prefix[5]]);
+    let len = u32::from_be_bytes([prefix[6], prefix[7], prefix[8], prefix[9]]);
+    let mut decoded = false;
+    for kind in [Message::Hello, Message::Welcome, Message::TransferKey] {
+        let magic = prefix[..4] == kind.magic();
+        let acceptable = magic && version == crypt::VERSION && len as usize == kind.body_len();
+        match crypt::decode_prefix(prefix, kind) {
+            Ok(n) => {
+                assert!(acceptable, "{kind} prefix {prefix:02x?} accepted");
+                assert_eq!(n, kind.body_len());
+                decoded = true;
+            }
+            Err(err) => {
+                assert!(!acceptable, "{kind} prefix {prefix:02x?} refused: {err:?}");
+                assert_eq!(
+                    err == CryptError::Version2Peer,
+                    magic && version == 2,
+                    "{kind} prefix {prefix:02x?}: {err:?}"
+                );
+                check_crypt_error(&err);
+            }
+        }
+    }
+    decoded
+}
+
+/// `record_header`: the first 4 bytes as a record header. Accepted exactly when the length is
+/// at most a record's; an accepted header re-encodes to the same bytes.
+pub fn record_header(data: &[u8]) -> bool {
+    use teecast_proto::crypt::{RECORD_HEADER_LEN, RECORD_LEN, RecordHeader};
+    let Some(bytes) = data.first_chunk::<RECORD_HEADER_LEN>() else {
+        return false;
+    };
+    let len = u32::from_be_bytes(*bytes) & 0x7fff_ffff;
+    match RecordHeader::decode(*bytes) {
+        Ok(header) => {
+            assert!(len as usize <= RECORD_LEN, "{len}-byte record accepted");
+            assert_eq!(header.len, len as usize);
+            assert_eq!(header.last, bytes[0] & 0x80 != 0);
+            assert_eq!(header.encode(), *bytes, "re-encoding {header:?}");
+            true
+        }
+        Err(err) => {
+            assert!(
+                len as usize > RECORD_LEN,
+                "{len}-byte record refused: {err:?}"
+            );
+            check_crypt_error(&err);
+            false
+        }
+    }
+}
+
+/// The fixed transfer key the `records` target opens its input under (and seeds are sealed with).
+pub fn fuzz_transfer_key() -> teecast_proto::crypt::TransferKey {
+    teecast_proto::crypt::TransferKey::new([0x5a; 16], [0xa5; 32])
+}
+
+/// `records`: first byte: the records per key (1 to 4, or the protocol's when 0 modulo 5); the
+/// rest: a stream of records, opened in order under [`fuzz_transfer_key`] as a receiver does. It
+/// must never panic; a refused record must leave the opener at its index; and a stream that
+/// opens to its final record must be exactly what sealing the opened plaintexts again gives
+/// (so nothing unauthenticated slipped through), with nothing after it.
+pub fn records(data: &[u8]) -> bool {
+    use teecast_proto::crypt::{
+        RECORD_HEADER_LEN, RECORDS_PER_KEY, RecordHeader, RecordOpener, RecordSealer,
+    };
+    let Some((&limit, wire)) = data.split_first() else {
+        return false;
+    };
+    let per_key = match limit % 5 {
+        0 => RECORDS_PER_KEY,
+        n => u64::from(n),
+    };
+    let transfer = fuzz_transfer_key();
+    let mut opener = RecordOpener::new(&transfer, per_key);
+    let mut opened: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut at = 0;
+    while !opener.is_done() {
+        let Some(bytes) = wire[at..].first_chunk::<RECORD_HEADER_LEN>() else {
+            if let Err(err) = opener.finish() {
+                check_crypt_error(&err);
+            }
+            return false;
+        };
+        let header = match RecordHeader::decode(*bytes) {
+            Ok(header) => header,
+            Err(err) => {
+                check_crypt_error(&err);
+                return false;
+            }
+        };
+        let start = at + RECORD_HEADER_LEN;
+        let Some(sealed) = wire.get(start..start + header.sealed_len()) else {
+            assert!(opener.finish().is_err(), "finished inside a record");
+            return false;
+        };
+        let mut sealed = sealed.to_vec();
+        let index = opener.index();
+        match opener.open_in_place(header, &mut sealed) {
+            Ok(plain) => {
+                assert_eq!(plain.len(), header.len);
+                opened.push((plain.to_vec(), header.last));
+            }
+            Err(err) => {
+                assert_eq!(opener.index(), index, "a refused record moved the opener");
+                check_crypt_error(&err);
+                return false;
+            }
+        }
+        at = start + header.sealed_len();
+    }
+    assert!(opener.finish().is_ok());
+    let mut sealer = RecordSealer::new(&transfer, per_key);
+    let again: Vec<u8> = opened
+        .iter()
+        .flat_map(|(plain, last)| sealer.seal(plain, *last).expect("re-seals"))
+        .collect();
+    assert_eq!(
+        again,
+        wire[..at],
+        "the opened stream does not re-seal to its input"
+    );
+    true
+}
+
+/// The fixed pre-shared key and ephemeral keys of the `handshake` target (and its seeds).
+pub const FUZZ_PSK: [u8; 32] = [0x42; 32];
+/// The sender's ephemeral private key in the `handshake` target.
+pub const FUZZ_SENDER_EPHEMERAL: [u8; 32] = [0x17; 32];
+/// The receiver's ephemeral private key in the `handshake` target.
+pub const FUZZ_RECEIVER_EPHEMERAL: [u8; 32] = [0x71; 32];
+
+/// `handshake`: first byte modulo 3: which message the rest is: a hello (to a receiver with
+/// [`FUZZ_PSK`]), a welcome (to the sender of the fixed hello), or a transfer-key message (to the
+/// receiver of the fixed handshake). It must never panic; each accepted message has its exact
+/// length; and an accepted transfer key is the only one whose message the same sender session
+/// makes byte for byte from it.
+pub fn handshake(data: &[u8]) -> bool {
+    use teecast_proto::auth::Key;
+    use teecast_proto::crypt::{self, Initiator, Message};
+    let Some((&which, message)) = data.split_first() else {
+        return false;
+    };
+    let psk = Key::from_bytes(FUZZ_PSK);
+    let framed = |kind: Message| PREFIX_LEN + kind.body_len();
+    let outcome = match which % 3 {
+        0 => crypt::respond(&psk, FUZZ_RECEIVER_EPHEMERAL, message).map(|(_, welcome)| {
+            assert_eq!(message.len(), framed(Message::Hello));
+            assert_eq!(welcome.len(), framed(Message::Welcome));
+        }),
+        1 => {
+            let (initiator, _) = Initiator::start(&psk, FUZZ_SENDER_EPHEMERAL).expect("a hello");
+            initiator.welcome(message).map(|_| {
+                assert_eq!(message.len(), framed(Message::Welcome));
+            })
+        }
+        _ => {
+            let session = || {
+                let (initiator, hello) =
+                    Initiator::start(&psk, FUZZ_SENDER_EPHEMERAL).expect("a hello");
+                let (rx, welcome) =
+                    crypt::respond(&psk, FUZZ_RECEIVER_EPHEMERAL, &hello).expect("a welcome");
+                (initiator.welcome(&welcome).expect("a session"), rx)
+            };
+            let (mut tx, mut rx) = session();
+            rx.receive_transfer_key(message).map(|transfer| {
+                let again = tx
+                    .send_transfer_key(&transfer)
+                    .expect("a transfer-key message");
+                assert_eq!(
+                    again, message,
+                    "an accepted transfer key re-seals differently"
+                );
+            })
+        }
+    };
+    match outcome {
+        Ok(()) => true,
+        Err(err) => {
+            check_crypt_error(&err);
+            false
+        }
+    }
+}
