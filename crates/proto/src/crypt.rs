@@ -18,6 +18,7 @@
 //! docs/PROTOCOL.md ("Version 3 (encryption)") describes the bytes. The library does not yet
 //! drive any of this: senders and receivers speak version 2.
 
+use std::cell::Cell;
 use std::fmt;
 
 use aws_lc_rs::aead::{self, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -266,12 +267,11 @@ impl Random for Ephemeral {
 
 /// `snow`'s primitives for this handshake, all from `aws-lc-rs` (AES-256-GCM is the records'
 /// AEAD too), and the caller's ephemeral key as the only randomness.
-struct Resolver(std::sync::Mutex<Option<[u8; 32]>>);
+struct Resolver(Cell<Option<[u8; 32]>>);
 
 impl CryptoResolver for Resolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        let key = self.0.lock().ok()?.take();
-        Some(Box::new(Ephemeral(key)))
+        Some(Box::new(Ephemeral(self.0.take())))
     }
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
@@ -462,7 +462,7 @@ fn handshake(
     initiator: bool,
 ) -> Result<HandshakeState, CryptError> {
     let params = NOISE_PROTOCOL.parse().map_err(noise_error)?;
-    let resolver = Resolver(std::sync::Mutex::new(Some(ephemeral)));
+    let resolver = Resolver(Cell::new(Some(ephemeral)));
     let builder = snow::Builder::with_resolver(params, Box::new(resolver))
         .psk(0, psk.as_bytes())
         .and_then(|b| b.prologue(PROLOGUE))
@@ -612,7 +612,7 @@ impl RecordHeader {
 
 /// The keys of a transfer's records, at one index: the record key (ratcheted forward every
 /// `per_key` records), the IV each nonce is made from, the transfer identifier, and whether the
-/// final record has passed. Its `Debug` output shows no key.
+/// final record has passed (or, opening, a record was refused). Its `Debug` output shows no key.
 struct RecordKeys {
     secret: [u8; 32],
     key: LessSafeKey,
@@ -621,6 +621,7 @@ struct RecordKeys {
     index: u64,
     per_key: u64,
     done: bool,
+    refused: bool,
 }
 
 impl fmt::Debug for RecordKeys {
@@ -645,6 +646,7 @@ impl RecordKeys {
             index: 0,
             per_key: per_key.max(1),
             done: false,
+            refused: false,
         }
     }
 
@@ -748,8 +750,8 @@ impl RecordOpener {
     }
 
     /// Opens the next record in place: `sealed` is the `header.sealed_len()` bytes after its
-    /// header (ciphertext and tag). Returns the plaintext, at the front of `sealed`. A record that
-    /// does not verify leaves the opener where it was, and the caller keeps nothing of it.
+    /// header (ciphertext and tag). Returns the plaintext, at the front of `sealed`. After a
+    /// record that does not verify, the opener refuses every record: the stream is lost.
     pub fn open_in_place<'a>(
         &mut self,
         header: RecordHeader,
@@ -759,15 +761,15 @@ impl RecordOpener {
             return Err(CryptError::AfterFinal(self.0.index - 1));
         }
         let index = self.0.index;
-        if sealed.len() != header.sealed_len() {
-            return Err(CryptError::RecordRefused { index });
-        }
         let (nonce, aad) = self.0.nonce_and_aad(header.last);
-        let plain = self
-            .0
-            .key
-            .open_in_place(nonce, Aad::from(aad), sealed)
-            .map_err(|_| CryptError::RecordRefused { index })?;
+        let opened = match self.0.refused || sealed.len() != header.sealed_len() {
+            true => None,
+            false => self.0.key.open_in_place(nonce, Aad::from(aad), sealed).ok(),
+        };
+        let Some(plain) = opened else {
+            self.0.refused = true;
+            return Err(CryptError::RecordRefused { index });
+        };
         self.0.done = header.last;
         self.0.advance();
         Ok(plain)
@@ -996,6 +998,22 @@ mod tests {
     }
 
     #[test]
+    fn nothing_opens_after_a_refused_record() {
+        let r = stream(&transfer(1), RECORDS_PER_KEY, &PARTS);
+        let mut opener = RecordOpener::new(&transfer(1), RECORDS_PER_KEY);
+        let mut next = |record: &[u8]| {
+            let header = RecordHeader::decode(record[..4].try_into().unwrap()).unwrap();
+            let mut sealed = record[RECORD_HEADER_LEN..].to_vec();
+            opener
+                .open_in_place(header, &mut sealed)
+                .map(|p| p.to_vec())
+        };
+        assert_eq!(next(&r[0]).unwrap(), b"one ");
+        assert_eq!(next(&r[2]), Err(CryptError::RecordRefused { index: 1 }));
+        assert_eq!(next(&r[1]), Err(CryptError::RecordRefused { index: 1 }));
+    }
+
+    #[test]
     fn a_stream_cut_at_a_record_boundary_is_refused() {
         let r = stream(&transfer(1), RECORDS_PER_KEY, &PARTS);
         assert_eq!(
@@ -1041,6 +1059,7 @@ mod tests {
             b"r0r1r2r3r4r5r6"
         );
         // Without the ratchet, records 0 and 1 open and record 2 does not: the key changed there.
+        // (Nor does anything after a refusal, the right record included.)
         let mut opener = RecordOpener::new(&transfer(1), RECORDS_PER_KEY);
         for (i, record) in ratcheted.iter().enumerate() {
             let header = RecordHeader::decode(record[..4].try_into().unwrap()).unwrap();

@@ -399,7 +399,8 @@ pub fn fuzz_transfer_key() -> teecast_proto::crypt::TransferKey {
 
 /// `records`: first byte: the records per key (1 to 4, or the protocol's when 0 modulo 5); the
 /// rest: a stream of records, opened in order under [`fuzz_transfer_key`] as a receiver does. It
-/// must never panic; a refused record must leave the opener at its index; and a stream that
+/// must never panic; a refused record must leave the opener at its index, refusing everything
+/// from then on; and a stream that
 /// opens to its final record must be exactly what sealing the opened plaintexts again gives
 /// (so nothing unauthenticated slipped through), with nothing after it.
 pub fn records(data: &[u8]) -> bool {
@@ -446,6 +447,11 @@ pub fn records(data: &[u8]) -> bool {
             Err(err) => {
                 assert_eq!(opener.index(), index, "a refused record moved the opener");
                 check_crypt_error(&err);
+                let mut again = wire[start..start + header.sealed_len()].to_vec();
+                assert!(
+                    opener.open_in_place(header, &mut again).is_err(),
+                    "a record opened after a refusal"
+                );
                 return false;
             }
         }
