@@ -882,6 +882,18 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_receiver_names_a_version_3_hello() {
+        let (_, hello) = Initiator::start(&psk(), [1; 32]).unwrap();
+        let prefix: [u8; PREFIX_LEN] = hello[..PREFIX_LEN].try_into().unwrap();
+        let err = crate::wire::decode_prefix(&prefix, crate::wire::MessageKind::Hello).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unsupported protocol version 3 in hello"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_version_2_peer_is_named() {
         let mut v2_hello = *b"TCHL\x00\x02\x00\x00\x00\x24";
         assert_eq!(

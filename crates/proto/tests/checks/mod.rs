@@ -6,6 +6,7 @@
 //! No function here may panic on its own account for any input: only a failed assertion about
 //! the decoders may.
 
+use teecast_proto::crypt::Channel;
 use teecast_proto::digest::DigestAlgorithm;
 use teecast_proto::wire::{
     Ack, CHUNK_HEADER_LEN, Header, Hello, MAC_LEN, MAX_CHUNK, MAX_DIGEST_LEN, MAX_MESSAGE_LEN,
@@ -478,6 +479,11 @@ pub const FUZZ_SENDER_EPHEMERAL: [u8; 32] = [0x17; 32];
 /// The receiver's ephemeral private key in the `handshake` target.
 pub const FUZZ_RECEIVER_EPHEMERAL: [u8; 32] = [0x71; 32];
 
+thread_local! {
+    /// The `handshake` target's fixed sender and receiver sessions, between inputs.
+    static SESSION: std::cell::Cell<Option<(Channel, Channel)>> = const { std::cell::Cell::new(None) };
+}
+
 /// `handshake`: first byte modulo 3: which message the rest is: a hello (to a receiver with
 /// [`FUZZ_PSK`]), a welcome (to the sender of the fixed hello), or a transfer-key message (to the
 /// receiver of the fixed handshake). It must never panic; each accepted message has its exact
@@ -503,23 +509,31 @@ pub fn handshake(data: &[u8]) -> bool {
             })
         }
         _ => {
-            let session = || {
+            // The fixed session is made once per thread and kept while it refuses (a refusal
+            // leaves a Noise session as it was); one that accepted is made again.
+            let (mut tx, mut rx) = SESSION.take().unwrap_or_else(|| {
                 let (initiator, hello) =
                     Initiator::start(&psk, FUZZ_SENDER_EPHEMERAL).expect("a hello");
                 let (rx, welcome) =
                     crypt::respond(&psk, FUZZ_RECEIVER_EPHEMERAL, &hello).expect("a welcome");
                 (initiator.welcome(&welcome).expect("a session"), rx)
-            };
-            let (mut tx, mut rx) = session();
-            rx.receive_transfer_key(message).map(|transfer| {
-                let again = tx
-                    .send_transfer_key(&transfer)
-                    .expect("a transfer-key message");
-                assert_eq!(
-                    again, message,
-                    "an accepted transfer key re-seals differently"
-                );
-            })
+            });
+            match rx.receive_transfer_key(message) {
+                Ok(transfer) => {
+                    let again = tx
+                        .send_transfer_key(&transfer)
+                        .expect("a transfer-key message");
+                    assert_eq!(
+                        again, message,
+                        "an accepted transfer key re-seals differently"
+                    );
+                    Ok(())
+                }
+                Err(err) => {
+                    SESSION.set(Some((tx, rx)));
+                    Err(err)
+                }
+            }
         }
     };
     match outcome {
