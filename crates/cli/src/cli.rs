@@ -26,7 +26,9 @@ use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::hint::send_error_with_hint;
 use crate::out::{self, errln, outln};
 use crate::parse::{parse_duration, parse_size, parse_timeout};
+use crate::service::{self, log};
 use crate::{demo, report};
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -178,9 +180,10 @@ struct SendArgs {
 #[derive(Args, Debug)]
 struct RecvArgs {
     /// Address to listen on, e.g. 0.0.0.0:7000, 127.0.0.1:0, or :7000 (or 7000) for every
-    /// address, IPv6 and IPv4, on port 7000.
+    /// address, IPv6 and IPv4, on port 7000. Not with sockets passed by a service manager
+    /// (systemd's socket activation), which are used instead.
     #[arg(long, value_parser = parse_listen)]
-    listen: Listen,
+    listen: Option<Listen>,
     /// Store every stream at this path (published only when verified); a device node or FIFO
     /// there is written into, never replaced; - writes to standard output (e.g. into
     /// `zfs receive`), with the digest line on stderr.
@@ -235,6 +238,11 @@ struct RecvArgs {
     /// Connections served at once from one address (with --dir); more are closed at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     max_per_peer: u64,
+    /// On SIGTERM, give the streams in flight this long to finish (accepting no more); those
+    /// still going then are refused, their senders told, nothing of them kept. A second
+    /// SIGTERM, or SIGINT, stops at once.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -472,6 +480,9 @@ fn usable_dir(dir: &Path) -> Result<(), String> {
 }
 
 fn run_recv(mut args: RecvArgs) -> u8 {
+    // Before any thread starts, so that the variables of socket activation are removed too.
+    let passed = teecast::service::passed_listeners();
+    let log = service::Log::new();
     if let Some(into) = args.into.take() {
         if into.is_dir() {
             args.dir = Some(into);
@@ -487,7 +498,9 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             if let Err(e) = usable_dir(parent) {
-                errln!(
+                log!(
+                    log,
+                    Error,
                     "teecast: {}: {e} (for --output {})",
                     parent.display(),
                     p.display()
@@ -495,7 +508,9 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                 return EXIT_USAGE;
             }
             if p.is_dir() {
-                errln!(
+                log!(
+                    log,
+                    Error,
                     "teecast: {} is a directory (--dir stores each stream in one, under its name)",
                     p.display()
                 );
@@ -505,13 +520,13 @@ fn run_recv(mut args: RecvArgs) -> u8 {
         }
         (None, Some(d)) => {
             if let Err(e) = usable_dir(d) {
-                errln!("teecast: {}: {e} (for --dir)", d.display());
+                log!(log, Error, "teecast: {}: {e} (for --dir)", d.display());
                 return EXIT_USAGE;
             }
             Target::Dir(d.clone())
         }
         _ => {
-            errln!("teecast: give exactly one of --output or --dir");
+            log!(log, Error, "teecast: give exactly one of --output or --dir");
             return EXIT_USAGE;
         }
     };
@@ -530,7 +545,9 @@ fn run_recv(mut args: RecvArgs) -> u8 {
     if let Some(dir) = swept_dir
         && let Ok(n @ 1..) = store::sweep(&dir)
     {
-        errln!(
+        log!(
+            log,
+            Info,
             "teecast: removed {n} stale temporary file(s) in {}",
             dir.display()
         );
@@ -538,55 +555,61 @@ fn run_recv(mut args: RecvArgs) -> u8 {
     let key = match args.key.load() {
         Ok(k) => k,
         Err(e) => {
-            errln!("teecast: {e}");
+            log!(log, Error, "teecast: {e}");
             return EXIT_USAGE;
         }
     };
     if args.raw && key.is_some() {
-        errln!(
+        log!(
+            log,
+            Error,
             "teecast: --raw takes no key: a bare stream carries no proof of one (beyond loopback give --insecure instead)"
         );
         return EXIT_USAGE;
     }
-    let bound = match &args.listen {
-        Listen::Every(port) => teecast::transport::listen_every_address(*port),
-        Listen::Address(a) => TcpListener::bind(a),
-    };
-    let listener = match bound {
+    let listeners = match listeners(passed, args.listen.as_ref()) {
         Ok(l) => l,
         Err(e) => {
-            errln!("teecast: cannot listen on {}: {e}", args.listen);
+            log!(log, Error, "teecast: {e}");
             return EXIT_USAGE;
         }
     };
-    let local = listener.local_addr().ok();
-    if key.is_none() && !local.is_some_and(|a| a.ip().is_loopback()) {
-        if !args.insecure && args.raw {
-            errln!(
-                "teecast: {} is not a loopback address, and a bare stream proves no key: give --insecure to take bare streams from anyone who reaches it",
-                args.listen
+    let locals: Vec<_> = listeners.iter().map(TcpListener::local_addr).collect();
+    for local in &locals {
+        let shown = local
+            .as_ref()
+            .map_or_else(|e| format!("a socket ({e})"), ToString::to_string);
+        if key.is_none() && !local.as_ref().is_ok_and(|a| a.ip().is_loopback()) {
+            if !args.insecure && args.raw {
+                log!(
+                    log,
+                    Error,
+                    "teecast: {shown} is not a loopback address, and a bare stream proves no key: give --insecure to take bare streams from anyone who reaches it"
+                );
+                return EXIT_USAGE;
+            }
+            if !args.insecure {
+                log!(
+                    log,
+                    Error,
+                    "teecast: {shown} is not a loopback address: give --key-file FILE (made by `teecast keygen FILE`, the same on the sender), or --insecure to let anyone who reaches it store files"
+                );
+                return EXIT_USAGE;
+            }
+            log!(
+                log,
+                Warning,
+                "teecast: warning: --insecure: no key, anyone who can reach {shown} may store files here"
             );
-            return EXIT_USAGE;
         }
-        if !args.insecure {
-            errln!(
-                "teecast: {} is not a loopback address: give --key-file FILE (made by `teecast keygen FILE`, the same on the sender), or --insecure to let anyone who reaches it store files",
-                args.listen
-            );
-            return EXIT_USAGE;
-        }
-        errln!(
-            "teecast: warning: --insecure: no key, anyone who can reach {} may store files here",
-            args.listen
-        );
     }
-    if !args.quiet
-        && let Some(addr) = local
-    {
+    if !args.quiet {
         if key.is_some() {
-            errln!("teecast: every sender must prove the key");
+            log!(log, Info, "teecast: every sender must prove the key");
         }
-        errln!("teecast: listening on {addr}");
+        for local in locals.iter().flatten() {
+            log!(log, Info, "teecast: listening on {local}");
+        }
     }
     let mut options = RecvOptions::new(target)
         .no_clobber(args.no_clobber)
@@ -606,15 +629,30 @@ fn run_recv(mut args: RecvArgs) -> u8 {
     }
     let quiet = args.quiet;
     let raw = args.raw;
+    let status = Arc::new(service::Status::new());
+    let control = recv::Control::new();
+    let signals = service::handle_signals(control.clone(), args.drain_timeout, status.clone(), log);
+    if let Err(e) = signals {
+        log!(log, Error, "teecast: cannot handle signals: {e}");
+        return EXIT_FAILED;
+    }
+    let on_status = status.clone();
     // With the stream on stdout, the digest line goes to stderr with the logs.
     let to_stdout = matches!(options.target, Target::Stdout);
     let on_event = move |peer: Option<std::net::SocketAddr>, event: recv::Event<'_>| {
+        let status = &on_status;
+        let from = peer;
         let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
         let result = match event {
             recv::Event::Opened { name, length } => {
+                if let Some(from) = from {
+                    status.opened(from, name);
+                }
                 if !quiet {
                     let length = length.map_or_else(String::new, |n| format!(" ({n} bytes)"));
-                    errln!(
+                    log!(
+                        log,
+                        Info,
                         "teecast: {peer}: receiving {}{length}",
                         wire::escape_text(name, 255)
                     );
@@ -622,8 +660,13 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                 return;
             }
             recv::Event::Resumed { name } => {
+                if let Some(from) = from {
+                    status.done(from, false);
+                }
                 if !quiet {
-                    errln!(
+                    log!(
+                        log,
+                        Info,
                         "teecast: {peer}: resumes {}: its parent failed, this one goes on",
                         wire::escape_text(name, 255)
                     );
@@ -633,6 +676,9 @@ fn run_recv(mut args: RecvArgs) -> u8 {
             recv::Event::Done(result) => result,
             _ => return,
         };
+        if let Some(from) = from {
+            status.done(from, result.is_ok());
+        }
         match result {
             Ok(r) => {
                 if r.digest.algorithm != DigestAlgorithm::None {
@@ -661,7 +707,9 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                         (false, DigestAlgorithm::None) => "length checked, no digest".to_string(),
                         (false, alg) => format!("{alg} verified"),
                     };
-                    errln!(
+                    log!(
+                        log,
+                        Info,
                         "teecast: {peer}: stored {} ({} bytes, {checked})",
                         wire::escape_if_needed(&r.path.to_string_lossy()),
                         r.bytes,
@@ -669,21 +717,53 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                 }
             }
             Err(e @ recv::RecvError::NoProof) => {
-                errln!("teecast: {peer}: {e} (--key-file on both ends, the same key)")
+                log!(
+                    log,
+                    Error,
+                    "teecast: {peer}: {e} (--key-file on both ends, the same key)"
+                )
             }
-            Err(e) => errln!("teecast: {peer}: {e}"),
+            Err(e) => log!(log, Error, "teecast: {peer}: {e}"),
         }
     };
-    crate::interrupt::on_ctrl_c(|| {
-        "stopped; streams still arriving are not kept, stored ones stay".to_string()
-    });
-    match recv::serve(&listener, &options, args.once, &on_event) {
+    status.ready();
+    let served = recv::serve_until(listeners, &options, args.once, &control, &on_event);
+    if control.is_stopping() && !quiet {
+        log!(log, Info, "teecast: stopped");
+    }
+    match served {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,
         Err(e) => {
-            errln!("teecast: accepting connections: {e}");
+            log!(log, Error, "teecast: accepting connections: {e}");
             EXIT_FAILED
         }
+    }
+}
+
+/// The sockets to serve: those a service manager passed (then `listen` must not be given), or
+/// one bound to `listen`.
+fn listeners(
+    passed: std::io::Result<Vec<TcpListener>>,
+    listen: Option<&Listen>,
+) -> Result<Vec<TcpListener>, String> {
+    let passed = passed.map_err(|e| format!("the sockets passed by the service manager: {e}"))?;
+    match (passed.is_empty(), listen) {
+        (false, Some(addr)) => Err(format!(
+            "the service manager passed {} listening socket(s) and --listen {addr} was given: drop --listen, or start teecast without socket activation",
+            passed.len()
+        )),
+        (false, None) => Ok(passed),
+        (true, Some(addr)) => match addr {
+            Listen::Every(port) => teecast::transport::listen_every_address(*port),
+            Listen::Address(a) => TcpListener::bind(a),
+        }
+        .map(|l| vec![l])
+        .map_err(|e| format!("cannot listen on {addr}: {e}")),
+        (true, None) => Err(
+            "give --listen ADDRESS (e.g. 0.0.0.0:7000), or start teecast from a systemd socket unit"
+                .to_string(),
+        ),
     }
 }
 

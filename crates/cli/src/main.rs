@@ -15,6 +15,7 @@ mod out;
 mod parse;
 mod push;
 mod report;
+mod service;
 
 use std::process::ExitCode;
 

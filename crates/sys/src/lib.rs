@@ -24,6 +24,8 @@ pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite
 pub use net::{listen_dual_stack, reset_on_close, send_now, set_zerocopy};
 pub use pipe::{Pipe, splice, splice_from_offset, tee};
 pub use poll::{Readiness, wait_any, wait_ready};
-pub use process::{ChildrenUsage, children_usage, ignore_sigpipe, io_uring_usable};
+pub use process::{
+    ChildrenUsage, children_usage, ignore_sigpipe, io_uring_usable, take_listen_fds,
+};
 pub use rustix::fs::OFlags;
 pub use rustix::pipe::SpliceFlags;

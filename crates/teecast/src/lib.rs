@@ -58,6 +58,7 @@ pub mod engine;
 pub mod probe;
 pub mod recv;
 pub mod send;
+pub mod service;
 pub mod source;
 pub mod store;
 pub mod strategy;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use teecast_proto::session::{Mismatch, ReceiverSession};
 use teecast_proto::wire::HostReport;
 
+use super::control::Control;
 use super::error::RecvError;
 use super::options::RecvOptions;
 use super::streams::Streams;
@@ -22,6 +23,8 @@ pub(super) struct Conn<'a> {
     /// For a relay: the outcome of every host below this one, for its acknowledgement.
     pub(super) reports: Vec<HostReport>,
     pub(super) streams: &'a Streams,
+    /// Says when the stream is to end because the receiver stops.
+    pub(super) control: &'a Control,
 }
 
 /// How long a receiver that refused a stream keeps reading (and dropping) what still arrives.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use teecast_proto::wire::{AckStatus, WireError};
 
 use crate::digest::to_hex;
+
+use super::control::Control;
 /// Why a stream was not stored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -84,6 +86,12 @@ pub enum RecvError {
     /// it (not an error of the stream's).
     #[error("handed over to the stream it resumes")]
     HandedOver,
+    /// The receiver is stopping (`Control::stop`) and the stream had not ended by its
+    /// deadline.
+    #[error(
+        "the receiver is stopping and this stream did not end in time; nothing of it is kept: send it again"
+    )]
+    Stopped,
     /// The announced name looks like one of teecast's temporary files.
     #[error("the name looks like a teecast temporary file; refused")]
     ReservedName,
@@ -120,6 +128,19 @@ pub enum RecvError {
 }
 
 impl RecvError {
+    /// The error as it stands when `control` may have cut the stream: a stream whose socket
+    /// ended or went quiet after the cut was stopped by it.
+    pub(super) fn stopped_if(self, control: &Control) -> RecvError {
+        match self {
+            RecvError::Truncated { .. } | RecvError::Stalled(_) | RecvError::Io { .. }
+                if control.is_cut() =>
+            {
+                RecvError::Stopped
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> RecvError {
         move |source| RecvError::Io { op, source }
     }
@@ -166,6 +187,7 @@ impl RecvError {
             | RecvError::UnauthenticatedForward
             | RecvError::FramedIntoRaw
             | RecvError::NoProof
+            | RecvError::Stopped
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
             RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
@@ -175,7 +197,7 @@ impl RecvError {
     }
 
     /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`, `unsealed`,
-    /// `reserved-name`, `exists`, `no-space`,
+    /// `reserved-name`, `exists`, `no-space`, `stopped`,
     /// `length-mismatch`, `stalled`, `no-proof`, `cannot-create` or `io`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -188,6 +210,7 @@ impl RecvError {
             RecvError::Displaced => "displaced",
             RecvError::Taken => "taken",
             RecvError::HandedOver => "handed-over",
+            RecvError::Stopped => "stopped",
             RecvError::NotARelay => "not-a-relay",
             RecvError::UnauthenticatedForward => "unauthenticated-forward",
             RecvError::NoSpace { .. } => "no-space",

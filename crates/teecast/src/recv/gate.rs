@@ -1,24 +1,26 @@
 //! The receiver's gate: a place per connection, given to the newest when it is full, kept by
 //! a stream past its header.
 
-use std::fs::File;
-use std::io::Write;
 use std::net::{IpAddr, TcpStream};
 use std::sync::{Condvar, Mutex};
+use std::time::Instant;
 
+use super::control::Control;
 use super::error::RecvError;
 use super::options::{Received, RecvOptions, Target};
+
 /// Who is being served: the places of [`serve`], the one stream of `once`, the one target.
-pub(super) struct Gate {
+pub(super) struct Gate<'a> {
     max_total: usize,
     max_per_peer: usize,
     once: bool,
     /// Set for a target that takes one stream at a time (a file, standard output).
     target: Option<Mutex<()>>,
     state: Mutex<GateState>,
+    /// Notified when a place is freed.
     freed: Condvar,
-    /// Written to when `once`'s stream is done, to wake the accepting thread.
-    wake: File,
+    /// Woken when a place is freed, for the accepting thread.
+    pub(super) control: &'a Control,
 }
 
 #[derive(Default)]
@@ -36,16 +38,26 @@ pub(super) struct GateState {
 pub(super) struct Place {
     id: u64,
     ip: IpAddr,
-    /// Until its header: a handle to close it by, should its place be needed.
-    opening: Option<TcpStream>,
+    /// A second handle on the connection: to close it by before its header, should its place
+    /// be needed, and to cut its stream short when a stop's time is up.
+    handle: Option<TcpStream>,
+    /// Past its header: it keeps its place.
+    opened: bool,
+}
+
+impl Place {
+    /// Whether its place can be taken: it has not sent its header (and can be closed).
+    fn displaceable(&self) -> bool {
+        !self.opened && self.handle.is_some()
+    }
 }
 
 /// A connection's claim to its place, by which it is found in the [`Gate`].
 #[derive(Clone, Copy)]
 pub(super) struct Ticket(u64);
 
-impl Gate {
-    pub(super) fn new(options: &RecvOptions, once: bool, wake: File) -> Gate {
+impl<'a> Gate<'a> {
+    pub(super) fn new(options: &RecvOptions, once: bool, control: &'a Control) -> Gate<'a> {
         Gate {
             max_total: options.max_connections.max(1),
             max_per_peer: options.max_per_peer.max(1),
@@ -53,7 +65,7 @@ impl Gate {
             target: (!matches!(options.target, Target::Dir(_))).then(|| Mutex::new(())),
             state: Mutex::new(GateState::default()),
             freed: Condvar::new(),
-            wake,
+            control,
         }
     }
 
@@ -61,26 +73,30 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a new connection would find a place: one is free, or held by a connection
+    /// still before its header.
+    pub(super) fn has_room(&self) -> bool {
+        let state = self.lock();
+        state.live.len() < self.max_total || state.live.iter().any(Place::displaceable)
+    }
+
     /// A place for a connection from `ip`: taken from the oldest connection still before its
-    /// header where the address or the receiver is full; waits while every place is held by a
-    /// stream; `None` when the address holds all its places with streams.
+    /// header where the address or the receiver is full; `None` when the address holds all its
+    /// places with streams. Called only when [`Gate::has_room`] (which nothing but this thread
+    /// can take away).
     pub(super) fn enter(&self, stream: &TcpStream, ip: IpAddr) -> Option<Ticket> {
         let mut state = self.lock();
-        loop {
-            if state.live.iter().filter(|p| p.ip == ip).count() >= self.max_per_peer {
-                let oldest = state
-                    .live
-                    .iter()
-                    .position(|p| p.ip == ip && p.opening.is_some())?;
-                state.displace(oldest);
-            }
-            if state.live.len() < self.max_total {
-                break;
-            }
-            match state.live.iter().position(|p| p.opening.is_some()) {
-                Some(oldest) => state.displace(oldest),
-                None => state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner()),
-            }
+        if state.live.iter().filter(|p| p.ip == ip).count() >= self.max_per_peer {
+            let oldest = state
+                .live
+                .iter()
+                .position(|p| p.ip == ip && p.displaceable())?;
+            state.displace(oldest);
+        }
+        if state.live.len() >= self.max_total
+            && let Some(oldest) = state.live.iter().position(Place::displaceable)
+        {
+            state.displace(oldest);
         }
         let id = state.next;
         state.next += 1;
@@ -88,7 +104,8 @@ impl Gate {
             id,
             ip,
             // Without a second handle the connection cannot be displaced, only time out.
-            opening: stream.try_clone().ok(),
+            handle: stream.try_clone().ok(),
+            opened: false,
         });
         Some(Ticket(id))
     }
@@ -106,7 +123,7 @@ impl Gate {
                 .iter_mut()
                 .find(|p| p.id == ticket.0)
                 .ok_or(RecvError::Displaced)?;
-            place.opening = None;
+            place.opened = true;
             if self.once {
                 if state.the_one.is_some() {
                     return Err(RecvError::Taken);
@@ -124,7 +141,7 @@ impl Gate {
     /// displaced, and is neither a new stream nor waits for the target.
     pub(super) fn settle(&self, ticket: Ticket) {
         if let Some(place) = self.lock().live.iter_mut().find(|p| p.id == ticket.0) {
-            place.opening = None;
+            place.opened = true;
         }
     }
 
@@ -143,10 +160,9 @@ impl Gate {
         state.live.remove(i);
         if state.the_one == Some(ticket.0) {
             state.outcome = Some(result.is_ok());
-            // The accepting thread polls this pipe; a full pipe has already woken it.
-            let _ = (&self.wake).write(b"!");
         }
-        self.freed.notify_one();
+        self.freed.notify_all();
+        self.control.wake();
         result
     }
 
@@ -158,8 +174,35 @@ impl Gate {
     /// Closes every connection still before its header.
     pub(super) fn close_opening(&self) {
         let mut state = self.lock();
-        while let Some(i) = state.live.iter().position(|p| p.opening.is_some()) {
+        while let Some(i) = state.live.iter().position(Place::displaceable) {
             state.displace(i);
+        }
+    }
+
+    /// Waits until every connection is done, or `deadline`; whether they all are.
+    pub(super) fn wait_empty(&self, deadline: Instant) -> bool {
+        let mut state = self.lock();
+        while !state.live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .freed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Wakes every stream still in flight from a read it may be waiting in (once
+    /// [`Control::cut`] says why): its socket reads nothing more, and it is refused.
+    pub(super) fn cut_streams(&self) {
+        for place in &self.lock().live {
+            if let Some(s) = &place.handle {
+                let _ = s.shutdown(std::net::Shutdown::Read);
+            }
         }
     }
 }
@@ -169,7 +212,7 @@ impl GateState {
     /// read.
     pub(super) fn displace(&mut self, i: usize) {
         let place = self.live.remove(i);
-        if let Some(s) = place.opening {
+        if let Some(s) = place.handle {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }

@@ -3,6 +3,7 @@
 //! only, leaves no file behind, and the receiver goes on serving.
 
 mod conn;
+mod control;
 mod error;
 mod gate;
 mod options;
@@ -11,6 +12,8 @@ mod relay;
 mod serve;
 mod streams;
 
+pub use control::Control;
+
 pub use error::RecvError;
 pub use options::{Event, EventHandler, Received, RecvOptions, Target};
-pub use serve::{receive, serve};
+pub use serve::{receive, serve, serve_until};

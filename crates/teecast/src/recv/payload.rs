@@ -12,6 +12,7 @@ use rustix::pipe::SpliceFlags;
 use teecast_sys as sys;
 use teecast_sys::{AlignedBuf, Pipe};
 
+use super::control::Control;
 use super::error::RecvError;
 use super::options::{Received, RecvOptions, Target};
 
@@ -133,6 +134,8 @@ pub(super) struct Payload {
     pub(super) bytes: u64,
     pub(super) stall: Duration,
     pub(super) writeback: Writeback,
+    /// Ends the copy with [`RecvError::Stopped`] once it says the streams are cut.
+    pub(super) stop: Option<Control>,
 }
 
 /// Bytes moved per call.
@@ -156,7 +159,14 @@ impl Payload {
             bytes: 0,
             stall: options.stall_timeout,
             writeback: Writeback::default(),
+            stop: None,
         })
+    }
+
+    /// Ends the copy when `control` cuts the streams in flight.
+    pub(super) fn stopped_by(mut self, control: &Control) -> Payload {
+        self.stop = Some(control.clone());
+        self
     }
 
     /// Moves `limit` bytes (or everything until EOF when `None`) from the socket to the file.
@@ -168,6 +178,9 @@ impl Payload {
     ) -> Result<(), RecvError> {
         let mut left = limit;
         loop {
+            if self.stop.as_ref().is_some_and(Control::is_cut) {
+                return Err(RecvError::Stopped);
+            }
             let want = match left {
                 Some(0) => return Ok(()),
                 Some(l) => usize::try_from(l)

@@ -27,6 +27,7 @@ use teecast_sys as sys;
 use teecast_sys::Readiness;
 
 use super::conn::{Conn, discard_input, mismatch};
+use super::control::Control;
 use super::error::RecvError;
 use super::options::{Received, RecvOptions};
 use super::payload::{Store, commit};
@@ -87,8 +88,9 @@ pub(super) fn forward(
         peer,
         reports,
         streams,
+        control,
     } = conn;
-    let (options, peer, streams) = (*options, *peer, *streams);
+    let (options, peer, streams, control) = (*options, *peer, *streams, *control);
     let Some(tree) = header.tree else {
         unreachable!("forward is called for a stream with a tree");
     };
@@ -198,6 +200,7 @@ pub(super) fn forward(
             let adoption = Duration::from_millis(4 * u64::from(received_stall_ms));
             options.stall_timeout.max(adoption)
         }),
+        control,
     };
     let config = FanoutConfig::default().digest(header.digest);
     // No length for the engine: the filler ends the stream only once it has read the
@@ -258,6 +261,8 @@ struct SessionFiller<'a> {
     /// How long after that it waits for a new parent; `None` when no one can adopt it (its
     /// parent is the sender: a sender that is gone has no parent to adopt in its place).
     patience: Option<Duration>,
+    /// Says when the stream is to end because the receiver stops.
+    control: &'a Control,
 }
 
 impl SessionFiller<'_> {
@@ -283,6 +288,9 @@ impl SessionFiller<'_> {
     /// The parent's stream failed with `e`: waits for a new parent (or, when it only stalled,
     /// for the old one), or stops with `e`.
     fn recover(&mut self, e: RecvError) -> Result<(), EngineError> {
+        if self.control.is_cut() {
+            return Err(self.broke(RecvError::Stopped));
+        }
         let waits = matches!(
             e,
             RecvError::Truncated { .. } | RecvError::Stalled(_) | RecvError::Io { .. }
@@ -375,6 +383,9 @@ impl Filler for SessionFiller<'_> {
         _hasher: Option<&mut Hasher>,
     ) -> Result<usize, EngineError> {
         loop {
+            if self.control.is_cut() {
+                return Err(self.broke(RecvError::Stopped));
+            }
             match self.session.next() {
                 Next::Framing(n) => {
                     // One read at a time, each handed to the session at once: a stall loses

@@ -1,7 +1,6 @@
 //! Serving: accept connections, give each a place, and receive each stream (raw or framed,
 //! relayed or not).
 
-use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -11,9 +10,9 @@ use std::time::{Duration, Instant};
 use teecast_proto::session::{Next, ReceiverSession};
 use teecast_proto::wire::{self, AckStatus};
 use teecast_sys as sys;
-use teecast_sys::Pipe;
 
 use super::conn::{Conn, REFUSAL_LINGER, discard_input, mismatch};
+use super::control::Control;
 use super::error::RecvError;
 use super::gate::Gate;
 use super::options::{Event, EventHandler, Received, RecvOptions, Target};
@@ -43,66 +42,127 @@ pub fn serve(
     once: bool,
     on_event: &EventHandler,
 ) -> io::Result<bool> {
+    serve_until(
+        vec![listener.try_clone()?],
+        options,
+        once,
+        &Control::new(),
+        on_event,
+    )
+}
+
+/// [`serve`] on every one of `listeners`, until `control` stops it (or, with `once`, its
+/// stream is done): then returns whether `once`'s stream was stored (`true` without `once`).
+///
+/// A stop ([`Control::stop`]) closes the listeners (a socket a service manager passed stays
+/// open there, its queue kept for the next start), the connections that have not sent their
+/// header, and lets
+/// the streams in flight finish until its deadline; those still going then are refused with
+/// [`RecvError::Stopped`] (their senders told, nothing of them kept).
+pub fn serve_until(
+    mut listeners: Vec<TcpListener>,
+    options: &RecvOptions,
+    once: bool,
+    control: &Control,
+    on_event: &EventHandler,
+) -> io::Result<bool> {
     sys::ignore_sigpipe();
-    let wake = Pipe::with_size(4096)?;
-    let gate = Gate::new(options, once, File::from(wake.write));
+    let wake = control.wake_fd()?;
+    let gate = Gate::new(options, once, control);
     let streams = Streams::default();
-    listener.set_nonblocking(true)?;
-    let listening = [listener.as_fd(), wake.read.as_fd()];
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
     std::thread::scope(|scope| {
         let served = loop {
-            if let Some(stored) = gate.finished() {
-                break Ok(stored);
+            if gate.finished().is_some() || control.stopping().is_some() {
+                break Ok(());
             }
-            if let Err(e) = sys::wait_any(&listening, sys::Readiness::Readable, None) {
-                break Err(e);
+            // Full of streams: only a stream that ends (or a stop) makes room.
+            let mut fds = vec![wake];
+            if gate.has_room() {
+                fds.extend(listeners.iter().map(AsFd::as_fd));
             }
-            let (stream, peer) = match listener.accept() {
-                Ok(c) => c,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                    ) || is_transient_accept_error(&e) =>
-                {
-                    continue;
-                }
+            let ready = match sys::wait_any(&fds, sys::Readiness::Readable, None) {
+                Ok(ready) => ready,
                 Err(e) => break Err(e),
             };
-            let Some(ticket) = gate.enter(&stream, peer.ip()) else {
-                drop(stream);
-                on_event(Some(peer), Event::Done(&Err(RecvError::Busy)));
-                continue;
-            };
-            let (gate, streams) = (&gate, &streams);
-            scope.spawn(move || {
-                let mut target = None;
-                let mut resumed = None;
-                let admit = &mut |name: &str, length, resuming| {
-                    if resuming {
-                        gate.settle(ticket);
-                        resumed = Some(name.to_string());
-                        return Ok(());
-                    }
-                    target = gate.open(ticket)?;
-                    on_event(Some(peer), Event::Opened { name, length });
-                    Ok(())
-                };
-                let result = receive_admitted(stream, options, admit, streams);
-                drop(target);
-                let result = gate.leave(ticket, result);
-                match (&result, resumed) {
-                    (Err(RecvError::HandedOver), Some(name)) => {
-                        on_event(Some(peer), Event::Resumed { name: &name });
-                    }
-                    _ => on_event(Some(peer), Event::Done(&result)),
-                }
-            });
+            control.clear_wake();
+            if control.stopping().is_some() {
+                break Ok(());
+            }
+            let accepted = ready
+                .iter()
+                .filter_map(|&i| i.checked_sub(1))
+                .try_for_each(|i| accept(&listeners[i], &gate, options, &streams, scope, on_event));
+            if let Err(e) = accepted {
+                break Err(e);
+            }
         };
-        // Those still before their header are not waited for.
+        // No new connections; those still before their header are not waited for.
+        listeners.clear();
         gate.close_opening();
-        served
+        if let Some(deadline) = control.stopping()
+            && !gate.wait_empty(deadline)
+        {
+            control.cut();
+            gate.cut_streams();
+        }
+        served.map(|()| !once || gate.finished().unwrap_or(false))
     })
+}
+
+/// Accepts one connection from `listener` (if one is waiting) and serves it on a thread of
+/// `scope`; an error only when the listener can accept no more.
+fn accept<'scope, 'env>(
+    listener: &TcpListener,
+    gate: &'env Gate<'env>,
+    options: &'env RecvOptions,
+    streams: &'env Streams,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    on_event: &'env EventHandler,
+) -> io::Result<()> {
+    let (stream, peer) = match listener.accept() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+            ) || is_transient_accept_error(&e) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(ticket) = gate.enter(&stream, peer.ip()) else {
+        drop(stream);
+        on_event(Some(peer), Event::Done(&Err(RecvError::Busy)));
+        return Ok(());
+    };
+    scope.spawn(move || {
+        let mut target = None;
+        let mut resumed = None;
+        let admit = &mut |name: &str, length, resuming| {
+            if resuming {
+                gate.settle(ticket);
+                resumed = Some(name.to_string());
+                return Ok(());
+            }
+            target = gate.open(ticket)?;
+            on_event(Some(peer), Event::Opened { name, length });
+            Ok(())
+        };
+        let result = receive_admitted(stream, options, admit, streams, gate.control);
+        drop(target);
+        let result = gate.leave(ticket, result);
+        match (&result, resumed) {
+            (Err(RecvError::HandedOver), Some(name)) => {
+                on_event(Some(peer), Event::Resumed { name: &name });
+            }
+            _ => on_event(Some(peer), Event::Done(&result)),
+        }
+    });
+    Ok(())
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
@@ -115,7 +175,13 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// Receives one stream from `stream` and stores it; answers the sender with an acknowledgement
 /// (framed mode) when the header could be read.
 pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, RecvError> {
-    receive_admitted(stream, options, &mut |_, _, _| Ok(()), &Streams::default())
+    receive_admitted(
+        stream,
+        options,
+        &mut |_, _, _| Ok(()),
+        &Streams::default(),
+        &Control::new(),
+    )
 }
 
 /// Asked whether a stream that passed its header (name, length, whether it resumes one being
@@ -129,13 +195,15 @@ fn receive_admitted(
     options: &RecvOptions,
     admit: &mut Admit<'_>,
     streams: &Streams,
+    control: &Control,
 ) -> Result<Received, RecvError> {
     let peer = stream.peer_addr().ok();
     stream
         .set_read_timeout(Some(options.stall_timeout))
         .map_err(RecvError::io("setting the read timeout"))?;
     if options.raw {
-        return receive_raw(&stream, options, peer, admit);
+        return receive_raw(&stream, options, peer, admit, control)
+            .map_err(|e| e.stopped_if(control));
     }
     let nonce = auth::nonce().map_err(|e| RecvError::Io {
         op: "getrandom",
@@ -148,8 +216,9 @@ fn receive_admitted(
         peer,
         reports: Vec::new(),
         streams,
+        control,
     };
-    let result = receive_framed(&mut conn, admit);
+    let result = receive_framed(&mut conn, admit).map_err(|e| e.stopped_if(control));
     let Conn {
         stream,
         session,
@@ -179,7 +248,8 @@ fn receive_admitted(
         RecvError::Io { .. }
         | RecvError::CannotCreate { .. }
         | RecvError::Taken
-        | RecvError::Displaced,
+        | RecvError::Displaced
+        | RecvError::Stopped,
     ) = &result
     {
         // Refused mid-stream: let the acknowledgement reach the sender before the connection
@@ -260,7 +330,7 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                     admit(&header.name, header.length, false)?;
                     store = Some((
                         open_store(options, &path, header.length)?,
-                        Payload::new(header.digest, options)?,
+                        Payload::new(header.digest, options)?.stopped_by(conn.control),
                     ));
                 }
             }
@@ -338,6 +408,7 @@ fn receive_raw(
     options: &RecvOptions,
     peer: Option<SocketAddr>,
     admit: &mut Admit<'_>,
+    control: &Control,
 ) -> Result<Received, RecvError> {
     // Any bytes are a raw stream, so a connection opens one at once; a teecast session sent
     // here too, so that `once` ends with the error that names the mistake.
@@ -352,7 +423,7 @@ fn receive_raw(
         Target::Dir(d) => d.join(name),
     };
     let file = open_store(options, &path, None)?;
-    let mut payload = Payload::new(options.digest, options)?;
+    let mut payload = Payload::new(options.digest, options)?.stopped_by(control);
     payload.copy(stream.as_fd(), file.fd(), None)?;
     let bytes = payload.bytes;
     let digest = payload.finish();
