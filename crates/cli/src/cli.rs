@@ -89,13 +89,61 @@ impl KeyArgs {
 
     /// The key, read from its file; `Ok(None)` without one.
     fn load(&self) -> Result<Option<Key>, KeyError> {
-        match self.key_file.as_deref() {
-            Some(p) if p.as_os_str() == "-" => {
-                auth::read_key(std::io::stdin().lock(), Path::new("standard input")).map(Some)
-            }
-            Some(p) => auth::read_key_file(p).map(Some),
-            None => Ok(None),
+        self.key_file.as_deref().map(read_key_from).transpose()
+    }
+}
+
+/// The key in the file at `path`, or on standard input for `-`.
+fn read_key_from(path: &Path) -> Result<Key, KeyError> {
+    if path.as_os_str() == "-" {
+        auth::read_key(std::io::stdin().lock(), Path::new("standard input"))
+    } else {
+        auth::read_key_file(path)
+    }
+}
+
+/// A receiver's key files (`--key-file`, more than one during a rotation), read at the start
+/// and again on SIGHUP.
+pub struct KeyFiles {
+    paths: Vec<PathBuf>,
+    /// The key read from standard input at the start (`--key-file -`): it cannot be read again.
+    from_stdin: Option<Key>,
+}
+
+impl KeyFiles {
+    /// Reads every one of `paths` (standard input for `-`, once).
+    fn read(paths: Vec<PathBuf>) -> Result<(KeyFiles, Vec<Key>), String> {
+        if paths.len() > wire::MAX_KEYS {
+            return Err(format!(
+                "{} key files given: a receiver holds at most {} at once (the old and the new during a rotation)",
+                paths.len(),
+                wire::MAX_KEYS
+            ));
         }
+        let from_stdin = match paths.iter().filter(|p| p.as_os_str() == "-").count() {
+            0 => None,
+            1 => Some(read_key_from(Path::new("-")).map_err(|e| e.to_string())?),
+            _ => return Err("--key-file - given twice: standard input holds one key".to_string()),
+        };
+        let files = KeyFiles { paths, from_stdin };
+        let keys = files.reload().map_err(|e| e.to_string())?;
+        Ok((files, keys))
+    }
+
+    /// Reads the key files again (the one from standard input stays as it was read).
+    pub fn reload(&self) -> Result<Vec<Key>, KeyError> {
+        self.paths
+            .iter()
+            .map(|p| match &self.from_stdin {
+                Some(key) if p.as_os_str() == "-" => Ok(key.clone()),
+                _ => read_key_from(p),
+            })
+            .collect()
+    }
+
+    /// Whether there are none (no key).
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
     }
 }
 
@@ -210,8 +258,12 @@ struct RecvArgs {
     /// Print nothing on stderr but errors.
     #[arg(long, short)]
     quiet: bool,
-    #[command(flatten)]
-    key: KeyArgs,
+    /// Authenticate with the key in FILE (made by `teecast keygen`, mode 0600), the senders'
+    /// key. Give it more than once during a key rotation (at most 4): a sender proving any one
+    /// of them is accepted. Read again on SIGHUP (streams in flight keep theirs). Also from the
+    /// TEECAST_KEY_FILE environment variable; - reads one from standard input.
+    #[arg(long = "key-file", value_name = "FILE", env = "TEECAST_KEY_FILE")]
+    key_files: Vec<PathBuf>,
     /// Refuse a stream whose file already exists (by default it is replaced, atomically, once
     /// the new one is verified).
     #[arg(long)]
@@ -552,14 +604,14 @@ fn run_recv(mut args: RecvArgs) -> u8 {
             dir.display()
         );
     }
-    let key = match args.key.load() {
+    let (key_files, keys) = match KeyFiles::read(std::mem::take(&mut args.key_files)) {
         Ok(k) => k,
         Err(e) => {
             log!(log, Error, "teecast: {e}");
             return EXIT_USAGE;
         }
     };
-    if args.raw && key.is_some() {
+    if args.raw && !keys.is_empty() {
         log!(
             log,
             Error,
@@ -579,7 +631,7 @@ fn run_recv(mut args: RecvArgs) -> u8 {
         let shown = local
             .as_ref()
             .map_or_else(|e| format!("a socket ({e})"), ToString::to_string);
-        if key.is_none() && !local.as_ref().is_ok_and(|a| a.ip().is_loopback()) {
+        if keys.is_empty() && !local.as_ref().is_ok_and(|a| a.ip().is_loopback()) {
             if !args.insecure && args.raw {
                 log!(
                     log,
@@ -604,8 +656,14 @@ fn run_recv(mut args: RecvArgs) -> u8 {
         }
     }
     if !args.quiet {
-        if key.is_some() {
-            log!(log, Info, "teecast: every sender must prove the key");
+        match keys.len() {
+            0 => {}
+            1 => log!(log, Info, "teecast: every sender must prove the key"),
+            n => log!(
+                log,
+                Info,
+                "teecast: every sender must prove one of the {n} keys"
+            ),
         }
         for local in locals.iter().flatten() {
             log!(log, Info, "teecast: listening on {local}");
@@ -624,14 +682,18 @@ fn run_recv(mut args: RecvArgs) -> u8 {
     if let Some(ring) = args.ring {
         options = options.ring(ring);
     }
-    if let Some(key) = key {
-        options = options.key(key);
-    }
+    options.keys = keys;
     let quiet = args.quiet;
     let raw = args.raw;
     let status = Arc::new(service::Status::new());
     let control = recv::Control::new();
-    let signals = service::handle_signals(control.clone(), args.drain_timeout, status.clone(), log);
+    let signals = service::handle_signals(
+        control.clone(),
+        args.drain_timeout,
+        status.clone(),
+        log,
+        key_files,
+    );
     if let Err(e) = signals {
         log!(log, Error, "teecast: cannot handle signals: {e}");
         return EXIT_FAILED;

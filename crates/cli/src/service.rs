@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use teecast::proto::wire;
 use teecast::recv::Control;
 use teecast::service::{self, Notifier};
 
+use crate::cli::KeyFiles;
 use crate::out::errln;
 
 /// How important a log line is: syslog's levels, which the journal reads from a `<N>` prefix.
@@ -167,19 +168,24 @@ impl StatusState {
 /// Handles the signals of a running receiver on a thread of its own: the first SIGTERM stops
 /// it gracefully (`control` lets the streams in flight finish for up to `drain`); a second one,
 /// or SIGINT, ends the process at once, with 128 + the signal as a shell reports it (130, 143)
-/// — nothing partial is kept, as every stream is a file with no name until it is verified.
+/// — nothing partial is kept, as every stream is a file with no name until it is verified. SIGHUP reads `keys` again.
 pub fn handle_signals(
     control: Control,
     drain: Duration,
     status: Arc<Status>,
     log: Log,
+    keys: KeyFiles,
 ) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("teecast-signals".into())
         .spawn(move || {
             let mut stopping = false;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload(&control, &keys, log);
+                    continue;
+                }
                 if signal == SIGTERM && !stopping {
                     stopping = true;
                     let n = status.stopping(format!(
@@ -206,4 +212,30 @@ pub fn handle_signals(
             }
         })?;
     Ok(())
+}
+
+/// SIGHUP: the key files read again, for the connections from now on. A file that cannot be
+/// used (open to others, unreadable, gone, not a key) refuses the whole reload: the keys in use
+/// stay, and the log says why.
+fn reload(control: &Control, keys: &KeyFiles, log: Log) {
+    if keys.is_empty() {
+        log!(log, Info, "teecast: SIGHUP: no key files to read again");
+        return;
+    }
+    match keys.reload() {
+        Ok(new) => {
+            let n = new.len();
+            control.set_keys(new);
+            log!(
+                log,
+                Info,
+                "teecast: keys read again (SIGHUP): {n} key(s) from now on; streams in flight keep theirs"
+            );
+        }
+        Err(e) => log!(
+            log,
+            Error,
+            "teecast: keys not read again (SIGHUP): {e}; the keys in use stay"
+        ),
+    }
 }

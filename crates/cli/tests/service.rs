@@ -325,3 +325,115 @@ fn log_lines_carry_priorities_when_stderr_is_the_journal() {
     );
     assert!(failed.stderr.starts_with("teecast: "), "{}", failed.stderr);
 }
+
+/// `teecast keygen PATH`.
+fn keygen(path: &Path) {
+    run(&mut teecast(["keygen".as_ref(), path.as_os_str()])).expect_code(0);
+}
+
+/// `teecast send SRC DEST --key-file KEY`: its exit code and stderr.
+fn send_with(src: &Path, dest: &str, key: &Path) -> Finished {
+    run(&mut teecast([
+        "send".as_ref(),
+        src.as_os_str(),
+        dest.as_ref(),
+        "--key-file".as_ref(),
+        key.as_os_str(),
+    ]))
+}
+
+#[test]
+fn two_keys_during_a_rotation_and_new_ones_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    let (old, new, other) = (
+        dir.path().join("old.key"),
+        dir.path().join("new.key"),
+        dir.path().join("other.key"),
+    );
+    for k in [&old, &new, &other] {
+        keygen(k);
+    }
+    let src = dir.path().join("rotated.bin");
+    random_file(&src, 2 * MIB, 26);
+
+    // Old and new at once: a sender holding either is served, one holding neither is not.
+    let (recv, dest) = receiver(
+        &[
+            "--dir",
+            inbox.to_str().unwrap(),
+            "--key-file",
+            old.to_str().unwrap(),
+            "--key-file",
+            new.to_str().unwrap(),
+        ],
+        &Notices::abstract_name(),
+    );
+    recv.wait_stderr("every sender must prove one of the 2 keys", TIMEOUT);
+    send_with(&src, &dest, &old).expect_code(0);
+    send_with(&src, &dest, &new).expect_code(0);
+    let refused = send_with(&src, &dest, &other);
+    refused.expect_code(1);
+    assert!(
+        refused.stderr.contains("unauthenticated") || refused.stderr.contains("proof"),
+        "{}",
+        refused.stderr
+    );
+    assert_same_file(&src, &inbox.join("rotated.bin"));
+    drop(recv);
+
+    // One key file, its key replaced while a stream under the old key is in flight.
+    let file = dir.path().join("service.key");
+    std::fs::copy(&old, &file).unwrap();
+    let (recv, dest) = receiver(
+        &[
+            "--dir",
+            inbox.to_str().unwrap(),
+            "--key-file",
+            file.to_str().unwrap(),
+        ],
+        &Notices::abstract_name(),
+    );
+    let (sender, mut stdin) = stdin_sender(
+        "in-flight.bin",
+        &dest,
+        &["--key-file", old.to_str().unwrap()],
+    );
+    let mut prng = Prng::new(27);
+    let (first, second) = (prng.bytes(MIB as usize), prng.bytes(MIB as usize));
+    stdin.write_all(&first).unwrap();
+    recv.wait_stderr("receiving \"in-flight.bin\"", TIMEOUT);
+    let swap = dir.path().join("swap.key");
+    std::fs::copy(&new, &swap).unwrap();
+    std::fs::rename(&swap, &file).unwrap();
+    recv.signal(Signal::HUP).unwrap();
+    recv.wait_stderr("keys read again (SIGHUP): 1 key(s) from now on", TIMEOUT);
+    send_with(&src, &dest, &new).expect_code(0);
+    send_with(&src, &dest, &old).expect_code(1);
+    // The stream in flight keeps the key its sender proved.
+    stdin.write_all(&second).unwrap();
+    drop(stdin);
+    sender.wait(TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(inbox.join("in-flight.bin")).unwrap(),
+        [first, second].concat()
+    );
+
+    // A key file made readable by others, or gone, is refused on reload; the keys stay.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    recv.signal(Signal::HUP).unwrap();
+    let line = recv.wait_stderr("keys not read again (SIGHUP)", TIMEOUT);
+    assert!(
+        line.contains("open to others") && line.contains("the keys in use stay"),
+        "{line}"
+    );
+    send_with(&src, &dest, &new).expect_code(0);
+    std::fs::remove_file(&file).unwrap();
+    recv.signal(Signal::HUP).unwrap();
+    let gone = recv.wait_stderr("No such file", TIMEOUT);
+    assert!(gone.contains("keys not read again (SIGHUP)"), "{gone}");
+    send_with(&src, &dest, &new).expect_code(0);
+    send_with(&src, &dest, &old).expect_code(1);
+}

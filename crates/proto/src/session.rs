@@ -15,7 +15,8 @@ use crate::auth::{Key, same_mac};
 use crate::digest::DigestAlgorithm;
 use crate::wire::{
     self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, Header, Hello, HostReport, MAC_LEN,
-    MAX_CHUNK, MessageKind, NONCE_LEN, PREFIX_LEN, Resume, Seal, Trailer, Welcome, WireError,
+    MAX_CHUNK, MAX_KEYS, MessageKind, NONCE_LEN, PREFIX_LEN, Resume, Seal, Trailer, Welcome,
+    WireError,
 };
 
 /// Whether a keyed session may use `digest`: only one that resists deliberate collisions, as the
@@ -198,9 +199,14 @@ impl SenderSession {
             (None, true) => return Err(WireError::KeyRequired),
             (None, false) => {}
             (Some(key), true) => {
+                // One proof per key the receiver holds (old and new, during a rotation).
                 let expected =
                     key.receiver_proof(&self.hello, &welcome.nonce, welcome.capabilities);
-                if !same_mac(&welcome.proof, &expected) {
+                if !welcome
+                    .proof
+                    .chunks_exact(MAC_LEN)
+                    .any(|p| same_mac(p, &expected))
+                {
                     return Err(WireError::BadSeal("receiver's proof"));
                 }
                 let welcome_bytes = message(MessageKind::Welcome, body);
@@ -400,7 +406,12 @@ pub enum Next {
 /// The receiver's side of a framed session.
 #[derive(Clone, Debug)]
 pub struct ReceiverSession {
+    /// Every key a sender may prove (at most [`MAX_KEYS`]).
+    keys: Vec<Key>,
+    /// The one its sender proved, once it has.
     key: Option<Key>,
+    /// The sender's nonce, from its hello.
+    sender_nonce: [u8; NONCE_LEN],
     nonce: [u8; NONCE_LEN],
     step: ReceiverStep,
     hello: Vec<u8>,
@@ -465,8 +476,18 @@ impl ReceiverSession {
     /// A session waiting for its hello, keyed when `key` is given, with this side's fresh
     /// `nonce`.
     pub fn new(key: Option<Key>, nonce: [u8; NONCE_LEN]) -> ReceiverSession {
+        ReceiverSession::with_keys(key.into_iter().collect(), nonce)
+    }
+
+    /// A session waiting for its hello, keyed when `keys` holds any (beyond [`MAX_KEYS`] are
+    /// ignored): the welcome proves each, a sender proving any one is accepted, and the
+    /// session's key and seals follow the one it proved ([`ReceiverSession::key`]).
+    pub fn with_keys(mut keys: Vec<Key>, nonce: [u8; NONCE_LEN]) -> ReceiverSession {
+        keys.truncate(MAX_KEYS);
         ReceiverSession {
-            key,
+            keys,
+            key: None,
+            sender_nonce: [0; NONCE_LEN],
             nonce,
             step: ReceiverStep::Hello(FrameReader::new(MessageKind::Hello)),
             hello: Vec::new(),
@@ -481,6 +502,11 @@ impl ReceiverSession {
             received: 0,
             keepalives: 0,
         }
+    }
+
+    /// The key the sender proved, once it has (`None` in a session without keys).
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
     }
 
     /// Keepalives received so far (each one is the sender's word that it is still there).
@@ -573,20 +599,23 @@ impl ReceiverSession {
             ReceiverStep::Proof(reader) => {
                 if let (_, Some(body)) = reader.push(bytes)? {
                     let seal = Seal::decode_body(&body)?;
-                    let expected = self
-                        .key
-                        .as_ref()
-                        .map(|k| k.sender_proof(&self.hello, &self.welcome));
-                    if !expected.is_some_and(|e| same_mac(&seal.0, &e)) {
+                    // The sender names no key: it is the one its proof verifies under.
+                    let Some(key) = self
+                        .keys
+                        .iter()
+                        .find(|k| same_mac(&seal.0, &k.sender_proof(&self.hello, &self.welcome)))
+                    else {
                         return Err(WireError::BadSeal("sender's proof"));
-                    }
+                    };
+                    self.session_key = Some(key.session_key(&self.sender_nonce, &self.nonce));
+                    self.key = Some(key.clone());
                     self.step = ReceiverStep::Header(FrameReader::new(MessageKind::Header));
                 }
             }
             ReceiverStep::Header(reader) => {
                 if let (_, Some(body)) = reader.push(bytes)? {
                     let header = Header::decode_body(&body)?;
-                    if self.key.is_some() {
+                    if !self.keys.is_empty() {
                         check_keyed_digest(header.digest)?;
                     }
                     self.header_bytes = message(MessageKind::Header, &body);
@@ -648,14 +677,12 @@ impl ReceiverSession {
     fn hello_arrived(&mut self, body: &[u8]) -> Result<(), WireError> {
         let hello = Hello::decode_body(body)?;
         self.hello = message(MessageKind::Hello, body);
-        let (capabilities, proof) = match &self.key {
-            Some(k) => (
-                CAP_KEYED,
-                k.receiver_proof(&self.hello, &self.nonce, CAP_KEYED)
-                    .to_vec(),
-            ),
-            None => (0, Vec::new()),
-        };
+        let capabilities = if self.keys.is_empty() { 0 } else { CAP_KEYED };
+        let proof = self
+            .keys
+            .iter()
+            .flat_map(|k| k.receiver_proof(&self.hello, &self.nonce, capabilities))
+            .collect();
         let welcome = Welcome {
             capabilities,
             nonce: self.nonce,
@@ -665,15 +692,15 @@ impl ReceiverSession {
         self.welcome = welcome.clone();
         self.reply = Some(welcome);
         let peer_keyed = hello.capabilities & CAP_KEYED != 0;
-        match (&self.key, peer_keyed) {
-            (Some(_), false) => Err(WireError::PeerUnkeyed),
-            (None, true) => Err(WireError::KeyRequired),
-            (Some(k), true) => {
-                self.session_key = Some(k.session_key(&hello.nonce, &self.nonce));
+        match (!self.keys.is_empty(), peer_keyed) {
+            (true, false) => Err(WireError::PeerUnkeyed),
+            (false, true) => Err(WireError::KeyRequired),
+            (true, true) => {
+                self.sender_nonce = hello.nonce;
                 self.step = ReceiverStep::Proof(FrameReader::new(MessageKind::Seal));
                 Ok(())
             }
-            (None, false) => {
+            (false, false) => {
                 self.step = ReceiverStep::Header(FrameReader::new(MessageKind::Header));
                 Ok(())
             }
@@ -904,6 +931,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_receiver_with_two_keys_takes_a_sender_of_either_and_seals_under_its_key() {
+        let (old, new) = (Key::from_bytes([0x11; 32]), Key::from_bytes([0x22; 32]));
+        let h = header(Some(5), DigestAlgorithm::Blake3);
+        for sender_key in [&old, &new] {
+            let (mut tx, hello) =
+                SenderSession::start(&h, Some(sender_key.clone()), [3; NONCE_LEN]).unwrap();
+            let mut rx = ReceiverSession::with_keys(vec![old.clone(), new.clone()], [7; NONCE_LEN]);
+            let (_, welcome) = drive(&mut rx, &hello, usize::MAX).unwrap();
+            let opening = tx.welcome(&welcome[PREFIX_LEN..]).unwrap();
+            let mut run = Run { tx, rx, opening };
+            let wire = stream(&mut run, b"hello");
+            drive(&mut run.rx, &wire, usize::MAX).unwrap();
+            assert_eq!(run.rx.key(), Some(sender_key));
+            assert_eq!(run.rx.verify(&DIGEST), Ok(()));
+            let answer = run.rx.ack(AckStatus::Ok, 5, &DIGEST, "");
+            let (ack, seal) = split_ack(&answer);
+            assert!(matches!(
+                run.tx.ack(ack, seal, &DIGEST),
+                Ok(Verdict::Confirmed(_))
+            ));
+        }
+        // A third key is refused by both: the sender at the welcome, the receiver at the proof.
+        let third = Key::from_bytes([0x33; 32]);
+        let (mut tx, hello) =
+            SenderSession::start(&h, Some(third.clone()), [3; NONCE_LEN]).unwrap();
+        let mut rx = ReceiverSession::with_keys(vec![old, new], [7; NONCE_LEN]);
+        let (_, welcome) = drive(&mut rx, &hello, usize::MAX).unwrap();
+        assert_eq!(
+            tx.welcome(&welcome[PREFIX_LEN..]),
+            Err(WireError::BadSeal("receiver's proof"))
+        );
+        let welcome_bytes = &welcome[..];
+        let forged = Seal(third.sender_proof(&hello, welcome_bytes)).encode();
+        assert_eq!(
+            drive(&mut rx, &forged, usize::MAX),
+            Err(WireError::BadSeal("sender's proof"))
+        );
+        assert_eq!(rx.key(), None);
     }
 
     /// The ack body and, when present, the seal body of a receiver's answer.

@@ -53,8 +53,11 @@ pub const NONCE_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
 /// Length of a hello body: capabilities (4) and a nonce.
 pub const HELLO_BODY: usize = 4 + NONCE_LEN;
-/// Longest welcome body: capabilities, a nonce, a proof length and a proof.
-pub const MAX_WELCOME_BODY: usize = 4 + NONCE_LEN + 1 + MAC_LEN;
+/// Most keys a receiver holds at once (during a rotation: the old and the new), each proved in
+/// its welcome.
+pub const MAX_KEYS: usize = 4;
+/// Longest welcome body: capabilities, a nonce, a proof length and a proof for each key.
+pub const MAX_WELCOME_BODY: usize = 4 + NONCE_LEN + 1 + MAX_KEYS * MAC_LEN;
 
 /// Capability bit 0 of a hello or welcome: this side holds a key and seals the session.
 pub const CAP_KEYED: u32 = 0x01;
@@ -1283,14 +1286,15 @@ pub struct Welcome {
     pub capabilities: u32,
     /// A fresh nonce.
     pub nonce: [u8; NONCE_LEN],
-    /// The receiver's proof of the key ([`MAC_LEN`] bytes), empty when it has none.
+    /// The receiver's proofs of its keys, [`MAC_LEN`] bytes each, one after the other (at
+    /// most [`MAX_KEYS`]); empty when it has none.
     pub proof: Vec<u8>,
 }
 
 impl Welcome {
-    /// Encodes prefix and body. A proof over [`MAC_LEN`] bytes is cut to that length.
+    /// Encodes prefix and body. Proofs beyond [`MAX_KEYS`] are cut off.
     pub fn encode(&self) -> Vec<u8> {
-        let proof = self.proof.get(..MAC_LEN).unwrap_or(&self.proof);
+        let proof = self.proof.get(..MAX_KEYS * MAC_LEN).unwrap_or(&self.proof);
         let mut body = Vec::with_capacity(MAX_WELCOME_BODY);
         body.extend_from_slice(&self.capabilities.to_be_bytes());
         body.extend_from_slice(&self.nonce);
@@ -1298,14 +1302,15 @@ impl Welcome {
         frame_bounded(MessageKind::Welcome, &body)
     }
 
-    /// Decodes a welcome body; the proof is empty or exactly [`MAC_LEN`] bytes.
+    /// Decodes a welcome body; the proof is empty or one to [`MAX_KEYS`] proofs of [`MAC_LEN`]
+    /// bytes.
     pub fn decode_body(body: &[u8]) -> Result<Welcome, WireError> {
         check_body_len(MessageKind::Welcome, body)?;
         let mut r = Reader::new(MessageKind::Welcome, body);
         let capabilities = u32::from_be_bytes(r.array("capabilities")?);
         let nonce = r.array("nonce")?;
         let proof_len = usize::from(r.u8("proof length")?);
-        if proof_len != 0 && proof_len != MAC_LEN {
+        if proof_len % MAC_LEN != 0 || proof_len > MAX_KEYS * MAC_LEN {
             return Err(WireError::MacLength {
                 kind: MessageKind::Welcome,
                 found: proof_len,

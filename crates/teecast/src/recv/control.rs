@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::EventfdFlags;
 
+use crate::auth::Key;
+
 /// A handle on a running server: clone it to the thread that decides when it stops. One
 /// server a handle.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +22,8 @@ struct Shared {
     stop: Mutex<Option<Instant>>,
     /// Set when the streams still in flight are to end now, refused.
     cut: AtomicBool,
+    /// Keys given since the start, for the connections from now on.
+    keys: Mutex<Option<Vec<Key>>>,
     /// Written to wake the accepting thread (an eventfd), once the server runs.
     wake: OnceLock<OwnedFd>,
 }
@@ -42,6 +46,26 @@ impl Control {
             *stop = Some(stop.map_or(until, |s| s.min(until)));
         }
         self.wake();
+    }
+
+    /// The keys a sender may prove from the next connection on, in place of the options'
+    /// (a key rotation: read again, say, on SIGHUP). Streams in flight keep the key their
+    /// sender proved. An empty list changes nothing, and a server started without keys stays
+    /// without: a reload never turns authentication off.
+    pub fn set_keys(&self, keys: Vec<Key>) {
+        *self.0.keys.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+    }
+
+    /// The keys for a new connection: the last ones set, else `given`; none when `given` has
+    /// none (a server without keys stays without).
+    pub(super) fn keys(&self, given: &[Key]) -> Vec<Key> {
+        if given.is_empty() {
+            return Vec::new();
+        }
+        let set = self.0.keys.lock().unwrap_or_else(|p| p.into_inner());
+        set.clone()
+            .filter(|keys| !keys.is_empty())
+            .unwrap_or_else(|| given.to_vec())
     }
 
     /// Whether a stop was asked for.

@@ -37,9 +37,11 @@ pub struct RecvOptions {
     pub stall_timeout: Duration,
     /// Connections served at once in directory mode; more wait to be accepted.
     pub max_connections: usize,
-    /// The pre-shared key: every sender must prove it, and every stream is kept only when its
-    /// seal verifies.
-    pub key: Option<Key>,
+    /// The pre-shared keys (at most [`teecast_proto::wire::MAX_KEYS`]; more than one during a
+    /// rotation): every sender must prove one of them, and every stream is kept only when its
+    /// seal verifies under the one its sender proved. A running server takes new ones from
+    /// [`super::Control::set_keys`].
+    pub keys: Vec<Key>,
     /// Refuse a stream whose file exists (default: replace it atomically).
     pub no_clobber: bool,
     /// How long a connection may take to send its hello, proof and header, in all.
@@ -65,7 +67,7 @@ impl RecvOptions {
             digest: DigestAlgorithm::default(),
             stall_timeout: Duration::from_secs(30),
             max_connections: 64,
-            key: None,
+            keys: Vec::new(),
             no_clobber: false,
             header_timeout: Duration::from_secs(10),
             max_per_peer: 8,
@@ -112,9 +114,9 @@ impl RecvOptions {
         self
     }
 
-    /// Requires every sender to prove `key` (see [`RecvOptions::key`]).
+    /// Adds `key` to those a sender may prove (see [`RecvOptions::keys`]).
     pub fn key(mut self, key: Key) -> Self {
-        self.key = Some(key);
+        self.keys.push(key);
         self
     }
 

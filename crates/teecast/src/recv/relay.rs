@@ -58,7 +58,7 @@ pub(super) fn check(options: &RecvOptions, route: &Route) -> Result<(), RecvErro
     if !options.relay {
         return Err(RecvError::NotARelay);
     }
-    if options.key.is_none()
+    if options.keys.is_empty()
         && !options.forward_unauthenticated
         && route.beyond_loopback().is_some()
     {
@@ -102,7 +102,8 @@ pub(super) fn forward(
     let send_options = DestOptions {
         stall_timeout: child_stall,
         connect_timeout: Duration::from_millis(u64::from(tree.connect_ms)).min(child_stall),
-        key: options.key.clone(),
+        // The children are sent what this host was: under the key its sender proved.
+        key: session.key().cloned(),
     };
     // The header as this host sends it on: its children's parent (this host, or this host
     // adopting them) waits `child_stall` for each.

@@ -211,7 +211,7 @@ fn receive_admitted(
     })?;
     let mut conn = Conn {
         stream,
-        session: ReceiverSession::new(options.key.clone(), nonce),
+        session: ReceiverSession::with_keys(control.keys(&options.keys), nonce),
         options,
         peer,
         reports: Vec::new(),
