@@ -437,3 +437,65 @@ fn two_keys_during_a_rotation_and_new_ones_on_sighup() {
     send_with(&src, &dest, &new).expect_code(0);
     send_with(&src, &dest, &old).expect_code(1);
 }
+
+#[test]
+fn the_unit_pair_verifies_and_is_hardened() {
+    need("systemd-analyze");
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    // The units as shipped, but for the binary: where this build put it (verify checks that
+    // the command exists and can be run).
+    let service = std::fs::read_to_string(dist.join("teecast-recv.service")).unwrap();
+    assert!(
+        service.contains("\nExecStart=/usr/local/bin/teecast recv --dir /srv/teecast "),
+        "{service}"
+    );
+    let here = service.replace("/usr/local/bin/teecast", env!("CARGO_BIN_EXE_teecast"));
+    std::fs::write(dir.path().join("teecast-recv.service"), here).unwrap();
+    std::fs::copy(
+        dist.join("teecast-recv.socket"),
+        dir.path().join("teecast-recv.socket"),
+    )
+    .unwrap();
+    let units = [
+        dir.path().join("teecast-recv.socket"),
+        dir.path().join("teecast-recv.service"),
+    ];
+    // Any complaint (an unknown key, a bad value) is printed with exit code 0: none allowed.
+    let verified = run(Command::new("systemd-analyze").arg("verify").args(&units));
+    verified.expect_code(0);
+    assert_eq!(
+        (verified.stdout.as_str(), verified.stderr.as_str()),
+        ("", ""),
+        "systemd-analyze verify complains"
+    );
+    for directive in [
+        "\nType=notify\n",
+        "\nUser=teecast\n",
+        "\nProtectSystem=strict\n",
+        "\nReadWritePaths=/srv/teecast\n",
+        "\nNoNewPrivileges=yes\n",
+        "\nPrivateTmp=yes\n",
+        "\nRestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n",
+        "\nCapabilityBoundingSet=\n",
+        "\nExecReload=/bin/kill -HUP $MAINPID\n",
+    ] {
+        assert!(
+            service.contains(directive),
+            "no {directive:?} in the service"
+        );
+    }
+    // systemd's own measure of what the service is exposed to: 0 (none) to 10.
+    let security = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&units[1]));
+    security.expect_code(0);
+    let level: f64 = security
+        .stdout
+        .lines()
+        .find_map(|l| l.split("teecast-recv.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {}", security.stdout));
+    assert!(level <= 2.0, "exposure {level}: {}", security.stdout);
+}
