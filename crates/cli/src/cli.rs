@@ -15,7 +15,7 @@ use teecast::digest::DigestAlgorithm;
 use teecast::engine::{CaptureError, EngineError};
 use teecast::probe;
 use teecast::proto::wire;
-use teecast::recv::{self, RecvOptions, Target};
+use teecast::recv::{self, KeepFree, RecvOptions, Target};
 use teecast::send::{SendError, SendOptions, Transfer};
 use teecast::source::Source;
 use teecast::store;
@@ -25,7 +25,7 @@ use crate::addr::{Listen, parse_destination, parse_listen};
 use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::hint::send_error_with_hint;
 use crate::out::{self, errln, outln};
-use crate::parse::{parse_duration, parse_size, parse_timeout};
+use crate::parse::{parse_bytes, parse_duration, parse_keep_free, parse_size, parse_timeout};
 use crate::service::{self, log};
 use crate::{demo, report};
 use std::sync::Arc;
@@ -295,6 +295,15 @@ struct RecvArgs {
     /// SIGTERM, or SIGINT, stops at once.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Refuse a stream larger than SIZE (e.g. 10G): one announced larger at its header, one of
+    /// unknown length when it gets there; nothing of it is kept.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    max_size: Option<u64>,
+    /// Leave SIZE (e.g. 20G) or PERCENT (e.g. 10%) of the target's filesystem free: a stream
+    /// announced too large for that is refused at its header, one that would cross it as it
+    /// arrives is cut there; nothing of it is kept, and the other streams go on.
+    #[arg(long, value_name = "SIZE|PERCENT", value_parser = parse_keep_free)]
+    keep_free: Option<KeepFree>,
 }
 
 #[derive(Args, Debug)]
@@ -678,7 +687,9 @@ fn run_recv(mut args: RecvArgs) -> u8 {
         .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
         .max_per_peer(usize::try_from(args.max_per_peer).unwrap_or(usize::MAX))
         .relay(args.relay)
-        .forward_unauthenticated(args.insecure);
+        .forward_unauthenticated(args.insecure)
+        .max_size(args.max_size)
+        .keep_free(args.keep_free);
     if let Some(ring) = args.ring {
         options = options.ring(ring);
     }

@@ -274,3 +274,56 @@ fn a_peers_message_is_escaped_before_it_reaches_a_terminal() {
     assert!(sent.stderr.contains("\\u{1b}[2J"), "{:?}", sent.stderr);
     peer.join().unwrap();
 }
+
+/// `--max-size`: a stream announced larger is refused at its header, one of unknown length is
+/// cut when it gets there; nothing of either is kept; one within the limit is stored.
+#[test]
+fn max_size_refuses_a_larger_stream_at_its_header_or_when_it_gets_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    let (small, large) = (tmp.path().join("small.bin"), tmp.path().join("large.bin"));
+    random_file(&small, MIB, 40);
+    random_file(&large, 2 * MIB, 41);
+    let receiver = Receiver::start(&[
+        "--dir".as_ref(),
+        inbox.as_os_str(),
+        "--max-size".as_ref(),
+        "1M".as_ref(),
+    ]);
+    let limit = "larger than this receiver takes (max size 1048576 bytes a stream)";
+
+    let sent = run(teecast(["send", "--quiet", "--json"])
+        .arg(&large)
+        .arg(receiver.dest()));
+    sent.expect_code(1);
+    let report = sent.json();
+    let dest = &report["destinations"][0];
+    assert_eq!(dest["ack_status"], "rejected", "{report}");
+    let error = dest["error"].as_str().unwrap();
+    assert!(
+        error.contains(limit) && error.contains("2097152 bytes announced"),
+        "{report}"
+    );
+
+    let mut cmd = teecast(["send", "--quiet", "--json", "--name", "piped.bin", "-"]);
+    cmd.arg(receiver.dest());
+    let (sender, _) = Running::spawn_with(
+        &mut cmd,
+        std::process::Stdio::from(std::fs::File::open(&large).unwrap()),
+        None,
+    );
+    let sent = sender.wait(common::TIMEOUT);
+    sent.expect_code(1);
+    let report = sent.json();
+    let error = report["destinations"][0]["error"].as_str().unwrap();
+    assert!(error.contains(limit), "{report}");
+    receiver.proc.wait_stderr(limit, common::TIMEOUT);
+    assert!(list_dir(&inbox).is_empty(), "{:?}", list_dir(&inbox));
+
+    run(teecast(["send", "--quiet"])
+        .arg(&small)
+        .arg(receiver.dest()))
+    .expect_code(0);
+    assert_eq!(list_dir(&inbox), ["small.bin"]);
+}

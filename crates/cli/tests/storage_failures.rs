@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -218,4 +219,93 @@ fn a_relay_whose_disk_is_full_still_forwards() {
     next.wait().expect_code(0);
     assert!(list_dir(disk.path()).is_empty());
     common::assert_same_file(&source, &inbox.join("s.bin"));
+}
+
+/// `--keep-free`: a stream of unknown length that would cross the reserve is cut, nothing of
+/// it kept, while a stream beside it is stored; one announced too large for the reserve is
+/// refused at its header; the reserve as a percentage of the disk.
+#[test]
+fn keep_free_cuts_a_stream_that_would_cross_the_reserve_and_the_others_go_on() {
+    let disk = SmallDisk::mount(32);
+    let tmp = tempfile::tempdir().unwrap();
+    let (beside, large) = (tmp.path().join("beside.bin"), tmp.path().join("large.bin"));
+    random_file(&beside, 2 * MIB, 30);
+    random_file(&large, 20 * MIB, 31);
+    let receiver = Receiver::start(&[
+        "--dir".as_ref(),
+        disk.path().as_os_str(),
+        "--keep-free".as_ref(),
+        "16M".as_ref(),
+    ]);
+
+    let mut cmd = teecast(["send", "--json", "--name", "endless.bin", "-"]);
+    cmd.arg(receiver.dest());
+    let (sender, stdin) = common::Running::spawn_with(&mut cmd, std::process::Stdio::piped(), None);
+    let mut stdin = stdin.unwrap();
+    let mut prng = common::Prng::new(32);
+    stdin.write_all(&prng.bytes(4 * MIB as usize)).unwrap();
+    receiver
+        .proc
+        .wait_stderr("receiving \"endless.bin\"", common::TIMEOUT);
+    // Another stream while that one is in flight: it fits beside it and is stored.
+    run(teecast(["send", "--quiet"])
+        .arg(&beside)
+        .arg(receiver.dest()))
+    .expect_code(0);
+    // The stream goes on past what the reserve leaves (32 MiB less 16 less 2 beside it).
+    for _ in 0..20 {
+        if stdin.write_all(&prng.bytes(MIB as usize)).is_err() {
+            break; // cut: the sender stops reading its input
+        }
+    }
+    drop(stdin);
+    let sent = sender.wait(common::TIMEOUT);
+    sent.expect_code(1);
+    let report = sent.json();
+    let dest = &report["destinations"][0];
+    assert_eq!(dest["ack_status"], "io-error", "{report}");
+    let error = dest["error"].as_str().unwrap();
+    assert!(
+        error.contains("less free space than this receiver keeps (keep free 16777216 bytes)"),
+        "{report}"
+    );
+    receiver
+        .proc
+        .wait_stderr("keep free 16777216 bytes", common::TIMEOUT);
+    assert_eq!(list_dir(disk.path()), ["beside.bin"]);
+    common::assert_same_file(&beside, &disk.path().join("beside.bin"));
+
+    // Announced larger than the space the reserve leaves: refused at the header.
+    let sent = run(teecast(["send", "--quiet", "--json"])
+        .arg(&large)
+        .arg(receiver.dest()));
+    sent.expect_code(1);
+    let report = sent.json();
+    let error = report["destinations"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("keep free 16777216 bytes")
+            && error.contains("for 20971520 bytes announced"),
+        "{report}"
+    );
+    assert_eq!(list_dir(disk.path()), ["beside.bin"]);
+    drop(receiver);
+
+    // 50% of 32 MiB: 16 MiB kept free, the same 20 MiB refused, 2 MiB stored.
+    let receiver = Receiver::start(&[
+        "--dir".as_ref(),
+        disk.path().as_os_str(),
+        "--keep-free".as_ref(),
+        "50%".as_ref(),
+        "--no-clobber".as_ref(),
+    ]);
+    run(teecast(["send", "--quiet"])
+        .arg(&large)
+        .arg(receiver.dest()))
+    .expect_code(1);
+    std::fs::remove_file(disk.path().join("beside.bin")).unwrap();
+    run(teecast(["send", "--quiet"])
+        .arg(&beside)
+        .arg(receiver.dest()))
+    .expect_code(0);
+    assert_eq!(list_dir(disk.path()), ["beside.bin"]);
 }

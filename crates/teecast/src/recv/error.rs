@@ -62,6 +62,31 @@ pub enum RecvError {
         /// The space left for this user on the filesystem.
         available: u64,
     },
+    /// The stream is larger than the receiver takes ([`RecvOptions::max_size`]).
+    #[error(
+        "the stream is larger than this receiver takes (max size {limit} bytes a stream){}; nothing kept",
+        length.map_or_else(String::new, |n| format!(": {n} bytes announced"))
+    )]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+        /// The announced length, when the stream was refused at its header.
+        length: Option<u64>,
+    },
+    /// Storing the stream would leave less free space than the receiver keeps
+    /// ([`RecvOptions::keep_free`]).
+    #[error(
+        "storing it would leave less free space than this receiver keeps (keep free {reserve} bytes){}: {available} bytes available; nothing kept",
+        needed.map_or_else(String::new, |n| format!(", for {n} bytes announced"))
+    )]
+    Reserve {
+        /// The free space to keep, in bytes.
+        reserve: u64,
+        /// The space available when it was checked.
+        available: u64,
+        /// The announced length, when the stream was refused at its header.
+        needed: Option<u64>,
+    },
     /// A raw receiver was sent a teecast session (the sender needs `raw`, or the receiver not).
     #[error(
         "this is a teecast session, not a bare stream: the receiver is in raw mode and the sender is not"
@@ -188,16 +213,19 @@ impl RecvError {
             | RecvError::FramedIntoRaw
             | RecvError::NoProof
             | RecvError::Stopped
+            | RecvError::TooLarge { .. }
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
             RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
             RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
-            RecvError::Io { .. } | RecvError::NoSpace { .. } => AckStatus::IoError,
+            RecvError::Io { .. } | RecvError::NoSpace { .. } | RecvError::Reserve { .. } => {
+                AckStatus::IoError
+            }
         }
     }
 
     /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`, `unsealed`,
-    /// `reserved-name`, `exists`, `no-space`, `stopped`,
+    /// `reserved-name`, `exists`, `no-space`, `too-large`, `reserve`, `stopped`,
     /// `length-mismatch`, `stalled`, `no-proof`, `cannot-create` or `io`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -214,6 +242,8 @@ impl RecvError {
             RecvError::NotARelay => "not-a-relay",
             RecvError::UnauthenticatedForward => "unauthenticated-forward",
             RecvError::NoSpace { .. } => "no-space",
+            RecvError::TooLarge { .. } => "too-large",
+            RecvError::Reserve { .. } => "reserve",
             RecvError::FramedIntoRaw => "framed-into-raw",
             RecvError::Exists => "exists",
             RecvError::NoProof => "no-proof",

@@ -15,5 +15,5 @@ mod streams;
 pub use control::Control;
 
 pub use error::RecvError;
-pub use options::{Event, EventHandler, Received, RecvOptions, Target};
+pub use options::{Event, EventHandler, KeepFree, Received, RecvOptions, Target};
 pub use serve::{receive, serve, serve_until};

@@ -1,6 +1,8 @@
 //! What a receiver is told, and what it says: its options, what it received, its events.
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,6 +54,15 @@ pub struct RecvOptions {
     pub relay: bool,
     /// As a relay, forward unauthenticated streams (no key) beyond loopback too.
     pub forward_unauthenticated: bool,
+    /// The most payload bytes a stream may have (`None`: no limit). One announced larger is
+    /// refused at its header; one of unknown length is cut there, and nothing of it is kept.
+    pub max_size: Option<u64>,
+    /// The free space to leave on the filesystem of the target directory (`None`: none beyond
+    /// what fits). A stream announced too large for it is refused at its header; one that
+    /// would cross it as it arrives (of unknown length, or as other streams fill the disk) is
+    /// cut, and nothing of it is kept. Streams written into a device, a FIFO or standard output
+    /// are not counted.
+    pub keep_free: Option<KeepFree>,
     /// For a relay that stores no file (standard output, a device): the bytes kept to replay
     /// to the children of a child that fails ([`crate::send::DEFAULT_RING`]); one storing a
     /// file replays from it.
@@ -74,7 +85,21 @@ impl RecvOptions {
             relay: false,
             forward_unauthenticated: false,
             ring: crate::tree::ring::DEFAULT_RING,
+            max_size: None,
+            keep_free: None,
         }
+    }
+
+    /// Sets the most payload bytes a stream may have (see [`RecvOptions::max_size`]).
+    pub fn max_size(mut self, bytes: Option<u64>) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// Sets the free space to leave (see [`RecvOptions::keep_free`]).
+    pub fn keep_free(mut self, reserve: Option<KeepFree>) -> Self {
+        self.keep_free = reserve;
+        self
     }
 
     /// Sets the size of a relay's replay ring (see [`RecvOptions::ring`]).
@@ -142,6 +167,30 @@ impl RecvOptions {
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
+    }
+}
+
+/// How much of a filesystem to leave free ([`RecvOptions::keep_free`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepFree {
+    /// This many bytes.
+    Bytes(u64),
+    /// This percentage of the filesystem's size (0 to 100).
+    Percent(u8),
+}
+
+impl KeepFree {
+    /// The reserve in bytes on the filesystem of `file`, with the bytes available there now.
+    pub(super) fn measure(self, file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+        let st = rustix::fs::fstatvfs(file)?;
+        let reserve = match self {
+            KeepFree::Bytes(n) => n,
+            KeepFree::Percent(p) => {
+                let size = u128::from(st.f_blocks) * u128::from(st.f_frsize);
+                u64::try_from(size * u128::from(p.min(100)) / 100).unwrap_or(u64::MAX)
+            }
+        };
+        Ok((reserve, st.f_bavail.saturating_mul(st.f_frsize)))
     }
 }
 

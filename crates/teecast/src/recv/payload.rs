@@ -14,7 +14,7 @@ use teecast_sys::{AlignedBuf, Pipe};
 
 use super::control::Control;
 use super::error::RecvError;
-use super::options::{Received, RecvOptions, Target};
+use super::options::{KeepFree, Received, RecvOptions, Target};
 
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
 use crate::store::{AtomicFile, Writeback};
@@ -50,6 +50,14 @@ pub(super) fn open_store(
         path: path.to_path_buf(),
         source,
     };
+    if let (Some(limit), Some(n)) = (options.max_size, length)
+        && n > limit
+    {
+        return Err(RecvError::TooLarge {
+            limit,
+            length: Some(n),
+        });
+    }
     if matches!(options.target, Target::Stdout) {
         let file = io::stdout().as_fd().try_clone_to_owned().map_err(cannot)?;
         return Ok(Store::Direct {
@@ -77,6 +85,16 @@ pub(super) fn open_store(
                 let available = st.f_bavail.saturating_mul(st.f_frsize);
                 if needed > available {
                     return Err(RecvError::NoSpace { needed, available });
+                }
+                if let Some(keep) = options.keep_free
+                    && let Ok((reserve, available)) = keep.measure(file.file().as_fd())
+                    && available.saturating_sub(needed) < reserve
+                {
+                    return Err(RecvError::Reserve {
+                        reserve,
+                        available,
+                        needed: Some(needed),
+                    });
                 }
             }
             Ok(Store::Atomic(file))
@@ -136,10 +154,20 @@ pub(super) struct Payload {
     pub(super) writeback: Writeback,
     /// Ends the copy with [`RecvError::Stopped`] once it says the streams are cut.
     pub(super) stop: Option<Control>,
+    /// The most bytes the stream may have.
+    pub(super) max_size: Option<u64>,
+    /// The free space to leave, for a stream into a file.
+    pub(super) keep_free: Option<KeepFree>,
+    /// The stream's bytes at which the free space is looked at next.
+    pub(super) next_space_check: u64,
 }
 
 /// Bytes moved per call.
 pub(super) const RECEIVE_CHUNK: usize = 1024 * 1024;
+
+/// With a free-space reserve, every this many bytes stored the space left is looked at (a
+/// stream crosses the reserve by at most this much before it is cut).
+const SPACE_CHECK_STEP: u64 = 1024 * 1024;
 
 impl Payload {
     pub(super) fn new(
@@ -160,7 +188,46 @@ impl Payload {
             stall: options.stall_timeout,
             writeback: Writeback::default(),
             stop: None,
+            max_size: options.max_size,
+            keep_free: None,
+            next_space_check: 0,
         })
+    }
+
+    /// Keeps the free space `options` asks for while it writes into `store`, a file.
+    pub(super) fn keeping_free(mut self, options: &RecvOptions, store: &Store) -> Payload {
+        if matches!(store, Store::Atomic(_)) {
+            self.keep_free = options.keep_free;
+        }
+        self
+    }
+
+    /// Ends the stream when it outgrows the size limit, or its file would leave less free
+    /// space than the reserve (looked at every [`SPACE_CHECK_STEP`]).
+    fn check_limits(&mut self, file: BorrowedFd<'_>) -> Result<(), RecvError> {
+        if let Some(limit) = self.max_size
+            && self.bytes > limit
+        {
+            return Err(RecvError::TooLarge {
+                limit,
+                length: None,
+            });
+        }
+        if let Some(keep) = self.keep_free
+            && self.bytes >= self.next_space_check
+        {
+            self.next_space_check = self.bytes + SPACE_CHECK_STEP;
+            if let Ok((reserve, available)) = keep.measure(file)
+                && available < reserve
+            {
+                return Err(RecvError::Reserve {
+                    reserve,
+                    available,
+                    needed: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Ends the copy when `control` cuts the streams in flight.
@@ -202,6 +269,7 @@ impl Payload {
             if let Some(l) = &mut left {
                 *l -= n as u64;
             }
+            self.check_limits(file)?;
             self.advance_writeback(file);
         }
     }

@@ -249,6 +249,8 @@ fn receive_admitted(
         | RecvError::CannotCreate { .. }
         | RecvError::Taken
         | RecvError::Displaced
+        | RecvError::TooLarge { .. }
+        | RecvError::Reserve { .. }
         | RecvError::Stopped,
     ) = &result
     {
@@ -328,10 +330,11 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                 {
                     let path = target_path(options, &header.name)?;
                     admit(&header.name, header.length, false)?;
-                    store = Some((
-                        open_store(options, &path, header.length)?,
-                        Payload::new(header.digest, options)?.stopped_by(conn.control),
-                    ));
+                    let file = open_store(options, &path, header.length)?;
+                    let payload = Payload::new(header.digest, options)?
+                        .stopped_by(conn.control)
+                        .keeping_free(options, &file);
+                    store = Some((file, payload));
                 }
             }
             Next::Payload(n) => {
@@ -423,7 +426,9 @@ fn receive_raw(
         Target::Dir(d) => d.join(name),
     };
     let file = open_store(options, &path, None)?;
-    let mut payload = Payload::new(options.digest, options)?.stopped_by(control);
+    let mut payload = Payload::new(options.digest, options)?
+        .stopped_by(control)
+        .keeping_free(options, &file);
     payload.copy(stream.as_fd(), file.fd(), None)?;
     let bytes = payload.bytes;
     let digest = payload.finish();
