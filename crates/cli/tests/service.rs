@@ -112,8 +112,9 @@ fn a_socket_passed_by_socket_activation_is_served_and_the_manager_notified() {
     std::fs::create_dir(&inbox).unwrap();
     let mut notices = Notices::at_path(dir.path());
     let listen = format!("127.0.0.1:{}", free_port());
+    let second = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(["-E", "NOTIFY_SOCKET", "-l", &listen])
+    cmd.args(["-E", "NOTIFY_SOCKET", "-l", &listen, "-l", &second])
         .arg(env!("CARGO_BIN_EXE_teecast"))
         .args(["recv", "--dir"])
         .arg(&inbox)
@@ -135,6 +136,17 @@ fn a_socket_passed_by_socket_activation_is_served_and_the_manager_notified() {
     notices.wait("READY=1");
     notices.wait("STATUS=receiving 1 stream: \"activated.bin\" from 127.0.0.1:");
     notices.wait("STATUS=no streams in flight; 1 stored since the start");
+    // Every socket passed is served.
+    run(&mut teecast([
+        "send".as_ref(),
+        src.as_os_str(),
+        second.as_ref(),
+        "--name".as_ref(),
+        "second.bin".as_ref(),
+    ]))
+    .expect_code(0);
+    assert_same_file(&src, &inbox.join("second.bin"));
+    notices.wait("2 stored since the start");
 
     activator.signal(Signal::TERM).unwrap();
     notices.wait("STOPPING=1");
@@ -143,6 +155,9 @@ fn a_socket_passed_by_socket_activation_is_served_and_the_manager_notified() {
     assert!(
         done.stderr
             .contains(&format!("teecast: listening on {listen}"))
+            && done
+                .stderr
+                .contains(&format!("teecast: listening on {second}"))
             && done.stderr.contains("teecast: stopped"),
         "{}",
         done.stderr

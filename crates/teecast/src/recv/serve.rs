@@ -94,6 +94,8 @@ pub fn serve_until(
             let accepted = ready
                 .iter()
                 .filter_map(|&i| i.checked_sub(1))
+                // Each accept may take the last place.
+                .filter(|_| gate.has_room())
                 .try_for_each(|i| accept(&listeners[i], &gate, options, &streams, scope, on_event));
             if let Err(e) = accepted {
                 break Err(e);
