@@ -2,7 +2,7 @@
 //! nothing, the two limits the contenders are measured against, and a CPU and memory meter.
 //!
 //! - `drain` accepts connections and splices each socket into `/dev/null` (socket → pipe →
-//!   `/dev/null`, no copy; KERNEL.md §4), so a receiver takes as little CPU as the kernel allows.
+//!   `/dev/null`, no copy; docs/KERNEL.md §4), so a receiver takes as little CPU as the kernel allows.
 //! - `memcpy` measures this machine's memory copy bandwidth: the price of one CPU copy.
 //! - `sendfile` sends a file with plain `sendfile(2)` to each destination, one thread each:
 //!   no protocol, no digest, no stability; what the kernel alone does.
@@ -104,7 +104,7 @@ fn main() -> std::process::ExitCode {
     })
 }
 
-/// Size asked for the drain's pipe: 1 MiB, the unprivileged maximum (KERNEL.md §1.5).
+/// Size asked for the drain's pipe: 1 MiB, the unprivileged maximum (docs/KERNEL.md §1.5).
 const DRAIN_PIPE_SIZE: usize = 1 << 20;
 
 /// `teecast-bench drain`: listens on `listen`, accepts `count` connections, splices each into

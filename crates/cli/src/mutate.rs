@@ -2,9 +2,9 @@
 //!
 //! The torture tests, the soak and `teecast demo --mutate` run one of these against the source of
 //! a transfer. [`Mutation::Rewrite`] keeps overwriting random regions in place with `pwrite` (the
-//! case that breaks zero-copy `splice`, KERNEL.md §3); [`Mutation::Grow`] keeps appending;
+//! case that breaks zero-copy `splice`, docs/KERNEL.md §3); [`Mutation::Grow`] keeps appending;
 //! [`Mutation::Shrink`] and [`Mutation::Truncate`] cut the file once (the truncation hazard of
-//! KERNEL.md §3). The bytes come from a seeded xorshift generator, so a run can be repeated.
+//! docs/KERNEL.md §3). The bytes come from a seeded xorshift generator, so a run can be repeated.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

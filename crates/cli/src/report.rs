@@ -407,7 +407,7 @@ pub fn probe_human(f: &KernelFacts) {
         "  splice file→pipe shares page-cache pages: {}",
         yes_no(
             &f.splice_shares_page_cache,
-            "zerocopy is NOT stable here (KERNEL.md §3)",
+            "zerocopy is NOT stable here (docs/KERNEL.md §3)",
             "file splice copies, zerocopy is stable here"
         )
     );

@@ -4,7 +4,7 @@
 //! `vmsplice`, file mappings, fresh anonymous pages and `poll` — each documented with the C call it
 //! wraps. Where `rustix` offers a safe call it is used directly; what needs `unsafe` lives here with
 //! its contract spelled out (`// SAFETY:` on every block, checked by
-//! `clippy::undocumented_unsafe_blocks`). The kernel facts behind each rule are in `KERNEL.md`
+//! `clippy::undocumented_unsafe_blocks`). The kernel facts behind each rule are in `docs/KERNEL.md`
 //! (cited as §n). Split as rustix is: [`pipe`], [`io`], [`poll`], [`mm`], [`fs`], [`net`],
 //! [`process`]; the items are also re-exported at the root.
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -160,7 +160,7 @@ const FAULT_AROUND_LIMIT: usize = 2 * 1024 * 1024;
 impl FileMap {
     /// `madvise(map + offset, len, MADV_DONTNEED)`—Drops this process's page-table entries for
     /// the pages covering `[offset, offset + len)` (and up to 2 MiB before it), so that bytes already sent stop counting
-    /// towards its resident set (DESIGN.md "Bounded memory": without this a mapping's resident
+    /// towards its resident set (README.md, "What it guarantees", bounded memory: without this a mapping's resident
     /// size grows to the whole file). The pages stay in the page cache: a shared file mapping
     /// that is touched again reads the file's bytes again, so this changes memory use, never
     /// content, and a concurrent `write_to` over the range just faults the pages back in.
@@ -285,8 +285,8 @@ impl Drop for FreshPages {
     }
 }
 
-/// Measures whether `vmsplice` queues references to user pages or copies them (KERNEL.md §1.3,
-/// the 2026 change in its status flag): fills `len` bytes of fresh pages with `before`,
+/// Measures whether `vmsplice` queues references to user pages or copies them (docs/KERNEL.md §1.3,
+/// the 2026 change of §5): fills `len` bytes of fresh pages with `before`,
 /// `vmsplice`s them into a new pipe, overwrites them with `after`, then reads the pipe back.
 ///
 /// Returns the bytes the pipe gave: all `after` means the pipe held the user's own pages (by

@@ -30,7 +30,7 @@ pub fn listen_dual_stack(port: u16) -> io::Result<TcpListener> {
 }
 
 /// `setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, 1)`—Asks a socket to accept `MSG_ZEROCOPY` sends
-/// (KERNEL.md §2, strategy 2). An error means this kernel or socket type refuses it.
+/// (docs/KERNEL.md §2, way 2). An error means this kernel or socket type refuses it.
 ///
 /// # References
 ///  - [msg_zerocopy.rst](https://docs.kernel.org/networking/msg_zerocopy.html)

@@ -695,7 +695,7 @@ impl Destination<'_> {
             let want = if chunked { chunk_left } else { 1 << 30 };
             let sock = self.stream()?.as_fd();
             // The socket is O_NONBLOCK and the flag makes the pipe side non-blocking, so this
-            // never sleeps holding the pipe's lock (KERNEL.md §1.1 "Lock hazard").
+            // never sleeps holding the pipe's lock (docs/KERNEL.md §1.1 "Lock hazard").
             match sys::splice(pipe, sock, want, SpliceFlags::NONBLOCK | SpliceFlags::MORE) {
                 Ok(0) => return Ok(took(self)),
                 Ok(n) => {

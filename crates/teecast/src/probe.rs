@@ -1,7 +1,7 @@
 //! Kernel facts by experiment: what splice, tee, vmsplice and `O_DIRECT` actually do on this
 //! kernel and filesystem, measured rather than guessed from a version number.
 //!
-//! KERNEL.md's status flag explains why: a 2026 series turns `vmsplice` into a copy, and file
+//! docs/KERNEL.md §5 explains why: a 2026 series turns `vmsplice` into a copy, and file
 //! splice may follow. Each question is a few syscalls on a two-page scratch file in the directory
 //! asked about; the whole probe takes a few milliseconds. [`crate::strategy::Strategy::resolve_with`]
 //! turns the answers into a choice of path.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use crate::probe::{self, KernelFacts};
 use crate::source::Source;
 
-/// A data path, chosen with `--strategy` (see DESIGN.md, "Data paths").
+/// A data path, chosen with `--strategy` (the table in README.md, "How it works").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// Pick the fastest stable path for the case (see [`Strategy::resolve`]).
@@ -115,8 +115,8 @@ impl Strategy {
     ///
     /// The buffer and pipe-write paths copy with `read`/`write` and are stable everywhere;
     /// `vmsplice` is too, whether the kernel shares its pages or copies them, because every chunk
-    /// uses fresh pages that are never written again (KERNEL.md §2). `zerocopy` is stable only
-    /// where the probe saw file splice copy (the 2026 proposal, KERNEL.md status flag), `direct`
+    /// uses fresh pages that are never written again (docs/KERNEL.md §2). `zerocopy` is stable only
+    /// where the probe saw file splice copy (the 2026 proposal, docs/KERNEL.md §5), `direct`
     /// only where it saw `O_DIRECT` splice read into private pages (§1.1). `mmap-write` copies
     /// per socket and is never stable across consumers.
     pub fn is_stable_on(self, facts: &KernelFacts) -> bool {

@@ -3,7 +3,7 @@
 //!
 //! The gate is a receiver stopped with SIGSTOP before the send begins: the kernel still accepts
 //! its connection, so the sender connects, fills that socket's small receive window and then
-//! waits for it (its slowest consumer gates it, KERNEL.md §1.2). Nothing is synchronised by
+//! waits for it (its slowest consumer gates it, docs/KERNEL.md §1.2). Nothing is synchronised by
 //! sleeping: the harness waits for observable states (a listening line, a non-empty `.part` file
 //! at another receiver, the writer's "started" line, exit statuses), each with a deadline.
 

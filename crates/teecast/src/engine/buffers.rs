@@ -114,7 +114,7 @@ pub(super) fn pump_map(
             check_short(Some(total), sent as u64, want, got)?;
             h.update(&buf[..got]);
         }
-        // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (KERNEL.md §3).
+        // Clamp to a fresh size: past EOF the kernel sends zeros or EFAULT (docs/KERNEL.md §3).
         let size = fresh_size(source)?;
         if size < (sent + want) as u64 {
             return Err(EngineError::Truncated {

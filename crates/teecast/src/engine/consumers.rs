@@ -146,7 +146,7 @@ impl Consumer for Capture {
         let file = self.file()?;
         let mut total = 0;
         loop {
-            // pipe → file is one copy in the kernel, into the page cache (KERNEL.md §4).
+            // pipe → file is one copy in the kernel, into the page cache (docs/KERNEL.md §4).
             let n = sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE)
                 .map_err(self.io("writing"))?;
             if n == 0 {

@@ -4,7 +4,7 @@
 //!
 //! Two fan-outs exist. On the pipe paths the filler puts one chunk into a source pipe; the chunk
 //! is `tee`d into a private, empty *stage* pipe per consumer (tee into an empty pipe at least as
-//! large as the source is never short, KERNEL.md §1.2), the source is then emptied, and each
+//! large as the source is never short, docs/KERNEL.md §1.2), the source is then emptied, and each
 //! stage is spliced into the consumer's *out* pipe as room appears, so consumers run a chunk or
 //! more apart without ever sharing a pipe's reading end. On the buffer paths one buffer from a
 //! bounded pool is shared, read-only, by every consumer. Each consumer runs on its own thread.
@@ -181,7 +181,7 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
 /// socket spliced into the pipe (received pages are private, so they are stable).
 ///
 /// Stability is the filler's promise: once `fill` returns, the bytes it put into the pipe never
-/// change, whatever happens to where they came from (KERNEL.md §3) — a copy (`read` then
+/// change, whatever happens to where they came from (docs/KERNEL.md §3) — a copy (`read` then
 /// `write`), fresh pages never written again (`vmsplice`), or private pages (an `O_DIRECT`
 /// splice, a socket's received data). A filler that splices page-cache pages breaks it.
 pub trait Filler: Send {
@@ -563,7 +563,7 @@ fn run<C: Consumer>(
         }
     };
     // Fillers that read into a buffer they own hash it there; otherwise a consumer of the
-    // engine's own hashes a copy of the stable stream (never the source: KERNEL.md §3).
+    // engine's own hashes a copy of the stable stream (never the source: docs/KERNEL.md §3).
     let filler_hashes = match &plan {
         Plan::Buffers => false,
         Plan::Map => true,
@@ -702,7 +702,7 @@ pub fn check(source: &Source, strategy: Strategy, consumers: usize) -> Result<()
 
 /// After the last byte: a source that gave fewer bytes than announced was cut; a file shorter
 /// now than announced was truncated during the send (its tail may have gone out as zeros,
-/// KERNEL.md §3), so the transfer fails; a longer one only grew.
+/// docs/KERNEL.md §3), so the transfer fails; a longer one only grew.
 fn check_final_size(
     source: Option<&Source>,
     length: Option<u64>,

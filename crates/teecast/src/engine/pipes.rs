@@ -204,7 +204,7 @@ impl PipeFiller {
     }
 }
 
-/// Opens the source again with `O_DIRECT`, so splice reads into private pages (KERNEL.md §1.1).
+/// Opens the source again with `O_DIRECT`, so splice reads into private pages (docs/KERNEL.md §1.1).
 /// Through `/proc/self/fd`, so it is the same file even if its name now points elsewhere.
 fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
     let path = source

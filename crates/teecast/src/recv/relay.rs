@@ -4,10 +4,10 @@
 //! The stream goes socket → pipe (`splice`), then the engine `tee`s the pipe to a pipe per
 //! child socket and one for the local file (each drained by `splice`) and one for the digest:
 //! no copy of the payload in user space on the forward path. The pipe holds the received skb
-//! pages by reference (KERNEL.md §4, socket→pipe), which no one writes once received, so every
+//! pages by reference (docs/KERNEL.md §4, socket→pipe), which no one writes once received, so every
 //! child, the file and the digest see the same bytes. One exception: on loopback a sender that
 //! splices page-cache pages (the unstable `zerocopy` path) hands its own pages over
-//! (KERNEL.md §6, trap 2), and a relay there is no more stable than that sender.
+//! (docs/KERNEL.md §6, trap 2), and a relay there is no more stable than that sender.
 //! Each child is a sender's destination of its own (a session, the key proved, the trailer
 //! carrying the digest the *first* sender announced); its acknowledgement, with the reports of
 //! the hosts below it, comes back here and goes up in this host's acknowledgement.
