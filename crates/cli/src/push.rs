@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -248,7 +248,7 @@ impl Remote {
     }
 
     fn log_tail(&self) -> String {
-        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let log = lock(&self.log);
         let last: Vec<&String> = log.iter().rev().take(3).collect();
         let text = last
             .into_iter()
@@ -310,10 +310,10 @@ fn start(
         std::thread::spawn(move || {
             for line in BufReader::new(stderr.take(1 << 20)).lines() {
                 let Ok(line) = line else { break };
-                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                lock(&log).push(line);
                 let _ = woken.send(index);
             }
-            *ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            *lock(&ended) = true;
             let _ = woken.send(index);
         });
     }
@@ -382,15 +382,10 @@ fn launch(
 /// Looks at what a remote in launch said: where it listens, that it ended without saying so,
 /// or nothing yet (past `timeout` from its start: it is killed).
 fn settle(r: &mut Remote, timeout: Duration) {
-    let port = r
-        .log
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find_map(|l| listening_port(l));
+    let port = lock(&r.log).iter().find_map(|l| listening_port(l));
     if port.is_some() {
         r.port = port;
-    } else if *r.ended.lock().unwrap_or_else(|p| p.into_inner()) {
+    } else if *lock(&r.ended) {
         let said = r.log_tail();
         r.failure = Some(match r.child.try_wait() {
             Ok(Some(status)) if said == "\"\"" => format!(
@@ -589,6 +584,12 @@ pub fn run(args: PushArgs) -> u8 {
         hosts.len()
     );
     if ok { EXIT_OK } else { EXIT_FAILED }
+}
+
+/// Locks `m` whether or not a thread panicked holding it: the log lines and the flag it guards
+/// are each written in one step, so what a panicking thread left is whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

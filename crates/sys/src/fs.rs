@@ -21,12 +21,53 @@ pub fn file_size(fd: impl AsFd) -> io::Result<u64> {
     Ok(u64::try_from(st.st_size).unwrap_or(0))
 }
 
-/// Whether the file behind `fd` lives on tmpfs (`fstatfs` says `TMPFS_MAGIC`): memory, with no
-/// writeback to start or wait for.
-pub fn is_tmpfs(fd: impl AsFd) -> io::Result<bool> {
-    const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// A filesystem type: `statfs`'s `f_type`, the filesystem's magic number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filesystem(pub u64);
+
+impl Filesystem {
+    /// tmpfs, which also holds `memfd_create` files and `/dev/shm`.
+    pub const TMPFS: Filesystem = Filesystem(0x0102_1994);
+
+    /// Whether this is tmpfs: memory, with no writeback to start or wait for, and where
+    /// `O_DIRECT` is served from memory rather than a disk.
+    pub fn is_tmpfs(self) -> bool {
+        self == Self::TMPFS
+    }
+
+    /// The filesystem's usual name (`ext4`, `tmpfs`, …), or `unknown (f_type 0x…)`.
+    pub fn name(self) -> String {
+        let known = match self.0 {
+            0xEF53 => "ext4",
+            0x0102_1994 => "tmpfs",
+            0x5846_5342 => "xfs",
+            0x9123_683E => "btrfs",
+            0x794C_7630 => "overlayfs",
+            0x6573_5546 => "fuse",
+            0x6969 => "nfs",
+            0x0102_1997 => "9p",
+            0x2FC1_2FC1 => "zfs",
+            0xF2F5_2010 => "f2fs",
+            other => return format!("unknown (f_type {other:#x})"),
+        };
+        known.to_string()
+    }
+}
+
+/// `fstatfs(fd).f_type`—The type of the filesystem the file behind `fd` lives on.
+///
+/// # References
+///  - [fstatfs(2)](https://man7.org/linux/man-pages/man2/fstatfs.2.html)
+#[doc(alias = "fstatfs")]
+pub fn filesystem(fd: impl AsFd) -> io::Result<Filesystem> {
     let st = rustix::fs::fstatfs(fd)?;
-    Ok(u64::try_from(st.f_type).is_ok_and(|t| t == TMPFS_MAGIC))
+    #[allow(clippy::unnecessary_cast)] // `f_type` is signed on some targets
+    Ok(Filesystem(st.f_type as u64))
+}
+
+/// Whether the file behind `fd` lives on tmpfs ([`filesystem`], then [`Filesystem::is_tmpfs`]).
+pub fn is_tmpfs(fd: impl AsFd) -> io::Result<bool> {
+    filesystem(fd).map(Filesystem::is_tmpfs)
 }
 
 /// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`—Starts writing the dirty pages of

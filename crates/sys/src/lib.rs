@@ -17,8 +17,9 @@ pub mod net;
 pub mod pipe;
 pub mod poll;
 pub mod process;
+pub mod rand;
 
-pub use fs::{file_size, is_tmpfs, reopen, start_writeback};
+pub use fs::{Filesystem, file_size, filesystem, is_tmpfs, reopen, start_writeback};
 pub use io::{bytes_queued, pread, read, write};
 pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite};
 pub use net::{listen_dual_stack, reset_on_close, send_now, set_zerocopy};
@@ -27,5 +28,6 @@ pub use poll::{Readiness, wait_any, wait_ready};
 pub use process::{
     ChildrenUsage, children_usage, ignore_sigpipe, io_uring_usable, take_listen_fds,
 };
+pub use rand::fill_random;
 pub use rustix::fs::OFlags;
 pub use rustix::pipe::SpliceFlags;

@@ -56,14 +56,7 @@ pub enum KeyError {
 /// `n` bytes from the kernel's random number generator (`getrandom(2)`).
 fn random<const N: usize>() -> Result<[u8; N], KeyError> {
     let mut bytes = [0u8; N];
-    let mut done = 0;
-    while done < N {
-        match rustix::rand::getrandom(&mut bytes[done..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(KeyError::Random(e.into())),
-        }
-    }
+    teecast_sys::fill_random(&mut bytes).map_err(KeyError::Random)?;
     Ok(bytes)
 }
 
@@ -138,7 +131,7 @@ pub fn read_key_file(path: &Path) -> Result<Key, KeyError> {
 /// The key as 64 hex digits, the form of a key file (to hand a key to a process that reads it
 /// with [`read_key`]: through a pipe, never on a command line).
 pub fn to_hex(key: &Key) -> String {
-    key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::to_hex(key.as_bytes())
 }
 
 /// Reads a key (64 hex digits, then a newline or the end) from `from`, a pipe say; `what` names

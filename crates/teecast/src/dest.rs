@@ -21,6 +21,7 @@ use teecast_sys::{FileMap, Readiness};
 use crate::auth::{self, Key};
 use crate::digest::Digest;
 use crate::engine::{Abandoned, Consumer};
+use crate::sync::lock;
 use crate::transport::{self, ConnectError, ReadError};
 /// What a destination needs of its send's options.
 #[derive(Clone, Debug)]
@@ -491,7 +492,7 @@ impl<'a> Destination<'a> {
             Verdict::Confirmed(ack) | Verdict::Refused(ack) => ack.reports.clone(),
         };
         if let Some(slot) = self.reports {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = reports;
+            *lock(slot) = reports;
         }
         match verdict {
             Verdict::Confirmed(ack) => Ok(Delivered::Confirmed {

@@ -62,6 +62,7 @@ pub mod service;
 pub mod source;
 pub mod store;
 pub mod strategy;
+mod sync;
 pub mod transport;
 mod tree;
 

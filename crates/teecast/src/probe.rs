@@ -3,8 +3,8 @@
 //!
 //! docs/KERNEL.md §5 explains why: a 2026 series turns `vmsplice` into a copy, and file
 //! splice may follow. Each question is a few syscalls on a two-page scratch file in the directory
-//! asked about; the whole probe takes a few milliseconds. [`crate::strategy::Strategy::resolve_with`]
-//! turns the answers into a choice of path.
+//! asked about; the whole probe takes a few milliseconds. [`crate::strategy::Case::probed`]
+//! turns the answers into the case the `auto` rule decides.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -26,9 +26,6 @@ const NEW: u8 = b'n';
 const BLOCK: usize = 4096;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// `statfs` `f_type` of tmpfs (and of `memfd_create` files).
-const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// What the probe found. Each answer is `Err(why)` when the experiment itself could not run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,12 +163,6 @@ pub fn probe(dir: &Path) -> io::Result<KernelFacts> {
 /// False when the experiment cannot run or the pages are shared.
 pub fn tmpfs_direct_splice_is_private() -> bool {
     Scratch::in_memory().is_ok_and(|s| s.direct_splice_private().unwrap_or(false))
-}
-
-/// Whether `fd` is a file on tmpfs (which serves `O_DIRECT` from memory, not from a disk).
-pub fn is_on_tmpfs(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    #[allow(clippy::unnecessary_cast)]
-    rustix::fs::fstatfs(fd).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
 }
 
 fn text(e: io::Error) -> Unanswered {
@@ -364,24 +355,9 @@ fn msg_zerocopy_accepted() -> io::Result<bool> {
 }
 
 fn filesystem_name(dir: &Path) -> String {
-    let Ok(st) = rustix::fs::statfs(dir) else {
-        return "unknown".into();
-    };
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    match magic {
-        0xEF53 => "ext4".into(),
-        TMPFS_MAGIC => "tmpfs".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683E => "btrfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        0x6573_5546 => "fuse".into(),
-        0x6969 => "nfs".into(),
-        0x0102_1997 => "9p".into(),
-        0x2FC1_2FC1 => "zfs".into(),
-        0xF2F5_2010 => "f2fs".into(),
-        other => format!("unknown (f_type {other:#x})"),
-    }
+    File::open(dir)
+        .and_then(sys::filesystem)
+        .map_or_else(|_| "unknown".into(), sys::Filesystem::name)
 }
 
 #[cfg(test)]

@@ -473,20 +473,8 @@ fn same_file(a: &Stat, b: &Stat) -> bool {
 /// `.teecast-tmp-` + 32 hex digits of OS randomness.
 fn random_name() -> io::Result<String> {
     let mut bytes = [0u8; TEMP_HEX_DIGITS / 2];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => filled += n,
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let mut name = String::with_capacity(TEMP_PREFIX.len() + TEMP_HEX_DIGITS);
-    name.push_str(TEMP_PREFIX);
-    for b in bytes {
-        name.push_str(&format!("{b:02x}"));
-    }
-    Ok(name)
+    teecast_sys::fill_random(&mut bytes)?;
+    Ok(format!("{TEMP_PREFIX}{}", crate::digest::to_hex(&bytes)))
 }
 
 /// 0644 less the process's umask (`/proc/self/status`, as reading it with umask() would change

@@ -128,27 +128,12 @@ impl Strategy {
         }
     }
 
-    /// The concrete path for `destinations` on the filesystem `facts` describe: the rule of
-    /// [`Strategy::resolve`], never a path the probe found unstable (then `readwrite`, which
-    /// copies with `read()` and is stable on any kernel). Explicit strategies are returned as
-    /// asked. `teecast probe` reports what this picks.
-    pub fn resolve_with(self, facts: &KernelFacts, destinations: usize) -> Strategy {
-        let case = Case {
-            destinations,
-            tmpfs_direct: facts.filesystem == "tmpfs" && facts.direct_splice_is_private(),
-        };
-        match self.resolve(case) {
-            measured if self == Self::Auto && !measured.is_stable_on(facts) => Self::ReadWrite,
-            measured => measured,
-        }
-    }
-
     /// What `auto` picks on the filesystem `facts` describe, as `(from, path)` steps: `path` from
-    /// `from` destinations on, up to the next step.
+    /// `from` destinations on, up to the next step. `teecast probe` reports these.
     pub fn auto_steps(facts: &KernelFacts) -> Vec<(usize, Strategy)> {
         let mut steps: Vec<(usize, Strategy)> = Vec::new();
         for n in 1..=SHARED_COPY_FROM {
-            let s = Self::Auto.resolve_with(facts, n);
+            let s = Self::Auto.resolve(Case::probed(facts, n));
             if steps.last().is_none_or(|&(_, last)| last != s) {
                 steps.push((n, s));
             }
@@ -176,11 +161,22 @@ impl Case {
     pub fn of(source: &Source, destinations: usize) -> Case {
         let tmpfs_direct = destinations >= SHARED_COPY_FROM
             && source.len().is_some()
-            && probe::is_on_tmpfs(source.fd())
+            && teecast_sys::is_tmpfs(source.fd()).unwrap_or(false)
             && probe::tmpfs_direct_splice_is_private();
         Case {
             destinations,
             tmpfs_direct,
+        }
+    }
+
+    /// The case of sending a regular file on the filesystem `facts` describe (what `teecast
+    /// probe` found) to `destinations`. The rule then never picks a path the probe found
+    /// unstable: `direct` only where it saw private pages, and otherwise paths that copy with
+    /// `read()`/`write()`, stable on any kernel.
+    pub fn probed(facts: &KernelFacts, destinations: usize) -> Case {
+        Case {
+            destinations,
+            tmpfs_direct: facts.filesystem == "tmpfs" && facts.direct_splice_is_private(),
         }
     }
 }
@@ -242,7 +238,7 @@ mod tests {
         tmpfs_private.filesystem = "tmpfs".into();
         for facts in [&worst, &copying, &tmpfs_worst, &tmpfs_private] {
             for n in 1..=16 {
-                let s = Strategy::Auto.resolve_with(facts, n);
+                let s = Strategy::Auto.resolve(Case::probed(facts, n));
                 assert!(s.is_stable_on(facts), "{s} at {n}");
             }
         }
@@ -256,7 +252,7 @@ mod tests {
         assert_eq!(steps(&tmpfs_worst), [(1, ReadWrite), (from, ReadPipe)]);
         assert_eq!(steps(&tmpfs_private), [(1, ReadWrite), (from, Direct)]);
         assert_eq!(
-            Strategy::ZeroCopy.resolve_with(&worst, 1),
+            Strategy::ZeroCopy.resolve(Case::probed(&worst, 1)),
             Strategy::ZeroCopy,
             "explicit choices are kept"
         );
@@ -267,7 +263,11 @@ mod tests {
         let dir = std::env::temp_dir();
         let facts = crate::probe::probe(&dir).unwrap();
         for n in 1..=16 {
-            assert!(Strategy::Auto.resolve_with(&facts, n).is_stable_on(&facts));
+            assert!(
+                Strategy::Auto
+                    .resolve(Case::probed(&facts, n))
+                    .is_stable_on(&facts)
+            );
         }
     }
 
@@ -282,7 +282,7 @@ mod tests {
         for n in [1, 2, SHARED_COPY_FROM - 1, SHARED_COPY_FROM, 8] {
             assert_eq!(
                 Strategy::Auto.for_transfer(&source, n),
-                Strategy::Auto.resolve_with(&facts, n),
+                Strategy::Auto.resolve(Case::probed(&facts, n)),
                 "{n} destinations"
             );
         }

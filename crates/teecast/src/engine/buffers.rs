@@ -9,6 +9,7 @@ use super::{
 };
 use crate::digest::Hasher;
 use crate::source::Source;
+use crate::sync::{lock, wait};
 use teecast_sys::AlignedBuf;
 
 /// A bounded pool of equally sized buffers; [`Chunk`]s return theirs when the last consumer
@@ -27,12 +28,12 @@ impl BufferPool {
     }
 
     fn take(&self) -> AlignedBuf {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = lock(&self.free);
         loop {
             if let Some(buf) = free.pop() {
                 return buf;
             }
-            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+            free = wait(&self.returned, free);
         }
     }
 }
@@ -53,7 +54,7 @@ impl Chunk {
 impl Drop for Chunk {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = lock(&self.pool.free);
         free.push(buf);
         self.pool.returned.notify_one();
     }

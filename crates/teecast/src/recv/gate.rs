@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::control::Control;
 use super::error::RecvError;
 use super::options::{Received, RecvOptions, Target};
+use crate::sync::lock;
 
 /// Who is being served: the places of [`serve`], the one stream of `once`, the one target.
 pub(super) struct Gate<'a> {
@@ -70,7 +71,7 @@ impl<'a> Gate<'a> {
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Whether a new connection would find a place: one is free, or held by a connection
@@ -131,10 +132,7 @@ impl<'a> Gate<'a> {
                 state.the_one = Some(ticket.0);
             }
         }
-        Ok(self
-            .target
-            .as_ref()
-            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner())))
+        Ok(self.target.as_ref().map(|t| lock(t)))
     }
 
     /// The connection of `ticket` resumes a stream already served here: it can no longer be

@@ -31,7 +31,8 @@ use super::control::Control;
 use super::error::RecvError;
 use super::options::{Received, RecvOptions};
 use super::payload::{Store, commit};
-use super::streams::{Registered, Resumable, lock};
+use super::streams::{Registered, Resumable};
+use crate::sync::lock;
 
 use crate::dest::{DestOptions, Destination, Progress};
 use crate::digest::Hasher;

@@ -10,6 +10,8 @@ use teecast_proto::wire::{Header, TRANSFER_ID_LEN};
 use teecast_sys as sys;
 use teecast_sys::Pipe;
 
+use crate::sync::lock;
+
 /// The relayed streams being received, for a resuming header to find the one it continues.
 #[derive(Default)]
 pub(super) struct Streams(Mutex<Vec<Arc<Resumable>>>);
@@ -56,7 +58,7 @@ pub(super) fn resumed(header: &Header) -> Header {
 
 impl Streams {
     pub(super) fn lock(&self) -> MutexGuard<'_, Vec<Arc<Resumable>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     /// Enters the stream of `header`, received from `parent` (nothing, for a stream that
@@ -105,8 +107,4 @@ impl Streams {
         let _ = sys::write(target.wake.write.as_fd(), b"!");
         None
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

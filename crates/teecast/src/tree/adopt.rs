@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use teecast_proto::wire::{AckStatus, Header, HostReport, Tree};
 
 use crate::dest::{Delivered, DestFailure, DestOptions, Destination, Progress};
 use crate::engine::Consumer;
+use crate::sync::{into_inner, lock};
 use crate::tree::report::report_of;
 use crate::tree::ring::{Held, Pin, Replay};
 use crate::tree::route::Route;
@@ -129,7 +130,7 @@ impl Adopter {
         }
         let mut reports = lock(&s.reports);
         reports.push(report);
-        reports.extend(below.into_inner().unwrap_or_else(|p| p.into_inner()));
+        reports.extend(into_inner(below));
     }
 
     /// Waits for every follower (and those they started); returns what they reported.
@@ -145,10 +146,6 @@ impl Adopter {
         }
         std::mem::take(&mut *lock(&self.0.reports))
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Connects `dest` with its resuming header and sends it the stream from the offset it holds to

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use teecast_proto::wire::{AckStatus, HostReport, Tree};
 
 use crate::dest::{Delivered, DestFailure};
+use crate::sync::lock;
 /// What a parent (at `parent`) reports of its child at `position`, given how the child's
 /// stream went.
 pub(crate) fn report_of(
@@ -94,7 +95,7 @@ impl Reports {
 
     /// Takes what destination `index` reported.
     pub(crate) fn take(&self, index: usize) -> Vec<HostReport> {
-        std::mem::take(&mut *self.0[index].lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.0[index]))
     }
 }
 

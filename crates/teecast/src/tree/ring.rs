@@ -13,6 +13,7 @@ use teecast_sys as sys;
 
 use crate::digest::Digest;
 use crate::engine::{Abandoned, Consumer};
+use crate::sync::{lock, wait, wait_timeout};
 /// The ring's default size: the bytes a parent can replay to an adopted child.
 pub const DEFAULT_RING: usize = 64 << 20;
 
@@ -89,7 +90,7 @@ impl Ring {
     }
 
     fn lock(&self) -> MutexGuard<'_, RingState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Appends `block`, dropping the oldest blocks no follower needs to stay within capacity
@@ -106,11 +107,8 @@ impl Ring {
                 && state.pins.iter().any(|&(_, offset)| offset < first_end)
             {
                 state = match left {
-                    Some(left) => {
-                        let waited = self.changed.wait_timeout(state, left);
-                        waited.unwrap_or_else(|p| p.into_inner()).0
-                    }
-                    None => self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
+                    Some(left) => wait_timeout(&self.changed, state, left),
+                    None => wait(&self.changed, state),
                 };
                 continue;
             }
@@ -175,14 +173,11 @@ pub(crate) fn look_or_wait<T>(
     wait: Duration,
     mut look: impl FnMut(&T) -> Option<Held>,
 ) -> Held {
-    let mut state = m.lock().unwrap_or_else(|p| p.into_inner());
+    let mut state = lock(m);
     if let Some(held) = look(&state) {
         return held;
     }
-    state = changed
-        .wait_timeout(state, wait)
-        .unwrap_or_else(|p| p.into_inner())
-        .0;
+    state = wait_timeout(changed, state, wait);
     look(&state).unwrap_or(Held::Wait)
 }
 
@@ -220,7 +215,7 @@ impl StoredCopy {
     }
 
     fn lock(&self) -> MutexGuard<'_, CopyState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     pub(crate) fn wrote(&self, n: u64) {
