@@ -1,9 +1,11 @@
 //! The syscall layer of teecast: the only crate allowed `unsafe`.
 //!
 //! Thin, typed wrappers over the calls teecast builds on — pipes and their sizes, `splice`, `tee`,
-//! `vmsplice`, file mappings, fresh anonymous pages and `poll` — each documented with the C call it
-//! wraps. Where `rustix` offers a safe call it is used directly; what needs `unsafe` lives here with
-//! its contract spelled out (`// SAFETY:` on every block, checked by
+//! `vmsplice`, file mappings, fresh anonymous pages, `poll`, the files a receiver publishes,
+//! randomness — each documented with the C call it wraps, one call a function. The other crates
+//! make no system call of their own beyond the standard library's: they call these. Where
+//! `rustix` offers a safe call it does the work; what needs `unsafe` lives here with its contract
+//! spelled out (`// SAFETY:` on every block, checked by
 //! `clippy::undocumented_unsafe_blocks`). The kernel facts behind each rule are in `docs/KERNEL.md`
 //! (cited as §n). Split as rustix is: [`pipe`], [`io`], [`poll`], [`mm`], [`fs`], [`net`],
 //! [`process`]; the items are also re-exported at the root.
@@ -19,15 +21,22 @@ pub mod poll;
 pub mod process;
 pub mod rand;
 
-pub use fs::{Filesystem, file_size, filesystem, is_tmpfs, reopen, start_writeback};
+pub use fs::{
+    FileKind, Filesystem, Space, Status, create_new_at, create_unnamed_at, dir_names, file_size,
+    filesystem, is_tmpfs, link_empty_path_at, link_open_file_at, memfd, open_dir_at, open_dir_path,
+    open_direct, position, rename_at, rename_noreplace_at, reopen_direct, set_mode, space,
+    start_writeback, status, status_at, unlink_at,
+};
 pub use io::{bytes_queued, pread, read, write};
 pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite};
-pub use net::{listen_dual_stack, reset_on_close, send_now, set_zerocopy};
-pub use pipe::{Pipe, splice, splice_from_offset, tee};
-pub use poll::{Readiness, wait_any, wait_ready};
+pub use net::{
+    listen_dual_stack, not_a_tcp_listener, reset_on_close, send_now, set_zerocopy, tcp_socket,
+};
+pub use pipe::{Pipe, pipe_size, set_pipe_size, splice, splice_from_offset, tee};
+pub use poll::{Readiness, eventfd, wait_any, wait_ready};
 pub use process::{
     ChildrenUsage, children_usage, ignore_sigpipe, io_uring_usable, take_listen_fds,
 };
 pub use rand::fill_random;
-pub use rustix::fs::OFlags;
+pub use rustix::io::Errno;
 pub use rustix::pipe::SpliceFlags;

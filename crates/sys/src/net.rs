@@ -2,9 +2,24 @@
 
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6, TcpListener};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+
+/// `socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)`—A TCP socket, neither bound nor connected
+/// (to ask what the kernel lets such a socket do).
+///
+/// # References
+///  - [socket(2)](https://man7.org/linux/man-pages/man2/socket.2.html)
+#[doc(alias = "socket")]
+pub fn tcp_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
 
 /// `socket(AF_INET6)`, `setsockopt(IPV6_V6ONLY, 0)`, `bind([::]:port)`, `listen`—A TCP
 /// listener on every address of both families: IPv6, and IPv4 as mapped addresses, whatever
@@ -75,4 +90,25 @@ pub fn send_now(socket: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 pub fn reset_on_close(socket: BorrowedFd<'_>) -> io::Result<()> {
     rustix::net::sockopt::set_socket_linger(socket, Some(std::time::Duration::ZERO))?;
     Ok(())
+}
+
+/// `getsockopt(fd, SOL_SOCKET, SO_DOMAIN / SO_TYPE / SO_ACCEPTCONN)`—Why `fd` is not a listening
+/// TCP socket (of IPv4 or IPv6), in words, or `None` when it is one: what a socket passed by a
+/// service manager must be.
+#[doc(alias = "SO_ACCEPTCONN")]
+pub fn not_a_tcp_listener(fd: BorrowedFd<'_>) -> Option<&'static str> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let Ok(family) = sockopt::socket_domain(fd) else {
+        return Some("is not a socket");
+    };
+    if family != AddressFamily::INET && family != AddressFamily::INET6 {
+        return Some("is not a TCP socket (IPv4 or IPv6)");
+    }
+    if sockopt::socket_type(fd).ok() != Some(SocketType::STREAM) {
+        return Some("is not a stream socket (TCP)");
+    }
+    if !sockopt::socket_acceptconn(fd).unwrap_or(false) {
+        return Some("is not listening (the unit wants ListenStream=)");
+    }
+    None
 }

@@ -1,7 +1,7 @@
 //! Pipes and the calls that move data through them: `pipe2`, `splice`, `tee`.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
 
@@ -32,9 +32,9 @@ impl Pipe {
     #[doc(alias = "pipe2")]
     pub fn with_size(size: usize) -> io::Result<Pipe> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-        let capacity = match rustix::pipe::fcntl_setpipe_size(&write, size) {
+        let capacity = match set_pipe_size(&write, size) {
             Ok(granted) => granted,
-            Err(_) => rustix::pipe::fcntl_getpipe_size(&write)?,
+            Err(_) => pipe_size(&write)?,
         };
         Ok(Pipe {
             read,
@@ -47,6 +47,23 @@ impl Pipe {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+}
+
+/// `fcntl(fd, F_GETPIPE_SZ)`—The capacity in bytes of the pipe behind `fd` (either end).
+///
+/// # References
+///  - [F_GETPIPE_SZ(2const)](https://man7.org/linux/man-pages/man2/F_GETPIPE_SZ.2const.html)
+#[doc(alias = "F_GETPIPE_SZ")]
+pub fn pipe_size(fd: impl AsFd) -> io::Result<usize> {
+    Ok(rustix::pipe::fcntl_getpipe_size(fd)?)
+}
+
+/// `fcntl(fd, F_SETPIPE_SZ, size)`—Asks for a pipe of at least `size` bytes and returns what
+/// the kernel granted (a power-of-two number of pages). `EPERM` above `pipe-max-size` for an
+/// unprivileged process or past its page quota, `EBUSY` below what the pipe holds (§1.5).
+#[doc(alias = "F_SETPIPE_SZ")]
+pub fn set_pipe_size(fd: impl AsFd, size: usize) -> io::Result<usize> {
+    Ok(rustix::pipe::fcntl_setpipe_size(fd, size)?)
 }
 
 /// `splice(fd_in, NULL, fd_out, NULL, len, flags)`—Moves up to `len` bytes where one side is a

@@ -117,3 +117,14 @@ mod tests {
         );
     }
 }
+
+/// `eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)`—A counter another thread can bump (write 8 bytes)
+/// to wake one that polls it.
+#[doc(alias = "EFD_NONBLOCK")]
+pub fn eventfd() -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::event::EventfdFlags;
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
+    )?)
+}

@@ -12,15 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::pipe::SpliceFlags;
 use teecast_proto::session::{OrderError, SenderSession, Verdict};
 use teecast_proto::wire::{self, AckStatus, Header, HostReport, Tree, WireError};
 use teecast_sys as sys;
-use teecast_sys::{FileMap, Readiness};
+use teecast_sys::{Readiness, SpliceFlags};
 
 use crate::auth::{self, Key};
 use crate::digest::Digest;
-use crate::engine::{Abandoned, Consumer};
+use crate::engine::{Abandoned, Consumer, SourceMap};
 use crate::sync::lock;
 use crate::transport::{self, ConnectError, ReadError};
 /// What a destination needs of its send's options.
@@ -443,8 +442,10 @@ impl<'a> Destination<'a> {
         if e.kind() == io::ErrorKind::TimedOut {
             return DestFailure::Stalled(self.stall());
         }
-        if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
-            && let Some(session) = &self.session
+        if matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) && let Some(session) = &self.session
             && let Ok(stream) = self.stream()
             && let Ok(Verdict::Refused(ack)) = read_verdict(
                 stream,
@@ -455,8 +456,8 @@ impl<'a> Destination<'a> {
         {
             return refused(ack);
         }
-        match e.raw_os_error() {
-            Some(libc::EPIPE | libc::ECONNRESET) => DestFailure::Reset(e),
+        match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => DestFailure::Reset(e),
             _ => DestFailure::Io {
                 op: "send",
                 source: e,
@@ -556,7 +557,7 @@ impl Consumer for Destination<'_> {
 
     fn take_from_map(
         &mut self,
-        map: &FileMap,
+        map: &SourceMap,
         offset: usize,
         len: usize,
     ) -> Result<(), DestFailure> {
@@ -729,7 +730,7 @@ impl Destination<'_> {
         self.count(bytes.len())
     }
 
-    fn send_map(&mut self, map: &FileMap, offset: usize, len: usize) -> Result<(), DestFailure> {
+    fn send_map(&mut self, map: &SourceMap, offset: usize, len: usize) -> Result<(), DestFailure> {
         self.chunk_header(len)?;
         let mut done = 0;
         while done < len {
@@ -737,8 +738,6 @@ impl Destination<'_> {
             match map.write_to(sock, offset + done, len - done) {
                 Ok(0) => return Err(DestFailure::SourceShrank),
                 Ok(n) => {
-                    // The socket has its own copy: keep the resident set bounded.
-                    let _ = map.release(offset + done, n);
                     done += n;
                     self.count(n)?;
                 }
@@ -750,9 +749,6 @@ impl Destination<'_> {
                         transport::deadline(self.stall()),
                     )
                     .map_err(|e| self.write_failed(e))?;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
-                    return Err(DestFailure::SourceShrank);
                 }
                 Err(e) => return Err(self.write_failed(e)),
             }

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{Mode, OFlags};
-use rustix::pipe::SpliceFlags;
-
-use teecast_sys::{self as sys, Pipe};
+use teecast_sys::{self as sys, Errno, Pipe, SpliceFlags};
 
 /// The bytes the scratch file holds before each experiment, and after its `pwrite`.
 const OLD: u8 = b'o';
@@ -135,7 +132,7 @@ pub fn probe(dir: &Path) -> io::Result<KernelFacts> {
                 facts.o_direct_available = Ok(true);
                 facts.o_direct_splice_private = Ok(Some(private));
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::INVAL) => {
                 facts.o_direct_available = Ok(false);
             }
             Err(e) => {
@@ -144,7 +141,9 @@ pub fn probe(dir: &Path) -> io::Result<KernelFacts> {
                 facts.o_direct_splice_private = Err(why);
             }
         },
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => facts.o_direct_available = Ok(false),
+        Err(e) if Errno::from_io_error(e) == Some(Errno::INVAL) => {
+            facts.o_direct_available = Ok(false)
+        }
         Err(e) => {
             let why = Unanswered::Io {
                 kind: e.kind(),
@@ -195,8 +194,8 @@ pub enum Unanswered {
 /// Errors that mean "not offered here" rather than "the experiment broke".
 fn refused(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP | libc::ENOPROTOOPT | libc::EINVAL)
+        Errno::from_io_error(e),
+        Some(Errno::NOSYS | Errno::PERM | Errno::OPNOTSUPP | Errno::NOPROTOOPT | Errno::INVAL)
     )
 }
 
@@ -219,12 +218,7 @@ impl Scratch {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        let direct = rustix::fs::open(
-            &path,
-            OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io::Error::from);
+        let direct = sys::open_direct(&path);
         std::fs::remove_file(&path)?;
         let scratch = Scratch { file, direct };
         scratch.reset()?;
@@ -233,11 +227,8 @@ impl Scratch {
 
     /// The same two pages in memory: a `memfd`, opened again with `O_DIRECT` through `/proc`.
     fn in_memory() -> io::Result<Scratch> {
-        let fd = rustix::fs::memfd_create("teecast-probe", rustix::fs::MemfdFlags::CLOEXEC)?;
-        let direct = sys::reopen(
-            fd.as_fd(),
-            OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC,
-        );
+        let fd = sys::memfd("teecast-probe")?;
+        let direct = sys::reopen_direct(&fd);
         let scratch = Scratch {
             file: File::from(fd),
             direct,
@@ -342,11 +333,7 @@ fn vmsplice_shares() -> io::Result<bool> {
 }
 
 fn msg_zerocopy_accepted() -> io::Result<bool> {
-    let socket = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::STREAM,
-        None,
-    )?;
+    let socket = sys::tcp_socket()?;
     match sys::set_zerocopy(socket.as_fd()) {
         Ok(()) => Ok(true),
         Err(e) if refused(&e) => Ok(false),
@@ -388,7 +375,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, [1u8; BLOCK]).unwrap();
-        let opens = rustix::fs::open(&path, OFlags::RDONLY | OFlags::DIRECT, Mode::empty()).is_ok();
+        let opens = sys::open_direct(&path).is_ok();
         std::fs::remove_file(&path).unwrap();
         let facts = probe(dir.path()).unwrap();
         assert_eq!(facts.o_direct_available, Ok(opens));

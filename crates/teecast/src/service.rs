@@ -30,18 +30,8 @@ pub fn passed_listeners() -> io::Result<Vec<TcpListener>> {
                     format!("the socket passed as descriptor {} {why}", i + 3),
                 )
             };
-            let family =
-                rustix::net::sockopt::socket_domain(&fd).map_err(|_| what("is not a socket"))?;
-            if family != rustix::net::AddressFamily::INET
-                && family != rustix::net::AddressFamily::INET6
-            {
-                return Err(what("is not a TCP socket (IPv4 or IPv6)"));
-            }
-            if rustix::net::sockopt::socket_type(&fd)? != rustix::net::SocketType::STREAM {
-                return Err(what("is not a stream socket (TCP)"));
-            }
-            if !rustix::net::sockopt::socket_acceptconn(&fd)? {
-                return Err(what("is not listening (the unit wants ListenStream=)"));
+            if let Some(why) = teecast_sys::not_a_tcp_listener(fd.as_fd()) {
+                return Err(what(why));
             }
             Ok(TcpListener::from(fd))
         })

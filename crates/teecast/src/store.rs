@@ -23,13 +23,11 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, RenameFlags, Stat};
-use rustix::io::Errno;
-use teecast_sys as sys;
+use teecast_sys::{self as sys, Errno, FileKind, Status};
 
 /// How every temporary (fallback) name and every fresh name used for publishing begins.
 const TEMP_PREFIX: &str = ".teecast-tmp-";
@@ -106,14 +104,8 @@ impl AtomicFile {
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "target has no file name"))?
             .to_os_string();
-        let dir = rustix::fs::open(
-            parent_dir(target),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        if rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
-            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
-        {
+        let dir = sys::open_dir_path(parent_dir(target))?;
+        if sys::status_at(&dir, &name).is_ok_and(|st| st.kind == FileKind::Directory) {
             return Err(io::Error::new(
                 io::ErrorKind::IsADirectory,
                 "it is a directory (a file cannot replace it)",
@@ -131,12 +123,7 @@ impl AtomicFile {
             dir_sync_fails: None,
         };
         if try_tmpfile {
-            match rustix::fs::openat(
-                &dir,
-                ".",
-                OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-                Mode::from(TEMP_MODE),
-            ) {
+            match sys::create_unnamed_at(&dir, TEMP_MODE) {
                 Ok(file) => return Ok(new(file, None, dir)),
                 // The filesystem (EOPNOTSUPP) or an old kernel (EISDIR, EINVAL) has no O_TMPFILE.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
@@ -145,12 +132,7 @@ impl AtomicFile {
         }
         for _ in 0..NAME_ATTEMPTS {
             let temp = random_name()?;
-            match rustix::fs::openat(
-                &dir,
-                temp.as_str(),
-                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::RDWR | OFlags::CLOEXEC,
-                Mode::from(TEMP_MODE),
-            ) {
+            match sys::create_new_at(&dir, &temp, TEMP_MODE) {
                 Ok(file) => return Ok(new(file, Some(temp), dir)),
                 Err(Errno::EXIST) => {}
                 Err(e) => return Err(e.into()),
@@ -192,7 +174,7 @@ impl AtomicFile {
             return Err(target_exists());
         }
         if let Some(mode) = published_mode() {
-            rustix::fs::fchmod(&self.file, mode)?;
+            sys::set_mode(&self.file, mode)?;
         }
         self.file.sync_all()?;
         race(Stage::BeforePublishing);
@@ -229,13 +211,7 @@ impl AtomicFile {
         if let Some(e) = self.dir_sync_fails {
             return Err(e.into());
         }
-        let dir = rustix::fs::openat(
-            &self.dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        Ok(rustix::fs::fsync(dir)?)
+        File::from(sys::open_dir_at(&self.dir)?).sync_all()
     }
 
     /// Links the open file to a fresh unguessable name and renames that onto the target. The
@@ -246,13 +222,13 @@ impl AtomicFile {
             Ok(fresh) => fresh,
             Err(e) if self.temp.is_some() && cannot_link(e) => {
                 let temp = self.ours_temp()?;
-                rustix::fs::renameat(&self.dir, temp.as_str(), &self.dir, &self.name)?;
+                sys::rename_at(&self.dir, &temp, &self.name)?;
                 self.temp = None;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
-        if let Err(e) = rustix::fs::renameat(&self.dir, fresh.as_str(), &self.dir, &self.name) {
+        if let Err(e) = sys::rename_at(&self.dir, &fresh, &self.name) {
             self.unlink_if_ours(&fresh);
             return Err(e.into());
         }
@@ -270,13 +246,7 @@ impl AtomicFile {
             Err(Errno::EXIST) => Err(target_exists()),
             Err(e) if self.temp.is_some() && cannot_link(e) => {
                 let temp = self.ours_temp()?;
-                match rustix::fs::renameat_with(
-                    &self.dir,
-                    temp.as_str(),
-                    &self.dir,
-                    &self.name,
-                    RenameFlags::NOREPLACE,
-                ) {
+                match sys::rename_noreplace_at(&self.dir, &temp, &self.name) {
                     Ok(()) => {
                         self.temp = None;
                         Ok(())
@@ -309,11 +279,8 @@ impl AtomicFile {
         if self.no_links {
             return Err(Errno::PERM);
         }
-        let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-        match rustix::fs::linkat(CWD, proc.as_str(), &self.dir, new, AtFlags::SYMLINK_FOLLOW) {
-            Err(Errno::NOENT) => {
-                rustix::fs::linkat(&self.file, "", &self.dir, new, AtFlags::EMPTY_PATH)
-            }
+        match sys::link_open_file_at(&self.file, &self.dir, new) {
+            Err(Errno::NOENT) => sys::link_empty_path_at(&self.file, &self.dir, new),
             other => other,
         }
     }
@@ -331,9 +298,9 @@ impl AtomicFile {
     /// Whether `name` in the directory is this very file (same device and inode; a symlink
     /// there is not followed, so it never is).
     fn is_ours(&self, name: &OsStr) -> io::Result<bool> {
-        let ours = rustix::fs::fstat(&self.file)?;
-        match rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(there) => Ok(same_file(&ours, &there)),
+        let ours = sys::status(&self.file)?;
+        match sys::status_at(&self.dir, name) {
+            Ok(there) => Ok(ours.is_same_file(&there)),
             Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -341,7 +308,7 @@ impl AtomicFile {
 
     /// Whether anything (a symlink included, dangling or not) has `name` in the directory.
     fn exists(&self, name: &OsStr) -> io::Result<bool> {
-        match rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        match sys::status_at(&self.dir, name) {
             Ok(_) => Ok(true),
             Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(e.into()),
@@ -351,7 +318,7 @@ impl AtomicFile {
     /// Removes `name` if it is this file; anything else of that name is left alone.
     fn unlink_if_ours(&self, name: &str) {
         if self.is_ours(OsStr::new(name)).unwrap_or(false) {
-            let _ = rustix::fs::unlinkat(&self.dir, name, AtFlags::empty());
+            let _ = sys::unlink_at(&self.dir, name);
         }
     }
 
@@ -392,35 +359,30 @@ pub fn is_temporary_name(name: &str) -> bool {
 /// removed; symlinks (never followed), directories and every other name are left alone. Returns
 /// how many files it removed.
 pub fn sweep(dir: &Path) -> io::Result<usize> {
-    let dir_fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let dir_fd = sys::open_dir_at(sys::open_dir_path(dir)?)?;
     let now = SystemTime::now();
     let mut removed = 0;
-    for entry in Dir::read_from(&dir_fd)? {
-        let entry = entry?;
-        let Ok(name) = entry.file_name().to_str() else {
+    for name in sys::dir_names(&dir_fd)? {
+        let Some(name) = name.to_str() else {
             continue;
         };
         let old_pattern = is_old_temporary(name);
         if !old_pattern && !is_current_temporary(name) {
             continue;
         }
-        let st = match rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let st = match sys::status_at(&dir_fd, name) {
             Ok(st) => st,
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(e.into()),
         };
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        if st.kind != FileKind::Regular {
             continue;
         }
         if !old_pattern && !older_than(&st, now, SWEEP_AGE) {
             continue;
         }
         // unlinkat without AT_REMOVEDIR never removes a directory and never follows a symlink.
-        match rustix::fs::unlinkat(&dir_fd, name, AtFlags::empty()) {
+        match sys::unlink_at(&dir_fd, name) {
             Ok(()) => removed += 1,
             Err(Errno::NOENT) => {}
             Err(e) => return Err(e.into()),
@@ -455,38 +417,27 @@ fn is_current_temporary(name: &str) -> bool {
 }
 
 /// Whether `st` was last modified at least `age` before `now` (a time in the future is young).
-#[allow(clippy::unnecessary_cast)] // the field types differ between architectures
-fn older_than(st: &Stat, now: SystemTime, age: Duration) -> bool {
-    let secs = st.st_mtime as i64;
-    let nanos = u32::try_from(st.st_mtime_nsec as u64).unwrap_or(0);
-    let Ok(secs) = u64::try_from(secs) else {
-        return true; // before 1970
-    };
-    let modified = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999));
-    now.duration_since(modified).is_ok_and(|d| d >= age)
-}
-
-fn same_file(a: &Stat, b: &Stat) -> bool {
-    a.st_dev == b.st_dev && a.st_ino == b.st_ino
+fn older_than(st: &Status, now: SystemTime, age: Duration) -> bool {
+    now.duration_since(st.modified).is_ok_and(|d| d >= age)
 }
 
 /// `.teecast-tmp-` + 32 hex digits of OS randomness.
 fn random_name() -> io::Result<String> {
     let mut bytes = [0u8; TEMP_HEX_DIGITS / 2];
-    teecast_sys::fill_random(&mut bytes)?;
+    sys::fill_random(&mut bytes)?;
     Ok(format!("{TEMP_PREFIX}{}", crate::digest::to_hex(&bytes)))
 }
 
 /// 0644 less the process's umask (`/proc/self/status`, as reading it with umask() would change
 /// it for every thread meanwhile); `None` (the file keeps 0600) where it cannot be read.
-fn published_mode() -> Option<Mode> {
+fn published_mode() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let umask = status
         .lines()
         .find_map(|l| l.strip_prefix("Umask:"))?
         .trim();
     let umask = u32::from_str_radix(umask, 8).ok()?;
-    Some(Mode::from(PUBLISHED_MODE & !umask))
+    Some(PUBLISHED_MODE & !umask)
 }
 
 /// Whether a failed `linkat` means this filesystem cannot publish by link (no hard links, or no
@@ -519,7 +470,7 @@ fn parent_dir(path: &Path) -> &Path {
 /// Whether `dir` (any file or directory there) lives on tmpfs: memory, where a stored file
 /// costs no disk writes (the demo stores there to show the network path).
 pub fn is_on_tmpfs(dir: &Path) -> bool {
-    std::fs::File::open(dir).is_ok_and(|d| sys::is_tmpfs(&d).unwrap_or(false))
+    File::open(dir).is_ok_and(|d| sys::is_tmpfs(&d).unwrap_or(false))
 }
 
 /// Hands a file's bytes to writeback in steps of [`WRITEBACK_STEP`] as they are stored, on a
@@ -563,12 +514,11 @@ pub(crate) const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 /// where the payload began, for a regular file that is not on tmpfs; `None` otherwise (memory
 /// has no writeback; a pipe or a device has no ranges).
 pub(crate) fn writeback_start(file: BorrowedFd<'_>, stored: u64) -> Option<(u64, u64)> {
-    let regular = rustix::fs::fstat(file)
-        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+    let regular = sys::status(file).is_ok_and(|st| st.kind == FileKind::Regular);
     if !regular || sys::is_tmpfs(file).unwrap_or(true) {
         return None;
     }
-    let now = rustix::fs::seek(file, rustix::fs::SeekFrom::Current(0)).ok()?;
+    let now = sys::position(file).ok()?;
     Some((0, now.checked_sub(stored)?))
 }
 

@@ -77,7 +77,7 @@ pub fn connect_to(
 /// kernel without IPv6, every IPv4 address.
 pub fn listen_every_address(port: u16) -> io::Result<TcpListener> {
     match sys::listen_dual_stack(port) {
-        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+        Err(e) if sys::Errno::from_io_error(&e) == Some(sys::Errno::AFNOSUPPORT) => {
             TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
         }
         other => other,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use teecast::digest::{Digest, DigestAlgorithm, Hasher};
 use teecast::engine::{
-    Abandoned, CaptureError, Consumer, EngineError, FanoutConfig, FanoutReport, FileMap,
+    Abandoned, CaptureError, Consumer, EngineError, FanoutConfig, FanoutReport, SourceMap,
     Unsupported, fan_out,
 };
 use teecast::source::Source;
@@ -204,7 +204,7 @@ impl Consumer for Collector {
         Ok(())
     }
 
-    fn take_from_map(&mut self, map: &FileMap, offset: usize, len: usize) -> Result<(), Fail> {
+    fn take_from_map(&mut self, map: &SourceMap, offset: usize, len: usize) -> Result<(), Fail> {
         {
             let mut seen = self.seen();
             seen.map_calls += 1;

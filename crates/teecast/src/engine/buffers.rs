@@ -4,7 +4,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::{
-    Branch, EngineError, FanoutConfig, Piece, check_short, fresh_size, map_source, next_want,
+    Branch, EngineError, FanoutConfig, Piece, SourceMap, check_short, fresh_size, next_want,
     read_source,
 };
 use crate::digest::Hasher;
@@ -100,7 +100,7 @@ pub(super) fn pump_map(
     config: &FanoutConfig,
     mut hasher: Option<&mut Hasher>,
 ) -> Result<u64, EngineError> {
-    let (Some(total), Some(map)) = (source.len(), map_source(source)?) else {
+    let (Some(total), Some(map)) = (source.len(), SourceMap::of(source)?) else {
         return Ok(0);
     };
     let map = Arc::new(map);

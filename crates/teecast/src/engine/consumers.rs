@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::pipe::SpliceFlags;
+use teecast_sys::SpliceFlags;
 
 use super::{Abandoned, Consumer};
 use crate::digest::{Digest, Hasher};

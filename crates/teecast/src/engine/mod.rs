@@ -16,6 +16,7 @@
 
 mod buffers;
 mod consumers;
+mod map;
 mod pipes;
 
 use std::io;
@@ -34,8 +35,8 @@ use teecast_sys::{self as sys, Pipe};
 use buffers::{Chunk, pump_buffers, pump_map};
 pub use consumers::{Capture, CaptureError};
 use consumers::{DigestError, Digester};
+pub use map::SourceMap;
 use pipes::{SourceFiller, pump_pipes};
-pub use teecast_sys::FileMap;
 
 /// Why the engine stopped feeding a consumer before the stream ended. Every consumer's error
 /// type converts from it, so a consumer reports the engine's reasons in its own terms.
@@ -115,7 +116,7 @@ pub trait Consumer: Send {
     /// Takes `len` bytes of a file mapping from `offset` (the `mmap-write` path).
     fn take_from_map(
         &mut self,
-        map: &FileMap,
+        map: &SourceMap,
         offset: usize,
         len: usize,
     ) -> Result<(), Self::Error> {
@@ -155,7 +156,7 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
     }
     fn take_from_map(
         &mut self,
-        map: &FileMap,
+        map: &SourceMap,
         offset: usize,
         len: usize,
     ) -> Result<(), Self::Error> {
@@ -741,7 +742,7 @@ enum Piece {
     /// The next bytes are this shared buffer.
     Buffer(Arc<Chunk>),
     /// The next bytes are this range of the file mapping.
-    Map(Arc<FileMap>, usize, usize),
+    Map(Arc<SourceMap>, usize, usize),
     /// The stream ended: `length` bytes with this digest.
     End(u64, Arc<Digest>),
     /// The stream was abandoned.
@@ -951,17 +952,6 @@ fn next_want(total: Option<u64>, sent: u64, chunk: usize) -> usize {
         Some(t) => usize::try_from((t - sent).min(chunk as u64)).unwrap_or(chunk),
         None => chunk,
     }
-}
-
-/// Maps the whole source file; `None` for an empty file (nothing to map).
-fn map_source(source: &Source) -> Result<Option<FileMap>, EngineError> {
-    let Some(len) = source.len().filter(|&l| l > 0) else {
-        return Ok(None);
-    };
-    let len = usize::try_from(len).map_err(|_| Unsupported::TooLargeToMap)?;
-    let map = FileMap::new(source.fd(), len)
-        .map_err(|source| EngineError::Source { op: "mmap", source })?;
-    Ok(Some(map))
 }
 
 /// A short read of a source of known length means it was cut (a file truncated under us).

@@ -7,16 +7,14 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::pipe::SpliceFlags;
-
+use super::map::SourceMap;
 use super::{
-    Branch, EngineError, FanoutConfig, Filler, Unsupported, fresh_size, map_source, next_want,
-    read_source,
+    Branch, EngineError, FanoutConfig, Filler, Unsupported, fresh_size, next_want, read_source,
 };
 use crate::digest::Hasher;
 use crate::source::Source;
 use crate::strategy::Strategy;
-use teecast_sys::{self as sys, AlignedBuf, FileMap, FreshPages, Pipe};
+use teecast_sys::{self as sys, AlignedBuf, FreshPages, Pipe, SpliceFlags};
 
 /// How stable bytes get into the source pipe.
 enum PipeFiller {
@@ -25,7 +23,7 @@ enum PipeFiller {
     /// `read()` into fresh pages, `vmsplice` them.
     Vmsplice,
     /// `write()` into the pipe from a mapping of the file.
-    Map(FileMap),
+    Map(SourceMap),
     /// `splice` from a descriptor: the file itself, or an `O_DIRECT` one (`direct`), whose
     /// unaligned tail goes through the `tail` buffer.
     Splice {
@@ -76,7 +74,7 @@ impl PipeFiller {
         Ok(match strategy {
             Strategy::ReadPipe => PipeFiller::Read(AlignedBuf::default()),
             Strategy::Vmsplice => PipeFiller::Vmsplice,
-            Strategy::MmapPipe => match map_source(source)? {
+            Strategy::MmapPipe => match SourceMap::of(source)? {
                 Some(map) => PipeFiller::Map(map),
                 None => PipeFiller::Read(AlignedBuf::default()),
             },
@@ -143,12 +141,7 @@ impl PipeFiller {
                     let at = usize::try_from(offset).unwrap_or(usize::MAX) + done;
                     match map.write_to(pipe, at, want - done) {
                         Ok(0) => return Ok(done),
-                        Ok(n) => {
-                            // The pipe has its own copy: keep the resident set bounded.
-                            let _ = map.release(at, n);
-                            done += n;
-                        }
-                        Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return Ok(done),
+                        Ok(n) => done += n,
                         Err(e) => return Err(pipe_err(e)),
                     }
                 }
@@ -210,14 +203,10 @@ fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
     let path = source
         .path()
         .ok_or(Unsupported::NeedsRegularFile(Strategy::Direct))?;
-    let flags =
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
-    sys::reopen(source.fd(), flags)
+    sys::reopen_direct(source.fd())
         .or_else(|e| match e.kind() {
             // No /proc: the name will do.
-            io::ErrorKind::NotFound => {
-                Ok(rustix::fs::open(path, flags, rustix::fs::Mode::empty())?)
-            }
+            io::ErrorKind::NotFound => sys::open_direct(path),
             _ => Err(e),
         })
         .map_err(|source| {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::event::EventfdFlags;
+use teecast_sys as sys;
 
 use crate::auth::Key;
 
@@ -91,7 +91,7 @@ impl Control {
     /// The descriptor the accepting thread polls, made at the first call.
     pub(super) fn wake_fd(&self) -> io::Result<BorrowedFd<'_>> {
         if self.0.wake.get().is_none() {
-            let fd = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+            let fd = sys::eventfd()?;
             // Another thread may have set it meanwhile: then that one is used.
             let _ = self.0.wake.set(fd);
         }
@@ -106,7 +106,7 @@ impl Control {
     pub(super) fn wake(&self) {
         if let Some(fd) = self.0.wake.get() {
             // A full counter has already woken it.
-            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            let _ = sys::write(fd.as_fd(), &1u64.to_ne_bytes());
         }
     }
 
@@ -114,7 +114,7 @@ impl Control {
     pub(super) fn clear_wake(&self) {
         if let Some(fd) = self.0.wake.get() {
             let mut buf = [0u8; 8];
-            let _ = rustix::io::read(fd, &mut buf);
+            let _ = sys::read(fd.as_fd(), &mut buf);
         }
     }
 }

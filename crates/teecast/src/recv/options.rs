@@ -1,8 +1,6 @@
 //! What a receiver is told, and what it says: its options, what it received, its events.
 
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -180,17 +178,14 @@ pub enum KeepFree {
 }
 
 impl KeepFree {
-    /// The reserve in bytes on the filesystem of `file`, with the bytes available there now.
-    pub(super) fn measure(self, file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-        let st = rustix::fs::fstatvfs(file)?;
-        let reserve = match self {
+    /// The reserve in bytes on a filesystem of `total` bytes.
+    pub(super) fn reserve(self, total: u64) -> u64 {
+        match self {
             KeepFree::Bytes(n) => n,
             KeepFree::Percent(p) => {
-                let size = u128::from(st.f_blocks) * u128::from(st.f_frsize);
-                u64::try_from(size * u128::from(p.min(100)) / 100).unwrap_or(u64::MAX)
+                u64::try_from(u128::from(total) * u128::from(p.min(100)) / 100).unwrap_or(u64::MAX)
             }
-        };
-        Ok((reserve, st.f_bavail.saturating_mul(st.f_frsize)))
+        }
     }
 }
 

@@ -8,9 +8,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rustix::pipe::SpliceFlags;
 use teecast_sys as sys;
-use teecast_sys::{AlignedBuf, Pipe};
+use teecast_sys::{AlignedBuf, Pipe, SpliceFlags};
 
 use super::control::Control;
 use super::error::RecvError;
@@ -80,19 +79,20 @@ pub(super) fn open_store(
         _ => {
             let file = AtomicFile::create(path).map_err(cannot)?;
             if let Some(needed) = length
-                && let Ok(st) = rustix::fs::fstatvfs(file.file())
+                && let Ok(space) = sys::space(file.file())
             {
-                let available = st.f_bavail.saturating_mul(st.f_frsize);
-                if needed > available {
-                    return Err(RecvError::NoSpace { needed, available });
+                if needed > space.available {
+                    return Err(RecvError::NoSpace {
+                        needed,
+                        available: space.available,
+                    });
                 }
                 if let Some(keep) = options.keep_free
-                    && let Ok((reserve, available)) = keep.measure(file.file().as_fd())
-                    && available.saturating_sub(needed) < reserve
+                    && space.available.saturating_sub(needed) < keep.reserve(space.total)
                 {
                     return Err(RecvError::Reserve {
-                        reserve,
-                        available,
+                        reserve: keep.reserve(space.total),
+                        available: space.available,
                         needed: Some(needed),
                     });
                 }
@@ -115,7 +115,7 @@ pub(super) fn commit(
         Store::Atomic(f) => f.commit(),
         // A pipe or a terminal cannot be synced (EINVAL): what was written is all there is.
         Store::Direct { file, path } => match file.sync_all() {
-            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => Err(e),
+            Err(e) if sys::Errno::from_io_error(&e) != Some(sys::Errno::INVAL) => Err(e),
             _ => Ok(path),
         },
     };
@@ -217,12 +217,12 @@ impl Payload {
             && self.bytes >= self.next_space_check
         {
             self.next_space_check = self.bytes + SPACE_CHECK_STEP;
-            if let Ok((reserve, available)) = keep.measure(file)
-                && available < reserve
+            if let Ok(space) = sys::space(file)
+                && space.available < keep.reserve(space.total)
             {
                 return Err(RecvError::Reserve {
-                    reserve,
-                    available,
+                    reserve: keep.reserve(space.total),
+                    available: space.available,
                     needed: None,
                 });
             }
@@ -345,11 +345,9 @@ impl Payload {
 /// pieces, rather than 64 KiB (the default) at a time. Best effort: a pipe that stays small is
 /// only slower.
 pub(super) fn widen_pipe(file: BorrowedFd<'_>) {
-    let fifo = rustix::fs::fstat(file).is_ok_and(|st| {
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
-    });
-    if fifo && rustix::pipe::fcntl_getpipe_size(file).is_ok_and(|size| size < RECEIVE_CHUNK) {
-        let _ = rustix::pipe::fcntl_setpipe_size(file, RECEIVE_CHUNK);
+    let fifo = sys::status(file).is_ok_and(|st| st.kind == sys::FileKind::Fifo);
+    if fifo && sys::pipe_size(file).is_ok_and(|size| size < RECEIVE_CHUNK) {
+        let _ = sys::set_pipe_size(file, RECEIVE_CHUNK);
     }
 }
 

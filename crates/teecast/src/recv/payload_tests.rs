@@ -181,10 +181,10 @@ fn writeback_only_for_regular_files_off_tmpfs() {
 #[test]
 fn a_pipe_written_into_is_widened_to_a_received_piece() {
     let pipe = Pipe::with_size(4096).unwrap();
-    assert!(rustix::pipe::fcntl_getpipe_size(&pipe.write).unwrap() < RECEIVE_CHUNK);
+    assert!(sys::pipe_size(&pipe.write).unwrap() < RECEIVE_CHUNK);
     widen_pipe(pipe.write.as_fd());
     // The per-user pipe quota may refuse it; then the pipe is only as it was.
-    let size = rustix::pipe::fcntl_getpipe_size(&pipe.write).unwrap();
+    let size = sys::pipe_size(&pipe.write).unwrap();
     assert!(size >= RECEIVE_CHUNK || size == 4096, "{size}");
     let file = tempfile::tempfile().unwrap();
     widen_pipe(file.as_fd());

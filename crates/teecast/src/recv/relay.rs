@@ -20,11 +20,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::pipe::SpliceFlags;
 use teecast_proto::session::{Next, ReceiverSession};
 use teecast_proto::wire::{AckStatus, Header, Tree};
-use teecast_sys as sys;
-use teecast_sys::Readiness;
+use teecast_sys::{self as sys, Readiness, SpliceFlags};
 
 use super::conn::{Conn, discard_input, mismatch};
 use super::control::Control;

@@ -169,8 +169,14 @@ fn accept<'scope, 'env>(
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        sys::Errno::from_io_error(e),
+        Some(
+            sys::Errno::CONNABORTED
+                | sys::Errno::MFILE
+                | sys::Errno::NFILE
+                | sys::Errno::NOBUFS
+                | sys::Errno::NOMEM
+        )
     )
 }
 

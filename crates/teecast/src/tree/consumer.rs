@@ -6,12 +6,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::pipe::SpliceFlags;
 use teecast_sys as sys;
+use teecast_sys::SpliceFlags;
 
 use crate::dest::{Delivered, DestFailure, Destination};
 use crate::digest::Digest;
-use crate::engine::{Abandoned, Consumer};
+use crate::engine::{Abandoned, Consumer, SourceMap};
 use crate::store::Writeback;
 use crate::tree::ring::Stopped;
 use crate::tree::ring::{RingError, RingWriter, StoredCopy};
@@ -140,7 +140,7 @@ impl Consumer for TreeConsumer<'_> {
 
     fn take_from_map(
         &mut self,
-        map: &sys::FileMap,
+        map: &SourceMap,
         offset: usize,
         len: usize,
     ) -> Result<(), TreeError> {
