@@ -214,6 +214,8 @@ struct MutatedRun {
     refused: usize,
     /// Final files whose bytes differ from the digest (must stay 0).
     bad_files_kept: usize,
+    /// Regions the writer rewrote while the send ran (0 would mean the run proved nothing).
+    rewrites: u64,
 }
 
 /// Tries zerocopy up to this many times to show a failure.
@@ -240,11 +242,12 @@ fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
         bad += r.bad_files_kept;
         outln!(
             "demo's report",
-            "teecast demo: zerocopy, run {attempt}: {}: {} confirmed, {} refused the digest, {} bad files kept",
+            "teecast demo: zerocopy, run {attempt}: {}: {} confirmed, {} refused the digest, {} bad files kept, {} regions rewritten meanwhile",
             if r.ok { "ok" } else { "FAILED" },
             r.confirmed,
             r.refused,
-            r.bad_files_kept
+            r.bad_files_kept,
+            r.rewrites
         );
         if !r.ok {
             zerocopy_failed += 1;
@@ -255,12 +258,13 @@ fn demo_mutate(size_mib: u64) -> std::io::Result<bool> {
     bad += r.bad_files_kept;
     outln!(
         "demo's report",
-        "teecast demo: default path ({}): {}: {} confirmed, {} refused, {} bad files kept",
+        "teecast demo: default path ({}): {}: {} confirmed, {} refused, {} bad files kept, {} regions rewritten meanwhile",
         r.strategy,
         if r.ok { "ok" } else { "FAILED" },
         r.confirmed,
         r.refused,
-        r.bad_files_kept
+        r.bad_files_kept,
+        r.rewrites
     );
     if zerocopy_failed > 0 {
         outln!(
@@ -308,7 +312,7 @@ fn mutated_transfer(
     let source = Source::open(source_path).map_err(std::io::Error::other)?;
     let options = SendOptions::default().strategy(strategy);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
+    let (result, written) = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = scope.spawn(|| {
             mutate::run(
@@ -329,7 +333,7 @@ fn mutated_transfer(
         let written = writer
             .join()
             .map_err(|_| std::io::Error::other("the writer panicked"))?;
-        written.map(|_| result)
+        written.map(|w| (result, w))
     })?;
     for h in receivers {
         let _ = h.join();
@@ -340,6 +344,7 @@ fn mutated_transfer(
         confirmed: 0,
         refused: 0,
         bad_files_kept: 0,
+        rewrites: written.operations,
     };
     for d in &result.destinations {
         match &d.outcome {

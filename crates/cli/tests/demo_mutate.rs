@@ -1,5 +1,6 @@
 //! `teecast demo --mutate`: the default path survives a concurrent writer, zerocopy's failures
-//! (if any) are detected, and no receiver keeps a bad file — whatever the luck of the run.
+//! (if any) are detected, and no receiver keeps a bad file — whatever the luck of the run. Every
+//! run must have had the writer rewriting while it sent, or it proved nothing.
 
 use std::process::Command;
 
@@ -11,11 +12,38 @@ fn demo_mutate_reports_both_paths_and_succeeds() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("teecast demo: zerocopy, run 1:"), "{text}");
-    assert!(text.contains("default path ("), "{text}");
-    assert!(!text.contains(" FAILED: 0 confirmed, 0 refused"), "{text}");
-    for line in text.lines().filter(|l| l.contains("bad files kept")) {
+    let runs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("bad files kept"))
+        .collect();
+    let (zerocopy, default) = runs.split_at(runs.len().saturating_sub(1));
+    assert!(!zerocopy.is_empty(), "no zerocopy run: {text}");
+    // zerocopy runs until one fails: every run before the last came through whole, and a failed
+    // one was refused by at least one receiver, never accepted with a bad file.
+    for (i, line) in zerocopy.iter().enumerate() {
+        let prefix = format!("teecast demo: zerocopy, run {}: ", i + 1);
+        assert!(line.starts_with(&prefix), "{text}");
+        if line.contains(": FAILED: ") {
+            assert_eq!(i + 1, zerocopy.len(), "runs after a failure: {text}");
+            assert!(!line.contains(" 0 refused"), "{line}");
+        } else {
+            assert!(line.contains(": ok: 3 confirmed, 0 refused"), "{line}");
+        }
+    }
+    assert!(
+        default[0].starts_with("teecast demo: default path (")
+            && default[0].contains("): ok: 3 confirmed, 0 refused"),
+        "{text}"
+    );
+    for line in &runs {
         assert!(line.contains(", 0 bad files kept"), "{line}");
+        let rewrites: u64 = line
+            .rsplit(", ")
+            .next()
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count of rewrites in {line:?}"));
+        assert!(rewrites > 0, "the writer rewrote nothing during: {line}");
     }
 }
 

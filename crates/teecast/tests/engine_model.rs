@@ -5,6 +5,11 @@
 //! The cross product is sampled deterministically (rotations and a fixed-seed xorshift), so that
 //! every concrete strategy meets every size and every consumer count at least once; a failure
 //! names its case, and every failing case of a matrix is listed before the test fails.
+//!
+//! Beyond the matrix: consumers that fail, panic or lag leave the others exact; a caller's filler
+//! through `fan_out_filled` delivers what it put in; and under a writer of the source every
+//! stable path still gives all its consumers one and the same stream, whose digest is the
+//! model's.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,8 +24,8 @@ use std::time::Duration;
 
 use teecast::digest::{Digest, DigestAlgorithm, Hasher};
 use teecast::engine::{
-    Abandoned, CaptureError, Consumer, EngineError, FanoutConfig, FanoutReport, SourceMap,
-    Unsupported, fan_out,
+    Abandoned, CaptureError, Consumer, EngineError, FanoutConfig, FanoutReport, Filler, SourceMap,
+    Unsupported, fan_out, fan_out_filled,
 };
 use teecast::source::Source;
 use teecast::strategy::Strategy;
@@ -118,9 +123,26 @@ struct Seen {
     aborts: u32,
 }
 
+/// How a collector misbehaves after each piece it takes (a read from its pipe, a buffer, a
+/// range of the mapping).
+enum Misbehave {
+    /// It does not.
+    No,
+    /// It fails once it holds this many bytes.
+    FailAfter(usize),
+    /// It panics once it holds this many bytes.
+    PanicAfter(usize),
+    /// It sleeps this long after every piece.
+    Slow(Duration),
+    /// After its first piece it waits until this channel says go (the writer of the source has
+    /// written), so the engine is held a little way into the stream.
+    Gate(mpsc::Receiver<()>),
+}
+
 /// A consumer that keeps every byte it is given.
 struct Collector {
     seen: Arc<Mutex<Seen>>,
+    misbehave: Misbehave,
     /// Bytes per `read` from its pipe: 0 reads to the end in one go (`read_to_end`); small
     /// values make a slow consumer whose out pipe fills up.
     read_size: usize,
@@ -134,6 +156,7 @@ impl Collector {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let c = Collector {
             seen: seen.clone(),
+            misbehave: Misbehave::No,
             read_size,
             scratch: None,
             scratch_at: 0,
@@ -141,8 +164,36 @@ impl Collector {
         (c, seen)
     }
 
+    /// A collector reading `read_size` bytes at a time that misbehaves as `misbehave` says.
+    fn misbehaving(read_size: usize, misbehave: Misbehave) -> (Collector, Arc<Mutex<Seen>>) {
+        let (mut c, seen) = Collector::new(read_size);
+        c.misbehave = misbehave;
+        (c, seen)
+    }
+
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap()
+    }
+
+    /// Called after every piece taken: misbehaves as told (the lock on what it saw is not held,
+    /// so a panic here poisons nothing the test reads).
+    fn after_piece(&mut self) -> Result<(), Fail> {
+        let held = self.seen().bytes.len();
+        match &mut self.misbehave {
+            Misbehave::No => Ok(()),
+            Misbehave::FailAfter(n) if held >= *n => Err(Fail::Io("told to fail".into())),
+            Misbehave::PanicAfter(n) if held >= *n => panic!("a consumer told to panic"),
+            Misbehave::FailAfter(_) | Misbehave::PanicAfter(_) => Ok(()),
+            Misbehave::Slow(pause) => {
+                thread::sleep(*pause);
+                Ok(())
+            }
+            Misbehave::Gate(go) => {
+                let _ = go.recv();
+                self.misbehave = Misbehave::No;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -181,6 +232,7 @@ impl Consumer for Collector {
             file.read_to_end(&mut got).map_err(io_fail("read"))?;
             total = got.len() as u64;
             self.seen().bytes.extend_from_slice(&got);
+            self.after_piece()?;
         } else {
             let mut buf = vec![0u8; self.read_size];
             loop {
@@ -190,6 +242,7 @@ impl Consumer for Collector {
                 }
                 total += n as u64;
                 self.seen().bytes.extend_from_slice(&buf[..n]);
+                self.after_piece()?;
             }
         }
         Ok(total)
@@ -201,7 +254,8 @@ impl Consumer for Collector {
         seen.largest_piece = seen.largest_piece.max(bytes.len());
         seen.empty_piece |= bytes.is_empty();
         seen.bytes.extend_from_slice(bytes);
-        Ok(())
+        drop(seen);
+        self.after_piece()
     }
 
     fn take_from_map(&mut self, map: &SourceMap, offset: usize, len: usize) -> Result<(), Fail> {
@@ -232,7 +286,7 @@ impl Consumer for Collector {
             .map_err(io_fail("reading the scratch file back"))?;
         self.scratch_at += len as u64;
         self.seen().bytes.extend_from_slice(&back);
-        Ok(())
+        self.after_piece()
     }
 
     fn finish(&mut self, length: u64, digest: &Digest) -> Result<(u64, Digest), Fail> {
@@ -716,7 +770,8 @@ fn model_zerocopy() {
 }
 
 /// `direct` in the temporary directory, skipped (with a note) only if its filesystem refuses
-/// `O_DIRECT`; and on tmpfs (`/dev/shm`) when there is one. It must run somewhere.
+/// `O_DIRECT`, and on tmpfs (`/dev/shm`, which this test needs), where `auto` picks it. It must
+/// run somewhere.
 #[test]
 fn model_direct() {
     let mut ran = 0;
@@ -732,20 +787,14 @@ fn model_direct() {
             ran += m.cases;
         }
     }
-    if Path::new("/dev/shm").is_dir() {
-        let shm = tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm");
-        let m = run_matrix(Strategy::Direct, shm.path());
-        match &m.no_direct {
-            Some(reason) => {
-                println!("note: direct skipped in /dev/shm: O_DIRECT refused ({reason})")
-            }
-            None => {
-                assert_no_failures("direct (/dev/shm)", &m);
-                ran += m.cases;
-            }
+    let shm = tempfile::tempdir_in("/dev/shm").expect("this test needs a tmpfs at /dev/shm");
+    let m = run_matrix(Strategy::Direct, shm.path());
+    match &m.no_direct {
+        Some(reason) => println!("note: direct skipped in /dev/shm: O_DIRECT refused ({reason})"),
+        None => {
+            assert_no_failures("direct (/dev/shm)", &m);
+            ran += m.cases;
         }
-    } else {
-        println!("note: no /dev/shm");
     }
     assert!(
         ran > 0,
@@ -1163,4 +1212,340 @@ fn regression_a_stream_that_ends_early_is_truncated() {
             n += 1;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers that fail, panic or lag; a caller's filler; a writer of the source.
+
+/// What the well-behaved consumers and the capture of a fan-out that must succeed hold: the
+/// model's bytes and digest. `misbehaving` consumers are skipped (their checks are the caller's).
+fn check_the_rest(
+    report: &Report,
+    seen: &[Arc<Mutex<Seen>>],
+    misbehaving: &[usize],
+    expected: &[u8],
+    naive: &Digest,
+    capture: &Path,
+) -> Result<(), String> {
+    match &report.result {
+        Ok(d) if d == naive => {}
+        other => {
+            return Err(format!(
+                "fan_out: {other:?}, want the digest {}",
+                naive.hex()
+            ));
+        }
+    }
+    if report.bytes != expected.len() as u64 {
+        return Err(format!("{} bytes of {}", report.bytes, expected.len()));
+    }
+    for (i, (outcome, seen)) in report.consumers.iter().zip(seen).enumerate() {
+        if misbehaving.contains(&i) {
+            continue;
+        }
+        match outcome {
+            Ok((len, d)) if *len == expected.len() as u64 && d == naive => {}
+            other => return Err(format!("consumer {i}: {other:?}")),
+        }
+        compare(
+            &format!("consumer {i}"),
+            &seen.lock().unwrap().bytes,
+            expected,
+        )?;
+    }
+    match &report.capture {
+        Some(Ok(())) => {
+            let got = std::fs::read(capture).map_err(|e| format!("the capture: {e}"))?;
+            compare("the capture", &got, expected)
+        }
+        other => Err(format!("capture: {other:?}")),
+    }
+}
+
+/// A consumer that fails, one that panics and a slow one, beside two well-behaved ones and the
+/// capture, on every path that serves several consumers: the failing one and the panicking one
+/// are reported as such and hold a prefix of the stream; every other consumer (the slow one too)
+/// and the capture hold exactly the model's bytes, and the digest is the model's.
+#[test]
+fn a_failing_a_panicking_and_a_slow_consumer_leave_the_others_exact() {
+    const FAIL_AT: usize = 100 * KIB;
+    const PANIC_AT: usize = 200 * KIB;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut files = Files::new(dir.path());
+    let size = 3 * MIB + 12345;
+    let path = files.get(size);
+    let expected = std::fs::read(&path).unwrap();
+    let naive = naive_digest(DigestAlgorithm::Xxh3_128, &expected);
+    let mut failures = Vec::new();
+    let shared = Strategy::CONCRETE
+        .into_iter()
+        .filter(|s| *s != Strategy::MmapWrite);
+    for (n, strategy) in shared.enumerate() {
+        let case = Case {
+            strategy,
+            size,
+            sizes: SIZES[n % SIZES.len()],
+            consumers: 5,
+            digest: DigestAlgorithm::Xxh3_128,
+            capture: true,
+        };
+        let cap_dir = dir.path().join(format!("capture-{n}"));
+        std::fs::create_dir(&cap_dir).unwrap();
+        let capture = cap_dir.join("out.bin");
+        let (consumers, seen): (Vec<_>, Vec<_>) = [
+            (0, Misbehave::No),
+            (4096 + 7, Misbehave::FailAfter(FAIL_AT)),
+            (1000, Misbehave::PanicAfter(PANIC_AT)),
+            (64 * KIB, Misbehave::Slow(Duration::from_millis(1))),
+            (64 * KIB, Misbehave::No),
+        ]
+        .into_iter()
+        .map(|(read_size, m)| Collector::misbehaving(read_size, m))
+        .unzip();
+        let source = Source::open(&path).unwrap();
+        let (report, _source) =
+            fan_out_timed(source, consumers, case.config(Some(capture.clone())));
+        if let Err(EngineError::Unsupported(Unsupported::NoDirect { source, .. })) = &report.result
+        {
+            println!("note: {case}: O_DIRECT refused ({source})");
+            continue;
+        }
+        let check = || -> Result<(), String> {
+            check_the_rest(&report, &seen, &[1, 2], &expected, &naive, &capture)?;
+            for (i, want, at) in [(1, "told to fail", FAIL_AT), (2, "Panicked", PANIC_AT)] {
+                let outcome = format!("{:?}", report.consumers[i]);
+                if !outcome.starts_with("Err") || !outcome.contains(want) {
+                    return Err(format!("consumer {i}: {outcome}, want an error: {want}"));
+                }
+                let s = seen[i].lock().unwrap();
+                if s.bytes.len() < at || s.finished.is_some() {
+                    return Err(format!(
+                        "consumer {i}: {} bytes, finished {:?}",
+                        s.bytes.len(),
+                        s.finished
+                    ));
+                }
+                compare(
+                    &format!("consumer {i}"),
+                    &s.bytes,
+                    &expected[..s.bytes.len()],
+                )?;
+            }
+            Ok(())
+        };
+        if let Err(e) = check() {
+            failures.push(format!("{case}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A caller's filler for [`fan_out_filled`]: `bytes` written into the engine's pipe in
+/// irregular pieces, never more than asked, hashed by the filler itself when `hashes`.
+struct BytesFiller {
+    bytes: Vec<u8>,
+    at: usize,
+    rng: XorShift,
+    hashes: bool,
+}
+
+impl Filler for BytesFiller {
+    fn fill(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        offset: u64,
+        want: usize,
+        hasher: Option<&mut Hasher>,
+    ) -> Result<usize, EngineError> {
+        let fail = |what: String| EngineError::Source {
+            op: "the test's filler",
+            source: io::Error::other(what),
+        };
+        if offset != self.at as u64 {
+            return Err(fail(format!("asked from {offset}, at {}", self.at)));
+        }
+        let left = self.bytes.len() - self.at;
+        let piece = (1 + self.rng.below(want.max(1) as u64) as usize)
+            .min(want)
+            .min(left);
+        if piece == 0 {
+            return Ok(0);
+        }
+        let n = teecast_sys::write(pipe, &self.bytes[self.at..self.at + piece])
+            .map_err(|e| fail(format!("write: {e}")))?;
+        if let Some(h) = hasher {
+            h.update(&self.bytes[self.at..self.at + n]);
+        }
+        self.at += n;
+        Ok(n)
+    }
+
+    fn hashes(&self) -> bool {
+        self.hashes
+    }
+}
+
+/// `fan_out_filled` over a caller's filler, of announced and of unknown length, hashing itself
+/// or leaving the digest to the engine, with one to four consumers (one of them slow) and the
+/// capture: every consumer and the capture hold the filler's bytes, and the digest is theirs.
+#[test]
+fn fan_out_filled_delivers_exactly_what_the_filler_put_in() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for size in [0, 1, 4097, 300_001, 2 * MIB + 3] {
+        for hashes in [false, true] {
+            for announced in [false, true] {
+                let bytes = pseudo_random_bytes(size, 500 + n as u64);
+                let digest = DIGESTS[n % DIGESTS.len()];
+                let naive = naive_digest(digest, &bytes);
+                let cap_dir = dir.path().join(format!("filled-{n}"));
+                std::fs::create_dir(&cap_dir).unwrap();
+                let capture = cap_dir.join("out.bin");
+                let sizes = SIZES[n % SIZES.len()];
+                let mut config = FanoutConfig::default()
+                    .digest(digest)
+                    .capture(capture.clone());
+                config.pipe_chunk = sizes.pipe_chunk;
+                config.pipe_size = sizes.pipe_size;
+                let count = 1 + n % 4;
+                let (consumers, seen): (Vec<_>, Vec<_>) = (0..count)
+                    .map(|i| match i {
+                        1 => Collector::misbehaving(
+                            4096,
+                            Misbehave::Slow(Duration::from_micros(300)),
+                        ),
+                        _ => Collector::new([0, 1000, 4096 + 7, 64 * KIB][i]),
+                    })
+                    .unzip();
+                let filler = BytesFiller {
+                    bytes: bytes.clone(),
+                    at: 0,
+                    rng: XorShift::new(n as u64 + 1),
+                    hashes,
+                };
+                let length = announced.then_some(size as u64);
+                let (tx, rx) = mpsc::channel();
+                thread::spawn(move || {
+                    let _ = tx.send(fan_out_filled(filler, length, consumers, &config));
+                });
+                let report = rx
+                    .recv_timeout(DEADLINE)
+                    .expect("fan_out_filled gave no report: deadlock?");
+                if let Err(e) = check_the_rest(&report, &seen, &[], &bytes, &naive, &capture) {
+                    failures.push(format!(
+                        "{size} bytes, filler hashes {hashes}, announced {announced}, {count} consumers, {}: {e}",
+                        digest.name()
+                    ));
+                }
+                n += 1;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A writer rewrites regions of the source while each stable path sends it. The stable promise,
+/// against the model: every consumer and the capture hold one and the same stream (not a
+/// snapshot of the file, but one copy for all) of the file's length, the digest is the model's
+/// digest of that stream, and each of its bytes is the file's original or one the writer wrote.
+/// A gated consumer holds the engine near the start until the writer has written, so the
+/// writer's bytes must show in the stream.
+#[test]
+fn a_concurrent_writer_cannot_split_a_stable_path() {
+    const SIZE: usize = 4 * MIB;
+    const REGION: usize = 256 * KIB;
+    /// Rounds written before the gate opens.
+    const BEFORE_GO: usize = 8;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // The original bytes are below 128 and the writer's are 128 or more, so each byte of the
+    // stream says whose it is.
+    let original: Vec<u8> = pseudo_random_bytes(SIZE, 77)
+        .iter()
+        .map(|b| b & 0x7f)
+        .collect();
+    let mut failures = Vec::new();
+    let stable = Strategy::CONCRETE.into_iter().filter(|s| s.is_stable());
+    for (n, strategy) in stable.enumerate() {
+        let path = dir.path().join(format!("written-{n}.bin"));
+        std::fs::write(&path, &original).unwrap();
+        let cap_dir = dir.path().join(format!("written-capture-{n}"));
+        std::fs::create_dir(&cap_dir).unwrap();
+        let capture = cap_dir.join("out.bin");
+        let case = Case {
+            strategy,
+            size: SIZE,
+            sizes: SIZES[0],
+            consumers: 3,
+            digest: DigestAlgorithm::Xxh3_128,
+            capture: true,
+        };
+        let (go_tx, go_rx) = mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut rng = XorShift::new(n as u64 + 9);
+                let mut rounds = 0;
+                // Regions from 1 MiB on: past anything the engine can have read before the
+                // gate opens (a few pipes or buffers of 64 KiB at most).
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let at = MIB + rng.below((SIZE - MIB - REGION) as u64) as usize;
+                    let value = 128 + (rounds % 128) as u8;
+                    file.write_all_at(&[value; REGION], at as u64).unwrap();
+                    rounds += 1;
+                    if rounds == BEFORE_GO {
+                        let _ = go_tx.send(());
+                    }
+                }
+                rounds
+            })
+        };
+        let (consumers, seen): (Vec<_>, Vec<_>) = [
+            Collector::misbehaving(4096 + 7, Misbehave::Gate(go_rx)),
+            Collector::new(0),
+            Collector::new(64 * KIB),
+        ]
+        .into_iter()
+        .unzip();
+        let source = Source::open(&path).unwrap();
+        let (report, _source) =
+            fan_out_timed(source, consumers, case.config(Some(capture.clone())));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = writer.join().expect("the writer");
+        if let Err(EngineError::Unsupported(Unsupported::NoDirect { source, .. })) = &report.result
+        {
+            println!("note: {case}: O_DIRECT refused ({source})");
+            continue;
+        }
+        let sent = seen[0].lock().unwrap().bytes.clone();
+        let naive = naive_digest(case.digest, &sent);
+        let check = || -> Result<(), String> {
+            if sent.len() != SIZE {
+                return Err(format!(
+                    "the gated consumer holds {} bytes of {SIZE}",
+                    sent.len()
+                ));
+            }
+            check_the_rest(&report, &seen, &[], &sent, &naive, &capture)?;
+            if let Some(i) = (0..SIZE).find(|&i| sent[i] != original[i] && sent[i] < 128) {
+                return Err(format!(
+                    "byte {i} is {}, neither the original {} nor written",
+                    sent[i], original[i]
+                ));
+            }
+            let written = sent.iter().filter(|&&b| b >= 128).count();
+            if rounds < BEFORE_GO || written == 0 {
+                return Err(format!(
+                    "{rounds} rounds written, {written} written bytes in the stream: the writer did not overlap the send"
+                ));
+            }
+            Ok(())
+        };
+        if let Err(e) = check() {
+            failures.push(format!("{case}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

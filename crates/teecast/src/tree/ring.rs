@@ -44,6 +44,8 @@ pub(crate) struct RingState {
     ended: Option<Result<(u64, Digest), Stopped>>,
     /// A dropped block, to fill again.
     spare: Option<Vec<u8>>,
+    /// How often the writer has waited for a block a follower still needs.
+    held_back: u64,
 }
 
 /// Why a replay stopped before the stream's end.
@@ -106,6 +108,8 @@ impl Ring {
             if left != Some(Duration::ZERO)
                 && state.pins.iter().any(|&(_, offset)| offset < first_end)
             {
+                state.held_back += 1;
+                self.changed.notify_all();
                 state = match left {
                     Some(left) => wait_timeout(&self.changed, state, left),
                     None => wait(&self.changed, state),
@@ -463,9 +467,21 @@ mod tests {
                 _ => panic!("the first two blocks come before anything else"),
             }
         }
+        // Until the writer waits for the pinned block; without the pin it would drop it and
+        // finish instead.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut state = ring.lock();
+        while state.held_back == 0 {
+            assert!(
+                !writer.is_finished() && std::time::Instant::now() < deadline,
+                "the writer went past a pinned block"
+            );
+            state = wait_timeout(&ring.changed, state, Duration::from_millis(100));
+        }
+        drop(state);
         assert!(matches!(ring.at(0, Duration::ZERO), Held::Bytes(..)));
         assert!(
-            matches!(ring.at(offset, Duration::from_millis(50)), Held::Wait),
+            matches!(ring.at(offset, Duration::ZERO), Held::Wait),
             "a third block while the first is pinned"
         );
         // Released up to here, the writer goes on to the end.
