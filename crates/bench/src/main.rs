@@ -255,11 +255,7 @@ fn send_one(source: &Path, dest: &str, len: u64) -> io::Result<()> {
         let want = usize::try_from(len - offset)
             .unwrap_or(usize::MAX)
             .min(0x7fff_f000);
-        let n = match rustix::fs::sendfile(&stream, &file, Some(&mut offset), want) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
+        let n = sys::sendfile(stream.as_fd(), file.as_fd(), &mut offset, want)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -24,6 +24,21 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
     retry_eintr(|| rustix::io::pread(fd, &mut *buf, offset))
 }
 
+/// `sendfile(out, file, &offset, len)`—Sends up to `len` bytes of `file` from `offset` to `out`
+/// (a socket) inside the kernel, advancing `offset` by what it sent; retries on `EINTR`. It sends
+/// page-cache pages by reference: zero copies and not stable (docs/KERNEL.md §1.4).
+///
+/// # References
+///  - [sendfile(2)](https://man7.org/linux/man-pages/man2/sendfile.2.html)
+pub fn sendfile(
+    out: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    offset: &mut u64,
+    len: usize,
+) -> io::Result<usize> {
+    retry_eintr(|| rustix::fs::sendfile(out, file, Some(&mut *offset), len))
+}
+
 /// Calls `call` again while it fails with `EINTR`.
 pub(crate) fn retry_eintr<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
     loop {

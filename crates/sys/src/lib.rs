@@ -2,8 +2,8 @@
 //!
 //! Thin, typed wrappers over the calls teecast builds on — pipes and their sizes, `splice`, `tee`,
 //! `vmsplice`, file mappings, fresh anonymous pages, `poll`, the files a receiver publishes,
-//! randomness — each documented with the C call it wraps, one call a function. The other crates
-//! make no system call of their own beyond the standard library's: they call these. Where
+//! randomness — each documented with the C call it wraps, one call a function. The library and the
+//! benchmark make no system call of their own beyond the standard library's: they call these. Where
 //! `rustix` offers a safe call it does the work; what needs `unsafe` lives here with its contract
 //! spelled out (`// SAFETY:` on every block, checked by
 //! `clippy::undocumented_unsafe_blocks`). The kernel facts behind each rule are in `docs/KERNEL.md`
@@ -27,7 +27,7 @@ pub use fs::{
     open_direct, position, rename_at, rename_noreplace_at, reopen_direct, set_mode, space,
     start_writeback, status, status_at, unlink_at,
 };
-pub use io::{bytes_queued, pread, read, write};
+pub use io::{bytes_queued, pread, read, sendfile, write};
 pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite};
 pub use net::{
     listen_dual_stack, not_a_tcp_listener, reset_on_close, send_now, set_zerocopy, tcp_socket,
