@@ -84,6 +84,17 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
+/// `eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)`—A counter another thread can bump (write 8 bytes)
+/// to wake one that polls it.
+#[doc(alias = "EFD_NONBLOCK")]
+pub fn eventfd() -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::event::EventfdFlags;
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,15 +127,4 @@ mod tests {
                 .is_empty()
         );
     }
-}
-
-/// `eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)`—A counter another thread can bump (write 8 bytes)
-/// to wake one that polls it.
-#[doc(alias = "EFD_NONBLOCK")]
-pub fn eventfd() -> std::io::Result<std::os::fd::OwnedFd> {
-    use rustix::event::EventfdFlags;
-    Ok(rustix::event::eventfd(
-        0,
-        EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
-    )?)
 }
