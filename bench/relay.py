@@ -76,6 +76,17 @@ def teardown(hosts):
     subprocess.run(["ip", "netns", "del", f"{PREFIX}br"], capture_output=True)
 
 
+def key_and_source(work, size):
+    """A fresh key file and a source of `size` random bytes under `work`."""
+    key = os.path.join(work, "key")
+    sh(BIN, "keygen", key)
+    src = os.path.join(work, "image.bin")
+    with open(src, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    return key, src
+
+
 def children(fanout, position, hosts):
     """Positions of position's children in a tree of `hosts` (the sender is 0)."""
     if fanout is None:
@@ -200,12 +211,7 @@ def main():
     work = tempfile.mkdtemp(prefix="teecast-relay-", dir="/dev/shm")
     try:
         setup(hosts, args.rate)
-        key = os.path.join(work, "key")
-        sh(BIN, "keygen", key)
-        src = os.path.join(work, "image.bin")
-        with open(src, "wb") as f:
-            for _ in range(size // MiB):
-                f.write(os.urandom(MiB))
+        key, src = key_and_source(work, size)
         runs = {}
         for rnd in range(args.rounds):
             for n in ns_list:

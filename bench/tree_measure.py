@@ -33,6 +33,7 @@ import time
 
 import relay
 from relay import BIN, MiB, ip_of, ns, sh
+from tree_model import EFFICIENCY, parse_rate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "tree_measured.json")
@@ -198,6 +199,7 @@ def main():
     ap.add_argument("--stall", default="3s", help="stall timeout of the sender and receivers")
     ap.add_argument("--limit", type=float, default=60, help="seconds a run may take at most")
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--out", default=OUT, help="where the runs go (merged by case with --only)")
     ap.add_argument("--ssh", type=int, default=0, metavar="N",
                     help="only measure N ssh sessions launched at once (push's launch)")
     args = ap.parse_args()
@@ -213,17 +215,12 @@ def main():
     hosts = max(CASES[c][0] for c in names) + 1
     size = args.size_mib * MiB
     # The no-failure time of a tree of fan-out 2, to strike at a fraction of it.
-    expected = size / (relay_rate_bytes(args.rate) * 0.956 / 2)
+    expected = size / (parse_rate(args.rate) * EFFICIENCY / 2)
     work = tempfile.mkdtemp(prefix="teecast-tree-", dir="/dev/shm")
     runs = []
     try:
         relay.setup(hosts, args.rate)
-        key = os.path.join(work, "key")
-        sh(BIN, "keygen", key)
-        src = os.path.join(work, "image.bin")
-        with open(src, "wb") as f:
-            for _ in range(size // MiB):
-                f.write(os.urandom(MiB))
+        key, src = relay.key_and_source(work, size)
         for rnd in range(args.rounds):
             for name in names:
                 r = run_case(name, src, size, key, work, args, expected)
@@ -245,28 +242,19 @@ def main():
             "cases": {c: {"receivers": CASES[c][0], "fanout": CASES[c][1],
                           "failure": CASES[c][2]} for c in names}}
     old = {}
-    if args.only and os.path.exists(OUT):
-        with open(OUT) as f:
+    if args.only and os.path.exists(args.out):
+        with open(args.out) as f:
             old = json.load(f)
     kept = [r for r in old.get("runs", []) if r["case"] not in names]
     if old:
         meta["cases"] = {**old["meta"]["cases"], **meta["cases"]}
-    with open(OUT, "w") as f:
+    with open(args.out, "w") as f:
         json.dump({"meta": meta, "runs": kept + runs}, f, indent=1)
     for name in names:
         fs = [r["finish"] for r in runs if r["case"] == name and r["finish"] is not None]
         if fs:
             print(f"{name:12} median {statistics.median(fs):.2f} s "
                   f"({min(fs):.2f}–{max(fs):.2f}, {len(fs)} runs)")
-
-
-def relay_rate_bytes(rate):
-    """tc's rate ("200mbit", "1gbit") in bytes per second."""
-    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
-    for u, m in units.items():
-        if rate.endswith(u):
-            return float(rate[: -len(u)]) * m / 8
-    raise SystemExit(f"tree_measure.py: rate {rate!r}: use kbit, mbit or gbit")
 
 
 if __name__ == "__main__":
