@@ -3,6 +3,7 @@
 
     python3 bench/tree_model.py check              # the model against bench/tree_measured.json
     python3 bench/tree_model.py predict            # 1,000 to 100,000 hosts, 10 and 100 Gbit/s
+    python3 bench/tree_model.py report             # the predictions' table and chart again
     python3 bench/tree_model.py one --hosts 15 --fanout 2 --rate 200mbit --size-mib 64 \\
         --fail 1:die:2.81                          # one transfer, a failure at position:kind:time
 
@@ -18,8 +19,9 @@ downlink, and its CPU (bytes/s it can receive, hash and store; bytes/s per copy 
 Failures: a host that *dies* (RST) is noticed at once by its parent; one that *stalls* (frozen,
 blackholed, no RST) only at its parent's stall timeout. Today a stalled host's parent stops
 reading while it waits, so the whole component freezes (after the pipe in front of it fills)
-until the timeout; with `--intended` only the stalled host's subtree waits, and timeouts nest by
-depth (`--nest`). The failed host's parent then *adopts* its children (each after ADOPT seconds;
+until the timeout; with `--intended` only the stalled host's subtree waits (at the sender, once
+its ring holds all it may of what the stalled child has not taken, the sender waits too), and
+timeouts nest by depth (a relay at depth d gives up on a child after STALL − d·NEST). The failed host's parent then *adopts* its children (each after ADOPT seconds;
 through a dead one below at once, through a stalled one after the connect timeout): each
 resumes from the offset it holds, replayed from the parent's stored copy, or from the sender's
 ring (a child that holds less than the ring still has fails, with its subtree). An orphan waits
@@ -654,13 +656,14 @@ def chart(results, path):
     colors = ["#4f81bd", "#9bbb59", "#c0504d", "#8064a2"]
     vals = [s["finish"] for r in results for name, _ in lines
             for s in [r["scenarios"][name]] if s and s["finish"]]
-    lo, hi = math.log10(min(vals) * 0.8), math.log10(max(vals) * 1.25)
+    # Beyond 2,000 s (K = 32 with failures) the line is drawn at the top edge.
+    lo, hi = math.log10(min(vals) * 0.8), math.log10(min(max(vals), 2000) * 1.25)
     pw, ph, left, top = 300, 240, 50, 30
     w, h = left + len(rates) * (pw + 30) + 10, top + ph + 80
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
              'font-family="sans-serif" font-size="11">',
              f'<text x="{left}" y="14">seconds until every healthy host holds a verified copy '
-             '(model; log scale) against fan-out K</text>']
+             '(model; log scale; clipped at 2,500) against fan-out K</text>']
     for pi, rate in enumerate(rates):
         x0 = left + pi * (pw + 30)
         parts.append(f'<rect x="{x0}" y="{top}" width="{pw}" height="{ph}" fill="none" '
@@ -669,7 +672,7 @@ def chart(results, path):
 
         def xy(k, v):
             xi = fanouts.index(k) / max(len(fanouts) - 1, 1)
-            yv = (math.log10(v) - lo) / (hi - lo)
+            yv = (min(math.log10(v), hi) - lo) / (hi - lo)
             return x0 + 10 + xi * (pw - 20), top + ph - yv * ph
 
         for k in fanouts:
@@ -712,7 +715,8 @@ def chart(results, path):
 def one(args):
     p = Params(hosts=args.hosts, fanout=args.fanout, size=args.size_mib * MiB,
                rate=parse_rate(args.rate), stall=args.stall, connect=args.connect,
-               intended=args.intended, cascade=args.cascade, coupling=args.coupling)
+               intended=args.intended, nest=args.nest, cascade=args.cascade,
+               coupling=args.coupling)
     for f in args.fail:
         pos, kind, at = f.split(":")
         p.failures.append((int(pos), kind, float(at)))
@@ -757,6 +761,7 @@ def main():
     c.add_argument("--connect", type=float, default=2)
     c.add_argument("--coupling", type=float, default=Params().coupling)
     c.add_argument("--intended", action="store_true")
+    c.add_argument("--nest", type=float, default=0.0, help="with --intended: seconds per level")
     c.add_argument("--cascade", action="store_true")
     c.add_argument("--fail", action="append", default=[], metavar="POS:die|stall:SECONDS")
     args = ap.parse_args()
