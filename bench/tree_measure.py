@@ -235,7 +235,9 @@ def main():
         relay.teardown(hosts)
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
-    meta = {"size_mib": args.size_mib, "rounds": args.rounds, "rate": args.rate,
+    commit = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    meta = {"commit": commit, "size_mib": args.size_mib, "rounds": args.rounds, "rate": args.rate,
             "stall_timeout": args.stall, "connect_timeout": "2s", "nproc": os.cpu_count(),
             "kernel": os.uname().release, "load_after": [round(x, 2) for x in load],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -94,6 +94,7 @@ class Params:
         self.pipe = 1 * MiB         # bytes a component still moves after a child stalls (today)
         self.ring = 64 * MiB        # the sender's replay ring
         self.intended = False
+        self.halving = False        # each relay drops a stalled child after half its own timeout
         self.cascade = False
         self.failures = []          # (position, "die" | "stall", seconds from the sender's start)
         for k, v in kw.items():
@@ -103,6 +104,8 @@ class Params:
 
     def timeout_of(self, depth):
         """The stall timeout a relay at this depth (the sender: 0) applies to its children."""
+        if self.halving:
+            return max(self.stall / 2 ** depth, 0.001)
         if not self.intended:
             return self.stall
         return max(self.stall - depth * self.nest, self.nest)
@@ -443,7 +446,10 @@ class Sim:
             if self.state[o] in ("dead", "lost"):
                 self.push(self.t + self.p.adopt, "adopt", (parent, o, 0.0))
             elif self.state[o] == "stalled":
-                self.push(self.t + self.p.connect, "adopt", (parent, o, 0.0))
+                connect = self.p.connect
+                if self.p.halving:
+                    connect = min(connect, self.p.timeout_of(self.depth[parent]))
+                self.push(self.t + connect, "adopt", (parent, o, 0.0))
             elif self.state[o] == "ok" and self.feeder[o] is None:
                 self.take(parent, o)
 
@@ -480,7 +486,7 @@ def simulate(p):
 
 # ---- validation against measured runs
 
-def case_params(meta, name, run, coupling):
+def case_params(meta, name, run, coupling, halving=False):
     case = meta["cases"][name]
     fails = []
     if case["failure"]:
@@ -489,7 +495,7 @@ def case_params(meta, name, run, coupling):
     return Params(hosts=case["receivers"], fanout=case["fanout"], size=meta["size_mib"] * MiB,
                   rate=parse_rate(meta["rate"]), stall=parse_seconds(meta["stall_timeout"]),
                   connect=parse_seconds(meta["connect_timeout"]), coupling=coupling,
-                  failures=fails)
+                  halving=halving, failures=fails)
 
 
 def check(args):
@@ -498,7 +504,8 @@ def check(args):
     with open(args.measured) as f:
         data = json.load(f)
     meta = data["meta"]
-    print(f"{meta['size_mib']} MiB, links {meta['rate']}, stall timeout {meta['stall_timeout']}, "
+    print(f"teecast {meta.get('commit', '?')}, "
+          f"{meta['size_mib']} MiB, links {meta['rate']}, stall timeout {meta['stall_timeout']}, "
           f"{meta['rounds']} rounds, {meta['nproc']} CPUs, kernel {meta['kernel']}, "
           f"{meta['date']}\n")
     print(f"| case | receivers | K | failure | measured s (median, min–max) | predicted s "
@@ -514,7 +521,7 @@ def check(args):
         def predicted(coupling, intended=False):
             ps = []
             for r in runs:
-                p = case_params(meta, name, r, coupling)
+                p = case_params(meta, name, r, coupling, args.halving)
                 p.intended = intended
                 ps.append(simulate(p)["finish"])
             return None if None in ps or not ps else statistics.median(ps)
@@ -605,6 +612,12 @@ def predict(args):
     jobs.sort(key=lambda j: -j[2])  # the largest first; results are written as they come
     meta = {k: v for k, v in vars(args).items() if k not in ("cmd",)}
     results = []
+    if os.path.exists(args.out):
+        # Cells computed before and not asked for again are kept.
+        with open(args.out) as f:
+            asked = {(r, n, k) for _, r, n, k in jobs}
+            results = [x for x in json.load(f)["results"]
+                       if (x["rate"], x["hosts"], x["fanout"]) not in asked]
     with multiprocessing.Pool(args.jobs) as pool:
         for r, n, k, out in pool.imap_unordered(cell, jobs):
             results.append({"rate": r, "hosts": n, "fanout": k, "scenarios": out})
@@ -632,8 +645,8 @@ def print_predictions(results, args):
     print("| link | hosts | failing or stalling | " + " | ".join(f"K = {k}" for k in fanouts)
           + " | best K |")
     print("|---|---:|---|" + "---:|" * len(fanouts) + "---:|")
-    for rate in args.rates.split():
-        for n in map(int, args.hosts.split()):
+    for rate in sorted({r["rate"] for r in results}, key=parse_rate):
+        for n in sorted({r["hosts"] for r in results}):
             row = {r["fanout"]: r["scenarios"] for r in results
                    if r["rate"] == rate and r["hosts"] == n}
             if not row:
@@ -716,6 +729,7 @@ def one(args):
     p = Params(hosts=args.hosts, fanout=args.fanout, size=args.size_mib * MiB,
                rate=parse_rate(args.rate), stall=args.stall, connect=args.connect,
                intended=args.intended, nest=args.nest, cascade=args.cascade,
+               halving=args.halving,
                coupling=args.coupling)
     for f in args.fail:
         pos, kind, at = f.split(":")
@@ -731,6 +745,8 @@ def main():
     c.add_argument("--measured", default=MEASURED)
     c.add_argument("--tolerance", type=float, default=0.15)
     c.add_argument("--coupling", type=float, default=Params().coupling)
+    c.add_argument("--halving", action="store_true",
+                   help="relays drop a stalled child after half their own timeout (main)")
     c = sub.add_parser("predict", help="1,000 to 100,000 hosts at 10 and 100 Gbit/s")
     c.add_argument("--rates", default="10gbit 100gbit")
     c.add_argument("--hosts", default="1000 10000 100000")
@@ -763,6 +779,8 @@ def main():
     c.add_argument("--intended", action="store_true")
     c.add_argument("--nest", type=float, default=0.0, help="with --intended: seconds per level")
     c.add_argument("--cascade", action="store_true")
+    c.add_argument("--halving", action="store_true",
+                   help="a relay drops a stalled child after half its own timeout (main)")
     c.add_argument("--fail", action="append", default=[], metavar="POS:die|stall:SECONDS")
     args = ap.parse_args()
     if args.cmd == "check":
