@@ -385,7 +385,7 @@ class Sim:
         if kind == "die":
             for o in orphans:
                 self.deadline[o] = self.t + self.wait_of(o)
-            self.push(self.t + self.p.adopt, "adopt", (parent, h, 0.0))
+            self.push(self.t + self.p.adopt, "adopt", (parent, h))
             return
         # A stall: the children notice only after their own stall timeout.
         for o in orphans:
@@ -431,25 +431,25 @@ class Sim:
             self.detach(parent)
             self.state[parent] = "lost"
             self.why[parent] = "dropped by its own parent (the race of equal timeouts)"
-            self.push(self.t + self.p.adopt, "adopt", (grand, parent, 0.0))
-        self.push(self.t + self.p.adopt, "adopt", (parent, h, 0.0))
+            self.push(self.t + self.p.adopt, "adopt", (grand, parent))
+        self.push(self.t + self.p.adopt, "adopt", (parent, h))
 
     def tree_children(self, h):
         k = self.p.fanout
         return range(k * h + 1, min(k * h + k, self.n) + 1)
 
-    def on_adopt(self, parent, failed, extra):
+    def on_adopt(self, parent, failed):
         """parent reconnects to failed's children, through failed descendants."""
         if parent is None or self.state[parent] != "ok":
             return  # the parent's own adopter goes down through failed
         for o in self.tree_children(failed):
             if self.state[o] in ("dead", "lost"):
-                self.push(self.t + self.p.adopt, "adopt", (parent, o, 0.0))
+                self.push(self.t + self.p.adopt, "adopt", (parent, o))
             elif self.state[o] == "stalled":
                 connect = self.p.connect
                 if self.p.halving:
                     connect = min(connect, self.p.timeout_of(self.depth[parent]))
-                self.push(self.t + connect, "adopt", (parent, o, 0.0))
+                self.push(self.t + connect, "adopt", (parent, o))
             elif self.state[o] == "ok" and self.feeder[o] is None:
                 self.take(parent, o)
 
@@ -457,12 +457,12 @@ class Sim:
         c = self.comps[o]
         if self.t > self.deadline.get(o, INF):
             self.give_up(o, "gave up waiting for a new parent")
-            self.push(self.t + self.p.adopt, "adopt", (parent, o, 0.0))
+            self.push(self.t + self.p.adopt, "adopt", (parent, o))
             return
         src = self.comp_of(parent)
         if parent == 0 and src.offset - c.offset > self.p.ring:
             self.give_up(o, "holds less than the ring still has")
-            self.push(self.t + self.p.adopt, "adopt", (parent, o, 0.0))
+            self.push(self.t + self.p.adopt, "adopt", (parent, o))
             return
         self.roots.clear()
         self.feeder[o] = parent
