@@ -24,6 +24,7 @@ use teecast::strategy::Strategy;
 use crate::addr::{Listen, parse_destination, parse_listen};
 use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::hint::send_error_with_hint;
+use crate::keys::{KeyFiles, read_key_from};
 use crate::out::{self, errln, outln};
 use crate::parse::{parse_bytes, parse_duration, parse_keep_free, parse_size, parse_timeout};
 use crate::service::{self, log};
@@ -90,60 +91,6 @@ impl KeyArgs {
     /// The key, read from its file; `Ok(None)` without one.
     fn load(&self) -> Result<Option<Key>, KeyError> {
         self.key_file.as_deref().map(read_key_from).transpose()
-    }
-}
-
-/// The key in the file at `path`, or on standard input for `-`.
-fn read_key_from(path: &Path) -> Result<Key, KeyError> {
-    if path.as_os_str() == "-" {
-        auth::read_key(std::io::stdin().lock(), Path::new("standard input"))
-    } else {
-        auth::read_key_file(path)
-    }
-}
-
-/// A receiver's key files (`--key-file`, more than one during a rotation), read at the start
-/// and again on SIGHUP.
-pub struct KeyFiles {
-    paths: Vec<PathBuf>,
-    /// The key read from standard input at the start (`--key-file -`): it cannot be read again.
-    from_stdin: Option<Key>,
-}
-
-impl KeyFiles {
-    /// Reads every one of `paths` (standard input for `-`, once).
-    fn read(paths: Vec<PathBuf>) -> Result<(KeyFiles, Vec<Key>), String> {
-        if paths.len() > wire::MAX_KEYS {
-            return Err(format!(
-                "{} key files given: a receiver holds at most {} at once (the old and the new during a rotation)",
-                paths.len(),
-                wire::MAX_KEYS
-            ));
-        }
-        let from_stdin = match paths.iter().filter(|p| p.as_os_str() == "-").count() {
-            0 => None,
-            1 => Some(read_key_from(Path::new("-")).map_err(|e| e.to_string())?),
-            _ => return Err("--key-file - given twice: standard input holds one key".to_string()),
-        };
-        let files = KeyFiles { paths, from_stdin };
-        let keys = files.reload().map_err(|e| e.to_string())?;
-        Ok((files, keys))
-    }
-
-    /// Reads the key files again (the one from standard input stays as it was read).
-    pub fn reload(&self) -> Result<Vec<Key>, KeyError> {
-        self.paths
-            .iter()
-            .map(|p| match &self.from_stdin {
-                Some(key) if p.as_os_str() == "-" => Ok(key.clone()),
-                _ => read_key_from(p),
-            })
-            .collect()
-    }
-
-    /// Whether there are none (no key).
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
     }
 }
 

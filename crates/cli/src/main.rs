@@ -10,6 +10,7 @@ mod demo;
 mod exit;
 mod hint;
 mod interrupt;
+mod keys;
 mod mutate;
 mod out;
 mod parse;

@@ -13,7 +13,7 @@ use teecast::proto::wire;
 use teecast::recv::Control;
 use teecast::service::{self, Notifier};
 
-use crate::cli::KeyFiles;
+use crate::keys::KeyFiles;
 use crate::out::errln;
 
 /// How important a log line is: syslog's levels, which the journal reads from a `<N>` prefix.

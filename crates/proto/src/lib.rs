@@ -12,6 +12,8 @@ pub mod auth;
 pub mod crypt;
 pub mod digest;
 pub mod session;
+pub mod text;
+pub mod tree;
 pub mod wire;
 
 pub use digest::DigestAlgorithm;

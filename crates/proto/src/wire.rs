@@ -17,6 +17,8 @@
 use std::fmt;
 
 use crate::digest::DigestAlgorithm;
+pub use crate::text::{escape_if_needed, escape_text};
+pub use crate::tree::{TRANSFER_ID_LEN, Tree};
 
 /// The protocol version this module speaks (the only one it accepts). Version 2 opens every
 /// session with a hello and a welcome, and seals keyed sessions ([`crate::auth`]).
@@ -69,8 +71,6 @@ const FLAG_TREE: u8 = 0x02;
 /// Header flag bit 2 (with bit 1 only): the stream resumes one this receiver already holds
 /// part of ([`Tree::resume`]).
 const FLAG_RESUME: u8 = 0x04;
-/// The length of a relayed transfer's identifier ([`Tree::transfer`]).
-pub const TRANSFER_ID_LEN: usize = 16;
 
 /// The framed messages of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -435,57 +435,6 @@ fn show_text(text: &str) -> String {
     escape_text(text, 64)
 }
 
-/// Peer-supplied text made safe for a one-line message or a terminal: quoted, every control
-/// character (escape sequences included), bidirectional control (U+202E...), invisible
-/// character and space other than U+0020 escaped as `\u{..}`, cut at `max_chars` characters
-/// (then `…`). A `'` stays as it is; a `"` and a `\` are escaped.
-pub fn escape_text(text: &str, max_chars: usize) -> String {
-    let mut shown = String::new();
-    for c in text.chars().take(max_chars) {
-        push_escaped(&mut shown, c);
-    }
-    if text.chars().nth(max_chars).is_some() {
-        shown.push('…');
-    }
-    format!("\"{shown}\"")
-}
-
-/// `text` as it is when no character of it needs escaping; else [`escape_text`] of all of it
-/// (quoted): for a name shown where it would otherwise appear bare (`stored NAME`).
-pub fn escape_if_needed(text: &str) -> std::borrow::Cow<'_, str> {
-    if text
-        .chars()
-        .all(|c| !needs_escape(c) && c != '"' && c != '\\')
-    {
-        std::borrow::Cow::Borrowed(text)
-    } else {
-        std::borrow::Cow::Owned(escape_text(text, usize::MAX))
-    }
-}
-
-/// Characters that show as nothing (or as something else) without being control characters:
-/// the Hangul fillers and the Braille blank.
-const INVISIBLE: [char; 5] = ['\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}', '\u{2800}'];
-
-/// Whether `c` cannot be shown as itself: a control or format character (bidirectional ones
-/// included, as `char::escape_debug` finds them), an invisible one, or a space other than U+0020.
-fn needs_escape(c: char) -> bool {
-    c != ' '
-        && c != '\''
-        && c != '"'
-        && c != '\\'
-        && (c.is_whitespace() || INVISIBLE.contains(&c) || c.escape_debug().nth(1).is_some())
-}
-
-fn push_escaped(out: &mut String, c: char) {
-    match c {
-        '\'' => out.push(c),
-        c if c.escape_debug().nth(1).is_some() => out.extend(c.escape_debug()),
-        c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
-        c => out.push(c),
-    }
-}
-
 /// "0 (none), 1 (blake3), ..." for the unknown-digest message.
 fn known_digests() -> String {
     DigestAlgorithm::ALL
@@ -719,108 +668,26 @@ pub struct Header {
     pub tree: Option<Tree>,
 }
 
-/// A relay tree: the sender is position 0 and the route's hops are positions 1 to n; the
-/// children of position `p` are positions `fanout·p + 1` to `fanout·p + fanout` that exist.
-/// A fan-out of 1 is a chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tree {
-    /// Children per host, at least 1.
-    pub fanout: u8,
-    /// The receiver's position, 1 to the route's length.
-    pub position: u16,
-    /// The transfer's identifier, chosen at random by the sender and the same at every host:
-    /// by it (and the position) a receiver finds the stream a resuming header continues.
-    pub transfer: [u8; TRANSFER_ID_LEN],
-    /// This header resumes the stream at this position: the receiver answers with the payload
-    /// bytes it already holds, and the sender goes on from there (a parent adopting the
-    /// children of a host that died). A receiver that holds nothing of it answers 0.
-    pub resume: bool,
-    /// How long, in milliseconds, this receiver's parent waits for it to accept data before it
-    /// gives up on it (its stall timeout for this receiver), at least 1. A relay gives up on a
-    /// stalled child of its own within half of it ([`Tree::child_stall_ms`]), so that a frozen
-    /// host costs only itself and the adoption of the hosts below it, never its parent.
-    pub stall_ms: u32,
-    /// The connect timeout the sender asked for, in milliseconds, at least 1: a relay connects
-    /// to its children (and to the hosts it adopts) within it.
-    pub connect_ms: u32,
-}
-
-impl Tree {
-    /// The positions of `position`'s children in a tree of `hosts` hosts.
-    pub fn children_of(fanout: u8, position: usize, hosts: usize) -> std::ops::Range<usize> {
-        let k = usize::from(fanout.max(1));
-        let first = position.saturating_mul(k).saturating_add(1);
-        let end = first.saturating_add(k).min(hosts + 1);
-        first..end.max(first)
+/// Whether `tree` fits a route of `hops` hosts, with timeouts above zero.
+fn check_tree(tree: Tree, hops: usize) -> Result<(), WireError> {
+    if tree.stall_ms == 0 {
+        return Err(WireError::ZeroTimeout {
+            field: "stall timeout",
+        });
     }
-
-    /// The position of `position`'s parent (0: the sender).
-    pub fn parent_of(fanout: u8, position: usize) -> usize {
-        position.saturating_sub(1) / usize::from(fanout.max(1))
+    if tree.connect_ms == 0 {
+        return Err(WireError::ZeroTimeout {
+            field: "connect timeout",
+        });
     }
-
-    /// Every position below `position`, parents before their children.
-    pub fn descendants_of(fanout: u8, position: usize, hosts: usize) -> Vec<usize> {
-        let mut out = Vec::new();
-        let mut next = vec![position];
-        while let Some(p) = next.pop() {
-            for c in Tree::children_of(fanout, p, hosts).rev() {
-                next.push(c);
-            }
-            if p != position {
-                out.push(p);
-            }
-        }
-        out
+    if tree.fanout == 0 || tree.position == 0 || usize::from(tree.position) > hops {
+        return Err(WireError::BadTree {
+            fanout: tree.fanout,
+            position: tree.position,
+            hops,
+        });
     }
-
-    /// `position` and every position below it, in order: the hosts a header for `position`
-    /// carries.
-    pub fn subtree(fanout: u8, position: usize, hosts: usize) -> Vec<usize> {
-        let mut all = Tree::descendants_of(fanout, position, hosts);
-        all.push(position);
-        all.sort_unstable();
-        all
-    }
-
-    /// How many levels of hosts hang below `position` (0 for a leaf).
-    pub fn height_below(fanout: u8, position: usize, hosts: usize) -> usize {
-        let mut levels = 0;
-        let mut p = position;
-        // The first child is always on the deepest path of a complete tree over a list.
-        while let Some(c) = Tree::children_of(fanout, p, hosts).next() {
-            levels += 1;
-            p = c;
-        }
-        levels
-    }
-
-    /// The stall timeout a receiver with this tree uses for its own children (and sends them
-    /// as theirs): half of its parent's for it, and at least 1 ms.
-    pub fn child_stall_ms(self) -> u32 {
-        (self.stall_ms / 2).max(1)
-    }
-
-    fn check(self, hops: usize) -> Result<(), WireError> {
-        if self.stall_ms == 0 {
-            return Err(WireError::ZeroTimeout {
-                field: "stall timeout",
-            });
-        }
-        if self.connect_ms == 0 {
-            return Err(WireError::ZeroTimeout {
-                field: "connect timeout",
-            });
-        }
-        if self.fanout == 0 || self.position == 0 || usize::from(self.position) > hops {
-            return Err(WireError::BadTree {
-                fanout: self.fanout,
-                position: self.position,
-                hops,
-            });
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 impl Header {
@@ -877,7 +744,7 @@ impl Header {
             None => (0, 0),
         };
         if let Some(tree) = self.tree {
-            tree.check(self.route.len())?;
+            check_tree(tree, self.route.len())?;
             flags |= FLAG_TREE;
             if tree.resume {
                 flags |= FLAG_RESUME;
@@ -965,7 +832,7 @@ impl Header {
                 stall_ms,
                 connect_ms,
             };
-            tree.check(hosts)?;
+            check_tree(tree, hosts)?;
             // The hops that follow are the receiver's subtree, by position: each in its place.
             let positions = Tree::subtree(fanout, usize::from(position), hosts);
             let carried = read_hops(&mut r, positions.len())?;
