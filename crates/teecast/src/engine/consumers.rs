@@ -103,6 +103,26 @@ impl CaptureError {
     }
 }
 
+/// Moves everything `pipe` brings, to its end, into `file` at the file's offset: pipe → file is
+/// one copy in the kernel, into the page cache (docs/KERNEL.md §4). `wrote` hears of each piece
+/// (its length and the total so far). The one loop of the consumers that store the stream: the
+/// capture and a relay's own copy.
+pub(crate) fn splice_to_file(
+    pipe: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    mut wrote: impl FnMut(u64, u64),
+) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = sys::splice(pipe, file, 1 << 30, SpliceFlags::MORE)? as u64;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+        wrote(n, total);
+    }
+}
+
 /// The capture: exactly the bytes that were sent, in a file that appears only when complete.
 pub struct Capture {
     file: Option<AtomicFile>,
@@ -144,16 +164,7 @@ impl Consumer for Capture {
 
     fn take_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, CaptureError> {
         let file = self.file()?;
-        let mut total = 0;
-        loop {
-            // pipe → file is one copy in the kernel, into the page cache (docs/KERNEL.md §4).
-            let n = sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE)
-                .map_err(self.io("writing"))?;
-            if n == 0 {
-                return Ok(total);
-            }
-            total += n as u64;
-        }
+        splice_to_file(pipe, file.as_fd(), |_, _| {}).map_err(self.io("writing"))
     }
 
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), CaptureError> {

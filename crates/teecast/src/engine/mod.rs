@@ -33,6 +33,7 @@ use crate::strategy::Strategy;
 use teecast_sys::{self as sys, Pipe};
 
 use buffers::{Chunk, pump_buffers, pump_map};
+pub(crate) use consumers::splice_to_file;
 pub use consumers::{Capture, CaptureError};
 use consumers::{DigestError, Digester};
 pub use map::SourceMap;

@@ -6,15 +6,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use teecast_sys as sys;
-use teecast_sys::SpliceFlags;
-
 use crate::dest::{Delivered, DestFailure, Destination};
 use crate::digest::Digest;
-use crate::engine::{Abandoned, Consumer, SourceMap};
+use crate::engine::{Abandoned, Consumer, SourceMap, splice_to_file};
 use crate::store::Writeback;
-use crate::tree::ring::Stopped;
-use crate::tree::ring::{RingError, RingWriter, StoredCopy};
+use crate::tree::ring::{RingError, RingWriter, Stopped, StoredCopy};
 impl Drop for LocalCopy {
     /// A copy that goes without finishing (its thread panicked) ends its replay, so that no
     /// follower waits for bytes that will never be stored. After `finish` or `abort`, nothing.
@@ -102,21 +98,13 @@ impl Consumer for TreeConsumer<'_> {
                 writeback,
             }) => {
                 let file = file.as_ref().ok_or(Abandoned::Transfer)?;
-                let mut total = 0;
-                loop {
-                    // pipe → file is one copy in the kernel, into the page cache.
-                    match sys::splice(pipe, file.as_fd(), 1 << 30, SpliceFlags::MORE) {
-                        Ok(0) => return Ok(total),
-                        Ok(n) => {
-                            total += n as u64;
-                            writeback.advance(file.as_fd(), total);
-                            if let Some(s) = stored {
-                                s.wrote(n as u64);
-                            }
-                        }
-                        Err(e) => return Err(TreeError::Local(e)),
+                splice_to_file(pipe, file.as_fd(), |n, total| {
+                    writeback.advance(file.as_fd(), total);
+                    if let Some(s) = stored {
+                        s.wrote(n);
                     }
-                }
+                })
+                .map_err(TreeError::Local)
             }
             TreeConsumer::Child(c) => c.take_pipe(pipe).map_err(TreeError::Child),
             TreeConsumer::Ring(r) => r.take_pipe(pipe).map_err(TreeError::Ring),
