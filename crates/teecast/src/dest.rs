@@ -187,7 +187,7 @@ impl DestFailure {
     }
 }
 
-/// Live counters of a transfer, for progress displays: made by [`Transfer::new`], one per
+/// Live counters of a transfer, for progress displays: made by [`Transfer::new`](crate::send::Transfer::new), one per
 /// destination.
 #[derive(Debug)]
 pub struct Progress {

@@ -1,4 +1,4 @@
-//! Sending: one source to many destinations, each framed by a [`SenderSession`] (or raw), each
+//! Sending: one source to many destinations, each framed by a [`SenderSession`](crate::proto::session::SenderSession) (or raw), each
 //! confirmed by the receiver's acknowledgement.
 //!
 //! [`Transfer::new`] checks the request and resolves the data path once; its [`Progress`] can be

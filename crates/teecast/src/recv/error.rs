@@ -62,7 +62,7 @@ pub enum RecvError {
         /// The space left for this user on the filesystem.
         available: u64,
     },
-    /// The stream is larger than the receiver takes ([`RecvOptions::max_size`]).
+    /// The stream is larger than the receiver takes ([`RecvOptions::max_size`](super::RecvOptions::max_size)).
     #[error(
         "the stream is larger than this receiver takes (max size {limit} bytes a stream){}; nothing kept",
         length.map_or_else(String::new, |n| format!(": {n} bytes announced"))
@@ -74,7 +74,7 @@ pub enum RecvError {
         length: Option<u64>,
     },
     /// Storing the stream would leave less free space than the receiver keeps
-    /// ([`RecvOptions::keep_free`]).
+    /// ([`RecvOptions::keep_free`](super::RecvOptions::keep_free)).
     #[error(
         "storing it would leave less free space than this receiver keeps (keep free {reserve} bytes){}: {available} bytes available; nothing kept",
         needed.map_or_else(String::new, |n| format!(", for {n} bytes announced"))

@@ -202,7 +202,7 @@ pub struct Received {
     pub digest: Digest,
 }
 
-/// What [`serve`] tells about a connection.
+/// What [`serve`](super::serve) tells about a connection.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
