@@ -29,11 +29,11 @@ fn raw_send_to_plain_listener_delivers_identical_bytes() {
     assert_eq!(sent.stdout, format!("{}\n", digest_line(&sha, &source)));
 }
 
-/// Fails (never passes quietly) when a peer the test runs is missing; `.ci/test` installs them.
+/// Fails (never passes quietly) when a peer the test runs is missing; `.ci/peers` installs them.
 fn need(tool: &str, package: &str) {
     assert!(
         have(tool),
-        "{tool} is not installed: install the Debian package {package} (.ci/test does)"
+        "{tool} is not installed: install the Debian package {package} (.ci/peers does)"
     );
 }
 

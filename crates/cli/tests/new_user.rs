@@ -319,7 +319,7 @@ fn the_readmes_raw_receiver_takes_a_bare_stream() {
     let port = listening_on(&receiver).port();
     assert!(
         common::have("socat"),
-        "socat is needed: .ci/test installs it"
+        "socat is needed: .ci/peers installs it"
     );
     run(std::process::Command::new("socat")
         .arg("-u")
