@@ -768,14 +768,17 @@ mod tests {
         }
     }
 
+    /// Both kinds of file (`O_TMPFILE` and a named temporary) under both ways of publishing.
+    const EVERY_WAY: [(bool, Publish); 4] = [
+        (true, Publish::Replace),
+        (false, Publish::Replace),
+        (true, Publish::NoClobber),
+        (false, Publish::NoClobber),
+    ];
+
     #[test]
     fn a_target_swapped_before_the_check_fails_the_commit_and_leaves_nothing_of_ours() {
-        for (tmpfile, how) in [
-            (true, Publish::Replace),
-            (false, Publish::Replace),
-            (true, Publish::NoClobber),
-            (false, Publish::NoClobber),
-        ] {
+        for (tmpfile, how) in EVERY_WAY {
             let dir = dir_for(tmpfile);
             let target = dir.path().join("disk.img");
             let other = dir.path().join("other");
@@ -806,12 +809,7 @@ mod tests {
     /// stored before its new name was durable. A failing sync fails the commit, saying so.
     #[test]
     fn a_directory_that_cannot_be_synced_fails_the_commit() {
-        for (tmpfile, how) in [
-            (true, Publish::Replace),
-            (false, Publish::Replace),
-            (true, Publish::NoClobber),
-            (false, Publish::NoClobber),
-        ] {
+        for (tmpfile, how) in EVERY_WAY {
             let dir = dir_for(tmpfile);
             let target = dir.path().join("disk.img");
             let mut f = make(&target, tmpfile);
