@@ -138,6 +138,11 @@ struct SendArgs {
     digest: Option<DigestAlgorithm>,
     #[command(flatten)]
     key: KeyArgs,
+    /// With a key, send the stream authenticated but in the clear (protocol version 2), for a
+    /// network trusted with its contents; the report says "not encrypted". Without this, a
+    /// keyed stream is encrypted.
+    #[arg(long)]
+    no_encrypt: bool,
     /// Name announced to receivers (default: the source's file name; "stdin" for -).
     #[arg(long)]
     name: Option<String>,
@@ -401,6 +406,7 @@ fn run_send(args: SendArgs) -> u8 {
         .strategy(args.strategy)
         .digest(digest)
         .raw(args.raw)
+        .encrypt(!args.no_encrypt)
         .stall_timeout(args.stall_timeout)
         .connect_timeout(args.connect_timeout);
     if let Some(name) = &args.name {
@@ -664,12 +670,21 @@ fn run_recv(mut args: RecvArgs) -> u8 {
         let from = peer;
         let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
         let result = match event {
-            recv::Event::Opened { name, length } => {
+            recv::Event::Opened {
+                name,
+                length,
+                encrypted,
+            } => {
                 if let Some(from) = from {
                     status.opened(from, name);
                 }
                 if !quiet {
-                    let length = length.map_or_else(String::new, |n| format!(" ({n} bytes)"));
+                    let length = match (length, encrypted) {
+                        (Some(n), true) => format!(" ({n} bytes, encrypted)"),
+                        (Some(n), false) => format!(" ({n} bytes)"),
+                        (None, true) => " (encrypted)".to_string(),
+                        (None, false) => String::new(),
+                    };
                     log!(
                         log,
                         Info,
@@ -726,6 +741,10 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                         ),
                         (false, DigestAlgorithm::None) => "length checked, no digest".to_string(),
                         (false, alg) => format!("{alg} verified"),
+                    };
+                    let checked = match r.encrypted {
+                        true => format!("{checked}, encrypted"),
+                        false => checked,
                     };
                     log!(
                         log,

@@ -199,9 +199,14 @@ pub fn summary(report: &SendReport, failures_only: bool) {
     }
     let ok = report.destinations.iter().filter(|d| d.is_ok()).count();
     errln!(
-        "teecast: {} via {}: {ok} of {} destinations ok, {:.2} s",
+        "teecast: {} via {}, {}: {ok} of {} destinations ok, {:.2} s",
         human_bytes(report.bytes),
         report.strategy,
+        if report.encrypted {
+            "encrypted"
+        } else {
+            "not encrypted"
+        },
         report.destinations.len(),
         report.elapsed.as_secs_f64()
     );
@@ -214,6 +219,7 @@ struct JsonReport<'a> {
     source: &'a str,
     name: &'a str,
     strategy: &'static str,
+    encrypted: bool,
     bytes: u64,
     seconds: f64,
     digest: Option<JsonDigest>,
@@ -251,6 +257,7 @@ struct JsonDestination<'a> {
     seconds: f64,
     bytes_per_second: f64,
     note: Option<&'a str>,
+    encrypted: bool,
 }
 
 impl<'a> JsonDestination<'a> {
@@ -280,6 +287,7 @@ impl<'a> JsonDestination<'a> {
             seconds: d.elapsed.as_secs_f64(),
             bytes_per_second: rate(d.bytes, d.elapsed),
             note: d.note.as_deref(),
+            encrypted: d.encrypted,
         }
     }
 }
@@ -291,6 +299,7 @@ pub fn json(report: &SendReport) -> String {
         source: &report.source,
         name: &report.name,
         strategy: report.strategy.name(),
+        encrypted: report.encrypted,
         bytes: report.bytes,
         seconds: report.elapsed.as_secs_f64(),
         digest: report.digest.as_ref().map(|d| JsonDigest {
@@ -374,6 +383,10 @@ pub fn probe_json(f: &KernelFacts) -> serde_json::Value {
             .iter()
             .map(|(from, s)| serde_json::json!({"from_destinations": from, "strategy": s.name()}))
             .collect::<Vec<_>>(),
+        "aead": {
+            "implementation": f.aead.implementation,
+            "bytes_per_second": f.aead.bytes_per_second,
+        },
         "seconds": f.elapsed.as_secs_f64(),
         "errors": errors,
     })
@@ -486,6 +499,12 @@ pub fn probe_human(f: &KernelFacts) {
         })
         .collect();
     outln!("probe's findings", "  auto picks: {}", picks.join(", "));
+    outln!(
+        "probe's findings",
+        "  encrypted streams: {}, {}/s on one core",
+        f.aead.implementation,
+        human_bytes(f.aead.bytes_per_second)
+    );
 }
 
 #[cfg(test)]

@@ -160,15 +160,24 @@ fn a_key_file_others_can_read_is_refused_with_the_fix() {
 }
 
 #[test]
-fn a_weak_digest_with_a_key_is_a_usage_error() {
+fn a_weak_digest_with_a_key_in_the_clear_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "k");
-    let sent = run(teecast(["send", "--digest", "xxh3-128"])
+    // In the clear the digest is what authenticates the payload: it must resist collisions.
+    let sent = run(teecast(["send", "--no-encrypt", "--digest", "xxh3-128"])
         .args(key_args(&key))
         .arg(&key)
         .arg("127.0.0.1:9"));
     sent.expect_code(2);
     assert!(sent.stderr.contains("--digest blake3"), "{sent:?}");
+    // Encrypted, the AEAD authenticates every byte, and any digest will do: the send gets as
+    // far as connecting.
+    let encrypted = run(teecast(["send", "--digest", "xxh3-128"])
+        .args(key_args(&key))
+        .arg(&key)
+        .arg("127.0.0.1:9"));
+    encrypted.expect_code(1);
+    assert!(encrypted.stderr.contains("cannot connect"), "{encrypted:?}");
 }
 
 #[test]

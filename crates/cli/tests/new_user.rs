@@ -407,7 +407,7 @@ fn a_transfer_that_failed_counts_what_it_sent() {
     let summary = sent
         .stderr
         .lines()
-        .find(|l| l.contains(" via readwrite:"))
+        .find(|l| l.contains(" via readwrite, not encrypted:"))
         .unwrap();
     assert!(!summary.starts_with("teecast: 0 B "), "{summary}");
 }

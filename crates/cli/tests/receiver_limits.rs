@@ -190,7 +190,7 @@ fn slow_acker(delay: Duration) -> (String, std::thread::JoinHandle<bool>) {
     let addr = listener.local_addr().unwrap().to_string();
     let t = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let (session, digest) = take_stream(&mut s);
+        let (mut session, digest) = take_stream(&mut s);
         session.verify(&digest).unwrap();
         std::thread::sleep(delay);
         let received = session.received();
@@ -260,7 +260,7 @@ fn a_peers_message_is_escaped_before_it_reaches_a_terminal() {
     let addr = listener.local_addr().unwrap().to_string();
     let peer = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let (session, _) = take_stream(&mut s);
+        let (mut session, _) = take_stream(&mut s);
         let forged = "\u{1b}[2J\rteecast: all destinations confirmed";
         let _ = s.write_all(&session.ack(AckStatus::Rejected, 0, &[], forged));
     });

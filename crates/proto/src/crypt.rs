@@ -20,13 +20,14 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{self, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::{agreement, digest};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::CryptoResolver;
 use snow::types::{Cipher, Dh, Hash, Random};
-use snow::{HandshakeState, TransportState};
+use snow::{HandshakeState, StatelessTransportState};
 
 use crate::auth::Key;
 use crate::wire::{PREFIX_LEN, TRANSFER_ID_LEN};
@@ -57,6 +58,35 @@ pub const RECORD_LEN: usize = 64 * 1024;
 /// 64 KiB is 64 GiB (2^32 AES blocks) per key, about a sixth of what TLS 1.3 allows one AES-GCM
 /// key (2^24.5 records of 16 KiB).
 pub const RECORDS_PER_KEY: u64 = 1 << 20;
+
+/// The records' AEAD and where it comes from, as `teecast probe` names it.
+pub const RECORD_AEAD: &str = "AES-256-GCM (aws-lc-rs)";
+/// A full record on the wire: header, 64 KiB of ciphertext, tag.
+pub const FULL_RECORD: usize = RECORD_HEADER_LEN + RECORD_LEN + TAG_LEN;
+/// What a record adds to its plaintext on the wire.
+const RECORD_OVERHEAD: u64 = (RECORD_HEADER_LEN + TAG_LEN) as u64;
+
+/// The payload on the wire of a stream of `plain` bytes: full records, then the final record
+/// with the rest (none when `plain` is a multiple of [`RECORD_LEN`]). `None` beyond `u64`.
+pub fn sealed_len(plain: u64) -> Option<u64> {
+    let records = plain / RECORD_LEN as u64 + 1;
+    plain.checked_add(records.checked_mul(RECORD_OVERHEAD)?)
+}
+
+/// The plaintext bytes of a whole stream of records `wire` bytes long (the inverse of
+/// [`sealed_len`]); `None` for a length no stream of records has.
+pub fn plain_len(wire: u64) -> Option<u64> {
+    let full = FULL_RECORD as u64;
+    let rest = (wire % full).checked_sub(RECORD_OVERHEAD)?;
+    Some(wire / full * RECORD_LEN as u64 + rest)
+}
+
+/// The plaintext in the first `wire` bytes of a stream of records (a record counts once its
+/// tag is in); exact for a whole stream.
+pub fn plain_in(wire: u64) -> u64 {
+    let full = FULL_RECORD as u64;
+    wire / full * RECORD_LEN as u64 + (wire % full).saturating_sub(RECORD_OVERHEAD)
+}
 
 const FINAL: u32 = 1 << 31;
 const RECORD_KEY_LABEL: &str = "teecast/3 record key";
@@ -124,6 +154,14 @@ pub enum CryptError {
     /// The stream ended without its final record.
     #[error("the records end after {0} without the final one: the stream was cut short")]
     Truncated(u64),
+    /// A record before the final one that is not full: a sender fills every record but the last.
+    #[error("record {index} holds {len} bytes and is not the last: every other record is full")]
+    ShortRecord {
+        /// The record's index.
+        index: u64,
+        /// Its plaintext length.
+        len: usize,
+    },
 }
 
 /// The version-3 messages around the records.
@@ -502,10 +540,7 @@ impl Initiator {
         self.0
             .read_message(body, &mut payload)
             .map_err(|_| CryptError::DoesNotVerify(Message::Welcome))?;
-        self.0
-            .into_transport_mode()
-            .map(Channel)
-            .map_err(noise_error)
+        Channel::of(self.0)
     }
 }
 
@@ -529,48 +564,114 @@ pub fn respond(
     let n = state
         .write_message(&[], &mut welcome)
         .map_err(noise_error)?;
-    let channel = state.into_transport_mode().map_err(noise_error)?;
-    Ok((Channel(channel), Message::Welcome.frame(&welcome[..n])))
+    Ok((Channel::of(state)?, Message::Welcome.frame(&welcome[..n])))
 }
 
-/// One receiver's session after the handshake: forward-secret keys for each direction.
-pub struct Channel(TransportState);
+/// One receiver's session after the handshake: forward-secret keys for each direction, and the
+/// count of messages each way, which is each message's nonce (Noise transport messages). Every
+/// message after the handshake travels under it: the transfer key, then the header, the
+/// trailer, the acknowledgement and the resume answer, each sealed whole ([`Channel::seal`]).
+/// Cloning it copies the counts with the keys: a clone goes on where the original is.
+#[derive(Clone)]
+pub struct Channel {
+    keys: Arc<StatelessTransportState>,
+    sent: u64,
+    received: u64,
+}
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Channel(…)")
+        write!(
+            f,
+            "Channel {{ sent: {}, received: {} }}",
+            self.sent, self.received
+        )
     }
 }
 
 impl Channel {
+    fn of(state: HandshakeState) -> Result<Channel, CryptError> {
+        Ok(Channel {
+            keys: Arc::new(state.into_stateless_transport_mode().map_err(noise_error)?),
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    /// Encrypts `plain` as the next message this side sends.
+    fn write(&mut self, plain: &[u8]) -> Result<Vec<u8>, CryptError> {
+        let mut out = vec![0; plain.len() + TAG_LEN];
+        let n = self
+            .keys
+            .write_message(self.sent, plain, &mut out)
+            .map_err(noise_error)?;
+        out.truncate(n);
+        self.sent += 1;
+        Ok(out)
+    }
+
+    /// Decrypts `sealed` as the next message from the peer; `None` when it does not verify.
+    fn read(&mut self, sealed: &[u8]) -> Option<Vec<u8>> {
+        let mut out = vec![0; sealed.len()];
+        let n = self
+            .keys
+            .read_message(self.received, sealed, &mut out)
+            .ok()?;
+        out.truncate(n);
+        self.received += 1;
+        Some(out)
+    }
+
     /// The sender's transfer-key message (a relay's too, passing its parent's key on).
     pub fn send_transfer_key(&mut self, transfer: &TransferKey) -> Result<Vec<u8>, CryptError> {
         let mut plain = [0; TRANSFER_ID_LEN + TRANSFER_KEY_LEN];
         plain[..TRANSFER_ID_LEN].copy_from_slice(&transfer.id);
         plain[TRANSFER_ID_LEN..].copy_from_slice(&transfer.key);
-        let mut body = [0; TRANSFER_BODY];
-        let n = self
-            .0
-            .write_message(&plain, &mut body)
-            .map_err(noise_error)?;
-        Ok(Message::TransferKey.frame(&body[..n]))
+        let body = self.write(&plain)?;
+        Ok(Message::TransferKey.frame(&body))
     }
 
     /// The transfer key from the sender's message. Only when it verifies has the sender shown
     /// that it holds the pre-shared key in this session (not a replayed one).
     pub fn receive_transfer_key(&mut self, message: &[u8]) -> Result<TransferKey, CryptError> {
         let body = Message::TransferKey.body(message)?;
-        let mut plain = [0; TRANSFER_BODY];
-        let n = self
-            .0
-            .read_message(body, &mut plain)
-            .map_err(|_| CryptError::DoesNotVerify(Message::TransferKey))?;
-        let (id, key) = plain[..n]
+        let plain = self
+            .read(body)
+            .ok_or(CryptError::DoesNotVerify(Message::TransferKey))?;
+        let (id, key) = plain
             .split_first_chunk::<TRANSFER_ID_LEN>()
             .ok_or(CryptError::DoesNotVerify(Message::TransferKey))?;
         let key = <[u8; TRANSFER_KEY_LEN]>::try_from(key)
             .map_err(|_| CryptError::DoesNotVerify(Message::TransferKey))?;
         Ok(TransferKey { id: *id, key })
+    }
+
+    /// A framed message of version 2's layout (`prefix ‖ body`, as `wire` encodes it) sealed
+    /// as the next message: the same magic, version 3, and the body encrypted, 16 bytes longer.
+    pub fn seal(&mut self, message: &[u8]) -> Result<Vec<u8>, CryptError> {
+        let (prefix, body) = message
+            .split_first_chunk::<PREFIX_LEN>()
+            .ok_or(CryptError::Noise(
+                "a message shorter than its prefix".into(),
+            ))?;
+        let sealed = self.write(body)?;
+        let mut out = Vec::with_capacity(PREFIX_LEN + sealed.len());
+        out.extend_from_slice(&prefix[..4]);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(sealed.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// The body of the peer's next sealed message, from the body that arrived (after a prefix
+    /// the reader checked); `None` when it does not verify: altered, replayed, out of order, or
+    /// from another session.
+    pub fn open(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        self.read(body)
     }
 }
 
@@ -782,6 +883,106 @@ impl RecordOpener {
         } else {
             Err(CryptError::Truncated(self.0.index))
         }
+    }
+}
+
+/// Reads a stream of records as it arrives, in whatever pieces, and opens each when it is
+/// whole: the bytes go straight into the record's place ([`RecordReader::space`]), so a record
+/// is copied once on its way in and opened where it lies.
+#[derive(Debug)]
+pub struct RecordReader {
+    opener: RecordOpener,
+    buf: Vec<u8>,
+    /// Bytes of the current record in `buf`.
+    have: usize,
+    /// The current record's header, once its four bytes are in.
+    header: Option<RecordHeader>,
+}
+
+impl RecordReader {
+    /// Reads the records of `transfer`, with the sender's `per_key`.
+    pub fn new(transfer: &TransferKey, per_key: u64) -> RecordReader {
+        RecordReader {
+            opener: RecordOpener::new(transfer, per_key),
+            buf: vec![0; FULL_RECORD],
+            have: 0,
+            header: None,
+        }
+    }
+
+    /// Where the next bytes of the stream go: the rest of the current record's header or of its
+    /// body, never beyond (so a read into it never takes bytes of what follows).
+    pub fn space(&mut self) -> &mut [u8] {
+        let end = match self.header {
+            None => RECORD_HEADER_LEN,
+            Some(h) => RECORD_HEADER_LEN + h.sealed_len(),
+        };
+        &mut self.buf[self.have..end]
+    }
+
+    /// `n` bytes were put at the front of [`RecordReader::space`]: the plaintext of the record
+    /// they complete, if they complete one. Every refusal is final: the stream is lost.
+    pub fn filled(&mut self, n: usize) -> Result<Option<&[u8]>, CryptError> {
+        if n == 0 {
+            return Ok(None);
+        }
+        if self.opener.is_done() {
+            return Err(CryptError::AfterFinal(self.opener.index() - 1));
+        }
+        self.have += n;
+        let header = match self.header {
+            Some(h) => h,
+            None if self.have < RECORD_HEADER_LEN => return Ok(None),
+            None => {
+                let bytes = self.buf[..RECORD_HEADER_LEN]
+                    .try_into()
+                    .expect("a record header is four bytes");
+                let h = RecordHeader::decode(bytes)?;
+                self.header = Some(h);
+                h
+            }
+        };
+        let end = RECORD_HEADER_LEN + header.sealed_len();
+        if self.have < end {
+            return Ok(None);
+        }
+        let index = self.opener.index();
+        if !header.last && header.len != RECORD_LEN {
+            return Err(CryptError::ShortRecord {
+                index,
+                len: header.len,
+            });
+        }
+        self.have = 0;
+        self.header = None;
+        let plain = self
+            .opener
+            .open_in_place(header, &mut self.buf[RECORD_HEADER_LEN..end])?;
+        Ok(Some(plain))
+    }
+
+    /// Takes `bytes` of the stream (copying them into place), handing each record's plaintext
+    /// to `each` as it opens.
+    pub fn push<E: From<CryptError>>(
+        &mut self,
+        mut bytes: &[u8],
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !bytes.is_empty() {
+            let space = self.space();
+            let n = space.len().min(bytes.len());
+            space[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if let Some(plain) = self.filled(n)? {
+                each(plain)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end of the stream: refused unless the final record was opened.
+    pub fn finish(&self) -> Result<(), CryptError> {
+        self.opener.finish()
     }
 }
 

@@ -12,11 +12,12 @@
 //! one [`FrameReader`].
 
 use crate::auth::{Key, same_mac};
+use crate::crypt::{self, Channel, CryptError, Initiator, TransferKey};
 use crate::digest::DigestAlgorithm;
 use crate::wire::{
-    self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, Header, Hello, HostReport, MAC_LEN,
-    MAX_CHUNK, MAX_KEYS, MessageKind, NONCE_LEN, PREFIX_LEN, Resume, Seal, Trailer, Welcome,
-    WireError,
+    self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, ENCRYPTED_VERSION, Header, Hello,
+    HostReport, MAC_LEN, MAX_CHUNK, MAX_KEYS, MessageKind, NONCE_LEN, PREFIX_LEN, Resume, Seal,
+    Trailer, VERSION, Welcome, WireError,
 };
 
 /// Whether a keyed session may use `digest`: only one that resists deliberate collisions, as the
@@ -31,6 +32,53 @@ fn check_keyed_digest(digest: DigestAlgorithm) -> Result<(), WireError> {
 /// The whole message of `kind` around `body` (its prefix is a function of the two).
 fn message(kind: MessageKind, body: &[u8]) -> Vec<u8> {
     wire::frame(kind, body).unwrap_or_default()
+}
+
+/// The whole version-3 message of `kind` around `body`, as `crypt` takes it.
+fn encrypted_message(kind: MessageKind, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
+    out.extend_from_slice(&kind.magic());
+    out.extend_from_slice(&ENCRYPTED_VERSION.to_be_bytes());
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// `message`, sealed as the next message of `channel`.
+fn seal_with(channel: &mut Channel, message: &[u8]) -> Vec<u8> {
+    // Sealing fails only on a message far beyond AES-GCM's limits, which no message here is.
+    channel.seal(message).unwrap_or_default()
+}
+
+/// The body of the peer's sealed `kind`, opened with `channel`.
+fn open_with(channel: &mut Channel, kind: MessageKind, body: &[u8]) -> Result<Vec<u8>, WireError> {
+    channel.open(body).ok_or(WireError::BadSeal(kind.name()))
+}
+
+/// A refusal of the handshake's crypto in the session's terms: a message that does not verify
+/// is [`WireError::BadSeal`]; a malformed one is named with its kind.
+fn handshake_error(e: CryptError) -> WireError {
+    match e {
+        CryptError::DoesNotVerify(m) => WireError::BadSeal(match m {
+            crypt::Message::Hello => "hello",
+            crypt::Message::Welcome => "welcome",
+            crypt::Message::TransferKey => "transfer key",
+        }),
+        CryptError::BodyLength {
+            kind,
+            len,
+            expected,
+        } => WireError::BodyTooLong {
+            kind: match kind {
+                crypt::Message::Hello => MessageKind::Hello,
+                crypt::Message::Welcome => MessageKind::Welcome,
+                crypt::Message::TransferKey => MessageKind::TransferKey,
+            },
+            len,
+            max: expected,
+        },
+        _ => WireError::BadSeal("handshake"),
+    }
 }
 
 /// A session used out of order: a bug in the driver, never the peer's doing.
@@ -67,18 +115,41 @@ pub enum OrderError {
 #[derive(Clone, Debug)]
 pub struct FrameReader {
     kind: MessageKind,
+    /// The version the message must have; `None`: either (a hello, or the welcome answering
+    /// a version-3 hello), then the one found.
+    version: Option<u16>,
     prefix: Vec<u8>,
     body: Option<(usize, Vec<u8>)>,
 }
 
 impl FrameReader {
-    /// A reader for a message of `kind`.
+    /// A reader for a message of `kind`, version 2.
     pub fn new(kind: MessageKind) -> FrameReader {
+        FrameReader::of_version(kind, Some(VERSION))
+    }
+
+    /// A reader for a message of `kind` in an encrypted session (version 3, sealed).
+    pub fn encrypted(kind: MessageKind) -> FrameReader {
+        FrameReader::of_version(kind, Some(ENCRYPTED_VERSION))
+    }
+
+    /// A reader for a message of `kind` of version 2 or 3, whichever arrives.
+    pub fn either(kind: MessageKind) -> FrameReader {
+        FrameReader::of_version(kind, None)
+    }
+
+    fn of_version(kind: MessageKind, version: Option<u16>) -> FrameReader {
         FrameReader {
             kind,
+            version,
             prefix: Vec::with_capacity(PREFIX_LEN),
             body: None,
         }
+    }
+
+    /// The version of the message read (once its prefix has arrived).
+    pub fn version(&self) -> Option<u16> {
+        self.version
     }
 
     /// Bytes still needed before the message is whole (never more than the kind's limit plus a
@@ -99,7 +170,14 @@ impl FrameReader {
             None => {
                 self.prefix.extend_from_slice(bytes);
                 if let Ok(prefix) = <[u8; PREFIX_LEN]>::try_from(self.prefix.as_slice()) {
-                    let len = wire::decode_prefix(&prefix, self.kind)?;
+                    let found = u16::from_be_bytes([prefix[4], prefix[5]]);
+                    let version = match self.version {
+                        Some(v) => v,
+                        None if found == ENCRYPTED_VERSION => ENCRYPTED_VERSION,
+                        None => VERSION,
+                    };
+                    let len = wire::decode_versioned_prefix(&prefix, self.kind, version)?;
+                    self.version = Some(version);
                     self.body = Some((len, Vec::with_capacity(len)));
                 }
             }
@@ -124,8 +202,73 @@ pub struct SenderSession {
     /// The encoded header, sent after the welcome.
     header_bytes: Vec<u8>,
     stream_seal: Option<[u8; MAC_LEN]>,
+    /// An encrypted session's keys: every message after the handshake is sealed under them.
+    channel: Option<Channel>,
     sent: u64,
     step: SenderStep,
+}
+
+/// The sender's side of an encrypted session (version 3) between its hello and the receiver's
+/// welcome: [`SenderSession::start_encrypted`] makes it, [`SenderHandshake::welcome`] turns it
+/// into the session.
+#[derive(Debug)]
+pub struct SenderHandshake {
+    initiator: Initiator,
+    header: Header,
+    transfer: TransferKey,
+}
+
+impl SenderHandshake {
+    /// A reader for the receiver's welcome: version 3, or version 2 from a receiver that holds
+    /// no key or not this one.
+    pub fn welcome_reader(&self) -> FrameReader {
+        FrameReader::either(MessageKind::Welcome)
+    }
+
+    /// Takes the welcome the reader read (its `version` and body). When it verifies, the
+    /// receiver holds the key: returns the session with what to write next, the transfer key
+    /// and the header, sealed. A version-2 welcome is the receiver's word that it holds no key
+    /// ([`WireError::PeerUnkeyed`]) or that this hello did not verify under any of its keys
+    /// ([`WireError::BadSeal`]).
+    pub fn welcome(
+        self,
+        version: Option<u16>,
+        body: &[u8],
+    ) -> Result<(SenderSession, Vec<u8>), WireError> {
+        if version != Some(ENCRYPTED_VERSION) {
+            let welcome = Welcome::decode_body(body)?;
+            return Err(match welcome.capabilities & CAP_KEYED {
+                0 => WireError::PeerUnkeyed,
+                _ => WireError::BadSeal("hello"),
+            });
+        }
+        let mut channel = self
+            .initiator
+            .welcome(&encrypted_message(MessageKind::Welcome, body))
+            .map_err(handshake_error)?;
+        let mut out = channel
+            .send_transfer_key(&self.transfer)
+            .map_err(handshake_error)?;
+        let header_bytes = self.header.encode()?;
+        out.extend(seal_with(&mut channel, &header_bytes));
+        let step = match self.header.tree.is_some_and(|t| t.resume) {
+            true => SenderStep::Resume,
+            false => SenderStep::Payload,
+        };
+        let session = SenderSession {
+            header: self.header,
+            key: None,
+            hello: Vec::new(),
+            nonce: [0; NONCE_LEN],
+            session_key: None,
+            header_bytes,
+            stream_seal: None,
+            channel: Some(channel),
+            sent: 0,
+            step,
+        };
+        Ok((session, out))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,10 +316,44 @@ impl SenderSession {
             session_key: None,
             header_bytes,
             stream_seal: None,
+            channel: None,
             sent: 0,
             step: SenderStep::Welcome,
         };
         Ok((session, hello))
+    }
+
+    /// Starts an encrypted session (version 3) for `header` under the pre-shared `psk`, with
+    /// this side's ephemeral X25519 private key (32 fresh random bytes) and the transfer's key;
+    /// returns the handshake with the hello to write first. Any digest will do: the records
+    /// and the sealed trailer are authenticated by the AEAD, not by the digest.
+    pub fn start_encrypted(
+        header: &Header,
+        psk: &Key,
+        ephemeral: [u8; 32],
+        transfer: TransferKey,
+    ) -> Result<(SenderHandshake, Vec<u8>), WireError> {
+        header.encode()?;
+        let (initiator, hello) = Initiator::start(psk, ephemeral).map_err(handshake_error)?;
+        let handshake = SenderHandshake {
+            initiator,
+            header: header.clone(),
+            transfer,
+        };
+        Ok((handshake, hello))
+    }
+
+    /// True when the session is encrypted (version 3).
+    pub fn is_encrypted(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    /// A reader for a message of `kind` from the receiver, in this session's version.
+    fn reader(&self, kind: MessageKind) -> FrameReader {
+        match self.channel {
+            Some(_) => FrameReader::encrypted(kind),
+            None => FrameReader::new(kind),
+        }
     }
 
     /// A reader for the receiver's welcome.
@@ -225,7 +402,7 @@ impl SenderSession {
 
     /// A reader for the receiver's answer to a resuming header.
     pub fn resume_reader(&self) -> FrameReader {
-        FrameReader::new(MessageKind::Resume)
+        self.reader(MessageKind::Resume)
     }
 
     /// Takes the receiver's answer to a resuming header (and, keyed, its seal's body): the
@@ -234,6 +411,14 @@ impl SenderSession {
         if self.step != SenderStep::Resume {
             return Err(WireError::OutOfTurn(MessageKind::Resume));
         }
+        let opened;
+        let body = match &mut self.channel {
+            Some(c) => {
+                opened = open_with(c, MessageKind::Resume, body)?;
+                &opened[..]
+            }
+            None => body,
+        };
         let resume = Resume::decode_body(body)?;
         if let Some(k) = &self.session_key {
             let seal = Seal::decode_body(seal.unwrap_or_default())?;
@@ -330,7 +515,10 @@ impl SenderSession {
             digest: digest.to_vec(),
         }
         .encode();
-        out.extend_from_slice(&trailer);
+        match &mut self.channel {
+            Some(c) => out.extend(seal_with(c, &trailer)),
+            None => out.extend_from_slice(&trailer),
+        }
         if let Some(k) = &self.session_key {
             let seal = k.stream_seal(&self.header_bytes, &trailer);
             out.extend(Seal(seal).encode());
@@ -342,7 +530,7 @@ impl SenderSession {
 
     /// A reader for the acknowledgement.
     pub fn ack_reader(&self) -> FrameReader {
-        FrameReader::new(MessageKind::Ack)
+        self.reader(MessageKind::Ack)
     }
 
     /// A reader for the acknowledgement's seal (keyed sessions).
@@ -360,6 +548,14 @@ impl SenderSession {
         seal: Option<&[u8]>,
         digest: &[u8],
     ) -> Result<Verdict, WireError> {
+        let opened;
+        let body = match &mut self.channel {
+            Some(c) => {
+                opened = open_with(c, MessageKind::Ack, body)?;
+                &opened[..]
+            }
+            None => body,
+        };
         let ack = Ack::decode_body(body)?;
         if let Some(k) = &self.session_key {
             let seal = Seal::decode_body(seal.unwrap_or_default())?;
@@ -423,6 +619,10 @@ pub struct ReceiverSession {
     trailer: Option<Trailer>,
     trailer_bytes: Vec<u8>,
     stream_seal: Option<[u8; MAC_LEN]>,
+    /// An encrypted session's keys, once the hello verified.
+    channel: Option<Channel>,
+    /// An encrypted session's transfer key, once it arrived.
+    transfer: Option<TransferKey>,
     received: u64,
     keepalives: u64,
 }
@@ -432,6 +632,8 @@ enum ReceiverStep {
     Hello(FrameReader),
     /// Keyed: the sender's proof of the key.
     Proof(FrameReader),
+    /// Encrypted: the transfer key.
+    TransferKey(FrameReader),
     Header(FrameReader),
     /// A resuming header arrived: the offset this side holds is due.
     Resume,
@@ -489,7 +691,7 @@ impl ReceiverSession {
             key: None,
             sender_nonce: [0; NONCE_LEN],
             nonce,
-            step: ReceiverStep::Hello(FrameReader::new(MessageKind::Hello)),
+            step: ReceiverStep::Hello(FrameReader::either(MessageKind::Hello)),
             hello: Vec::new(),
             welcome: Vec::new(),
             reply: None,
@@ -499,9 +701,22 @@ impl ReceiverSession {
             trailer: None,
             trailer_bytes: Vec::new(),
             stream_seal: None,
+            channel: None,
+            transfer: None,
             received: 0,
             keepalives: 0,
         }
+    }
+
+    /// True when the session is encrypted (version 3): the payload is the transfer's records.
+    pub fn is_encrypted(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    /// An encrypted session's transfer key, once it arrived: what opens the records (and what a
+    /// relay passes on to its children).
+    pub fn transfer_key(&self) -> Option<&TransferKey> {
+        self.transfer.as_ref()
     }
 
     /// The key the sender proved, once it has (`None` in a session without keys).
@@ -519,6 +734,7 @@ impl ReceiverSession {
         match &self.step {
             ReceiverStep::Hello(r)
             | ReceiverStep::Proof(r)
+            | ReceiverStep::TransferKey(r)
             | ReceiverStep::Header(r)
             | ReceiverStep::Trailer(r)
             | ReceiverStep::StreamSeal(r) => Next::Framing(r.wanted()),
@@ -554,6 +770,9 @@ impl ReceiverSession {
         };
         self.received = offset;
         let mut out = Resume { offset }.encode();
+        if let Some(c) = &mut self.channel {
+            return Ok(seal_with(c, &out));
+        }
         if let Some(k) = &self.session_key {
             out.extend(Seal(k.resume_seal(&self.header_bytes, &out)).encode());
         }
@@ -590,10 +809,31 @@ impl ReceiverSession {
     /// Hands over framing bytes: at most what [`Next::Framing`] asked for (fewer is fine: the
     /// session keeps them and asks for the rest; any excess is ignored).
     pub fn framing(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let encrypted = self.channel.is_some();
+        let reader_for = |kind| match encrypted {
+            true => FrameReader::encrypted(kind),
+            false => FrameReader::new(kind),
+        };
         match &mut self.step {
             ReceiverStep::Hello(reader) => {
                 if let (_, Some(body)) = reader.push(bytes)? {
-                    self.hello_arrived(&body)?;
+                    match reader.version() {
+                        Some(ENCRYPTED_VERSION) => self.encrypted_hello_arrived(&body)?,
+                        _ => self.hello_arrived(&body)?,
+                    }
+                }
+            }
+            ReceiverStep::TransferKey(reader) => {
+                if let (_, Some(body)) = reader.push(bytes)? {
+                    let Some(channel) = &mut self.channel else {
+                        return Err(WireError::OutOfTurn(MessageKind::TransferKey));
+                    };
+                    let message = encrypted_message(MessageKind::TransferKey, &body);
+                    let transfer = channel
+                        .receive_transfer_key(&message)
+                        .map_err(handshake_error)?;
+                    self.transfer = Some(transfer);
+                    self.step = ReceiverStep::Header(FrameReader::encrypted(MessageKind::Header));
                 }
             }
             ReceiverStep::Proof(reader) => {
@@ -614,14 +854,18 @@ impl ReceiverSession {
             }
             ReceiverStep::Header(reader) => {
                 if let (_, Some(body)) = reader.push(bytes)? {
+                    let body = match &mut self.channel {
+                        Some(c) => open_with(c, MessageKind::Header, &body)?,
+                        None => body,
+                    };
                     let header = Header::decode_body(&body)?;
-                    if !self.keys.is_empty() {
+                    if self.session_key.is_some() {
                         check_keyed_digest(header.digest)?;
                     }
                     self.header_bytes = message(MessageKind::Header, &body);
                     self.step = match header.length {
                         _ if header.tree.is_some_and(|t| t.resume) => ReceiverStep::Resume,
-                        Some(0) => ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer)),
+                        Some(0) => ReceiverStep::Trailer(reader_for(MessageKind::Trailer)),
                         Some(len) => ReceiverStep::Raw(len),
                         None => ReceiverStep::ChunkHeader(Vec::new()),
                     };
@@ -630,6 +874,10 @@ impl ReceiverSession {
             }
             ReceiverStep::Trailer(reader) => {
                 if let (_, Some(body)) = reader.push(bytes)? {
+                    let body = match &mut self.channel {
+                        Some(c) => open_with(c, MessageKind::Trailer, &body)?,
+                        None => body,
+                    };
                     let algorithm = self
                         .header
                         .as_ref()
@@ -659,7 +907,7 @@ impl ReceiverSession {
                         return Ok(());
                     }
                     self.step = match wire::decode_chunk_header(&header)? {
-                        0 => ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer)),
+                        0 => ReceiverStep::Trailer(reader_for(MessageKind::Trailer)),
                         n => ReceiverStep::Chunk(u64::from(n)),
                     };
                 }
@@ -672,23 +920,53 @@ impl ReceiverSession {
         Ok(())
     }
 
-    /// The hello arrived: answer with a welcome (always, so the sender learns what this side
-    /// holds), then refuse a sender whose key use differs from this side's.
-    fn hello_arrived(&mut self, body: &[u8]) -> Result<(), WireError> {
-        let hello = Hello::decode_body(body)?;
-        self.hello = message(MessageKind::Hello, body);
+    /// An encrypted hello arrived: answer it under the key it verifies under, this side's fresh
+    /// random bytes as its ephemeral X25519 key. One that verifies under no key this side holds
+    /// (or when it holds none) is answered with a version-2 welcome, which tells the sender what
+    /// this side holds (no key, or another), and refused.
+    fn encrypted_hello_arrived(&mut self, body: &[u8]) -> Result<(), WireError> {
+        let hello = encrypted_message(MessageKind::Hello, body);
+        let answered = self
+            .keys
+            .iter()
+            .find_map(|k| Some((k, crypt::respond(k, self.nonce, &hello).ok()?)));
+        self.hello = hello;
+        let Some((key, (channel, welcome))) = answered else {
+            self.reply = Some(self.welcome_v2());
+            return Err(match self.keys.is_empty() {
+                true => WireError::KeyRequired,
+                false => WireError::BadSeal("hello"),
+            });
+        };
+        self.key = Some(key.clone());
+        self.channel = Some(channel);
+        self.reply = Some(welcome);
+        self.step = ReceiverStep::TransferKey(FrameReader::encrypted(MessageKind::TransferKey));
+        Ok(())
+    }
+
+    /// The version-2 welcome: this side's capabilities, nonce and a proof per key.
+    fn welcome_v2(&self) -> Vec<u8> {
         let capabilities = if self.keys.is_empty() { 0 } else { CAP_KEYED };
         let proof = self
             .keys
             .iter()
             .flat_map(|k| k.receiver_proof(&self.hello, &self.nonce, capabilities))
             .collect();
-        let welcome = Welcome {
+        Welcome {
             capabilities,
             nonce: self.nonce,
             proof,
         }
-        .encode();
+        .encode()
+    }
+
+    /// The hello arrived: answer with a welcome (always, so the sender learns what this side
+    /// holds), then refuse a sender whose key use differs from this side's.
+    fn hello_arrived(&mut self, body: &[u8]) -> Result<(), WireError> {
+        let hello = Hello::decode_body(body)?;
+        self.hello = message(MessageKind::Hello, body);
+        let welcome = self.welcome_v2();
         self.welcome = welcome.clone();
         self.reply = Some(welcome);
         let peer_keyed = hello.capabilities & CAP_KEYED != 0;
@@ -722,7 +1000,10 @@ impl ReceiverSession {
             self.step = if chunked {
                 ReceiverStep::ChunkHeader(Vec::new())
             } else {
-                ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer))
+                ReceiverStep::Trailer(match self.channel {
+                    Some(_) => FrameReader::encrypted(MessageKind::Trailer),
+                    None => FrameReader::new(MessageKind::Trailer),
+                })
             };
         }
     }
@@ -766,13 +1047,19 @@ impl ReceiverSession {
     }
 
     /// The acknowledgement to send (and, keyed, its seal).
-    pub fn ack(&self, status: AckStatus, bytes: u64, digest: &[u8], message_text: &str) -> Vec<u8> {
+    pub fn ack(
+        &mut self,
+        status: AckStatus,
+        bytes: u64,
+        digest: &[u8],
+        message_text: &str,
+    ) -> Vec<u8> {
         self.ack_with_reports(status, bytes, digest, message_text, Vec::new())
     }
 
     /// [`ReceiverSession::ack`] from a relay, with the outcome of every host below it.
     pub fn ack_with_reports(
-        &self,
+        &mut self,
         status: AckStatus,
         bytes: u64,
         digest: &[u8],
@@ -787,6 +1074,9 @@ impl ReceiverSession {
             reports,
         }
         .encode();
+        if let Some(c) = &mut self.channel {
+            return seal_with(c, &out);
+        }
         if let Some(k) = &self.session_key {
             let seal = k.ack_seal(&self.stream_seal.unwrap_or([0; MAC_LEN]), &out);
             out.extend(Seal(seal).encode());

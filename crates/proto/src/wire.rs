@@ -23,6 +23,11 @@ pub use crate::tree::{TRANSFER_ID_LEN, Tree};
 /// The protocol version this module speaks (the only one it accepts). Version 2 opens every
 /// session with a hello and a welcome, and seals keyed sessions ([`crate::auth`]).
 pub const VERSION: u16 = 2;
+/// The protocol version of an encrypted session (docs/PROTOCOL.md "Version 3 (encryption)"):
+/// the handshake is Noise, and every message after it is sealed.
+pub const ENCRYPTED_VERSION: u16 = 3;
+/// The AEAD tag after every sealed message of version 3.
+pub const TAG_LEN: usize = 16;
 /// Length of the prefix in front of every message: magic (4), version (2), body length (4).
 pub const PREFIX_LEN: usize = 10;
 /// Length of the header in front of each chunk of an unknown-length payload.
@@ -63,6 +68,11 @@ pub const MAX_WELCOME_BODY: usize = 4 + NONCE_LEN + 1 + MAX_KEYS * MAC_LEN;
 
 /// Capability bit 0 of a hello or welcome: this side holds a key and seals the session.
 pub const CAP_KEYED: u32 = 0x01;
+/// Version 3: the body of the hello and of the welcome, a Noise handshake message (an
+/// ephemeral X25519 public key, 32 bytes, and the tag of an empty payload).
+pub const HANDSHAKE_BODY: usize = 32 + TAG_LEN;
+/// Version 3: the body of the transfer-key message (the transfer's identifier and key, sealed).
+pub const TRANSFER_KEY_BODY: usize = TRANSFER_ID_LEN + 32 + TAG_LEN;
 
 /// Header flag bit 0: the payload length is known and sent as raw bytes.
 const FLAG_LENGTH_KNOWN: u8 = 0x01;
@@ -90,11 +100,13 @@ pub enum MessageKind {
     Ack,
     /// Receiver to sender, after a resuming header: the payload bytes it already holds.
     Resume,
+    /// Version 3, sender to receiver, after the handshake: the transfer's key, sealed.
+    TransferKey,
 }
 
 impl MessageKind {
     /// Every kind.
-    pub const ALL: [MessageKind; 7] = [
+    pub const ALL: [MessageKind; 8] = [
         Self::Hello,
         Self::Welcome,
         Self::Seal,
@@ -102,6 +114,7 @@ impl MessageKind {
         Self::Trailer,
         Self::Ack,
         Self::Resume,
+        Self::TransferKey,
     ];
 
     /// The four bytes that open a message of this kind.
@@ -114,6 +127,7 @@ impl MessageKind {
             Self::Trailer => *b"TCTR",
             Self::Ack => *b"TCAK",
             Self::Resume => *b"TCRS",
+            Self::TransferKey => *b"TCKY",
         }
     }
 
@@ -127,6 +141,18 @@ impl MessageKind {
             Self::Trailer => MAX_TRAILER_BODY,
             Self::Ack => MAX_ACK_BODY,
             Self::Resume => 8,
+            Self::TransferKey => TRANSFER_KEY_BODY,
+        }
+    }
+
+    /// The longest body a message of this kind may announce in version 3: the handshake's
+    /// exact sizes, and every other message sealed whole (its tag added).
+    pub fn sealed_max_body_len(self) -> usize {
+        match self {
+            Self::Hello | Self::Welcome => HANDSHAKE_BODY,
+            Self::Seal => 0,
+            Self::TransferKey => TRANSFER_KEY_BODY,
+            other => other.max_body_len() + TAG_LEN,
         }
     }
 
@@ -140,13 +166,15 @@ impl MessageKind {
             Self::Trailer => "a trailer",
             Self::Ack => "an ack",
             Self::Resume => "a resume",
+            Self::TransferKey => "a transfer key",
         }
     }
 }
 
-impl fmt::Display for MessageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl MessageKind {
+    /// The kind's name, as messages show it.
+    pub fn name(self) -> &'static str {
+        match self {
             Self::Hello => "hello",
             Self::Welcome => "welcome",
             Self::Seal => "seal",
@@ -154,7 +182,14 @@ impl fmt::Display for MessageKind {
             Self::Trailer => "trailer",
             Self::Ack => "ack",
             Self::Resume => "resume",
-        })
+            Self::TransferKey => "transfer key",
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -238,8 +273,7 @@ pub enum WireError {
     },
     /// The prefix carries a protocol version this teecast does not speak.
     #[error(
-        "unsupported protocol version {found} in {kind}: this teecast speaks version {} only — run the same teecast release on both ends",
-        VERSION
+        "unsupported protocol version {found} in {kind}: this teecast speaks version {VERSION}, and {ENCRYPTED_VERSION} encrypted — run the same teecast release on both ends"
     )]
     UnsupportedVersion {
         /// The kind of message that carried it.
@@ -425,6 +459,7 @@ fn magic_hint(expected: MessageKind, found: &[u8; 4]) -> String {
         }
         MessageKind::Seal => "the peer does not hold a key, or the two ends are out of step",
         MessageKind::Resume => "is the receiver a teecast receiver of a version that resumes?",
+        MessageKind::TransferKey => "the two ends are out of step",
     }
     .to_string()
 }
@@ -444,30 +479,45 @@ fn known_digests() -> String {
         .join(", ")
 }
 
-/// Validates a prefix for the expected kind and returns the body length to read next.
+/// Validates a version-2 prefix for the expected kind and returns the body length to read next.
 pub fn decode_prefix(prefix: &[u8; PREFIX_LEN], expected: MessageKind) -> Result<usize, WireError> {
+    decode_versioned_prefix(prefix, expected, VERSION)
+}
+
+/// Validates a prefix of `version` (2, or 3 for an encrypted session, whose limits are
+/// [`MessageKind::sealed_max_body_len`]) for the expected kind and returns the body length.
+pub fn decode_versioned_prefix(
+    prefix: &[u8; PREFIX_LEN],
+    expected: MessageKind,
+    version: u16,
+) -> Result<usize, WireError> {
     let [m0, m1, m2, m3, v0, v1, l0, l1, l2, l3] = *prefix;
     let found = [m0, m1, m2, m3];
-    let version = u16::from_be_bytes([v0, v1]);
     // A teecast message of another version (any kind: a version-1 sender opens with a header
     // where a hello belongs) is named by its version, the likelier cause.
+    let wanted = version;
+    let version = u16::from_be_bytes([v0, v1]);
     let teecast = MessageKind::ALL.into_iter().any(|k| k.magic() == found);
-    if found != expected.magic() && !(teecast && version != VERSION) {
+    if found != expected.magic() && !(teecast && version != wanted) {
         return Err(WireError::BadMagic { expected, found });
     }
-    if version != VERSION {
+    if version != wanted {
         return Err(WireError::UnsupportedVersion {
             kind: expected,
             found: version,
         });
     }
+    let max = match version {
+        ENCRYPTED_VERSION => expected.sealed_max_body_len(),
+        _ => expected.max_body_len(),
+    };
     let len = u32::from_be_bytes([l0, l1, l2, l3]);
     match usize::try_from(len) {
-        Ok(len) if len <= expected.max_body_len() => Ok(len),
+        Ok(len) if len <= max => Ok(len),
         _ => Err(WireError::BodyTooLong {
             kind: expected,
             len: u64::from(len),
-            max: expected.max_body_len(),
+            max,
         }),
     }
 }
@@ -1811,7 +1861,11 @@ mod tests {
                     found: version
                 }
             );
-            assert!(err.to_string().contains("version 2 only"), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("speaks version 2, and 3 encrypted"),
+                "{err}"
+            );
         }
     }
 

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use teecast_proto::session::{OrderError, SenderSession, Verdict};
+use teecast_proto::crypt::TransferKey;
+use teecast_proto::session::{FrameReader, OrderError, SenderSession, Verdict};
 use teecast_proto::wire::{self, AckStatus, Header, HostReport, Tree, WireError};
 use teecast_sys as sys;
 use teecast_sys::{Readiness, SpliceFlags};
@@ -31,6 +32,9 @@ pub(crate) struct DestOptions {
     pub(crate) connect_timeout: Duration,
     /// The pre-shared key, if the stream is keyed.
     pub(crate) key: Option<Key>,
+    /// With the key: the transfer's key, and the stream is encrypted (version 3), its payload
+    /// the records sealed under it.
+    pub(crate) transfer: Option<TransferKey>,
 }
 
 /// A way to connect to a destination, given the connect timeout.
@@ -95,10 +99,10 @@ pub enum DestFailure {
     /// the same key.
     #[error("handshake: {0}")]
     Handshake(#[source] WireError),
-    /// The receiver closed the connection without answering the hello: a raw receiver, or not
-    /// teecast at all.
+    /// The receiver closed the connection without answering the hello: a raw receiver, a
+    /// release that speaks only version 2 (to an encrypted hello), or not teecast at all.
     #[error(
-        "the receiver closed the connection without answering the hello (a raw receiver, or not teecast?)"
+        "the receiver closed the connection without answering the hello (a raw receiver, a teecast that speaks only the unencrypted version 2, or not teecast?)"
     )]
     ClosedAtHello,
     /// No welcome arrived within the timeout.
@@ -636,37 +640,60 @@ impl Destination<'_> {
                 op: "getrandom",
                 source: io::Error::other(e),
             })?;
-            let (mut session, hello) =
-                SenderSession::start(header, self.options.key.clone(), nonce)
-                    .map_err(|_| DestFailure::Abandoned(Abandoned::NotStarted))?;
-            self.write_framing(&hello)?;
-            let stall = self.stall();
-            let deadline = transport::deadline(stall);
-            let body = transport::read_message(self.stream()?, session.welcome_reader(), deadline)
-                .map_err(|e| match e {
-                    ReadError::Wire(w) => DestFailure::Handshake(w),
-                    ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
-                        DestFailure::NoWelcome(stall)
-                    }
-                    ReadError::Io(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-                        ) =>
-                    {
-                        DestFailure::ClosedAtHello
-                    }
-                    ReadError::Io(e) => DestFailure::Reset(e),
-                })?;
-            let next = session.welcome(&body).map_err(DestFailure::Handshake)?;
+            let not_started = |_| DestFailure::Abandoned(Abandoned::NotStarted);
+            let next = match (&self.options.key, &self.options.transfer) {
+                (Some(psk), Some(transfer)) => {
+                    // Encrypted: the nonce is this side's ephemeral X25519 key.
+                    let (handshake, hello) =
+                        SenderSession::start_encrypted(header, psk, nonce, transfer.clone())
+                            .map_err(not_started)?;
+                    self.write_framing(&hello)?;
+                    let (version, body) = self.read_welcome(handshake.welcome_reader())?;
+                    let (session, next) = handshake
+                        .welcome(version, &body)
+                        .map_err(DestFailure::Handshake)?;
+                    self.session = Some(session);
+                    next
+                }
+                _ => {
+                    let (mut session, hello) =
+                        SenderSession::start(header, self.options.key.clone(), nonce)
+                            .map_err(not_started)?;
+                    self.write_framing(&hello)?;
+                    let (_, body) = self.read_welcome(session.welcome_reader())?;
+                    let next = session.welcome(&body).map_err(DestFailure::Handshake)?;
+                    self.session = Some(session);
+                    next
+                }
+            };
             let resuming = header.tree.is_some_and(|t| t.resume);
-            self.session = Some(session);
             self.write_framing(&next)?;
             if resuming {
                 self.read_resume()?;
             }
         }
         Ok(())
+    }
+
+    /// Reads the receiver's welcome with `reader`, within a stall timeout.
+    fn read_welcome(&self, reader: FrameReader) -> Result<(Option<u16>, Vec<u8>), DestFailure> {
+        let stall = self.stall();
+        let deadline = transport::deadline(stall);
+        transport::read_versioned(self.stream()?, reader, deadline).map_err(|e| match e {
+            ReadError::Wire(w) => DestFailure::Handshake(w),
+            ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                DestFailure::NoWelcome(stall)
+            }
+            ReadError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                DestFailure::ClosedAtHello
+            }
+            ReadError::Io(e) => DestFailure::Reset(e),
+        })
     }
 
     fn send_pipe(&mut self, pipe: BorrowedFd<'_>) -> Result<u64, DestFailure> {

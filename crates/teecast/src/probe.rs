@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use teecast_proto::crypt::{self, RECORD_LEN, RECORDS_PER_KEY, RecordSealer, TransferKey};
+use teecast_proto::wire;
 use teecast_sys::{self as sys, Errno, Pipe, SpliceFlags};
 
 /// The bytes the scratch file holds before each experiment, and after its `pwrite`.
@@ -55,8 +57,38 @@ pub struct KernelFacts {
     pub msg_zerocopy_accepted: Result<bool, Unanswered>,
     /// Whether `io_uring_setup` succeeds (`IORING_OP_SEND_ZC` of §2 needs it).
     pub io_uring_usable: Result<bool, Unanswered>,
+    /// How fast this machine seals an encrypted stream's records, on one core.
+    pub aead: AeadSpeed,
     /// How long the probe took.
     pub elapsed: Duration,
+}
+
+/// The AEAD that seals encrypted streams, and its measured speed here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AeadSpeed {
+    /// The construction and its implementation.
+    pub implementation: &'static str,
+    /// Plaintext bytes sealed per second, on one core, in whole records.
+    pub bytes_per_second: u64,
+}
+
+/// What [`AeadSpeed`] seals to measure: 32 MiB.
+const AEAD_SAMPLE: usize = 32 << 20;
+
+/// Seals [`AEAD_SAMPLE`] bytes as records, in place, and times it: one AEAD pass, the cost an
+/// encrypted stream adds at the sender (and at every receiver, which opens as much).
+pub fn aead_speed() -> AeadSpeed {
+    let transfer = TransferKey::new([0; wire::TRANSFER_ID_LEN], [7; 32]);
+    let mut sealer = RecordSealer::new(&transfer, RECORDS_PER_KEY);
+    let mut record = vec![0x5a; RECORD_LEN];
+    let started = Instant::now();
+    for _ in 0..AEAD_SAMPLE / RECORD_LEN {
+        let _ = sealer.seal_in_place(&mut record, false);
+    }
+    AeadSpeed {
+        implementation: crypt::RECORD_AEAD,
+        bytes_per_second: (AEAD_SAMPLE as f64 / started.elapsed().as_secs_f64().max(1e-9)) as u64,
+    }
 }
 
 impl KernelFacts {
@@ -75,6 +107,10 @@ impl KernelFacts {
             pipe_granted_for_1mib: Err(Unanswered::NotProbed),
             msg_zerocopy_accepted: Err(Unanswered::NotProbed),
             io_uring_usable: Err(Unanswered::NotProbed),
+            aead: AeadSpeed {
+                implementation: crypt::RECORD_AEAD,
+                bytes_per_second: 0,
+            },
             elapsed: Duration::ZERO,
         }
     }
@@ -119,6 +155,7 @@ pub fn probe(dir: &Path) -> io::Result<KernelFacts> {
             Err(e) if refused(&e) => Ok(false),
             Err(e) => Err(text(e)),
         },
+        aead: aead_speed(),
         elapsed: Duration::ZERO,
     };
     facts.tee_shares_pages = match facts.splice_shares_page_cache {

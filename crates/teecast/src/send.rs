@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use teecast_proto::crypt::{self, TransferKey};
 use teecast_proto::wire::{self, AckStatus, Header, HostReport, Tree, WireError};
 
 use crate::auth::Key;
@@ -49,6 +50,10 @@ pub struct SendOptions {
     /// In a tree: the bytes kept to replay to the children of a host that fails
     /// ([`DEFAULT_RING`]).
     pub ring: usize,
+    /// With a key, encrypt the stream (protocol version 3; the default). `false` sends it
+    /// authenticated but in the clear (version 2), for a network trusted with its contents.
+    /// Without a key, or raw, a stream is never encrypted.
+    pub encrypt: bool,
 }
 
 impl Default for SendOptions {
@@ -62,6 +67,7 @@ impl Default for SendOptions {
             key: None,
             tree: None,
             ring: DEFAULT_RING,
+            encrypt: true,
         }
     }
 }
@@ -73,7 +79,14 @@ impl SendOptions {
             stall_timeout: self.stall_timeout,
             connect_timeout: self.connect_timeout,
             key: self.key.clone(),
+            transfer: None,
         }
+    }
+
+    /// Encrypts a keyed stream (`true`, the default) or sends it in the clear (`false`).
+    pub fn encrypt(mut self, encrypt: bool) -> Self {
+        self.encrypt = encrypt;
+        self
     }
 
     /// Sets the data path.
@@ -142,10 +155,13 @@ pub struct DestReport {
     pub parent: Option<String>,
     /// What happened.
     pub outcome: Result<Delivered, DestFailure>,
-    /// Payload bytes written to it.
+    /// Payload bytes written to it (of an encrypted stream: the plaintext bytes of the records
+    /// written).
     pub bytes: u64,
     /// From the start of the transfer to the outcome.
     pub elapsed: Duration,
+    /// Its stream was encrypted (protocol version 3).
+    pub encrypted: bool,
     /// How it was served, when it is worth saying (adopted after its relay failed: from where,
     /// and from which byte). Peer text: escape it before showing it.
     pub note: Option<String>,
@@ -224,6 +240,8 @@ pub struct SendReport {
     pub source_grew: bool,
     /// Wall time of the transfer.
     pub elapsed: Duration,
+    /// The stream was encrypted, sealed once for every destination (protocol version 3).
+    pub encrypted: bool,
 }
 
 impl SendReport {
@@ -284,7 +302,13 @@ impl<'a> Transfer<'a> {
         let consumers = direct.len()
             + usize::from(options.fanout.capture.is_some())
             + usize::from(options.tree.is_some());
-        options.fanout.strategy = options.fanout.strategy.for_transfer(source, consumers);
+        let encrypted = options.encrypt && options.key.is_some() && !options.raw;
+        // Sealing needs the plaintext in memory: every path is the sealing path then
+        // (engine::fan_out_sealed), and its checks are those of vmsplice.
+        options.fanout.strategy = match encrypted {
+            true => Strategy::Vmsplice,
+            false => options.fanout.strategy.for_transfer(source, consumers),
+        };
         options.fanout.validate()?;
         engine::check(source, options.fanout.strategy, consumers)?;
         let name = options
@@ -292,13 +316,25 @@ impl<'a> Transfer<'a> {
             .clone()
             .or_else(|| source.default_name())
             .ok_or(SendError::NameNotUtf8)?;
-        let transfer = match options.tree {
-            Some(_) => transfer_id()?,
-            None => [0; wire::TRANSFER_ID_LEN],
+        let transfer = match (options.tree, encrypted) {
+            (None, false) => [0; wire::TRANSFER_ID_LEN],
+            _ => transfer_id()?,
+        };
+        // An encrypted stream's key, drawn for this transfer; its identifier is the tree's.
+        let transfer_key = match encrypted {
+            true => Some(TransferKey::new(transfer, random_bytes()?)),
+            false => None,
+        };
+        // An encrypted payload is its records: the header announces their length.
+        let length = match encrypted {
+            true => source
+                .len()
+                .map(|l| crypt::sealed_len(l).unwrap_or(u64::MAX)),
+            false => source.len(),
         };
         let header = (!options.raw).then(|| Header {
             name: name.clone(),
-            length: source.len(),
+            length,
             digest: options.fanout.digest,
             route,
             tree: options.tree.map(|fanout| Tree {
@@ -314,17 +350,22 @@ impl<'a> Transfer<'a> {
             h.encode().map_err(SendError::Name)?;
         }
         let digest = options.fanout.digest;
+        // Encrypted, the AEAD authenticates every byte; a keyed stream in the clear is
+        // authenticated through its digest, which must resist collisions.
         if options.key.is_some()
+            && !encrypted
             && !matches!(digest, DigestAlgorithm::Blake3 | DigestAlgorithm::Sha256)
         {
             return Err(SendError::WeakDigest(digest));
         }
+        let mut dest = options.dest();
+        dest.transfer = transfer_key;
         Ok(Transfer {
             source,
             destinations: destinations.to_vec(),
             progress: Arc::new(Progress::new(direct.len())),
             direct,
-            dest: options.dest(),
+            dest,
             options,
             header,
             name,
@@ -371,10 +412,7 @@ impl<'a> Transfer<'a> {
             .collect();
         let (fanout, relayed) = match (self.options.tree, &self.header) {
             (Some(fanout), Some(header)) => self.run_tree(dests, header, fanout),
-            _ => (
-                engine::fan_out(self.source, dests, &self.options.fanout),
-                Vec::new(),
-            ),
+            _ => (self.fan_out(dests), Vec::new()),
         };
         let elapsed = started.elapsed();
         let mut destinations: Vec<(usize, DestReport)> = Vec::with_capacity(hosts);
@@ -385,9 +423,10 @@ impl<'a> Transfer<'a> {
                     address: self.destinations[position - 1].clone(),
                     parent: None,
                     outcome,
-                    bytes: self.progress.of(i),
+                    bytes: self.payload_bytes(self.progress.of(i)),
                     elapsed,
                     note: None,
+                    encrypted: self.dest.transfer.is_some(),
                 },
             ));
         }
@@ -408,20 +447,20 @@ impl<'a> Transfer<'a> {
             Ok(d) => (Some(d), None),
             Err(e) => (None, Some(SendError::Engine(e))),
         };
+        let sent = self.payload_bytes(self.progress.sent().into_iter().max().unwrap_or(0));
         SendReport {
             source: self.source.display().to_string(),
             name: self.name,
             strategy: fanout.strategy.unwrap_or(self.options.fanout.strategy),
             digest,
             // A transfer that failed as a whole still sent what its destinations took.
-            bytes: fanout
-                .bytes
-                .max(self.progress.sent().into_iter().max().unwrap_or(0)),
+            bytes: fanout.bytes.max(sent),
             error,
             destinations,
             capture: self.options.fanout.capture.clone().zip(fanout.capture),
             source_grew: fanout.source_grew,
             elapsed: started.elapsed(),
+            encrypted: self.dest.transfer.is_some(),
         }
     }
 
@@ -463,7 +502,7 @@ impl<'a> Transfer<'a> {
             })
             .collect();
         consumers.push(TreeConsumer::Ring(RingWriter::new(ring)));
-        let fanned = engine::fan_out(self.source, consumers, &self.options.fanout);
+        let fanned = self.fan_out(consumers);
         let mut outcomes: Vec<Result<Delivered, DestFailure>> = fanned
             .consumers
             .into_iter()
@@ -487,6 +526,28 @@ impl<'a> Transfer<'a> {
             source_grew: fanned.source_grew,
         };
         (report, relayed)
+    }
+
+    /// The fan-out of the source to `consumers`: sealed once for all of them when the stream
+    /// is encrypted.
+    fn fan_out<C: engine::Consumer>(
+        &self,
+        consumers: Vec<C>,
+    ) -> engine::FanoutReport<C::Outcome, C::Error> {
+        match &self.dest.transfer {
+            Some(transfer) => {
+                engine::fan_out_sealed(self.source, transfer, consumers, &self.options.fanout)
+            }
+            None => engine::fan_out(self.source, consumers, &self.options.fanout),
+        }
+    }
+
+    /// Payload bytes of `written` on the wire: of an encrypted stream, the plaintext in them.
+    fn payload_bytes(&self, written: u64) -> u64 {
+        match self.dest.transfer {
+            Some(_) => crypt::plain_in(written),
+            None => written,
+        }
     }
 
     /// The report of a host reached through relays, from what its parent said of it.
@@ -514,9 +575,10 @@ impl<'a> Transfer<'a> {
             address: self.destinations[position - 1].clone(),
             parent,
             outcome,
-            bytes: r.bytes,
+            bytes: self.payload_bytes(r.bytes),
             elapsed,
             note,
+            encrypted: self.dest.transfer.is_some(),
         }
     }
 }
@@ -541,6 +603,7 @@ pub fn send(source: &Source, destinations: &[String], options: &SendOptions) -> 
             capture: None,
             source_grew: false,
             elapsed: Duration::ZERO,
+            encrypted: false,
         },
     }
 }
@@ -553,15 +616,20 @@ fn millis(timeout: Duration) -> u32 {
         .max(1)
 }
 
-/// A fresh random identifier for a relayed transfer.
+/// A fresh random identifier for a relayed or encrypted transfer.
 fn transfer_id() -> Result<[u8; wire::TRANSFER_ID_LEN], SendError> {
-    let nonce = auth::nonce().map_err(|e| {
+    let bytes = random_bytes()?;
+    let mut id = [0; wire::TRANSFER_ID_LEN];
+    id.copy_from_slice(&bytes[..wire::TRANSFER_ID_LEN]);
+    Ok(id)
+}
+
+/// 32 fresh random bytes.
+fn random_bytes() -> Result<[u8; 32], SendError> {
+    auth::nonce().map_err(|e| {
         SendError::Engine(EngineError::Source {
             op: "getrandom",
             source: io::Error::other(e),
         })
-    })?;
-    let mut id = [0; wire::TRANSFER_ID_LEN];
-    id.copy_from_slice(&nonce[..wire::TRANSFER_ID_LEN]);
-    Ok(id)
+    })
 }

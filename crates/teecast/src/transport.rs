@@ -162,14 +162,23 @@ pub enum ReadError {
 /// its body.
 pub fn read_message(
     stream: &TcpStream,
-    mut reader: FrameReader,
+    reader: FrameReader,
     deadline: Option<Instant>,
 ) -> Result<Vec<u8>, ReadError> {
+    read_versioned(stream, reader, deadline).map(|(_, body)| body)
+}
+
+/// [`read_message`] with the version the message had (for a reader of either version).
+pub fn read_versioned(
+    stream: &TcpStream,
+    mut reader: FrameReader,
+    deadline: Option<Instant>,
+) -> Result<(Option<u16>, Vec<u8>), ReadError> {
     loop {
         let mut buf = vec![0; reader.wanted()];
         read_exact(stream, &mut buf, deadline)?;
         if let (_, Some(body)) = reader.push(&buf)? {
-            return Ok(body);
+            return Ok((reader.version(), body));
         }
     }
 }

@@ -18,6 +18,7 @@ mod buffers;
 mod consumers;
 mod map;
 mod pipes;
+mod seal;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -38,6 +39,7 @@ pub use consumers::{Capture, CaptureError};
 use consumers::{DigestError, Digester};
 pub use map::SourceMap;
 use pipes::{SourceFiller, pump_pipes};
+pub use seal::fan_out_sealed;
 
 /// Why the engine stopped feeding a consumer before the stream ended. Every consumer's error
 /// type converts from it, so a consumer reports the engine's reasons in its own terms.

@@ -54,6 +54,10 @@ pub enum RecvError {
         "the stream's seal does not verify (changed, replayed or from another session); file discarded"
     )]
     Unsealed,
+    /// An encrypted stream's records do not open: altered, dropped, repeated, reordered, from
+    /// another transfer, or cut short.
+    #[error("the encrypted stream does not verify: {0}; file discarded")]
+    Records(#[source] teecast_proto::crypt::CryptError),
     /// The announced length does not fit in the space left where the file would go.
     #[error("no space for the file: {needed} bytes announced, {available} available")]
     NoSpace {
@@ -126,7 +130,7 @@ pub enum RecvError {
     /// A keyed sender closed the connection after the welcome, before proving the key: most
     /// likely it holds another key (it found this receiver's proof wrong and gave up).
     #[error(
-        "the sender closed the connection before proving the key: most likely it holds another key"
+        "the sender did not prove the key (its encrypted hello does not verify, or it closed the connection before its proof): most likely it holds another key"
     )]
     NoProof,
     /// The sender went quiet, or did not finish a message in time.
@@ -216,7 +220,12 @@ impl RecvError {
             | RecvError::TooLarge { .. }
             | RecvError::Exists => AckStatus::Rejected,
             RecvError::Truncated { .. } | RecvError::Stalled(_) => AckStatus::Truncated,
-            RecvError::DigestMismatch { .. } | RecvError::Unsealed => AckStatus::DigestMismatch,
+            RecvError::Records(teecast_proto::crypt::CryptError::Truncated(_)) => {
+                AckStatus::Truncated
+            }
+            RecvError::DigestMismatch { .. } | RecvError::Unsealed | RecvError::Records(_) => {
+                AckStatus::DigestMismatch
+            }
             RecvError::LengthMismatch { .. } => AckStatus::LengthMismatch,
             RecvError::Io { .. } | RecvError::NoSpace { .. } | RecvError::Reserve { .. } => {
                 AckStatus::IoError
@@ -225,6 +234,7 @@ impl RecvError {
     }
 
     /// A short, stable name for machines: `protocol`, `truncated`, `digest-mismatch`, `unsealed`,
+    /// `records`,
     /// `reserved-name`, `exists`, `no-space`, `too-large`, `reserve`, `stopped`,
     /// `length-mismatch`, `stalled`, `no-proof`, `cannot-create` or `io`.
     pub fn kind(&self) -> &'static str {
@@ -233,6 +243,7 @@ impl RecvError {
             RecvError::Truncated { .. } => "truncated",
             RecvError::DigestMismatch { .. } => "digest-mismatch",
             RecvError::Unsealed => "unsealed",
+            RecvError::Records(_) => "records",
             RecvError::ReservedName => "reserved-name",
             RecvError::Busy => "busy",
             RecvError::Displaced => "displaced",

@@ -200,6 +200,8 @@ pub struct Received {
     pub bytes: u64,
     /// The digest of what was stored.
     pub digest: Digest,
+    /// It arrived encrypted (protocol version 3).
+    pub encrypted: bool,
 }
 
 /// What [`serve`](super::serve) tells about a connection.
@@ -210,8 +212,10 @@ pub enum Event<'a> {
     Opened {
         /// The announced name (the peer's text: escape it before showing it).
         name: &'a str,
-        /// The announced length, when known.
+        /// The announced length, when known (of an encrypted stream: its plaintext's).
         length: Option<u64>,
+        /// The stream is encrypted.
+        encrypted: bool,
     },
     /// What became of it; once per connection, except one that resumed another's stream.
     Done(&'a Result<Received, RecvError>),

@@ -15,6 +15,8 @@ use super::control::Control;
 use super::error::RecvError;
 use super::options::{KeepFree, Received, RecvOptions, Target};
 
+use teecast_proto::crypt::{RECORDS_PER_KEY, RecordReader, TransferKey};
+
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
 use crate::store::{AtomicFile, Writeback};
 /// Where one stream is being written.
@@ -131,6 +133,7 @@ pub(super) fn commit(
         path,
         bytes,
         digest,
+        encrypted: false,
     })
 }
 
@@ -160,6 +163,9 @@ pub(super) struct Payload {
     pub(super) keep_free: Option<KeepFree>,
     /// The stream's bytes at which the free space is looked at next.
     pub(super) next_space_check: u64,
+    /// An encrypted stream: its records, opened as they arrive (the bytes counted are the
+    /// records', the bytes stored and hashed the plaintext).
+    pub(super) records: Option<RecordReader>,
 }
 
 /// Bytes moved per call.
@@ -191,7 +197,18 @@ impl Payload {
             max_size: options.max_size,
             keep_free: None,
             next_space_check: 0,
+            records: None,
         })
+    }
+
+    /// Opens the records of an encrypted stream under `transfer` as they arrive (the buffer
+    /// path, whatever the digest).
+    pub(super) fn opening(mut self, transfer: Option<&TransferKey>) -> Payload {
+        if let Some(t) = transfer {
+            self.records = Some(RecordReader::new(t, RECORDS_PER_KEY));
+            self.pipe = None;
+        }
+        self
     }
 
     /// Keeps the free space `options` asks for while it writes into `store`, a file.
@@ -305,6 +322,16 @@ impl Payload {
             },
         };
         let write_err = RecvError::io("writing the file");
+        if let Some(records) = &mut self.records {
+            let space = records.space();
+            let want = want.min(space.len());
+            let n = sys::read(sock, &mut space[..want]).map_err(read_err)?;
+            if let Some(plain) = records.filled(n).map_err(RecvError::Records)? {
+                self.hasher.update(plain);
+                write_fully(file, plain).map_err(write_err)?;
+            }
+            return Ok(n);
+        }
         match &self.pipe {
             Some(pipe) => {
                 let n = sys::splice(sock, pipe.write.as_fd(), want, SpliceFlags::MORE)
@@ -322,22 +349,32 @@ impl Payload {
             None => {
                 let n = sys::read(sock, &mut self.buf[..want]).map_err(read_err)?;
                 self.hasher.update(&self.buf[..n]);
-                let mut done = 0;
-                while done < n {
-                    match sys::write(file, &self.buf[done..n]) {
-                        Ok(0) => return Err(write_err(io::ErrorKind::WriteZero.into())),
-                        Ok(m) => done += m,
-                        Err(e) => return Err(write_err(e)),
-                    }
-                }
+                write_fully(file, &self.buf[..n]).map_err(write_err)?;
                 Ok(n)
             }
         }
     }
 
-    pub(super) fn finish(self) -> Digest {
-        self.hasher.finish()
+    /// The digest of what was stored; of an encrypted stream, once its final record opened.
+    pub(super) fn finish(self) -> Result<Digest, RecvError> {
+        if let Some(r) = &self.records {
+            r.finish().map_err(RecvError::Records)?;
+        }
+        Ok(self.hasher.finish())
     }
+}
+
+/// Writes all of `bytes` to `file`.
+fn write_fully(file: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match sys::write(file, &bytes[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => done += m,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Into a pipe (standard output into a consumer, a FIFO): asks for a pipe of [`RECEIVE_CHUNK`],

@@ -43,7 +43,7 @@ fn receive_through(
     }
     sender.join().unwrap();
     assert_eq!(payload.bytes, data.len() as u64);
-    let digest = payload.finish();
+    let digest = payload.finish().unwrap();
     let mut stored = Vec::new();
     use std::io::Seek;
     file.seek(io::SeekFrom::Start(0)).unwrap();
@@ -209,7 +209,7 @@ fn a_pipe_written_into_is_widened_to_a_received_piece() {
     sender.join().unwrap();
     assert!(reader.join().unwrap() == data);
     assert_eq!(
-        payload.finish().bytes,
+        payload.finish().unwrap().bytes,
         one_shot(DigestAlgorithm::Xxh3_128, &data).bytes
     );
 }

@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use teecast_proto::crypt::{self, RECORDS_PER_KEY, RecordReader};
 use teecast_proto::session::{Next, ReceiverSession};
 use teecast_proto::wire::{AckStatus, Header, Tree};
 use teecast_sys::{self as sys, Readiness, SpliceFlags};
@@ -33,7 +34,7 @@ use super::streams::{Registered, Resumable};
 use crate::sync::lock;
 
 use crate::dest::{DestOptions, Destination, Progress};
-use crate::digest::Hasher;
+use crate::digest::{DigestAlgorithm, Hasher};
 use crate::engine::{EngineError, FanoutConfig, Filler};
 use crate::store::Writeback;
 use crate::tree::adopt::Adopter;
@@ -103,6 +104,7 @@ pub(super) fn forward(
         connect_timeout: Duration::from_millis(u64::from(tree.connect_ms)).min(child_stall),
         // The children are sent what this host was: under the key its sender proved.
         key: session.key().cloned(),
+        transfer: session.transfer_key().cloned(),
     };
     // The header as this host sends it on: its children's parent (this host, or this host
     // adopting them) waits `child_stall` for each.
@@ -134,9 +136,14 @@ pub(super) fn forward(
             .map(File::from)
             .map_err(RecvError::io("duplicating the file"))
     };
+    // An encrypted stream's copy is its plaintext, and the children are owed the records: it
+    // replays from a ring of those.
+    let transfer = session.transfer_key().cloned();
     let (replay, ring) = match &store {
         _ if served.is_empty() => (None, None),
-        Some(s @ Store::Atomic(_)) => (Some(Replay::Stored(StoredCopy::new(dup(s)?))), None),
+        Some(s @ Store::Atomic(_)) if transfer.is_none() => {
+            (Some(Replay::Stored(StoredCopy::new(dup(s)?))), None)
+        }
         _ => {
             let ring = Arc::new(Ring::new(options.ring, child_stall));
             (Some(Replay::Ring(ring.clone())), Some(ring))
@@ -162,6 +169,12 @@ pub(super) fn forward(
             file: Some(dup(s)?),
             stored,
             writeback: Writeback::default(),
+            opening: transfer.as_ref().map(|t| {
+                (
+                    RecordReader::new(t, RECORDS_PER_KEY),
+                    Hasher::new(header.digest),
+                )
+            }),
         }));
     }
     for (index, (position, stream)) in served.into_iter().enumerate() {
@@ -202,7 +215,11 @@ pub(super) fn forward(
         }),
         control,
     };
-    let config = FanoutConfig::default().digest(header.digest);
+    // Encrypted, the pipe holds records: the local copy hashes the plaintext it opens.
+    let config = FanoutConfig::default().digest(match transfer {
+        Some(_) => DigestAlgorithm::None,
+        None => header.digest,
+    });
     // No length for the engine: the filler ends the stream only once it has read the
     // sender's trailer, so the children's trailers carry the sender's digest.
     let fanned = engine::fan_out_filled(filler, None, consumers, &config);
@@ -227,14 +244,31 @@ pub(super) fn forward(
         op: "relaying",
         source: io::Error::other(e),
     })?;
-    session.verify(&digest.bytes).map_err(mismatch)?;
-    if let Some(Err(TreeError::Local(e))) = local {
-        local_error = Some(RecvError::io("writing the file")(e));
+    // Encrypted: the digest to check is the plaintext's, from the local copy that opened the
+    // records (the engine hashed nothing).
+    let (digest, bytes) = match (&transfer, &local) {
+        (Some(_), Some(Ok(TreeOutcome::Local(Some(d))))) => {
+            (d.clone(), crypt::plain_in(fanned.bytes))
+        }
+        _ => (digest, fanned.bytes),
+    };
+    match local {
+        Some(Err(TreeError::Local(e))) => {
+            local_error = Some(RecvError::io("writing the file")(e));
+        }
+        Some(Err(TreeError::Records(e))) => local_error = Some(RecvError::Records(e)),
+        _ => {}
     }
-    match (local_error, store) {
-        (Some(e), _) => Err(e),
-        (None, Some(store)) => commit(store, options, peer, fanned.bytes, digest),
-        (None, None) => unreachable!("a relay without a store has its reason"),
+    if let Some(e) = local_error {
+        return Err(e);
+    }
+    session.verify(&digest.bytes).map_err(mismatch)?;
+    match store {
+        Some(store) => commit(store, options, peer, bytes, digest).map(|r| Received {
+            encrypted: transfer.is_some(),
+            ..r
+        }),
+        None => unreachable!("a relay without a store has its reason"),
     }
 }
 

@@ -7,8 +7,9 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use teecast_proto::crypt;
 use teecast_proto::session::{Next, ReceiverSession};
-use teecast_proto::wire::{self, AckStatus};
+use teecast_proto::wire::{self, AckStatus, Header, WireError};
 use teecast_sys as sys;
 
 use super::conn::{Conn, REFUSAL_LINGER, discard_input, mismatch};
@@ -144,14 +145,21 @@ fn accept<'scope, 'env>(
     scope.spawn(move || {
         let mut target = None;
         let mut resumed = None;
-        let admit = &mut |name: &str, length, resuming| {
+        let admit = &mut |a: Announced<'_>, resuming| {
             if resuming {
                 gate.settle(ticket);
-                resumed = Some(name.to_string());
+                resumed = Some(a.name.to_string());
                 return Ok(());
             }
             target = gate.open(ticket)?;
-            on_event(Some(peer), Event::Opened { name, length });
+            on_event(
+                Some(peer),
+                Event::Opened {
+                    name: a.name,
+                    length: a.length,
+                    encrypted: a.encrypted,
+                },
+            );
             Ok(())
         };
         let result = receive_admitted(stream, options, admit, streams, gate.control);
@@ -186,7 +194,7 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
     receive_admitted(
         stream,
         options,
-        &mut |_, _, _| Ok(()),
+        &mut |_, _| Ok(()),
         &Streams::default(),
         &Control::new(),
     )
@@ -194,7 +202,31 @@ pub fn receive(stream: TcpStream, options: &RecvOptions) -> Result<Received, Rec
 
 /// Asked whether a stream that passed its header (name, length, whether it resumes one being
 /// received here) may go on.
-type Admit<'a> = dyn FnMut(&str, Option<u64>, bool) -> Result<(), RecvError> + 'a;
+type Admit<'a> = dyn FnMut(Announced<'_>, bool) -> Result<(), RecvError> + 'a;
+
+/// What a stream's header announces, as the receiver stores it.
+#[derive(Clone, Copy)]
+struct Announced<'a> {
+    name: &'a str,
+    /// The bytes to be stored, when known (of an encrypted stream: the plaintext's).
+    length: Option<u64>,
+    encrypted: bool,
+}
+
+impl<'a> Announced<'a> {
+    /// What `session`'s header announces.
+    fn of(session: &ReceiverSession, header: &'a Header) -> Announced<'a> {
+        let encrypted = session.is_encrypted();
+        Announced {
+            name: &header.name,
+            length: match encrypted {
+                true => header.length.and_then(crypt::plain_len),
+                false => header.length,
+            },
+            encrypted,
+        }
+    }
+}
 
 /// [`receive`], asking `admit` once the stream has passed its header (at once for a raw one)
 /// whether it may go on.
@@ -229,7 +261,7 @@ fn receive_admitted(
     let result = receive_framed(&mut conn, admit).map_err(|e| e.stopped_if(control));
     let Conn {
         stream,
-        session,
+        mut session,
         reports,
         ..
     } = conn;
@@ -239,7 +271,15 @@ fn receive_admitted(
         return result;
     }
     let ack = match &result {
-        Ok(r) => session.ack_with_reports(AckStatus::Ok, r.bytes, &r.digest.bytes, "", reports),
+        Ok(r) => {
+            // The count acknowledged is the payload's on the wire: of an encrypted stream, its
+            // records'.
+            let bytes = match r.encrypted {
+                true => crypt::sealed_len(r.bytes).unwrap_or(u64::MAX),
+                false => r.bytes,
+            };
+            session.ack_with_reports(AckStatus::Ok, bytes, &r.digest.bytes, "", reports)
+        }
         Err(e) => {
             let got = session.received();
             session.ack_with_reports(e.ack_status(), got, &[], &e.peer_message(), reports)
@@ -319,7 +359,12 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                         _ => RecvError::reading(during, conn.session.received(), limit)(e),
                     }
                 })?;
-                let taken = conn.session.framing(&buf);
+                // An encrypted hello that verifies under none of this side's keys is a sender
+                // with another key, as a version-2 sender that gives up before its proof is.
+                let taken = conn.session.framing(&buf).map_err(|e| match e {
+                    WireError::BadSeal("hello") => RecvError::NoProof,
+                    e => RecvError::Wire(e),
+                });
                 if let Some(reply) = conn.session.take_reply() {
                     transport::write_all(&conn.stream, &reply, deadline)
                         .map_err(RecvError::reading("welcome", 0, stall))?;
@@ -337,9 +382,10 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                     && let Some(header) = conn.session.header()
                 {
                     let path = target_path(options, &header.name)?;
-                    admit(&header.name, header.length, false)?;
+                    admit(Announced::of(&conn.session, header), false)?;
                     let file = open_store(options, &path, header.length)?;
                     let payload = Payload::new(header.digest, options)?
+                        .opening(conn.session.transfer_key())
                         .stopped_by(conn.control)
                         .keeping_free(options, &file);
                     store = Some((file, payload));
@@ -360,10 +406,14 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
     let Some((file, payload)) = store else {
         unreachable!("the session verifies only after its header");
     };
-    let bytes = payload.bytes;
-    let digest = payload.finish();
+    let encrypted = conn.session.is_encrypted();
+    let bytes = match encrypted {
+        true => crypt::plain_in(payload.bytes),
+        false => payload.bytes,
+    };
+    let digest = payload.finish()?;
     conn.session.verify(&digest.bytes).map_err(mismatch)?;
-    commit(file, options, peer, bytes, digest)
+    commit(file, options, peer, bytes, digest).map(|r| Received { encrypted, ..r })
 }
 
 /// [`receive_framed`] for a stream relayed along a tree, past its header: a resuming header
@@ -381,7 +431,7 @@ fn receive_relayed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Receive
             .map_err(RecvError::io("duplicating the connection"))?;
         // Settled before it is handed over: its place can no longer be taken (and the
         // connection closed under the stream it joins).
-        admit(&header.name, header.length, true)?;
+        admit(Announced::of(&conn.session, &header), true)?;
         if conn.streams.offer(handle, conn.session.clone()).is_none() {
             return Err(RecvError::HandedOver);
         }
@@ -397,11 +447,11 @@ fn receive_relayed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Receive
             transport::deadline(options.stall_timeout),
         )
         .map_err(RecvError::reading("resume", 0, options.stall_timeout))?;
-        admit(&header.name, header.length, false)?;
+        admit(Announced::of(&conn.session, &header), false)?;
     }
     let path = target_path(options, &header.name)?;
     if !header.tree.is_some_and(|t| t.resume) {
-        admit(&header.name, header.length, false)?;
+        admit(Announced::of(&conn.session, &header), false)?;
     }
     let Some(tree) = header.tree else {
         unreachable!("called for a stream with a tree");
@@ -424,7 +474,14 @@ fn receive_raw(
     // Any bytes are a raw stream, so a connection opens one at once; a teecast session sent
     // here too, so that `once` ends with the error that names the mistake.
     let name = raw_name(peer);
-    admit(&name, None, false)?;
+    admit(
+        Announced {
+            name: &name,
+            length: None,
+            encrypted: false,
+        },
+        false,
+    )?;
     if opens_a_session(stream, options.stall_timeout)? {
         return Err(RecvError::FramedIntoRaw);
     }
@@ -439,7 +496,7 @@ fn receive_raw(
         .keeping_free(options, &file);
     payload.copy(stream.as_fd(), file.fd(), None)?;
     let bytes = payload.bytes;
-    let digest = payload.finish();
+    let digest = payload.finish()?;
     commit(file, options, peer, bytes, digest)
 }
 

@@ -6,8 +6,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use teecast_proto::crypt::{CryptError, RecordReader};
+use teecast_sys as sys;
+
 use crate::dest::{Delivered, DestFailure, Destination};
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use crate::engine::{Abandoned, Consumer, SourceMap, splice_to_file};
 use crate::store::Writeback;
 use crate::tree::ring::{RingError, RingWriter, Stopped, StoredCopy};
@@ -34,10 +37,41 @@ pub(crate) struct LocalCopy {
     pub(crate) file: Option<File>,
     pub(crate) stored: Option<Arc<StoredCopy>>,
     pub(crate) writeback: Writeback,
+    /// An encrypted stream: the pipe holds its records, which this copy opens, storing and
+    /// hashing the plaintext (the one AEAD pass at this host; the children are sent the
+    /// records as they came).
+    pub(crate) opening: Option<(RecordReader, Hasher)>,
+}
+
+impl LocalCopy {
+    /// Reads the records in `pipe` straight into place, opens each, and stores its plaintext.
+    fn open_records(
+        file: &File,
+        records: &mut RecordReader,
+        hasher: &mut Hasher,
+        writeback: &mut Writeback,
+        pipe: BorrowedFd<'_>,
+    ) -> Result<u64, TreeError> {
+        let (mut took, mut stored) = (0u64, 0u64);
+        loop {
+            let n = sys::read(pipe, records.space()).map_err(TreeError::Local)?;
+            if n == 0 {
+                return Ok(took);
+            }
+            took += n as u64;
+            if let Some(plain) = records.filled(n).map_err(TreeError::Records)? {
+                hasher.update(plain);
+                io::Write::write_all(&mut &*file, plain).map_err(TreeError::Local)?;
+                stored += plain.len() as u64;
+                writeback.advance(file.as_fd(), stored);
+            }
+        }
+    }
 }
 
 pub(crate) enum TreeOutcome {
-    Local,
+    /// The local copy is written; of an encrypted stream, with the digest of its plaintext.
+    Local(Option<Digest>),
     Child(Delivered),
     Ring,
 }
@@ -46,13 +80,15 @@ impl TreeOutcome {
     pub(crate) fn delivered(self) -> Result<Delivered, DestFailure> {
         match self {
             TreeOutcome::Child(d) => Ok(d),
-            TreeOutcome::Local | TreeOutcome::Ring => Err(Abandoned::Transfer.into()),
+            TreeOutcome::Local(_) | TreeOutcome::Ring => Err(Abandoned::Transfer.into()),
         }
     }
 }
 
 pub(crate) enum TreeError {
     Local(io::Error),
+    /// The local copy's records do not open.
+    Records(CryptError),
     Child(DestFailure),
     Ring(RingError),
     Abandoned(Abandoned),
@@ -69,7 +105,17 @@ impl TreeError {
                 op: "writing the file",
                 source: e,
             },
+            TreeError::Records(e) => DestFailure::Io {
+                op: "opening the records",
+                source: io::Error::other(e),
+            },
         }
+    }
+}
+
+impl From<CryptError> for TreeError {
+    fn from(e: CryptError) -> Self {
+        TreeError::Records(e)
     }
 }
 
@@ -94,8 +140,18 @@ impl Consumer for TreeConsumer<'_> {
         match self {
             TreeConsumer::Local(LocalCopy {
                 file,
+                writeback,
+                opening: Some((records, hasher)),
+                ..
+            }) => {
+                let file = file.as_ref().ok_or(Abandoned::Transfer)?;
+                LocalCopy::open_records(file, records, hasher, writeback, pipe)
+            }
+            TreeConsumer::Local(LocalCopy {
+                file,
                 stored,
                 writeback,
+                opening: None,
             }) => {
                 let file = file.as_ref().ok_or(Abandoned::Transfer)?;
                 splice_to_file(pipe, file.as_fd(), |n, total| {
@@ -113,13 +169,29 @@ impl Consumer for TreeConsumer<'_> {
 
     fn take_from_buffer(&mut self, bytes: &[u8]) -> Result<(), TreeError> {
         match self {
-            TreeConsumer::Local(LocalCopy { file, stored, .. }) => {
+            TreeConsumer::Local(LocalCopy {
+                file,
+                stored,
+                opening: None,
+                ..
+            }) => {
                 let mut file = file.as_ref().ok_or(Abandoned::Transfer)?;
                 io::Write::write_all(&mut file, bytes).map_err(TreeError::Local)?;
                 if let Some(s) = stored {
                     s.wrote(bytes.len() as u64);
                 }
                 Ok(())
+            }
+            TreeConsumer::Local(LocalCopy {
+                file,
+                opening: Some((records, hasher)),
+                ..
+            }) => {
+                let file = file.as_ref().ok_or(Abandoned::Transfer)?;
+                records.push(bytes, |plain| {
+                    hasher.update(plain);
+                    io::Write::write_all(&mut &*file, plain).map_err(TreeError::Local)
+                })
             }
             TreeConsumer::Child(c) => c.take_from_buffer(bytes).map_err(TreeError::Child),
             TreeConsumer::Ring(r) => r.take_from_buffer(bytes).map_err(TreeError::Ring),
@@ -140,11 +212,17 @@ impl Consumer for TreeConsumer<'_> {
 
     fn finish(&mut self, length: u64, digest: &Digest) -> Result<TreeOutcome, TreeError> {
         match self {
-            TreeConsumer::Local(LocalCopy { stored, .. }) => {
+            TreeConsumer::Local(LocalCopy {
+                stored, opening, ..
+            }) => {
+                if let Some((records, hasher)) = opening.take() {
+                    records.finish().map_err(TreeError::Records)?;
+                    return Ok(TreeOutcome::Local(Some(hasher.finish())));
+                }
                 if let Some(s) = stored {
                     s.end(Ok((length, digest.clone())));
                 }
-                Ok(TreeOutcome::Local)
+                Ok(TreeOutcome::Local(None))
             }
             TreeConsumer::Child(c) => c
                 .finish(length, digest)
