@@ -206,11 +206,32 @@ fn wait_held(host: &(Receiver, PathBuf), bytes: u64) {
 /// and how the rest were served.
 #[test]
 fn a_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
+    relay_killed_mid_stream(false);
+}
+
+/// The same, encrypted: the parent replays records from its ring, the adopted host goes on
+/// opening them where it was.
+#[test]
+fn an_encrypted_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
+    relay_killed_mid_stream(true);
+}
+
+fn relay_killed_mid_stream(encrypted: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let hosts = relays(dir.path(), 4, &["--stall-timeout", "5s"]);
+    let key = dir.path().join("key");
+    run(teecast(["keygen"]).arg(&key)).expect_code(0);
+    let keyed = match encrypted {
+        true => vec!["--key-file", key.to_str().unwrap()],
+        false => Vec::new(),
+    };
+    let mut extra = vec!["--stall-timeout", "5s"];
+    extra.extend(&keyed);
+    let hosts = relays(dir.path(), 4, &extra);
     let addrs = addresses(&hosts);
     let (sender, stdin) = Running::spawn_with(
-        teecast(["send", "--json", "--tree", "1", "--name", "s.bin", "-"]).args(&addrs),
+        teecast(["send", "--json", "--tree", "1", "--name", "s.bin", "-"])
+            .args(&keyed)
+            .args(&addrs),
         Stdio::piped(),
         None,
     );
@@ -225,6 +246,7 @@ fn a_relay_killed_mid_stream_is_survived_by_the_hosts_below_it() {
     let sent = sender.wait(Duration::from_secs(120));
     sent.expect_code(1);
     let report = sent.json();
+    assert_eq!(report["encrypted"], encrypted, "{report}");
     assert_eq!(
         hosts_of(&report),
         vec![
