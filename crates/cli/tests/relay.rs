@@ -32,8 +32,19 @@ fn addresses(hosts: &[(Receiver, PathBuf)]) -> Vec<String> {
 /// Sends `source` along a tree of `fanout` over `hosts` and checks that every host stored it,
 /// verified, and that the report names each host with its parent.
 fn relay_and_check(source: &Path, hosts: Vec<(Receiver, PathBuf)>, fanout: usize) {
+    relay_and_check_with(source, hosts, fanout, &[]);
+}
+
+/// [`relay_and_check`] with more arguments for the sender.
+fn relay_and_check_with(
+    source: &Path,
+    hosts: Vec<(Receiver, PathBuf)>,
+    fanout: usize,
+    extra: &[&str],
+) -> serde_json::Value {
     let addrs = addresses(&hosts);
     let sent = run(teecast(["send", "--json", "--tree", &fanout.to_string()])
+        .args(extra)
         .arg(source)
         .args(&addrs));
     sent.expect_code(0);
@@ -51,6 +62,7 @@ fn relay_and_check(source: &Path, hosts: Vec<(Receiver, PathBuf)>, fanout: usize
         assert!(received.stderr.contains("verified"), "{received:?}");
         assert_same_file(source, &inbox.join(name));
     }
+    report
 }
 
 #[test]
@@ -69,6 +81,28 @@ fn a_tree_of_seven_with_two_children_each_stores_everywhere() {
     random_file(&source, 8 * MIB + 3, 202);
     let hosts = relays(dir.path(), 7, &[]);
     relay_and_check(&source, hosts, 2);
+}
+
+/// Encrypted, every host of a tree opens the records it stores and forwards them as they came.
+#[test]
+fn an_encrypted_tree_of_seven_stores_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    run(teecast(["keygen"]).arg(&key)).expect_code(0);
+    let key = key.to_str().unwrap();
+    let source = dir.path().join("disk.img");
+    random_file(&source, 8 * MIB + 5, 204);
+    let hosts = relays(dir.path(), 7, &["--key-file", key]);
+    let report = relay_and_check_with(&source, hosts, 2, &["--key-file", key]);
+    assert_eq!(report["encrypted"], true, "{report}");
+    assert!(
+        report["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["encrypted"] == true),
+        "{report}"
+    );
 }
 
 #[test]
