@@ -579,8 +579,12 @@ pub fn run(args: PushArgs) -> u8 {
         }
     }
     let good = hosts.iter().filter(|h| h.error.is_none()).count();
+    let encrypted = match sent.as_ref().is_some_and(|s| s.encrypted) {
+        true => "encrypted",
+        false => "not encrypted",
+    };
     errln!(
-        "teecast: {good} of {} hosts have it stored and verified",
+        "teecast: {good} of {} hosts have it stored and verified, {encrypted}",
         hosts.len()
     );
     if ok { EXIT_OK } else { EXIT_FAILED }

@@ -123,7 +123,8 @@ fn push_standard_input_over_ipv6_and_ipv4() {
     }
 }
 
-/// The key goes to the remotes on standard input: never in any argv of the launcher.
+/// The key goes to the remotes on standard input: never in any argv of the launcher, nor in
+/// the environment it is given. And a push is always encrypted.
 #[test]
 fn the_key_is_never_on_a_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,7 +136,7 @@ fn the_key_is_never_on_a_command_line() {
         dir.path(),
         "rsh",
         &format!(
-            "printf '%s\\n' \"$@\" >> {}\nshift\nexec sh -c \"$1\"",
+            "printf '%s\\n' \"$@\" >> {0}\nenv >> {0}\nshift\nexec sh -c \"$1\"",
             seen.display()
         ),
     );
@@ -146,8 +147,16 @@ fn the_key_is_never_on_a_command_line() {
         .arg(&source)
         .arg(format!("127.0.0.1:{}", inbox.display())));
     out.expect_code(0);
+    assert!(
+        out.stderr.contains("stored and verified, encrypted"),
+        "{out:?}"
+    );
     let argv = std::fs::read_to_string(&seen).unwrap();
     assert!(argv.contains("--key-file -"), "{argv}");
+    assert!(
+        argv.contains("PATH="),
+        "the environment is recorded too: {argv}"
+    );
     // No 64-hex-digit word anywhere.
     assert!(
         !argv
