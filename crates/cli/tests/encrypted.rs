@@ -411,3 +411,37 @@ fn a_refusal_reaches_the_sender_in_the_receivers_words() {
     receiver.wait().expect_code(1);
     assert!(list_dir(&inbox).is_empty());
 }
+
+/// A receiver of a release that speaks only version 2 closes the connection at an encrypted
+/// hello, as it does at any version it does not know: the sender says that may be the cause.
+#[test]
+fn a_version_2_receiver_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let (src, _) = pattern_file(dir.path(), "v2.bin", 0, 10);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let old = std::thread::spawn(move || {
+        // What a version-2 receiver does with a version-3 hello: reads its prefix, finds the
+        // version unsupported, closes without an answer.
+        let mut conn = accept(&listener);
+        let mut prefix = [0u8; 10];
+        conn.read_exact(&mut prefix).unwrap();
+        prefix
+    });
+    let sent = run(teecast(["send", "--json", "--key-file"])
+        .arg(&key)
+        .arg(&src)
+        .arg(&addr));
+    sent.expect_code(1);
+    assert_eq!(&old.join().unwrap()[..6], b"TCHL\x00\x03");
+    let d = &sent.json()["destinations"][0];
+    assert_eq!(d["kind"], "closed-at-hello", "{d}");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("unencrypted version 2"),
+        "{d}"
+    );
+}
