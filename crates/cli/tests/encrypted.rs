@@ -104,14 +104,7 @@ fn relay_one(
     let (mut s_read, mut c_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
     let back = std::thread::spawn(move || {
         let mut got = Vec::new();
-        let mut buf = vec![0; 65_536];
-        while let Ok(n) = s_read.read(&mut buf) {
-            if n == 0 || c_write.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        let _ = c_write.shutdown(Shutdown::Write);
+        pump(&mut s_read, &mut c_write, &mut got);
         got
     });
     // The sender's: the hello, the transfer key and the header each go on as they come (the
@@ -159,18 +152,24 @@ fn relay_one(
         sent.extend_from_slice(&trailer);
         let _ = server.write_all(&trailer);
         let _ = client.set_read_timeout(Some(TIMEOUT));
-        let mut buf = vec![0; 65_536];
-        while let Ok(n) = client.read(&mut buf) {
-            if n == 0 || server.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            sent.extend_from_slice(&buf[..n]);
-        }
-        let _ = server.shutdown(Shutdown::Write);
+        pump(&mut client, &mut server, &mut sent);
     }
     let got = back.join().unwrap();
     *up.lock().unwrap() = sent;
     *down.lock().unwrap() = got;
+}
+
+/// Copies `from` to `to` until either ends, recording what passed in `seen`; then ends `to`'s
+/// writing half.
+fn pump(from: &mut TcpStream, to: &mut TcpStream, seen: &mut Vec<u8>) {
+    let mut buf = vec![0; 65_536];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 /// A fresh key file made by `teecast keygen`.

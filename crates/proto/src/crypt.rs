@@ -30,7 +30,7 @@ use snow::types::{Cipher, Dh, Hash, Random};
 use snow::{HandshakeState, StatelessTransportState};
 
 use crate::auth::Key;
-use crate::wire::{PREFIX_LEN, TRANSFER_ID_LEN};
+use crate::wire::{self, PREFIX_LEN, TRANSFER_ID_LEN};
 
 /// The protocol version of these messages.
 pub const VERSION: u16 = 3;
@@ -195,12 +195,7 @@ impl Message {
 
     /// Prefix and body.
     fn frame(self, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
-        out.extend_from_slice(&self.magic());
-        out.extend_from_slice(&VERSION.to_be_bytes());
-        out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(body);
-        out
+        wire::prefixed(self.magic(), VERSION, body)
     }
 
     /// The body of a whole message (prefix included) of this kind.
@@ -655,16 +650,8 @@ impl Channel {
                 "a message shorter than its prefix".into(),
             ))?;
         let sealed = self.write(body)?;
-        let mut out = Vec::with_capacity(PREFIX_LEN + sealed.len());
-        out.extend_from_slice(&prefix[..4]);
-        out.extend_from_slice(&VERSION.to_be_bytes());
-        out.extend_from_slice(
-            &u32::try_from(sealed.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
-        );
-        out.extend_from_slice(&sealed);
-        Ok(out)
+        let magic = [prefix[0], prefix[1], prefix[2], prefix[3]];
+        Ok(wire::prefixed(magic, VERSION, &sealed))
     }
 
     /// The body of the peer's next sealed message, from the body that arrived (after a prefix

@@ -11,6 +11,8 @@
 //! and validates each frame in turn. Both read acknowledgements and other framed messages with
 //! one [`FrameReader`].
 
+use std::borrow::Cow;
+
 use crate::auth::{Key, same_mac};
 use crate::crypt::{self, Channel, CryptError, Initiator, TransferKey};
 use crate::digest::DigestAlgorithm;
@@ -36,12 +38,7 @@ fn message(kind: MessageKind, body: &[u8]) -> Vec<u8> {
 
 /// The whole version-3 message of `kind` around `body`, as `crypt` takes it.
 fn encrypted_message(kind: MessageKind, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
-    out.extend_from_slice(&kind.magic());
-    out.extend_from_slice(&ENCRYPTED_VERSION.to_be_bytes());
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(body);
-    out
+    wire::prefixed(kind.magic(), ENCRYPTED_VERSION, body)
 }
 
 /// `message`, sealed as the next message of `channel`.
@@ -53,6 +50,18 @@ fn seal_with(channel: &mut Channel, message: &[u8]) -> Vec<u8> {
 /// The body of the peer's sealed `kind`, opened with `channel`.
 fn open_with(channel: &mut Channel, kind: MessageKind, body: &[u8]) -> Result<Vec<u8>, WireError> {
     channel.open(body).ok_or(WireError::BadSeal(kind.name()))
+}
+
+/// The body of the peer's `kind` as it arrived, or opened when the session is encrypted.
+fn opened<'a>(
+    channel: &mut Option<Channel>,
+    kind: MessageKind,
+    body: &'a [u8],
+) -> Result<Cow<'a, [u8]>, WireError> {
+    match channel {
+        Some(c) => open_with(c, kind, body).map(Cow::Owned),
+        None => Ok(Cow::Borrowed(body)),
+    }
 }
 
 /// A refusal of the handshake's crypto in the session's terms: a message that does not verify
@@ -411,14 +420,7 @@ impl SenderSession {
         if self.step != SenderStep::Resume {
             return Err(WireError::OutOfTurn(MessageKind::Resume));
         }
-        let opened;
-        let body = match &mut self.channel {
-            Some(c) => {
-                opened = open_with(c, MessageKind::Resume, body)?;
-                &opened[..]
-            }
-            None => body,
-        };
+        let body = &*opened(&mut self.channel, MessageKind::Resume, body)?;
         let resume = Resume::decode_body(body)?;
         if let Some(k) = &self.session_key {
             let seal = Seal::decode_body(seal.unwrap_or_default())?;
@@ -548,14 +550,7 @@ impl SenderSession {
         seal: Option<&[u8]>,
         digest: &[u8],
     ) -> Result<Verdict, WireError> {
-        let opened;
-        let body = match &mut self.channel {
-            Some(c) => {
-                opened = open_with(c, MessageKind::Ack, body)?;
-                &opened[..]
-            }
-            None => body,
-        };
+        let body = &*opened(&mut self.channel, MessageKind::Ack, body)?;
         let ack = Ack::decode_body(body)?;
         if let Some(k) = &self.session_key {
             let seal = Seal::decode_body(seal.unwrap_or_default())?;

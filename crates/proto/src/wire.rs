@@ -532,13 +532,19 @@ pub fn frame(kind: MessageKind, body: &[u8]) -> Result<Vec<u8>, WireError> {
     if body.len() > kind.max_body_len() {
         return Err(too_long());
     }
-    let len = u32::try_from(body.len()).map_err(|_| too_long())?;
+    u32::try_from(body.len()).map_err(|_| too_long())?;
+    Ok(prefixed(kind.magic(), VERSION, body))
+}
+
+/// `magic`, `version`, the body's length and `body`: a whole message, its length unchecked
+/// (the caller's messages fit their limits by construction).
+pub fn prefixed(magic: [u8; 4], version: u16, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
-    out.extend_from_slice(&kind.magic());
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(body);
-    Ok(out)
+    out
 }
 
 /// Checks a body handed straight to a decoder against its kind's limit.
