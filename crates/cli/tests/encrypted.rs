@@ -222,7 +222,7 @@ fn the_wire_holds_no_plaintext_and_the_file_arrives_whole() {
     let received = receiver.wait();
     received.expect_code(0);
     assert!(received.stderr.contains("encrypted"), "{received:?}");
-    assert_eq!(std::fs::read(inbox.join("secret-name.bin")).unwrap(), bytes);
+    assert!(std::fs::read(inbox.join("secret-name.bin")).unwrap() == bytes);
     let (up, down) = proxy.captured();
     assert!(up.len() > bytes.len(), "the whole stream passed the proxy");
     let digest = report["digest"]["hex"].as_str().unwrap();
@@ -268,8 +268,8 @@ fn a_relay_forwards_ciphertext_to_its_child() {
     );
     a.wait().expect_code(0);
     b.wait().expect_code(0);
-    assert_eq!(std::fs::read(a_in.join("tree.bin")).unwrap(), bytes);
-    assert_eq!(std::fs::read(b_in.join("tree.bin")).unwrap(), bytes);
+    assert!(std::fs::read(a_in.join("tree.bin")).unwrap() == bytes);
+    assert!(std::fs::read(b_in.join("tree.bin")).unwrap() == bytes);
     let (up, down) = proxy.captured();
     assert!(up.len() > bytes.len());
     assert!(!contains(&up, b"PLAINTEXT-PATT"));
@@ -381,7 +381,7 @@ fn no_encrypt_sends_in_the_clear_and_says_so() {
         .arg("127.0.0.1:9"));
     assert!(human.stderr.contains("not encrypted"), "{human:?}");
     receiver.wait().expect_code(0);
-    assert_eq!(std::fs::read(inbox.join("clear.bin")).unwrap(), bytes);
+    assert!(std::fs::read(inbox.join("clear.bin")).unwrap() == bytes);
     let (up, _) = proxy.captured();
     assert!(contains(&up, b"PLAINTEXT-PATT"));
     assert_eq!(&up[..6], b"TCHL\x00\x02");
@@ -443,4 +443,65 @@ fn a_version_2_receiver_is_named() {
             .contains("unencrypted version 2"),
         "{d}"
     );
+}
+
+/// Every `--strategy`, a file and standard input, to two receivers with a capture: sealed once
+/// on the one sealing path; both receivers and the capture hold the plaintext.
+#[test]
+fn every_strategy_and_standard_input_go_encrypted_with_a_plaintext_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let (src, bytes) = pattern_file(dir.path(), "any.bin", 5, 4321);
+    let strategies = [
+        "auto",
+        "readwrite",
+        "mmap-write",
+        "vmsplice",
+        "mmap-pipe",
+        "read-pipe",
+        "zerocopy",
+        "direct",
+    ];
+    for (i, strategy) in strategies.iter().chain(&["-"]).enumerate() {
+        let inboxes = [
+            dir.path().join(format!("a{i}")),
+            dir.path().join(format!("b{i}")),
+        ];
+        let receivers: Vec<Receiver> = inboxes
+            .iter()
+            .map(|d| Receiver::once_in(d, &["--key-file", key.to_str().unwrap()]))
+            .collect();
+        let capture = dir.path().join(format!("capture-{i}"));
+        let mut cmd = teecast(["send", "--json", "--name", "any.bin", "--key-file"]);
+        cmd.arg(&key).arg("--capture").arg(&capture);
+        let sent = if *strategy == "-" {
+            cmd.arg("-").args(receivers.iter().map(Receiver::dest));
+            let stdin = std::process::Stdio::from(std::fs::File::open(&src).unwrap());
+            common::Running::spawn_with(&mut cmd, stdin, None)
+                .0
+                .wait(TIMEOUT)
+        } else {
+            cmd.args(["--strategy", strategy])
+                .arg(&src)
+                .args(receivers.iter().map(Receiver::dest));
+            run(&mut cmd)
+        };
+        sent.expect_code(0);
+        let report = sent.json();
+        assert_eq!(report["encrypted"], true, "{strategy}: {report}");
+        assert_eq!(report["strategy"], "vmsplice", "{strategy}: {report}");
+        assert_eq!(
+            std::fs::read(&capture).unwrap(),
+            bytes,
+            "{strategy}: capture"
+        );
+        for (r, inbox) in receivers.into_iter().zip(&inboxes) {
+            r.wait().expect_code(0);
+            assert_eq!(
+                std::fs::read(inbox.join("any.bin")).unwrap(),
+                bytes,
+                "{strategy}"
+            );
+        }
+    }
 }
