@@ -222,12 +222,21 @@ fn a_slow_fsync_behind_a_large_file_is_still_confirmed() {
 /// is quiet; the stall timeout measures a receiver that stops reading, not a quiet source.
 #[test]
 fn a_pausing_producer_does_not_kill_the_stream() {
-    for strategy in ["readwrite", "read-pipe"] {
+    // Encrypted too, with a record half full across the pause: it waits for the rest.
+    for (strategy, encrypted) in [("readwrite", false), ("read-pipe", false), ("auto", true)] {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join("part.bin");
-        random_file(&part, MIB, 114);
+        random_file(&part, MIB + 1000, 114);
+        let key = dir.path().join("key");
+        run(teecast(["keygen"]).arg(&key)).expect_code(0);
+        let keyed: Vec<&str> = match encrypted {
+            true => vec!["--key-file", key.to_str().unwrap()],
+            false => Vec::new(),
+        };
         let out = dir.path().join("out.bin");
-        let receiver = Receiver::once_to(&out, &["--stall-timeout", "1s"]);
+        let mut args = vec!["--stall-timeout", "1s"];
+        args.extend(&keyed);
+        let receiver = Receiver::once_to(&out, &args);
         // Half, a pause three times the stall timeout, the other half.
         let script = format!("cat {p}; sleep 3; cat {p}", p = part.display());
         let mut producer = std::process::Command::new("sh")
@@ -236,7 +245,7 @@ fn a_pausing_producer_does_not_kill_the_stream() {
             .spawn()
             .unwrap();
         let mut cmd = teecast(["send", "--stall-timeout", "1s", "--strategy", strategy, "-"]);
-        cmd.arg(receiver.dest());
+        cmd.args(&keyed).arg(receiver.dest());
         let (sender, _) = common::Running::spawn_with(
             &mut cmd,
             std::process::Stdio::from(producer.stdout.take().unwrap()),
@@ -245,6 +254,12 @@ fn a_pausing_producer_does_not_kill_the_stream() {
         let sent = sender.wait(common::TIMEOUT);
         assert!(producer.wait().unwrap().success());
         sent.expect_code(0);
+        assert_eq!(
+            sent.stderr.contains(", encrypted:"),
+            encrypted,
+            "{}",
+            sent.stderr
+        );
         receiver.wait().expect_code(0);
         let mut twice = std::fs::read(&part).unwrap();
         twice.extend(std::fs::read(&part).unwrap());
