@@ -113,6 +113,11 @@ fn records_corpus() {
 }
 
 #[test]
+fn record_reader_corpus() {
+    replay("record_reader", checks::record_reader);
+}
+
+#[test]
 fn handshake_corpus() {
     replay("handshake", checks::handshake);
 }
@@ -120,7 +125,7 @@ fn handshake_corpus() {
 /// Every corpus directory belongs to a target replayed above (a new target needs a test here).
 #[test]
 fn no_corpus_without_a_replay() {
-    const TARGETS: [&str; 14] = [
+    const TARGETS: [&str; 15] = [
         "hello",
         "welcome",
         "seal",
@@ -134,6 +139,7 @@ fn no_corpus_without_a_replay() {
         "crypt_prefix",
         "record_header",
         "records",
+        "record_reader",
         "handshake",
     ];
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus");

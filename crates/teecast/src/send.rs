@@ -303,10 +303,10 @@ impl<'a> Transfer<'a> {
             + usize::from(options.fanout.capture.is_some())
             + usize::from(options.tree.is_some());
         let encrypted = options.encrypt && options.key.is_some() && !options.raw;
-        // Sealing needs the plaintext in memory: every path is the sealing path then
-        // (engine::fan_out_sealed), and its checks are those of vmsplice.
+        // Sealing needs the plaintext in memory: an encrypted stream takes one of the two
+        // paths that read it (engine::fan_out_sealed).
         options.fanout.strategy = match encrypted {
-            true => Strategy::Vmsplice,
+            true => options.fanout.strategy.sealing(consumers),
             false => options.fanout.strategy.for_transfer(source, consumers),
         };
         options.fanout.validate()?;

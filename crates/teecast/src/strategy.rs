@@ -94,6 +94,21 @@ impl Strategy {
         }
     }
 
+    /// The path of an encrypted stream to `destinations` (the capture counted), which is sealed
+    /// in a buffer of plaintext read with `read()` (engine::fan_out_sealed): `readwrite`, the
+    /// sealed buffer written to every socket, when asked and for `auto` below
+    /// [`SHARED_COPY_FROM`] destinations, as for a plaintext stream; `read-pipe`, the sealed
+    /// buffer written into the pipe that is `tee`d to every socket, otherwise. Every other path
+    /// needs the source's pages (or a mapping of them) to go to the sockets unread, where no
+    /// sealing can happen (BENCHMARKS.md, "Encryption: end to end").
+    pub fn sealing(self, destinations: usize) -> Strategy {
+        match self {
+            Self::ReadWrite => Self::ReadWrite,
+            Self::Auto if destinations < SHARED_COPY_FROM => Self::ReadWrite,
+            _ => Self::ReadPipe,
+        }
+    }
+
     /// The concrete path for sending `source` to `destinations`: `auto` looks at the case (which
     /// may run the probe of [`Case::of`]); other paths are kept as asked, without looking.
     pub fn for_transfer(self, source: &Source, destinations: usize) -> Strategy {

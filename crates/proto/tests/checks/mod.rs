@@ -472,6 +472,89 @@ pub fn records(data: &[u8]) -> bool {
     true
 }
 
+/// `record_reader`: first byte: the records per key, as in [`records`]; second: the size of
+/// the pieces the stream arrives in (1 to 7 bytes, 64, 4 KiB, or as much as there is room for);
+/// the rest: a stream of records, fed to a `RecordReader` as a receiver's reads would. It must
+/// never panic, always have room for a whole record, and agree with a record-by-record reading
+/// of the same bytes: the same plaintexts, handed over in the same order, and accepted (its
+/// final record opened, nothing after it) exactly when that reading accepts the stream.
+pub fn record_reader(data: &[u8]) -> bool {
+    use teecast_proto::crypt::{
+        CryptError, FULL_RECORD, RECORD_HEADER_LEN, RECORD_LEN, RECORDS_PER_KEY, RecordHeader,
+        RecordOpener, RecordReader,
+    };
+    let [limit, piece, wire @ ..] = data else {
+        return false;
+    };
+    let per_key = match limit % 5 {
+        0 => RECORDS_PER_KEY,
+        n => u64::from(n),
+    };
+    let piece = match piece % 10 {
+        p @ 0..=6 => usize::from(p) + 1,
+        7 => 64,
+        8 => 4096,
+        _ => usize::MAX,
+    };
+    let transfer = fuzz_transfer_key();
+    // Record by record: header, the short-record rule, the whole record, the seal, and nothing
+    // after the final one.
+    let mut expected: Vec<Vec<u8>> = Vec::new();
+    let accepted = {
+        let mut opener = RecordOpener::new(&transfer, per_key);
+        let mut at = 0;
+        loop {
+            if opener.is_done() {
+                break at == wire.len();
+            }
+            let Some(bytes) = wire[at..].first_chunk::<RECORD_HEADER_LEN>() else {
+                break false;
+            };
+            let Ok(header) = RecordHeader::decode(*bytes) else {
+                break false;
+            };
+            if !header.last && header.len != RECORD_LEN {
+                break false;
+            }
+            let start = at + RECORD_HEADER_LEN;
+            let Some(sealed) = wire.get(start..start + header.sealed_len()) else {
+                break false;
+            };
+            let mut sealed = sealed.to_vec();
+            match opener.open_in_place(header, &mut sealed) {
+                Ok(plain) => expected.push(plain.to_vec()),
+                Err(_) => break false,
+            }
+            at = start + header.sealed_len();
+        }
+    };
+    let mut reader = RecordReader::new(&transfer, per_key);
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut rest = wire;
+    let mut outcome: Result<(), CryptError> = Ok(());
+    while !rest.is_empty() && outcome.is_ok() {
+        let space = reader.space();
+        assert!(space.len() >= FULL_RECORD, "no room for a whole record");
+        let n = piece.min(space.len()).min(rest.len());
+        space[..n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        outcome = reader.filled(n, |plain| {
+            got.push(plain.to_vec());
+            Ok(())
+        });
+    }
+    if let Err(err) = &outcome {
+        check_crypt_error(err);
+    }
+    let reader_accepted = outcome.is_ok() && reader.finish().is_ok();
+    assert_eq!(got, expected, "the reader handed over other plaintexts");
+    assert_eq!(
+        reader_accepted, accepted,
+        "the reader and a record-by-record reading disagree"
+    );
+    accepted
+}
+
 /// The fixed pre-shared key and ephemeral keys of the `handshake` target (and its seeds).
 pub const FUZZ_PSK: [u8; 32] = [0x42; 32];
 /// The sender's ephemeral private key in the `handshake` target.

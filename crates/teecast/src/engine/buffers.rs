@@ -4,8 +4,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::{
-    Branch, EngineError, FanoutConfig, Piece, SourceMap, check_short, fresh_size, next_want,
-    read_source,
+    Branch, BufferFiller, EngineError, FanoutConfig, Piece, SourceMap, check_short, fresh_size,
+    next_want, read_source,
 };
 use crate::digest::Hasher;
 use crate::source::Source;
@@ -89,6 +89,33 @@ pub(super) fn pump_buffers(
         sent += got as u64;
     }
     Ok(sent)
+}
+
+/// `readwrite` over a caller's `filler` (the sealing path's records): each pooled buffer is
+/// filled by it, then shared read-only by every consumer, as [`pump_buffers`] shares what it
+/// reads.
+pub(super) fn pump_filled(
+    filler: &mut dyn BufferFiller,
+    branches: &mut [Branch],
+    config: &FanoutConfig,
+    mut hasher: Option<&mut Hasher>,
+) -> Result<u64, EngineError> {
+    let pool = BufferPool::new(config.buffers, config.buffer_chunk);
+    let mut sent = 0u64;
+    loop {
+        let mut buf = pool.take();
+        let got = filler.fill_buffer(&mut buf, hasher.as_deref_mut())?;
+        if got == 0 {
+            return Ok(sent);
+        }
+        let chunk = Arc::new(Chunk {
+            buf,
+            len: got,
+            pool: pool.clone(),
+        });
+        send_to_all(branches, || Piece::Buffer(chunk.clone()))?;
+        sent += got as u64;
+    }
 }
 
 /// mmap-write: each chunk is a range of the mapping, copied by the kernel straight into the

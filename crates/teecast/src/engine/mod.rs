@@ -33,7 +33,7 @@ use crate::source::Source;
 use crate::strategy::Strategy;
 use teecast_sys::{self as sys, Pipe};
 
-use buffers::{Chunk, pump_buffers, pump_map};
+use buffers::{Chunk, pump_buffers, pump_filled, pump_map};
 pub(crate) use consumers::splice_to_file;
 pub use consumers::{Capture, CaptureError};
 use consumers::{DigestError, Digester};
@@ -203,6 +203,17 @@ pub trait Filler: Send {
     /// True when `fill` hashes what it puts in (it holds the bytes in a buffer of its own);
     /// false when the engine must hash a `tee` of the pipe on a consumer of its own.
     fn hashes(&self) -> bool;
+}
+
+/// Fills one pooled buffer of the `readwrite` path with the next bytes of a stream the engine
+/// does not read itself (the sealing path's records), and hashes what the digest covers.
+pub(crate) trait BufferFiller: Send {
+    /// Puts the next bytes into the front of `buf` and returns how many: 0 only at the end.
+    fn fill_buffer(
+        &mut self,
+        buf: &mut [u8],
+        hasher: Option<&mut Hasher>,
+    ) -> Result<usize, EngineError>;
 }
 
 /// Why a fan-out failed as a whole.
@@ -517,6 +528,8 @@ pub fn fan_out_filled<C: Consumer>(
 enum Plan<'a> {
     /// `readwrite`: pooled buffers shared by every consumer.
     Buffers,
+    /// `readwrite` over this filler: pooled buffers it fills, shared by every consumer.
+    FilledBuffers(Box<dyn BufferFiller + 'a>),
     /// `mmap-write`: ranges of a mapping of the file.
     Map,
     /// A pipe path: this filler, then tee into every consumer's pipe.
@@ -570,7 +583,7 @@ fn run<C: Consumer>(
     // engine's own hashes a copy of the stable stream (never the source: docs/KERNEL.md §3).
     let filler_hashes = match &plan {
         Plan::Buffers => false,
-        Plan::Map => true,
+        Plan::FilledBuffers(_) | Plan::Map => true,
         Plan::Pipes(filler) => filler.hashes(),
     };
     let uses_pipes = matches!(plan, Plan::Pipes(_));
@@ -602,6 +615,12 @@ fn run<C: Consumer>(
 
         let pumped = setup.and_then(|()| match (&mut plan, source) {
             (Plan::Buffers, Some(source)) => pump_buffers(source, &mut branches, config),
+            (Plan::FilledBuffers(filler), _) => pump_filled(
+                filler.as_mut(),
+                &mut branches,
+                config,
+                filler_hasher.as_mut(),
+            ),
             (Plan::Map, Some(source)) => {
                 pump_map(source, &mut branches, config, filler_hasher.as_mut())
             }

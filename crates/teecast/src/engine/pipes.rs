@@ -217,7 +217,7 @@ fn open_direct(source: &Source) -> Result<OwnedFd, EngineError> {
         })
 }
 
-fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+pub(super) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let n = sys::write(fd, buf)?;
         if n == 0 {

@@ -57,7 +57,7 @@ pub enum RecvError {
     /// An encrypted stream's records do not open: altered, dropped, repeated, reordered, from
     /// another transfer, or cut short.
     #[error("the encrypted stream does not verify: {0}; file discarded")]
-    Records(#[source] teecast_proto::crypt::CryptError),
+    Records(#[from] teecast_proto::crypt::CryptError),
     /// The announced length does not fit in the space left where the file would go.
     #[error("no space for the file: {needed} bytes announced, {available} available")]
     NoSpace {

@@ -326,10 +326,11 @@ impl Payload {
             let space = records.space();
             let want = want.min(space.len());
             let n = sys::read(sock, &mut space[..want]).map_err(read_err)?;
-            if let Some(plain) = records.filled(n).map_err(RecvError::Records)? {
-                self.hasher.update(plain);
-                write_fully(file, plain).map_err(write_err)?;
-            }
+            let hasher = &mut self.hasher;
+            records.filled(n, |plain| {
+                hasher.update(plain);
+                write_fully(file, plain).map_err(RecvError::io("writing the file"))
+            })?;
             return Ok(n);
         }
         match &self.pipe {

@@ -59,12 +59,13 @@ impl LocalCopy {
                 return Ok(took);
             }
             took += n as u64;
-            if let Some(plain) = records.filled(n).map_err(TreeError::Records)? {
+            records.filled(n, |plain| {
                 hasher.update(plain);
                 io::Write::write_all(&mut &*file, plain).map_err(TreeError::Local)?;
                 stored += plain.len() as u64;
                 writeback.advance(file.as_fd(), stored);
-            }
+                Ok::<(), TreeError>(())
+            })?;
         }
     }
 }
