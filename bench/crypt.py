@@ -14,8 +14,10 @@ exited. Two kinds of receiver: *storing* (each writes its copy to a file on `/de
 then checked for its size) and *discarding* (each writes to /dev/null). Contenders, each at
 every N, alternating inside each round:
 
-- teecast, encrypted (the default with a key) and `--no-encrypt`: `teecast send --key-file K`
-  into `teecast recv --key-file K --once --output FILE` (checks the digest, then keeps the file);
+- teecast, encrypted (the default with a key; `auto` seals on the `readwrite` path below 6
+  destinations and on `read-pipe` from 6), at N = 4 and 8 also with each of the two asked
+  for (`--strategy read-pipe`, `--strategy readwrite`), and `--no-encrypt`: `teecast send --key-file K` into `teecast recv --key-file K --once --output
+  FILE` (checks the digest, then keeps the file);
 - ssh, `-c aes128-gcm@openssh.com` and `-c chacha20-poly1305@openssh.com`: one `ssh` per
   destination, each reading the file, into a private `sshd -i` per destination (started on its
   accepted connection, no copy in between) that runs `cat > FILE`;
@@ -50,6 +52,8 @@ BEGIN = "<!-- bench/crypt.py: begin -->"
 END = "<!-- bench/crypt.py: end -->"
 
 ENCRYPTED = "teecast, encrypted"
+ENCRYPTED_PIPE = "teecast, encrypted, --strategy read-pipe"
+ENCRYPTED_RW = "teecast, encrypted, --strategy readwrite"
 PLAIN = "teecast --no-encrypt"
 SSH_GCM = "ssh aes128-gcm"
 SSH_CHACHA = "ssh chacha20-poly1305"
@@ -140,6 +144,10 @@ def contenders(s, discard):
     check = "none" if discard else "file"
     return [
         e2e.E2E(ENCRYPTED, teecast_send(""), teecast_recv, check=check),
+        e2e.E2E(ENCRYPTED_PIPE, teecast_send("--strategy read-pipe"), teecast_recv,
+                check=check, ns={4, 8}),
+        e2e.E2E(ENCRYPTED_RW, teecast_send("--strategy readwrite"), teecast_recv,
+                check=check, ns={4, 8}),
         e2e.E2E(PLAIN, teecast_send("--no-encrypt"), teecast_recv, check=check),
         e2e.E2E(SSH_GCM, ssh_send("aes128-gcm@openssh.com"), sshd_recv, check=check),
         e2e.E2E(SSH_CHACHA, ssh_send("chacha20-poly1305@openssh.com"), sshd_recv,
@@ -176,7 +184,8 @@ def measure(b, setup, src, size, ns, rounds, only, log):
             results[mode] = {}
             for n in ns:
                 todo = [c for c in contenders(setup, mode == "discard")
-                        if not only or re.search(only, c.name)]
+                        if (c.ns is None or n in c.ns)
+                        and (not only or re.search(only, c.name))]
                 cell = results[mode][n] = {c.name: [] for c in todo}
                 for r in range(rounds):
                     for c in e2e.round_order(todo, r):
