@@ -757,9 +757,10 @@ impl ReceiverSession {
                     announced,
                 });
             }
-            Some(announced) if offset == announced => {
-                ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer))
-            }
+            Some(announced) if offset == announced => ReceiverStep::Trailer(match self.channel {
+                Some(_) => FrameReader::encrypted(MessageKind::Trailer),
+                None => FrameReader::new(MessageKind::Trailer),
+            }),
             Some(announced) => ReceiverStep::Raw(announced - offset),
             None => ReceiverStep::ChunkHeader(Vec::new()),
         };
