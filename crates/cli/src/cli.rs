@@ -694,15 +694,21 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                 }
                 return;
             }
-            recv::Event::Resumed { name } => {
+            recv::Event::Resumed { name, stored } => {
                 if let Some(from) = from {
                     status.done(from, false);
                 }
                 if !quiet {
+                    let how = match stored {
+                        true => {
+                            "its parent failed before it read the acknowledgement; the copy stored here is confirmed"
+                        }
+                        false => "its parent failed, this one goes on",
+                    };
                     log!(
                         log,
                         Info,
-                        "teecast: {peer}: resumes {}: its parent failed, this one goes on",
+                        "teecast: {peer}: resumes {}: {how}",
                         wire::escape_text(name, 255)
                     );
                 }

@@ -9,7 +9,7 @@ use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use teecast_proto::crypt::TransferKey;
@@ -276,7 +276,15 @@ pub(crate) struct Destination<'a> {
     reports: Option<&'a Mutex<Vec<HostReport>>>,
     /// It failed itself (rather than being abandoned with the whole stream).
     failed: bool,
+    /// For a relay: where a confirmed connection goes once its acknowledgement is read, kept
+    /// open until the relay's own parent has read the relay's acknowledgement (see
+    /// [`Destination::holding`]).
+    holding: Option<HeldChildren>,
 }
+
+/// The connections of confirmed children a relay holds, released (closed in order) once its
+/// own acknowledgement has been read.
+pub(crate) type HeldChildren = Arc<Mutex<Vec<TcpStream>>>;
 
 impl<'a> Destination<'a> {
     /// A destination at `address`, counted as `index` in `progress`, sent `header` (`None`:
@@ -310,7 +318,18 @@ impl<'a> Destination<'a> {
             resumed_at: None,
             reports: None,
             failed: false,
+            holding: None,
         }
+    }
+
+    /// Once its acknowledgement is read, hands the connection to `held` instead of closing
+    /// it, set to reset when closed: should this relay die before its own parent has read the
+    /// relay's acknowledgement (which carries this host's report), the host learns so from
+    /// the reset, and waits to be resumed by the parent adopting it (docs/PROTOCOL.md,
+    /// "Resuming"); the relay closes it in order once its parent has.
+    pub(crate) fn holding(mut self, held: HeldChildren) -> Destination<'a> {
+        self.holding = Some(held);
+        self
     }
 
     /// Puts what its acknowledgement reports of the hosts below it into `slot`.
@@ -800,6 +819,16 @@ impl Destination<'_> {
             .unwrap_or(&digest.bytes);
         let end = session.finish(announced)?;
         self.write_framing(&end)?;
-        self.read_ack(digest)
+        let verdict = self.read_ack(digest);
+        // Closed once the acknowledgement is read (or given up on): a relayed receiver waiting
+        // to learn whether it arrived (docs/PROTOCOL.md, "Resuming") learns it from the close.
+        // A relay holds a confirmed one until its own parent has read its acknowledgement.
+        let stream = self.stream.take();
+        if let (Ok(_), Some(held), Some(s)) = (&verdict, &self.holding, stream)
+            && sys::reset_on_close(s.as_fd()).is_ok()
+        {
+            lock(held).push(s);
+        }
+        verdict
     }
 }

@@ -487,6 +487,7 @@ impl<'a> Transfer<'a> {
             0,
             &self.dest,
             None,
+            None,
         );
         let mut consumers: Vec<TreeConsumer<'_>> = dests
             .into_iter()

@@ -30,7 +30,7 @@ use super::control::Control;
 use super::error::RecvError;
 use super::options::{Received, RecvOptions};
 use super::payload::{Store, commit};
-use super::streams::{Registered, Resumable};
+use super::streams::{Completed, Registered, Resumable};
 use crate::sync::lock;
 
 use crate::dest::{DestOptions, Destination, Progress};
@@ -89,6 +89,8 @@ pub(super) fn forward(
         reports,
         streams,
         control,
+        registered: kept,
+        children: held,
     } = conn;
     let (options, peer, streams, control) = (*options, *peer, *streams, *control);
     let Some(tree) = header.tree else {
@@ -149,6 +151,7 @@ pub(super) fn forward(
             (Some(Replay::Ring(ring.clone())), Some(ring))
         }
     };
+    let holding: crate::dest::HeldChildren = Arc::default();
     let adopter = replay.clone().map(|r| {
         Adopter::new(
             r,
@@ -157,6 +160,7 @@ pub(super) fn forward(
             me,
             &send_options,
             Some(announced.clone()),
+            Some(holding.clone()),
         )
     });
     let mut consumers = Vec::with_capacity(served.len() + 2);
@@ -187,6 +191,7 @@ pub(super) fn forward(
         )
         .announcing(&announced)
         .reporting_to(child_reports.slot(index))
+        .holding(holding.clone())
         .over(stream);
         if let Some(a) = &adopter {
             child = child.on_orphaned(move || a.adopt(position));
@@ -207,12 +212,7 @@ pub(super) fn forward(
         announced: &announced,
         registered: &registered,
         heard: Instant::now(),
-        patience: (Tree::parent_of(fanout, me) != 0).then(|| {
-            // Its grandparent gives up on its parent within twice what its parent allows it,
-            // then connects here within as long: wait at least that.
-            let adoption = Duration::from_millis(4 * u64::from(received_stall_ms));
-            options.stall_timeout.max(adoption)
-        }),
+        patience: patience(options, &tree, received_stall_ms),
         control,
     };
     // Encrypted, the pipe holds records: the local copy hashes the plaintext it opens.
@@ -223,7 +223,9 @@ pub(super) fn forward(
     // No length for the engine: the filler ends the stream only once it has read the
     // sender's trailer, so the children's trailers carry the sender's digest.
     let fanned = engine::fan_out_filled(filler, None, consumers, &config);
-    drop(registered);
+    // Kept until this host's acknowledgement is out, and beyond while it waits for a late
+    // resume ([`linger`]).
+    *kept = Some(registered);
     let mut outcomes = fanned.consumers.into_iter();
     let local = store.as_ref().and_then(|_| outcomes.next());
     for (index, (position, outcome)) in positions.into_iter().zip(outcomes).enumerate() {
@@ -236,6 +238,7 @@ pub(super) fn forward(
     if let Some(a) = adopter {
         below.extend(a.finish());
     }
+    *held = std::mem::take(&mut *lock(&holding));
     reports.extend(complete(fanout, hosts, me, &below));
     if let Some(e) = broken {
         return Err(e);
@@ -463,6 +466,18 @@ impl Filler for SessionFiller<'_> {
                 Next::Verify => {
                     let digest = self.session.announced_digest().unwrap_or_default();
                     let _ = self.announced.set(digest.to_vec());
+                    // From now on a new parent is answered, not handed the stream; one that
+                    // came while the trailer arrived is answered too.
+                    if let Some(r) = &self.registered.stream
+                        && let Some((stream, mut session)) = r.end()
+                    {
+                        let r = r.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("teecast-late".into())
+                            .spawn(move || {
+                                let _ = answer_late(&stream, &mut session, &r);
+                            });
+                    }
                     return Ok(0);
                 }
                 Next::Resume => {
@@ -479,4 +494,137 @@ impl Filler for SessionFiller<'_> {
     fn hashes(&self) -> bool {
         false
     }
+}
+
+/// How long a host whose parent failed waits for another to resume its stream, from when it
+/// last heard of the old one: `None` when no one can (its parent is the sender). Its
+/// grandparent gives up on its parent within twice what its parent allows it (`stall_ms`),
+/// then connects here within as long: at least that, and at least its own stall timeout.
+pub(super) fn patience(options: &RecvOptions, tree: &Tree, stall_ms: u32) -> Option<Duration> {
+    (Tree::parent_of(tree.fanout, usize::from(tree.position)) != 0).then(|| {
+        let adoption = Duration::from_millis(4 * u64::from(stall_ms));
+        options.stall_timeout.max(adoption)
+    })
+}
+
+/// Answers a parent that resumes a stream whose trailer arrived here already (its first parent
+/// died before this host's acknowledgement reached it). Once the stream's outcome is known
+/// (within the stall timeout the resuming header announces: the new parent waits no longer), a
+/// copy stored and verified here is answered as complete: the whole length held; then, after
+/// the new parent's trailer, an acknowledgement of the copy with the reports of the hosts below
+/// this one, so the new parent reports it ok and adopts none of them again. A copy that failed
+/// here is not answered: the new parent reports the host failed, as its first parent would have.
+pub(super) fn answer_late(
+    stream: &TcpStream,
+    session: &mut ReceiverSession,
+    ended: &Resumable,
+) -> Result<(), RecvError> {
+    let stall = Duration::from_millis(u64::from(
+        session
+            .header()
+            .and_then(|h| h.tree)
+            .map_or(1, |t| t.stall_ms),
+    ));
+    let deadline = transport::deadline(stall);
+    let Some(done) = ended.outcome(deadline) else {
+        return Err(RecvError::Stalled(stall));
+    };
+    let reply = session.resume_at(done.bytes).map_err(|e| RecvError::Io {
+        op: "resuming",
+        source: io::Error::other(e),
+    })?;
+    transport::write_all(stream, &reply, deadline)
+        .map_err(RecvError::reading("resume", done.bytes, stall))?;
+    let mut buf = Vec::new();
+    while let Next::Framing(n) = session.next() {
+        buf.resize(n, 0);
+        transport::read_exact(stream, &mut buf, transport::deadline(stall))
+            .map_err(RecvError::reading("trailer", done.bytes, stall))?;
+        session.framing(&buf)?;
+    }
+    let ack = match session.verify(&done.digest).map_err(mismatch) {
+        Ok(()) => {
+            session.ack_with_reports(AckStatus::Ok, done.bytes, &done.digest, "", done.reports)
+        }
+        Err(e) => {
+            let got = session.received();
+            session.ack(e.ack_status(), got, &[], &e.peer_message())
+        }
+    };
+    transport::write_all(stream, &ack, transport::deadline(stall)).map_err(RecvError::reading(
+        "acknowledgement",
+        done.bytes,
+        stall,
+    ))?;
+    ended.answered();
+    Ok(())
+}
+
+/// After its acknowledgement of a relayed stream, a host waits (up to `patience`) to learn
+/// whether its parent read it: a parent that closes in an orderly way after every byte of it
+/// arrived (its FIN acknowledges them all) did, and the wait ends; one that reset the
+/// connection (it died with the acknowledgement unread, or holding this host's connection
+/// after reading it) or closed before it arrived did not. Then, when `resumable` (a parent can
+/// adopt this host), the host waits on for the parent adopting it in its place to resume the
+/// stream, answered by [`answer_late`]. Returns whether one was.
+pub(super) fn linger(
+    parent: &TcpStream,
+    ended: Option<&Resumable>,
+    patience: Duration,
+    resumable: bool,
+) -> bool {
+    let deadline = transport::deadline(patience);
+    let mut watch_parent = true;
+    let mut buf = [0u8; 256];
+    loop {
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
+        if watch_parent {
+            fds.push(parent.as_fd());
+        }
+        if let Some(e) = ended {
+            fds.push(e.wake.read.as_fd());
+        }
+        if fds.is_empty() {
+            return false;
+        }
+        let Ok(ready) = sys::wait_any(&fds, Readiness::Readable, deadline) else {
+            return false;
+        };
+        if ready.is_empty() {
+            return false;
+        }
+        let woken = usize::from(watch_parent);
+        if let Some(e) = ended
+            && ready.contains(&woken)
+        {
+            let _ = sys::read(e.wake.read.as_fd(), &mut buf);
+            if e.answered.load(std::sync::atomic::Ordering::SeqCst) {
+                return true;
+            }
+        }
+        if watch_parent && ready.contains(&0) {
+            match (&*parent).read(&mut buf) {
+                Ok(0) if sys::unacknowledged(parent.as_fd()).is_ok_and(|n| n == 0) => {
+                    return false;
+                }
+                Ok(0) | Err(_) if !resumable => return false,
+                Ok(0) | Err(_) => watch_parent = false,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// What a late resume of the stream `ended` is answered with, now that its outcome is known.
+pub(super) fn settle(
+    ended: &Resumable,
+    outcome: &Result<Received, RecvError>,
+    bytes: u64,
+    reports: &[teecast_proto::wire::HostReport],
+) {
+    ended.settle(outcome.as_ref().ok().map(|r| Completed {
+        bytes,
+        digest: r.digest.bytes.clone(),
+        reports: reports.to_vec(),
+    }));
 }

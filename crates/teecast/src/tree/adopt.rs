@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use teecast_proto::wire::{AckStatus, Header, HostReport, Tree};
 
-use crate::dest::{Delivered, DestFailure, DestOptions, Destination, Progress};
+use crate::dest::{Delivered, DestFailure, DestOptions, Destination, HeldChildren, Progress};
 use crate::engine::Consumer;
 use crate::sync::{into_inner, lock};
 use crate::tree::report::report_of;
@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     /// This host's position (0: the sender).
     me: usize,
     options: DestOptions,
+    /// For a relay: where its confirmed children's connections are held.
+    holding: Option<HeldChildren>,
     /// For a relay: the digest its sender announced, passed on.
     announced: Option<Arc<OnceLock<Vec<u8>>>>,
     followed: Mutex<HashSet<usize>>,
@@ -55,6 +57,7 @@ impl Adopter {
         me: usize,
         options: &DestOptions,
         announced: Option<Arc<OnceLock<Vec<u8>>>>,
+        holding: Option<HeldChildren>,
     ) -> Adopter {
         Adopter(Arc::new(Shared {
             replay,
@@ -62,6 +65,7 @@ impl Adopter {
             route,
             me,
             options: options.clone(),
+            holding,
             announced,
             followed: Mutex::new(HashSet::new()),
             reports: Mutex::new(Vec::new()),
@@ -118,6 +122,9 @@ impl Adopter {
             .on_orphaned(move || self.adopt(position));
         if let Some(a) = &s.announced {
             dest = dest.announcing(a);
+        }
+        if let Some(h) = &s.holding {
+            dest = dest.holding(h.clone());
         }
         let outcome = replay(&mut dest, &s.replay, pin.as_ref());
         drop(pin);
