@@ -858,3 +858,32 @@ fn late_resume(once: bool, encrypted: bool, held: Held) {
         assert_same_file(&source, &inbox.join("late.bin"));
     }
 }
+
+/// A stall timeout too short for the tree's depth is raised to what it needs (each level gives
+/// up on a stalled host sooner than the one above, down to a floor of 1 s and 250 ms more per
+/// level below), and the sender says so; the chain is served as usual.
+#[test]
+fn a_stall_timeout_too_short_for_the_depth_is_raised_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("short.bin");
+    random_file(&source, MIB, 213);
+    let hosts = relays(dir.path(), 3, &[]);
+    let addrs = addresses(&hosts);
+    let sent = run(
+        teecast(["send", "--json", "--tree", "1", "--stall-timeout", "100ms"])
+            .arg(&source)
+            .args(&addrs),
+    );
+    sent.expect_code(0);
+    assert!(
+        sent.stderr.contains(
+            "a stall timeout of 0.100 s is too short for a tree this deep: 1.50 s is used"
+        ),
+        "{}",
+        sent.stderr
+    );
+    for (receiver, inbox) in hosts {
+        receiver.wait().expect_code(0);
+        assert_same_file(&source, &inbox.join("short.bin"));
+    }
+}

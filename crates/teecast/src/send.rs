@@ -268,6 +268,8 @@ pub struct Transfer<'a> {
     header: Option<Header>,
     name: String,
     progress: Arc<Progress>,
+    /// The stall timeout asked for and the one used, when a tree needed it raised.
+    stall_raised: Option<(Duration, Duration)>,
 }
 
 impl<'a> Transfer<'a> {
@@ -298,6 +300,17 @@ impl<'a> Transfer<'a> {
                 destinations.to_vec(),
             ),
         };
+        // Timeouts nest by depth down to a floor: the sender's own must leave room for the
+        // levels below its children (docs/PROTOCOL.md, "Timeouts in a tree").
+        let mut stall_raised = None;
+        if let Some(k) = options.tree {
+            let needed =
+                Duration::from_millis(u64::from(Tree::sender_stall_ms(k, destinations.len())));
+            if options.stall_timeout < needed {
+                stall_raised = Some((options.stall_timeout, needed));
+                options.stall_timeout = needed;
+            }
+        }
         // In a tree the replay ring is one more consumer.
         let consumers = direct.len()
             + usize::from(options.fanout.capture.is_some())
@@ -369,7 +382,16 @@ impl<'a> Transfer<'a> {
             options,
             header,
             name,
+            stall_raised,
         })
+    }
+
+    /// In a tree, when the stall timeout asked for was shorter than its depth needs (each level
+    /// gives up on a stalled child within half of its parent's timeout for it, down to a floor
+    /// of 1 s and 250 ms more per level below: [`Tree::child_stall_ms`]): the timeout asked for
+    /// and the one used instead.
+    pub fn stall_raised(&self) -> Option<(Duration, Duration)> {
+        self.stall_raised
     }
 
     /// The counters of this transfer, to watch while it runs: one per destination sent to

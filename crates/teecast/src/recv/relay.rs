@@ -98,9 +98,9 @@ pub(super) fn forward(
     };
     let (fanout, me, hosts) = (tree.fanout, usize::from(tree.position), header.route.len());
     // Timeouts nest by depth: this host gives up on a stalled child within half of what its
-    // parent allows it, and connects within that too, so a frozen child costs its parent only
-    // the child itself (and the adoption of the hosts below it).
-    let child_stall = Duration::from_millis(u64::from(tree.child_stall_ms()));
+    // parent allows it (down to a floor), and connects within that too, so a frozen child
+    // costs its parent only the child itself (and the adoption of the hosts below it).
+    let child_stall = Duration::from_millis(u64::from(tree.child_stall_ms(hosts)));
     let send_options = DestOptions {
         stall_timeout: child_stall,
         connect_timeout: Duration::from_millis(u64::from(tree.connect_ms)).min(child_stall),
@@ -114,7 +114,7 @@ pub(super) fn forward(
     let received_stall_ms = tree.stall_ms;
     let mut onward = header.clone();
     if let Some(t) = &mut onward.tree {
-        t.stall_ms = tree.child_stall_ms();
+        t.stall_ms = tree.child_stall_ms(hosts);
     }
     let header = &onward;
     // A child that cannot be reached is adopted: its children are served from here.
