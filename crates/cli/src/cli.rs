@@ -448,6 +448,11 @@ fn run_send(args: SendArgs) -> u8 {
                 &transfer.direct(),
                 source.len(),
                 args.per_destination,
+                transfer.hosts().map(|hosts| report::TreeRows {
+                    route: args.destinations.clone(),
+                    direct: transfer.direct_positions(),
+                    hosts,
+                }),
             )
         })
         .flatten();

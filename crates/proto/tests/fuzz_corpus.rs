@@ -68,6 +68,11 @@ fn ack_corpus() {
 }
 
 #[test]
+fn report_corpus() {
+    replay("report", checks::report);
+}
+
+#[test]
 fn chunk_header_corpus() {
     replay("chunk_header", checks::chunk_header);
 }
@@ -120,7 +125,7 @@ fn handshake_corpus() {
 /// Every corpus directory belongs to a target replayed above (a new target needs a test here).
 #[test]
 fn no_corpus_without_a_replay() {
-    const TARGETS: [&str; 14] = [
+    const TARGETS: [&str; 15] = [
         "hello",
         "welcome",
         "seal",
@@ -128,6 +133,7 @@ fn no_corpus_without_a_replay() {
         "header",
         "trailer",
         "ack",
+        "report",
         "chunk_header",
         "resume",
         "receiver_session",

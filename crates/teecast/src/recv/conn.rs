@@ -31,6 +31,9 @@ pub(super) struct Conn<'a> {
     /// For a relay: its confirmed children's connections, held until its own parent has read
     /// its acknowledgement (then closed in order).
     pub(super) children: Vec<TcpStream>,
+    /// For a relay: report messages for its parent not yet written, due before its
+    /// acknowledgement.
+    pub(super) upstream: Vec<u8>,
 }
 
 /// How long a receiver that refused a stream keeps reading (and dropping) what still arrives.

@@ -37,9 +37,9 @@ use crate::dest::{DestOptions, Destination, Progress};
 use crate::digest::{DigestAlgorithm, Hasher};
 use crate::engine::{EngineError, FanoutConfig, Filler};
 use crate::store::Writeback;
-use crate::tree::adopt::Adopter;
+use crate::tree::adopt::{Adopter, Adopting, LiveFor};
 use crate::tree::consumer::{LocalCopy, TreeConsumer, TreeError, TreeOutcome};
-use crate::tree::report::{Reports, complete, report_of};
+use crate::tree::report::{Reports, Upstream, complete, live_up, report_of};
 use crate::tree::ring::{Replay, Ring, RingWriter, StoredCopy};
 use crate::tree::route::{Route, connect_adopting};
 use crate::{engine, transport};
@@ -91,6 +91,7 @@ pub(super) fn forward(
         control,
         registered: kept,
         children: held,
+        upstream,
     } = conn;
     let (options, peer, streams, control) = (*options, *peer, *streams, *control);
     let Some(tree) = header.tree else {
@@ -152,6 +153,12 @@ pub(super) fn forward(
         }
     };
     let holding: crate::dest::HeldChildren = Arc::default();
+    // What the destinations learn mid-stream goes up to this host's parent as reports.
+    let up: Upstream = Arc::default();
+    let live_for: LiveFor = {
+        let up = up.clone();
+        Arc::new(move |position, parent| live_up(&up, position, parent))
+    };
     let adopter = replay.clone().map(|r| {
         Adopter::new(
             r,
@@ -159,8 +166,11 @@ pub(super) fn forward(
             route.clone(),
             me,
             &send_options,
-            Some(announced.clone()),
-            Some(holding.clone()),
+            Adopting {
+                announced: Some(announced.clone()),
+                holding: Some(holding.clone()),
+                live: Some(live_for.clone()),
+            },
         )
     });
     let mut consumers = Vec::with_capacity(served.len() + 2);
@@ -192,6 +202,7 @@ pub(super) fn forward(
         .announcing(&announced)
         .reporting_to(child_reports.slot(index))
         .holding(holding.clone())
+        .live(live_for(position, me))
         .over(stream);
         if let Some(a) = &adopter {
             child = child.on_orphaned(move || a.adopt(position));
@@ -212,6 +223,8 @@ pub(super) fn forward(
         announced: &announced,
         registered: &registered,
         heard: Instant::now(),
+        up: &up,
+        upstream,
         patience: patience(options, &tree, received_stall_ms),
         control,
     };
@@ -300,9 +313,33 @@ struct SessionFiller<'a> {
     patience: Option<Duration>,
     /// Says when the stream is to end because the receiver stops.
     control: &'a Control,
+    /// The reports to send up, as this host's destinations learn them.
+    up: &'a Upstream,
+    /// Report messages made for the parent and not yet written (before the acknowledgement,
+    /// which the connection writes after them).
+    upstream: &'a mut Vec<u8>,
 }
 
 impl SessionFiller<'_> {
+    /// Sends up what this host's destinations learnt, as far as the socket takes it now (the
+    /// rest at the next call, or before the acknowledgement): never waits, so a parent slow
+    /// to read costs no data.
+    fn send_up(&mut self) {
+        let reports = std::mem::take(&mut *lock(self.up));
+        if !reports.is_empty() {
+            let message = self.session.report(&reports);
+            self.upstream.extend_from_slice(&message);
+        }
+        while !self.upstream.is_empty() {
+            match sys::send_now(self.stream.as_fd(), self.upstream) {
+                Ok(n) => {
+                    self.upstream.drain(..n);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The parent's connection failed with `e` while reading `during`: a reset is a parent that
     /// abandoned the stream on purpose (it waits for nothing); anything else is recovered from.
     fn lost(&mut self, e: io::Error, during: &'static str, got: u64) -> Result<(), EngineError> {
@@ -384,6 +421,8 @@ impl SessionFiller<'_> {
         );
         let old = std::mem::replace(self.stream, stream);
         *self.session = session;
+        // What was made for the old parent is not the new one's (sealed for another session).
+        self.upstream.clear();
         // The old parent may still be there (cut off upstream): it must not adopt this host.
         let _ = transport::write_all(&old, &adopted, transport::deadline(Duration::from_secs(1)));
         let _ = old.shutdown(Shutdown::Write);
@@ -423,6 +462,7 @@ impl Filler for SessionFiller<'_> {
             if self.control.is_cut() {
                 return Err(self.broke(RecvError::Stopped));
             }
+            self.send_up();
             match self.session.next() {
                 Next::Framing(n) => {
                     // One read at a time, each handed to the session at once: a stall loses

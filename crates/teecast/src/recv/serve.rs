@@ -274,6 +274,7 @@ fn receive_admitted(
         control,
         registered: None,
         children: Vec::new(),
+        upstream: Vec::new(),
     };
     let result = receive_framed(&mut conn, admit).map_err(|e| e.stopped_if(control));
     let Conn {
@@ -282,6 +283,7 @@ fn receive_admitted(
         reports,
         registered,
         children,
+        upstream,
         ..
     } = conn;
     if session.header().is_none()
@@ -319,8 +321,11 @@ fn receive_admitted(
         // protocol (docs/PROTOCOL.md, "Malformed input").
         return result;
     }
-    // The sender may already be gone; the outcome here stands either way.
-    let _ = transport::write_all(&stream, &ack, transport::deadline(options.stall_timeout));
+    // The sender may already be gone; the outcome here stands either way. Report messages
+    // still unwritten go first: in an encrypted session they were sealed before the ack.
+    let deadline = transport::deadline(options.stall_timeout);
+    let _ = transport::write_all(&stream, &upstream, deadline)
+        .and_then(|()| transport::write_all(&stream, &ack, deadline));
     // A stored copy whose parent may not have read its acknowledgement waits to be resumed
     // by the parent adopting it; a relay holds its children's connections until then
     // (docs/PROTOCOL.md, "Resuming").

@@ -20,12 +20,27 @@ use std::time::Duration;
 
 use teecast_proto::wire::{AckStatus, Header, HostReport, Tree};
 
-use crate::dest::{Delivered, DestFailure, DestOptions, Destination, HeldChildren, Progress};
+use crate::dest::{Delivered, DestFailure, DestOptions, Destination, HeldChildren, Live, Progress};
 use crate::engine::Consumer;
 use crate::sync::{into_inner, lock};
 use crate::tree::report::report_of;
 use crate::tree::ring::{Held, Pin, Replay};
 use crate::tree::route::Route;
+/// Makes where the destination of the host at a position (served from another) tells what it
+/// learns.
+pub(crate) type LiveFor = Arc<dyn Fn(usize, usize) -> Live + Send + Sync>;
+
+/// What an adopter passes on to the hosts it serves, beyond the stream.
+#[derive(Default)]
+pub(crate) struct Adopting {
+    /// For a relay: the digest its sender announced.
+    pub(crate) announced: Option<Arc<OnceLock<Vec<u8>>>>,
+    /// For a relay: where its confirmed children's connections are held.
+    pub(crate) holding: Option<HeldChildren>,
+    /// Where each adopted host's destination tells what it learns.
+    pub(crate) live: Option<LiveFor>,
+}
+
 /// Serves the children of this host's failed children (see the module's text).
 #[derive(Clone)]
 pub(crate) struct Adopter(Arc<Shared>);
@@ -41,6 +56,9 @@ pub(crate) struct Shared {
     options: DestOptions,
     /// For a relay: where its confirmed children's connections are held.
     holding: Option<HeldChildren>,
+    /// Where the destination of an adopted host (its position, and this host's) tells what it
+    /// learns while it runs.
+    live: Option<LiveFor>,
     /// For a relay: the digest its sender announced, passed on.
     announced: Option<Arc<OnceLock<Vec<u8>>>>,
     followed: Mutex<HashSet<usize>>,
@@ -56,9 +74,13 @@ impl Adopter {
         route: Arc<Route>,
         me: usize,
         options: &DestOptions,
-        announced: Option<Arc<OnceLock<Vec<u8>>>>,
-        holding: Option<HeldChildren>,
+        with: Adopting,
     ) -> Adopter {
+        let Adopting {
+            announced,
+            holding,
+            live,
+        } = with;
         Adopter(Arc::new(Shared {
             replay,
             header: header.clone(),
@@ -66,6 +88,7 @@ impl Adopter {
             me,
             options: options.clone(),
             holding,
+            live,
             announced,
             followed: Mutex::new(HashSet::new()),
             reports: Mutex::new(Vec::new()),
@@ -125,6 +148,9 @@ impl Adopter {
         }
         if let Some(h) = &s.holding {
             dest = dest.holding(h.clone());
+        }
+        if let Some(live) = &s.live {
+            dest = dest.live(live(position, s.me));
         }
         let outcome = replay(&mut dest, &s.replay, pin.as_ref());
         drop(pin);
