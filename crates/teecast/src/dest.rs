@@ -766,7 +766,10 @@ impl Consumer for Destination<'_> {
     }
 
     fn idle(&mut self) -> Result<(), DestFailure> {
-        self.looked = Instant::now() - REPORT_LOOK;
+        // Idle: look now, whenever it last did.
+        self.looked = Instant::now()
+            .checked_sub(REPORT_LOOK)
+            .unwrap_or(self.looked);
         self.look_for_reports();
         let keepalive = match &self.session {
             Some(s) if s.is_chunked() => s.keepalive()?,
