@@ -174,3 +174,44 @@ fn per_destination_in_a_tree_marks_a_relayed_host_that_fails_while_it_runs() {
         assert!(r.chars().count() <= usize::from(COLUMNS), "{r:?}");
     }
 }
+
+/// A relayed host that verified its copy is drawn `verified` as soon as its relay hears of it,
+/// while the relay still waits for another child (here frozen with SIGSTOP until the screen
+/// shows it): its report goes up after the relay's trailer, before the relay's own ack.
+#[test]
+fn per_destination_in_a_tree_shows_a_relayed_host_verified_before_its_relay_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, MIB, 133);
+    // Fan-out 2 over four hosts: the first relays to the third and the fourth.
+    let inboxes: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("host-{i}")))
+        .collect();
+    let hosts: Vec<_> = inboxes
+        .iter()
+        .map(|inbox| common::Receiver::once_in(inbox, &["--relay"]))
+        .collect();
+    let addrs: Vec<String> = hosts.iter().map(|h| h.dest()).collect();
+    hosts[3].proc.pause();
+    let command = format!(
+        "stty cols 80 rows 24; exec {} send --tree 2 --per-destination --stall-timeout 60s {} {}",
+        env!("CARGO_BIN_EXE_teecast"),
+        source.display(),
+        addrs.join(" ")
+    );
+    let mut child = common::on_terminal(&command);
+    let screen = Terminal::watch(child.stdout.take().unwrap());
+    screen.wait_for("the third host verified", |rows| {
+        rows.iter()
+            .any(|r| r.contains(&format!("{} verified", addrs[2])))
+    });
+    // Its relay has not answered: it waits for the frozen fourth host.
+    assert!(child.try_wait().unwrap().is_none(), "the send ended early");
+    hosts[3].proc.resume();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    for (host, inbox) in hosts.into_iter().zip(&inboxes) {
+        host.wait().expect_code(0);
+        common::assert_same_file(&source, &inbox.join("s.bin"));
+    }
+}

@@ -676,6 +676,8 @@ pub struct ReceiverSession {
     keepalives: u64,
     /// The sender reads report messages (its hello said so, or the session is encrypted).
     takes_reports: bool,
+    /// The ack has been made: no report may follow it.
+    acked: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -757,6 +759,7 @@ impl ReceiverSession {
             received: 0,
             keepalives: 0,
             takes_reports: false,
+            acked: false,
         }
     }
 
@@ -1114,8 +1117,8 @@ impl ReceiverSession {
 
     /// A report message (or several: at most [`wire::MAX_REPORTS_PER_MESSAGE`] hosts each) of
     /// `reports` to write to the sender now, sealed in an encrypted session: empty when the
-    /// sender does not read reports, before the header or once the stream has ended. Written
-    /// in the order made, before the ack.
+    /// sender does not read reports, before the header, or once the ack is made. Written in the
+    /// order made, before the ack.
     pub fn report(&mut self, reports: &[HostReport]) -> Vec<u8> {
         let streaming = matches!(
             self.step,
@@ -1124,9 +1127,11 @@ impl ReceiverSession {
                 | ReceiverStep::Chunk(_)
                 | ReceiverStep::Trailer(_)
                 | ReceiverStep::StreamSeal(_)
+                | ReceiverStep::Verify
         );
         if !self.takes_reports
             || !streaming
+            || self.acked
             || self.header.as_ref().is_none_or(|h| h.tree.is_none())
         {
             return Vec::new();
@@ -1154,6 +1159,7 @@ impl ReceiverSession {
         message_text: &str,
         reports: Vec<HostReport>,
     ) -> Vec<u8> {
+        self.acked = true;
         let mut out = Ack {
             status,
             bytes,
@@ -1417,8 +1423,8 @@ mod tests {
     }
 
     /// A relayed stream's receiver sends report messages mid-stream that its sender reads (in
-    /// version 2 unsealed, keyed or not), and many hosts go in several; an unrelayed one's,
-    /// and one whose stream has ended, sends none.
+    /// version 2 unsealed, keyed or not), and many hosts go in several, until its ack; an
+    /// unrelayed one's sends none.
     #[test]
     fn reports_go_up_mid_stream_in_a_relayed_session_only() {
         let report = |position| HostReport {
@@ -1464,7 +1470,9 @@ mod tests {
             rest.extend(run.tx.finish(&DIGEST).unwrap());
             drive(&mut run.rx, &rest, usize::MAX).unwrap();
             assert_eq!(run.rx.next(), Next::Verify);
-            assert!(run.rx.report(&many[..1]).is_empty(), "ended");
+            assert!(!run.rx.report(&many[..1]).is_empty(), "before the ack");
+            run.rx.ack(AckStatus::Ok, 5, &DIGEST, "");
+            assert!(run.rx.report(&many[..1]).is_empty(), "after the ack");
             let mut plain = open(&header(Some(5), DigestAlgorithm::Blake3), k.clone(), k, 7);
             feed(&mut plain.rx, &plain.opening).unwrap();
             assert!(plain.rx.report(&many[..1]).is_empty(), "not relayed");

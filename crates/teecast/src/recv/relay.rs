@@ -17,12 +17,12 @@ use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use teecast_proto::crypt::{self, RECORDS_PER_KEY, RecordReader};
 use teecast_proto::session::{Next, ReceiverSession};
-use teecast_proto::wire::{AckStatus, Header, Tree};
+use teecast_proto::wire::{AckStatus, Header, NONCE_LEN, Tree};
 use teecast_sys::{self as sys, Readiness, SpliceFlags};
 
 use super::conn::{Conn, discard_input, mismatch};
@@ -39,7 +39,7 @@ use crate::engine::{EngineError, FanoutConfig, Filler};
 use crate::store::Writeback;
 use crate::tree::adopt::{Adopter, Adopting, LiveFor};
 use crate::tree::consumer::{LocalCopy, TreeConsumer, TreeError, TreeOutcome};
-use crate::tree::report::{Reports, Upstream, complete, live_up, report_of};
+use crate::tree::report::{Reports, Upstream, UpstreamQueue, complete, live_up, report_of};
 use crate::tree::ring::{Replay, Ring, RingWriter, StoredCopy};
 use crate::tree::route::{Route, connect_adopting};
 use crate::{engine, transport};
@@ -155,6 +155,7 @@ pub(super) fn forward(
     let holding: crate::dest::HeldChildren = Arc::default();
     // What the destinations learn mid-stream goes up to this host's parent as reports.
     let up: Upstream = Arc::default();
+    let after = Mutex::new(None);
     let live_for: LiveFor = {
         let up = up.clone();
         Arc::new(move |position, parent| live_up(&up, position, parent))
@@ -225,6 +226,7 @@ pub(super) fn forward(
         heard: Instant::now(),
         up: &up,
         upstream,
+        after: &after,
         patience: patience(options, &tree, received_stall_ms),
         control,
     };
@@ -235,7 +237,18 @@ pub(super) fn forward(
     });
     // No length for the engine: the filler ends the stream only once it has read the
     // sender's trailer, so the children's trailers carry the sender's digest.
-    let fanned = engine::fan_out_filled(filler, None, consumers, &config);
+    let fanned = std::thread::scope(|s| {
+        let reporter = s.spawn(|| report_after_trailer(&up, &after, options.stall_timeout));
+        let fanned = engine::fan_out_filled(filler, None, consumers, &config);
+        up.close();
+        let _ = reporter.join();
+        fanned
+    });
+    // The session back from the reports' thread, with what it could not write.
+    if let Some(h) = lock(&after).take() {
+        *session = h.session;
+        *upstream = h.pending;
+    }
     // Kept until this host's acknowledgement is out, and beyond while it waits for a late
     // resume ([`linger`]).
     *kept = Some(registered);
@@ -318,6 +331,40 @@ struct SessionFiller<'a> {
     /// Report messages made for the parent and not yet written (before the acknowledgement,
     /// which the connection writes after them).
     upstream: &'a mut Vec<u8>,
+    /// Where the session goes once the stream's trailer is in, for [`report_after_trailer`].
+    after: &'a Mutex<Option<Handover>>,
+}
+
+/// A relay's session with its parent between its trailer and its acknowledgement: the
+/// reports of its children's acknowledgements still go up through it, as they come.
+struct Handover {
+    session: ReceiverSession,
+    stream: TcpStream,
+    /// Report messages made and not yet written.
+    pending: Vec<u8>,
+}
+
+/// Sends up what `up` gets once the stream's trailer is in (the filler sent it before), over
+/// the session handed to `after`, until `up` is closed; each write within `stall`. A write
+/// that fails ends it (the acknowledgement will say all).
+fn report_after_trailer(up: &UpstreamQueue, after: &Mutex<Option<Handover>>, stall: Duration) {
+    while up.wait(Duration::from_millis(250)) {
+        let mut handed = lock(after);
+        let Some(h) = &mut *handed else {
+            continue;
+        };
+        let reports = up.take();
+        if !reports.is_empty() {
+            let message = h.session.report(&reports);
+            h.pending.extend_from_slice(&message);
+        }
+        if !h.pending.is_empty() {
+            if transport::write_all(&h.stream, &h.pending, transport::deadline(stall)).is_err() {
+                return;
+            }
+            h.pending.clear();
+        }
+    }
 }
 
 impl SessionFiller<'_> {
@@ -325,7 +372,7 @@ impl SessionFiller<'_> {
     /// rest at the next call, or before the acknowledgement): never waits, so a parent slow
     /// to read costs no data.
     fn send_up(&mut self) {
-        let reports = std::mem::take(&mut *lock(self.up));
+        let reports = self.up.take();
         if !reports.is_empty() {
             let message = self.session.report(&reports);
             self.upstream.extend_from_slice(&message);
@@ -506,6 +553,16 @@ impl Filler for SessionFiller<'_> {
                 Next::Verify => {
                     let digest = self.session.announced_digest().unwrap_or_default();
                     let _ = self.announced.set(digest.to_vec());
+                    // The children's acknowledgements still to come go up as they come.
+                    if let Ok(stream) = self.stream.try_clone() {
+                        let placeholder = ReceiverSession::new(None, [0; NONCE_LEN]);
+                        *lock(self.after) = Some(Handover {
+                            session: std::mem::replace(self.session, placeholder),
+                            stream,
+                            pending: std::mem::take(self.upstream),
+                        });
+                        self.up.wake();
+                    }
                     // From now on a new parent is answered, not handed the stream; one that
                     // came while the trailer arrived is answered too.
                     if let Some(r) = &self.registered.stream

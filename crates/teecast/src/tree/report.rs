@@ -1,6 +1,7 @@
 //! The reports of a tree: what a parent says of each host below it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 use teecast_proto::wire::{AckStatus, HostReport, Tree};
 
 use crate::dest::{Delivered, DestFailure, Live, LiveEvent};
@@ -43,21 +44,70 @@ fn failure_report(position: usize, parent: usize, e: &DestFailure, bytes: u64) -
 }
 
 /// The reports a relay has to send up mid-stream, as its destinations learn them.
-pub(crate) type Upstream = Arc<Mutex<Vec<HostReport>>>;
+pub(crate) type Upstream = Arc<UpstreamQueue>;
+
+/// The reports to send up ([`Upstream`]), and whether the stream's forwarding is over.
+#[derive(Default)]
+pub(crate) struct UpstreamQueue {
+    state: Mutex<(Vec<HostReport>, bool)>,
+    changed: Condvar,
+}
+
+impl UpstreamQueue {
+    /// Adds to the reports with `add`.
+    pub(crate) fn push(&self, add: impl FnOnce(&mut Vec<HostReport>)) {
+        add(&mut lock(&self.state).0);
+        self.changed.notify_all();
+    }
+
+    /// Takes the reports so far.
+    pub(crate) fn take(&self) -> Vec<HostReport> {
+        std::mem::take(&mut lock(&self.state).0)
+    }
+
+    /// Wakes whoever waits ([`UpstreamQueue::wait`]), with or without reports.
+    pub(crate) fn wake(&self) {
+        self.changed.notify_all();
+    }
+
+    /// The forwarding is over: nothing more is sent up (the ack says the rest).
+    pub(crate) fn close(&self) {
+        lock(&self.state).1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until reports are added, [`UpstreamQueue::wake`] or `timeout`; false once
+    /// closed.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let state = lock(&self.state);
+        if state.1 {
+            return false;
+        }
+        let state = match state.0.is_empty() {
+            true => {
+                self.changed
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            false => state,
+        };
+        !state.1
+    }
+}
 
 /// Where a relay's destination for the host at `position` (served from `parent`) tells what
 /// it learns: as reports, into `up`.
 pub(crate) fn live_up(up: &Upstream, position: usize, parent: usize) -> Live {
     let up = up.clone();
     Arc::new(move |e: LiveEvent<'_>| {
-        let mut up = lock(&up);
-        match e {
+        up.push(|up| match e {
             LiveEvent::Reports(r) => up.extend_from_slice(r),
             LiveEvent::Delivered(bytes) => {
                 up.push(report_of(position, parent, &Ok(Delivered::Relayed), bytes));
             }
             LiveEvent::Failed(e, bytes) => up.push(failure_report(position, parent, e, bytes)),
-        }
+        })
     })
 }
 
