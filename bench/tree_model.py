@@ -94,7 +94,7 @@ class Params:
         self.pipe = 1 * MiB         # bytes a component still moves after a child stalls (today)
         self.ring = 64 * MiB        # the sender's replay ring
         self.intended = False
-        self.halving = False        # each relay drops a stalled child after half its own timeout
+        self.halving = False        # each relay drops a stalled child after half its own timeout, down to a floor
         self.cascade = False
         self.failures = []          # (position, "die" | "stall", seconds from the sender's start)
         for k, v in kw.items():
@@ -102,13 +102,31 @@ class Params:
                 raise TypeError(k)
             setattr(self, k, v)
 
+    def height(self):
+        """Levels of hosts below the sender (the first child's path is the deepest)."""
+        levels, p = 0, 0
+        while self.fanout * p + 1 <= self.hosts:
+            p, levels = self.fanout * p + 1, levels + 1
+        return levels
+
     def timeout_of(self, depth):
         """The stall timeout a relay at this depth (the sender: 0) applies to its children."""
         if self.halving:
-            return max(self.stall / 2 ** depth, 0.001)
+            # Half the parent's, but at least the floor of the levels below the children
+            # (docs/PROTOCOL.md, "Timeouts in a tree"); the sender raises its own to that.
+            levels = self.height()
+            floor = lambda below: STALL_FLOOR + STALL_STEP * max(below, 0)
+            t = max(self.stall, floor(levels - 1))
+            for d in range(1, depth + 1):
+                t = max(t / 2, floor(levels - d - 1))
+            return t
         if not self.intended:
             return self.stall
         return max(self.stall - depth * self.nest, self.nest)
+
+
+STALL_FLOOR = 1.0   # seconds: the least stall timeout a leaf is given
+STALL_STEP = 0.25   # seconds more for each level below a host
 
 
 class Comp:
@@ -746,7 +764,7 @@ def main():
     c.add_argument("--tolerance", type=float, default=0.15)
     c.add_argument("--coupling", type=float, default=Params().coupling)
     c.add_argument("--halving", action="store_true",
-                   help="relays drop a stalled child after half their own timeout (main)")
+                   help="relays drop a stalled child after half their own timeout, down to a floor (main)")
     c = sub.add_parser("predict", help="1,000 to 100,000 hosts at 10 and 100 Gbit/s")
     c.add_argument("--rates", default="10gbit 100gbit")
     c.add_argument("--hosts", default="1000 10000 100000")
@@ -780,7 +798,7 @@ def main():
     c.add_argument("--nest", type=float, default=0.0, help="with --intended: seconds per level")
     c.add_argument("--cascade", action="store_true")
     c.add_argument("--halving", action="store_true",
-                   help="a relay drops a stalled child after half its own timeout (main)")
+                   help="a relay drops a stalled child after half its own timeout, down to a floor (main)")
     c.add_argument("--fail", action="append", default=[], metavar="POS:die|stall:SECONDS")
     args = ap.parse_args()
     if args.cmd == "check":

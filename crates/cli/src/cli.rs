@@ -431,6 +431,7 @@ fn run_send(args: SendArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    say_stall_raised(&transfer);
     let progress = transfer.progress();
     let sending = progress.clone();
     crate::interrupt::on_ctrl_c(move || {
@@ -447,6 +448,11 @@ fn run_send(args: SendArgs) -> u8 {
                 &transfer.direct(),
                 source.len(),
                 args.per_destination,
+                transfer.hosts().map(|hosts| report::TreeRows {
+                    route: args.destinations.clone(),
+                    direct: transfer.direct_positions(),
+                    hosts,
+                }),
             )
         })
         .flatten();
@@ -694,15 +700,21 @@ fn run_recv(mut args: RecvArgs) -> u8 {
                 }
                 return;
             }
-            recv::Event::Resumed { name } => {
+            recv::Event::Resumed { name, stored } => {
                 if let Some(from) = from {
                     status.done(from, false);
                 }
                 if !quiet {
+                    let how = match stored {
+                        true => {
+                            "its parent failed before it read the acknowledgement; the copy stored here is confirmed"
+                        }
+                        false => "its parent failed, this one goes on",
+                    };
                     log!(
                         log,
                         Info,
-                        "teecast: {peer}: resumes {}: its parent failed, this one goes on",
+                        "teecast: {peer}: resumes {}: {how}",
                         wire::escape_text(name, 255)
                     );
                 }
@@ -803,6 +815,17 @@ fn listeners(
             "give --listen ADDRESS (e.g. 0.0.0.0:7000), or start teecast from a systemd socket unit"
                 .to_string(),
         ),
+    }
+}
+
+/// Says so when a tree needed a longer stall timeout than the one asked for.
+pub(crate) fn say_stall_raised(transfer: &Transfer<'_>) {
+    if let Some((asked, used)) = transfer.stall_raised() {
+        errln!(
+            "teecast: a stall timeout of {:.3} s is too short for a tree this deep: {:.2} s is used (each level gives up on a stalled host sooner than the one above it, and none within 1 s)",
+            asked.as_secs_f64(),
+            used.as_secs_f64()
+        );
     }
 }
 

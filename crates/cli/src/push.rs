@@ -507,7 +507,10 @@ pub fn run(args: PushArgs) -> u8 {
             options = options.name(name);
         }
         match Transfer::new(&source, &addresses, &options) {
-            Ok(t) => sent = Some(t.run()),
+            Ok(t) => {
+                crate::cli::say_stall_raised(&t);
+                sent = Some(t.run());
+            }
             Err(e) => {
                 errln!("teecast: {}", send_error_with_hint(&e));
                 for r in &mut remotes {

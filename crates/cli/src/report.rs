@@ -13,13 +13,16 @@ use serde::Serialize;
 use serde_json::json;
 use teecast::digest::to_hex;
 use teecast::probe::{KernelFacts, Unanswered};
-use teecast::send::{Delivered, DestFailure, DestReport, Progress, SendError, SendReport};
+use teecast::send::{
+    Delivered, DestFailure, DestReport, HostState, LiveHosts, Progress, SendError, SendReport,
+};
 use teecast::strategy::Strategy;
 
 /// The progress line on stderr while the transfer runs (indicatif: redrawn in place, cut to
 /// the terminal's width): elapsed time, percent, bytes, rate and ETA of the slowest destination
 /// still going, and the count of those that failed, as soon as they fail. With `each`, a line
-/// per destination under it, marked as soon as that destination fails.
+/// per destination under it, marked as soon as that destination fails; in a tree, a line per
+/// host, the relayed ones from the reports that come up the tree as each is verified or fails.
 pub struct ProgressDisplay {
     bars: MultiProgress,
     done: Arc<AtomicBool>,
@@ -33,6 +36,7 @@ impl ProgressDisplay {
         destinations: &[String],
         total: Option<u64>,
         each: bool,
+        tree: Option<TreeRows>,
     ) -> Option<ProgressDisplay> {
         if !std::io::stderr().is_terminal() {
             return None;
@@ -58,10 +62,13 @@ impl ProgressDisplay {
         let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
         let line = bars.add(bar(overall)?);
         let mut lines = Vec::new();
-        if each {
-            for _ in destinations {
-                lines.push(bars.add(bar(per_destination)?));
-            }
+        let rows = match (&tree, each) {
+            (Some(t), true) => t.route.len(),
+            (None, true) => destinations.len(),
+            (_, false) => 0,
+        };
+        for _ in 0..rows {
+            lines.push(bars.add(bar(per_destination)?));
         }
         let done = Arc::new(AtomicBool::new(false));
         let names = destinations.to_vec();
@@ -72,10 +79,24 @@ impl ProgressDisplay {
                 let (position, message) = summarize(&sent, &failed, &names);
                 line.set_position(position);
                 line.set_message(message);
-                for (i, l) in lines.iter().enumerate() {
-                    let failed = failed.get(i).copied().unwrap_or(false);
-                    l.set_position(sent.get(i).copied().unwrap_or(0));
-                    l.set_message(destination_line(&names[i], failed));
+                match &tree {
+                    Some(t) if !lines.is_empty() => {
+                        let states = t.hosts.states();
+                        for (i, l) in lines.iter().enumerate() {
+                            let direct = t.direct.iter().position(|&p| p == i + 1);
+                            let (position, message) =
+                                host_line(&t.route[i], direct, states.get(i), &sent, &failed);
+                            l.set_position(position);
+                            l.set_message(message);
+                        }
+                    }
+                    _ => {
+                        for (i, l) in lines.iter().enumerate() {
+                            let failed = failed.get(i).copied().unwrap_or(false);
+                            l.set_position(sent.get(i).copied().unwrap_or(0));
+                            l.set_message(destination_line(&names[i], failed));
+                        }
+                    }
                 }
                 std::thread::park_timeout(Duration::from_millis(250));
             }
@@ -89,6 +110,41 @@ impl ProgressDisplay {
         self.thread.thread().unpark();
         let _ = self.thread.join();
         let _ = self.bars.clear();
+    }
+}
+
+/// What a tree's per-host lines show: every host of the route, which of them the sender
+/// sends to itself, and what is known of each.
+pub struct TreeRows {
+    /// Every host, in the order of the route.
+    pub route: Vec<String>,
+    /// The positions (from 1) the sender sends to itself, in the order of the progress
+    /// counters.
+    pub direct: Vec<usize>,
+    pub hosts: Arc<LiveHosts>,
+}
+
+/// The bar position and the words of a tree's line for host `name`: a host the sender sends
+/// to (`direct`: its counter) by its counter; a relayed one by what the reports say of it.
+fn host_line(
+    name: &str,
+    direct: Option<usize>,
+    state: Option<&HostState>,
+    sent: &[u64],
+    failed: &[bool],
+) -> (u64, String) {
+    let reported_failed = matches!(state, Some(HostState::Failed(_)));
+    match (direct, state) {
+        (Some(d), _) => {
+            let failed = failed.get(d).copied().unwrap_or(false) || reported_failed;
+            (
+                sent.get(d).copied().unwrap_or(0),
+                destination_line(name, failed),
+            )
+        }
+        (None, Some(HostState::Verified(bytes))) => (*bytes, format!("{name} verified")),
+        (None, Some(HostState::Failed(_))) => (0, format!("{name} FAILED")),
+        (None, _) => (0, format!("{name} (relayed)")),
     }
 }
 

@@ -118,3 +118,100 @@ fn progress_lines_fit_80_columns_and_mark_a_failed_destination() {
         assert!(r.chars().count() <= usize::from(COLUMNS), "{r:?}");
     }
 }
+
+/// `--per-destination` in a tree draws every host, the relayed ones from the reports that come
+/// up the tree: a relayed host killed mid-stream is marked FAILED while the stream still runs
+/// (its source, a FIFO, is held open until the screen says so).
+#[test]
+fn per_destination_in_a_tree_marks_a_relayed_host_that_fails_while_it_runs() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("source");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    let inboxes: Vec<_> = (0..2)
+        .map(|i| dir.path().join(format!("host-{i}")))
+        .collect();
+    let hosts: Vec<_> = inboxes
+        .iter()
+        .map(|inbox| common::Receiver::once_in(inbox, &["--relay"]))
+        .collect();
+    let (a, b) = (hosts[0].dest(), hosts[1].dest());
+    let command = format!(
+        "stty cols 80 rows 24; exec {} send --tree 1 --per-destination --stall-timeout 3s --name s.bin - {a} {b} < {}",
+        env!("CARGO_BIN_EXE_teecast"),
+        fifo.display()
+    );
+    let mut child = common::on_terminal(&command);
+    let screen = Terminal::watch(child.stdout.take().unwrap());
+    let mut source = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let data = common::Prng::new(132).bytes(4 * MIB as usize);
+    source.write_all(&data[..2 * MIB as usize]).unwrap();
+    // Both hosts drawn, the relayed one too.
+    screen.wait_for("a line for the relayed host", |rows| {
+        rows.iter().any(|r| r.contains(&a)) && rows.iter().any(|r| r.contains(&b))
+    });
+    common::wait_held(hosts[1].proc.pid(), &inboxes[1], MIB);
+    hosts[1].proc.signal(rustix::process::Signal::KILL).unwrap();
+    let rows = screen.wait_for("the relayed host marked FAILED", |rows| {
+        rows.iter().any(|r| r.contains(&format!("{b} FAILED")))
+    });
+    assert!(
+        rows.iter().any(|r| r.contains(&a) && !r.contains("FAILED")),
+        "{rows:#?}"
+    );
+    source.write_all(&data[2 * MIB as usize..]).unwrap();
+    drop(source);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the relayed host failed");
+    let mut hosts = hosts.into_iter();
+    hosts.next().unwrap().wait().expect_code(0);
+    assert!(std::fs::read(inboxes[0].join("s.bin")).unwrap() == data);
+    for r in screen.screen() {
+        assert!(r.chars().count() <= usize::from(COLUMNS), "{r:?}");
+    }
+}
+
+/// A relayed host that verified its copy is drawn `verified` as soon as its relay hears of it,
+/// while the relay still waits for another child (here frozen with SIGSTOP until the screen
+/// shows it): its report goes up after the relay's trailer, before the relay's own ack.
+#[test]
+fn per_destination_in_a_tree_shows_a_relayed_host_verified_before_its_relay_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("s.bin");
+    random_file(&source, MIB, 133);
+    // Fan-out 2 over four hosts: the first relays to the third and the fourth.
+    let inboxes: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("host-{i}")))
+        .collect();
+    let hosts: Vec<_> = inboxes
+        .iter()
+        .map(|inbox| common::Receiver::once_in(inbox, &["--relay"]))
+        .collect();
+    let addrs: Vec<String> = hosts.iter().map(|h| h.dest()).collect();
+    hosts[3].proc.pause();
+    let command = format!(
+        "stty cols 80 rows 24; exec {} send --tree 2 --per-destination --stall-timeout 60s {} {}",
+        env!("CARGO_BIN_EXE_teecast"),
+        source.display(),
+        addrs.join(" ")
+    );
+    let mut child = common::on_terminal(&command);
+    let screen = Terminal::watch(child.stdout.take().unwrap());
+    screen.wait_for("the third host verified", |rows| {
+        rows.iter()
+            .any(|r| r.contains(&format!("{} verified", addrs[2])))
+    });
+    // Its relay has not answered: it waits for the frozen fourth host.
+    assert!(child.try_wait().unwrap().is_none(), "the send ended early");
+    hosts[3].proc.resume();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    for (host, inbox) in hosts.into_iter().zip(&inboxes) {
+        host.wait().expect_code(0);
+        common::assert_same_file(&source, &inbox.join("s.bin"));
+    }
+}

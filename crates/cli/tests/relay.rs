@@ -728,3 +728,162 @@ fn a_resume_takes_over_only_the_stream_it_continues() {
     assert!(std::fs::read(inbox.join("a.bin")).unwrap() == data);
     assert_eq!(list_dir(&inbox), ["a.bin"]);
 }
+
+/// A relay dies after its trailer went on, before it read its child's acknowledgement (a
+/// proxy holds the acknowledgement back, then the relay is killed): the child had stored and
+/// verified its copy, and waits for the parent adopting it, whose resume it answers as
+/// complete. It is reported ok, its file kept, and the host below it is not served twice.
+#[test]
+fn a_host_whose_parent_died_before_its_ack_is_reported_ok_once() {
+    late_resume(true, false, Held::ChildsAck);
+}
+
+/// The same with receivers that go on serving after the stream (no `--once`).
+#[test]
+fn a_serving_host_whose_parent_died_before_its_ack_is_reported_ok_once() {
+    late_resume(false, false, Held::ChildsAck);
+}
+
+/// The same, encrypted: the late resume's answer and the new parent's trailer are sealed.
+#[test]
+fn an_encrypted_host_whose_parent_died_before_its_ack_is_reported_ok_once() {
+    late_resume(true, true, Held::ChildsAck);
+}
+
+/// The relay read its child's acknowledgement and died before its own reached the sender (the
+/// proxy in front of it holds that back): the child, whose connection the relay held open
+/// until then, learns it from the reset, and is resumed late and confirmed as above.
+#[test]
+fn a_host_whose_parent_died_before_its_own_ack_arrived_is_reported_ok_once() {
+    late_resume(true, false, Held::RelaysAck);
+}
+
+/// Whose acknowledgement the proxy holds back before the first relay is killed.
+#[derive(Clone, Copy, PartialEq)]
+enum Held {
+    /// The relay's child's, to the relay.
+    ChildsAck,
+    /// The relay's own, to the sender.
+    RelaysAck,
+}
+
+fn late_resume(once: bool, encrypted: bool, held: Held) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("late.bin");
+    let len = 3 * MIB;
+    random_file(&source, len, 212);
+    let key = dir.path().join("key");
+    run(teecast(["keygen"]).arg(&key)).expect_code(0);
+    let mut timeouts = vec!["--stall-timeout", "5s"];
+    if encrypted {
+        timeouts.extend(["--key-file", key.to_str().unwrap()]);
+    }
+    // What the first relay sends its child before the acknowledgement is due.
+    let payload = match encrypted {
+        true => teecast::proto::crypt::sealed_len(len).unwrap(),
+        false => len,
+    };
+    let start = |i: usize| {
+        let inbox = dir.path().join(format!("host-{i}"));
+        std::fs::create_dir_all(&inbox).unwrap();
+        let mut args = vec!["--relay", "--dir", inbox.to_str().unwrap()];
+        args.extend(&timeouts);
+        if once || i == 0 {
+            args.push("--once");
+        }
+        (Receiver::start(&args), inbox)
+    };
+    let hosts: Vec<_> = (0..3).map(start).collect();
+    // The proxy stands in front of the first relay or of its child, for whoever reaches it.
+    let (proxy, addrs) = match held {
+        Held::ChildsAck => {
+            let proxy = common::AckHolder::start(hosts[1].0.dest(), payload);
+            let addrs = [hosts[0].0.dest(), proxy.addr.clone(), hosts[2].0.dest()];
+            (proxy, addrs)
+        }
+        Held::RelaysAck => {
+            let proxy = common::AckHolder::start(hosts[0].0.dest(), payload);
+            let addrs = [proxy.addr.clone(), hosts[1].0.dest(), hosts[2].0.dest()];
+            (proxy, addrs)
+        }
+    };
+    let (sender, _) = Running::spawn_with(
+        teecast(["send", "--json", "--tree", "1"])
+            .args(&timeouts)
+            .arg(&source)
+            .args(&addrs),
+        Stdio::null(),
+        None,
+    );
+    proxy.wait_held_back();
+    kill(&hosts[0]);
+    let sent = sender.wait(Duration::from_secs(60));
+    sent.expect_code(1);
+    let report = sent.json();
+    assert_eq!(
+        hosts_of(&report),
+        vec![
+            (addrs[0].clone(), None, "failed".to_string()),
+            (addrs[1].clone(), None, "ok".to_string()),
+            // Its parent's report, not an adoption.
+            (addrs[2].clone(), Some(addrs[1].clone()), "ok".to_string()),
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        common::resumed_at(&report["destinations"][1], &addrs[0]),
+        payload
+    );
+    let mut hosts = hosts.into_iter().skip(1);
+    let (second, second_inbox) = hosts.next().unwrap();
+    let (third, third_inbox) = hosts.next().unwrap();
+    let confirmed = second
+        .proc
+        .wait_stderr("confirmed", Duration::from_secs(30));
+    assert!(confirmed.contains("late.bin"), "{confirmed}");
+    let finish = |r: Receiver| {
+        if !once {
+            r.proc.signal(rustix::process::Signal::KILL).unwrap();
+        }
+        r.wait()
+    };
+    let (second, third) = (finish(second), finish(third));
+    if once {
+        second.expect_code(0);
+        third.expect_code(0);
+    }
+    for (host, inbox) in [(&second, &second_inbox), (&third, &third_inbox)] {
+        assert_eq!(host.stderr.matches("verified").count(), 1, "{host:?}");
+        assert_eq!(list_dir(inbox), ["late.bin"]);
+        assert_same_file(&source, &inbox.join("late.bin"));
+    }
+}
+
+/// A stall timeout too short for the tree's depth is raised to what it needs (each level gives
+/// up on a stalled host sooner than the one above, down to a floor of 1 s and 250 ms more per
+/// level below), and the sender says so; the chain is served as usual.
+#[test]
+fn a_stall_timeout_too_short_for_the_depth_is_raised_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("short.bin");
+    random_file(&source, MIB, 213);
+    let hosts = relays(dir.path(), 3, &[]);
+    let addrs = addresses(&hosts);
+    let sent = run(
+        teecast(["send", "--json", "--tree", "1", "--stall-timeout", "100ms"])
+            .arg(&source)
+            .args(&addrs),
+    );
+    sent.expect_code(0);
+    assert!(
+        sent.stderr.contains(
+            "a stall timeout of 0.100 s is too short for a tree this deep: 1.50 s is used"
+        ),
+        "{}",
+        sent.stderr
+    );
+    for (receiver, inbox) in hosts {
+        receiver.wait().expect_code(0);
+        assert_same_file(&source, &inbox.join("short.bin"));
+    }
+}

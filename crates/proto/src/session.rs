@@ -17,9 +17,9 @@ use crate::auth::{Key, same_mac};
 use crate::crypt::{self, Channel, CryptError, Initiator, TransferKey};
 use crate::digest::DigestAlgorithm;
 use crate::wire::{
-    self, Ack, AckStatus, CAP_KEYED, CHUNK_HEADER_LEN, ENCRYPTED_VERSION, Header, Hello,
-    HostReport, MAC_LEN, MAX_CHUNK, MAX_KEYS, MessageKind, NONCE_LEN, PREFIX_LEN, Resume, Seal,
-    Trailer, VERSION, Welcome, WireError,
+    self, Ack, AckStatus, CAP_KEYED, CAP_REPORTS, CHUNK_HEADER_LEN, ENCRYPTED_VERSION, Header,
+    Hello, HostReport, MAC_LEN, MAX_CHUNK, MAX_KEYS, MessageKind, NONCE_LEN, PREFIX_LEN, Report,
+    Resume, Seal, Trailer, VERSION, Welcome, WireError,
 };
 
 /// Whether a keyed session may use `digest`: only one that resists deliberate collisions, as the
@@ -129,9 +129,23 @@ pub struct FrameReader {
     version: Option<u16>,
     prefix: Vec<u8>,
     body: Option<(usize, Vec<u8>)>,
+    /// Another kind the message may be instead ([`FrameReader::or`]).
+    or: Option<MessageKind>,
 }
 
 impl FrameReader {
+    /// The same reader, that takes a message of `other` in place of its own kind (told by the
+    /// magic): [`FrameReader::kind`] says which arrived.
+    pub fn or(mut self, other: MessageKind) -> FrameReader {
+        self.or = Some(other);
+        self
+    }
+
+    /// The kind of the message read (once its prefix has arrived; before, the one expected).
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
     /// A reader for a message of `kind`, version 2.
     pub fn new(kind: MessageKind) -> FrameReader {
         FrameReader::of_version(kind, Some(VERSION))
@@ -153,6 +167,7 @@ impl FrameReader {
             version,
             prefix: Vec::with_capacity(PREFIX_LEN),
             body: None,
+            or: None,
         }
     }
 
@@ -179,6 +194,11 @@ impl FrameReader {
             None => {
                 self.prefix.extend_from_slice(bytes);
                 if let Ok(prefix) = <[u8; PREFIX_LEN]>::try_from(self.prefix.as_slice()) {
+                    if let Some(other) = self.or
+                        && prefix[..4] == other.magic()
+                    {
+                        self.kind = other;
+                    }
                     let found = u16::from_be_bytes([prefix[4], prefix[5]]);
                     let version = match self.version {
                         Some(v) => v,
@@ -312,8 +332,13 @@ impl SenderSession {
         if key.is_some() {
             check_keyed_digest(header.digest)?;
         }
+        // A relayed stream's sender reads the reports of the hosts below as they come.
+        let reports = match header.tree {
+            Some(_) => CAP_REPORTS,
+            None => 0,
+        };
         let hello = Hello {
-            capabilities: if key.is_some() { CAP_KEYED } else { 0 },
+            capabilities: if key.is_some() { CAP_KEYED } else { 0 } | reports,
             nonce,
         }
         .encode();
@@ -407,6 +432,35 @@ impl SenderSession {
             SenderStep::Payload
         };
         Ok(out)
+    }
+
+    /// A reader for the receiver's next message after the trailer: its ack, or a report
+    /// before it (relayed streams).
+    pub fn ack_or_report_reader(&self) -> FrameReader {
+        let reader = self.reader(MessageKind::Ack);
+        match self.header.tree {
+            Some(_) => reader.or(MessageKind::Report),
+            None => reader,
+        }
+    }
+
+    /// A reader for a report message (relayed streams, between the header and the ack).
+    pub fn report_reader(&self) -> FrameReader {
+        self.reader(MessageKind::Report)
+    }
+
+    /// Takes a report message's body (opened, in an encrypted session: reports are sealed in
+    /// order with the receiver's other messages): the host reports it carries. A report is not
+    /// sealed in version 2, keyed or not: it is for showing progress only, and what the ack
+    /// reports of the same hosts, sealed, stands.
+    pub fn report(&mut self, body: &[u8]) -> Result<Vec<HostReport>, WireError> {
+        if self.header.tree.is_none()
+            || !matches!(self.step, SenderStep::Payload | SenderStep::AwaitAck)
+        {
+            return Err(WireError::OutOfTurn(MessageKind::Report));
+        }
+        let body = &*opened(&mut self.channel, MessageKind::Report, body)?;
+        Ok(Report::decode_body(body)?.reports)
     }
 
     /// A reader for the receiver's answer to a resuming header.
@@ -620,6 +674,10 @@ pub struct ReceiverSession {
     transfer: Option<TransferKey>,
     received: u64,
     keepalives: u64,
+    /// The sender reads report messages (its hello said so, or the session is encrypted).
+    takes_reports: bool,
+    /// The ack has been made: no report may follow it.
+    acked: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -700,6 +758,8 @@ impl ReceiverSession {
             transfer: None,
             received: 0,
             keepalives: 0,
+            takes_reports: false,
+            acked: false,
         }
     }
 
@@ -757,9 +817,10 @@ impl ReceiverSession {
                     announced,
                 });
             }
-            Some(announced) if offset == announced => {
-                ReceiverStep::Trailer(FrameReader::new(MessageKind::Trailer))
-            }
+            Some(announced) if offset == announced => ReceiverStep::Trailer(match self.channel {
+                Some(_) => FrameReader::encrypted(MessageKind::Trailer),
+                None => FrameReader::new(MessageKind::Trailer),
+            }),
             Some(announced) => ReceiverStep::Raw(announced - offset),
             None => ReceiverStep::ChunkHeader(Vec::new()),
         };
@@ -936,6 +997,7 @@ impl ReceiverSession {
         self.key = Some(key.clone());
         self.channel = Some(channel);
         self.reply = Some(welcome);
+        self.takes_reports = true;
         self.step = ReceiverStep::TransferKey(FrameReader::encrypted(MessageKind::TransferKey));
         Ok(())
     }
@@ -965,6 +1027,7 @@ impl ReceiverSession {
         self.welcome = welcome.clone();
         self.reply = Some(welcome);
         let peer_keyed = hello.capabilities & CAP_KEYED != 0;
+        self.takes_reports = hello.capabilities & CAP_REPORTS != 0;
         match (!self.keys.is_empty(), peer_keyed) {
             (true, false) => Err(WireError::PeerUnkeyed),
             (false, true) => Err(WireError::KeyRequired),
@@ -1052,6 +1115,41 @@ impl ReceiverSession {
         self.ack_with_reports(status, bytes, digest, message_text, Vec::new())
     }
 
+    /// A report message (or several: at most [`wire::MAX_REPORTS_PER_MESSAGE`] hosts each) of
+    /// `reports` to write to the sender now, sealed in an encrypted session: empty when the
+    /// sender does not read reports, before the header, or once the ack is made. Written in the
+    /// order made, before the ack.
+    pub fn report(&mut self, reports: &[HostReport]) -> Vec<u8> {
+        let streaming = matches!(
+            self.step,
+            ReceiverStep::Raw(_)
+                | ReceiverStep::ChunkHeader(_)
+                | ReceiverStep::Chunk(_)
+                | ReceiverStep::Trailer(_)
+                | ReceiverStep::StreamSeal(_)
+                | ReceiverStep::Verify
+        );
+        if !self.takes_reports
+            || !streaming
+            || self.acked
+            || self.header.as_ref().is_none_or(|h| h.tree.is_none())
+        {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for some in reports.chunks(wire::MAX_REPORTS_PER_MESSAGE) {
+            let message = Report {
+                reports: some.to_vec(),
+            }
+            .encode();
+            match &mut self.channel {
+                Some(c) => out.extend(seal_with(c, &message)),
+                None => out.extend(message),
+            }
+        }
+        out
+    }
+
     /// [`ReceiverSession::ack`] from a relay, with the outcome of every host below it.
     pub fn ack_with_reports(
         &mut self,
@@ -1061,6 +1159,7 @@ impl ReceiverSession {
         message_text: &str,
         reports: Vec<HostReport>,
     ) -> Vec<u8> {
+        self.acked = true;
         let mut out = Ack {
             status,
             bytes,
@@ -1321,6 +1420,64 @@ mod tests {
         assert!(run.rx.resume_at(6).is_err());
         let six = Resume { offset: 6 }.encode();
         assert!(run.tx.resumed(&six[PREFIX_LEN..], None).is_err());
+    }
+
+    /// A relayed stream's receiver sends report messages mid-stream that its sender reads (in
+    /// version 2 unsealed, keyed or not), and many hosts go in several, until its ack; an
+    /// unrelayed one's sends none.
+    #[test]
+    fn reports_go_up_mid_stream_in_a_relayed_session_only() {
+        let report = |position| HostReport {
+            position,
+            parent: 1,
+            status: AckStatus::Unreached,
+            bytes: 7,
+            message: "gone".into(),
+        };
+        for k in [None, key()] {
+            let mut relayed = resuming(Some(5));
+            if let Some(t) = &mut relayed.tree {
+                t.resume = false;
+            }
+            let mut run = open(&relayed, k.clone(), k.clone(), 7);
+            feed(&mut run.rx, &run.opening).unwrap();
+            let many: Vec<HostReport> = (2..300).map(report).collect();
+            let sent = run.rx.report(&many);
+            let mut got = Vec::new();
+            let mut at = 0;
+            while at < sent.len() {
+                let mut reader = run.tx.report_reader();
+                let (n, body) = reader.push(&sent[at..]).unwrap();
+                let (m, body) = match body {
+                    Some(b) => (0, b),
+                    None => {
+                        let (m, b) = reader.push(&sent[at + n..]).unwrap();
+                        (m, b.unwrap())
+                    }
+                };
+                at += n + m;
+                got.extend(run.tx.report(&body).unwrap());
+            }
+            assert_eq!(got, many);
+            // Before the ack, the sender's reader takes a report or the ack.
+            let mut reader = run.tx.ack_or_report_reader();
+            let one = run.rx.report(&many[..1]);
+            reader.push(&one[..PREFIX_LEN]).unwrap();
+            assert_eq!(reader.kind(), MessageKind::Report);
+            // Once the stream has ended, none.
+            run.tx.payload(5).unwrap();
+            let mut rest = b"hello".to_vec();
+            rest.extend(run.tx.finish(&DIGEST).unwrap());
+            drive(&mut run.rx, &rest, usize::MAX).unwrap();
+            assert_eq!(run.rx.next(), Next::Verify);
+            assert!(!run.rx.report(&many[..1]).is_empty(), "before the ack");
+            run.rx.ack(AckStatus::Ok, 5, &DIGEST, "");
+            assert!(run.rx.report(&many[..1]).is_empty(), "after the ack");
+            let mut plain = open(&header(Some(5), DigestAlgorithm::Blake3), k.clone(), k, 7);
+            feed(&mut plain.rx, &plain.opening).unwrap();
+            assert!(plain.rx.report(&many[..1]).is_empty(), "not relayed");
+            assert!(plain.tx.report(&one[PREFIX_LEN..]).is_err());
+        }
     }
 
     #[test]

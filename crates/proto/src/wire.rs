@@ -54,6 +54,10 @@ pub const MAX_TRAILER_BODY: usize = 128;
 pub const MAX_ACK_BODY: usize = 3 << 20;
 /// Longest message of one host's report in an ack, in bytes of UTF-8.
 pub const MAX_REPORT_MESSAGE_LEN: usize = 255;
+/// Most host reports in one report message ([`Report`]).
+pub const MAX_REPORTS_PER_MESSAGE: usize = 256;
+/// Longest report body: a count and that many host reports, each with the longest message.
+pub const MAX_REPORT_BODY: usize = 2 + MAX_REPORTS_PER_MESSAGE * (14 + MAX_REPORT_MESSAGE_LEN);
 /// Length of a hello's or a welcome's nonce.
 pub const NONCE_LEN: usize = 32;
 /// Length of a proof or a seal (a keyed BLAKE3 output).
@@ -68,6 +72,9 @@ pub const MAX_WELCOME_BODY: usize = 4 + NONCE_LEN + 1 + MAX_KEYS * MAC_LEN;
 
 /// Capability bit 0 of a hello or welcome: this side holds a key and seals the session.
 pub const CAP_KEYED: u32 = 0x01;
+/// Hello capability bit: the sender reads report messages ([`Report`]) between its header and
+/// the ack (a relayed session's sender sets it; version 3 implies it).
+pub const CAP_REPORTS: u32 = 0x02;
 /// Version 3: the body of the hello and of the welcome, a Noise handshake message (an
 /// ephemeral X25519 public key, 32 bytes, and the tag of an empty payload).
 pub const HANDSHAKE_BODY: usize = 32 + TAG_LEN;
@@ -102,11 +109,14 @@ pub enum MessageKind {
     Resume,
     /// Version 3, sender to receiver, after the handshake: the transfer's key, sealed.
     TransferKey,
+    /// Receiver to sender, between the header and the ack, from a relay to a parent that takes
+    /// them: the outcome of hosts below it as soon as each is known.
+    Report,
 }
 
 impl MessageKind {
     /// Every kind.
-    pub const ALL: [MessageKind; 8] = [
+    pub const ALL: [MessageKind; 9] = [
         Self::Hello,
         Self::Welcome,
         Self::Seal,
@@ -115,6 +125,7 @@ impl MessageKind {
         Self::Ack,
         Self::Resume,
         Self::TransferKey,
+        Self::Report,
     ];
 
     /// The four bytes that open a message of this kind.
@@ -128,6 +139,7 @@ impl MessageKind {
             Self::Ack => *b"TCAK",
             Self::Resume => *b"TCRS",
             Self::TransferKey => *b"TCKY",
+            Self::Report => *b"TCRP",
         }
     }
 
@@ -142,6 +154,7 @@ impl MessageKind {
             Self::Ack => MAX_ACK_BODY,
             Self::Resume => 8,
             Self::TransferKey => TRANSFER_KEY_BODY,
+            Self::Report => MAX_REPORT_BODY,
         }
     }
 
@@ -167,6 +180,7 @@ impl MessageKind {
             Self::Ack => "an ack",
             Self::Resume => "a resume",
             Self::TransferKey => "a transfer key",
+            Self::Report => "a report",
         }
     }
 }
@@ -183,6 +197,7 @@ impl MessageKind {
             Self::Ack => "ack",
             Self::Resume => "resume",
             Self::TransferKey => "transfer key",
+            Self::Report => "report",
         }
     }
 }
@@ -371,6 +386,9 @@ pub enum WireError {
     /// The header says the length is unknown but carries a nonzero length.
     #[error("the header says the length is unknown but carries length {0}; it must be 0")]
     BadLength(u64),
+    /// A report message holds no host report, or more than one may.
+    #[error("a report of {0} hosts; 1 to {max} are allowed", max = MAX_REPORTS_PER_MESSAGE)]
+    ReportCount(usize),
     /// The header's route has too many hops.
     #[error("the route has {hops} hops; at most {max} are allowed", max = MAX_ROUTE_HOPS)]
     RouteTooLong {
@@ -460,6 +478,7 @@ fn magic_hint(expected: MessageKind, found: &[u8; 4]) -> String {
         MessageKind::Seal => "the peer does not hold a key, or the two ends are out of step",
         MessageKind::Resume => "is the receiver a teecast receiver of a version that resumes?",
         MessageKind::TransferKey => "the two ends are out of step",
+        MessageKind::Report => "the two ends are out of step",
     }
     .to_string()
 }
@@ -1091,14 +1110,7 @@ impl Ack {
             // At most MAX_ROUTE_HOPS (10,000): fits.
             body.extend_from_slice(&(reports.len() as u16).to_be_bytes());
             for report in reports {
-                let message = truncate_at_char_boundary(&report.message, MAX_REPORT_MESSAGE_LEN);
-                body.extend_from_slice(&report.position.to_be_bytes());
-                body.extend_from_slice(&report.parent.to_be_bytes());
-                body.push(report.status.code());
-                body.extend_from_slice(&report.bytes.to_be_bytes());
-                // At most MAX_REPORT_MESSAGE_LEN (255): fits.
-                body.push(message.len() as u8);
-                body.extend_from_slice(message.as_bytes());
+                report.encode_into(&mut body);
             }
         }
         frame_bounded(MessageKind::Ack, &body)
@@ -1135,20 +1147,7 @@ impl Ack {
                 return Err(WireError::RouteTooLong { hops: count });
             }
             for _ in 0..count {
-                let position = r.u16("report position")?;
-                let parent = r.u16("report parent")?;
-                let code = r.u8("report status")?;
-                let status = AckStatus::from_code(code).ok_or(WireError::UnknownStatus(code))?;
-                let bytes = r.u64("report bytes")?;
-                let len = usize::from(r.u8("report message length")?);
-                let message = r.text(len, "report message")?;
-                reports.push(HostReport {
-                    position,
-                    parent,
-                    status,
-                    bytes,
-                    message,
-                });
+                reports.push(HostReport::decode_from(&mut r)?);
             }
         }
         r.finish()?;
@@ -1159,6 +1158,80 @@ impl Ack {
             message,
             reports,
         })
+    }
+}
+
+impl HostReport {
+    /// Appends its encoding: position, parent, status, bytes, message (cut to
+    /// [`MAX_REPORT_MESSAGE_LEN`] bytes at a char boundary) after its length in one byte.
+    fn encode_into(&self, body: &mut Vec<u8>) {
+        let message = truncate_at_char_boundary(&self.message, MAX_REPORT_MESSAGE_LEN);
+        body.extend_from_slice(&self.position.to_be_bytes());
+        body.extend_from_slice(&self.parent.to_be_bytes());
+        body.push(self.status.code());
+        body.extend_from_slice(&self.bytes.to_be_bytes());
+        // At most MAX_REPORT_MESSAGE_LEN (255): fits.
+        body.push(message.len() as u8);
+        body.extend_from_slice(message.as_bytes());
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<HostReport, WireError> {
+        let position = r.u16("report position")?;
+        let parent = r.u16("report parent")?;
+        let code = r.u8("report status")?;
+        let status = AckStatus::from_code(code).ok_or(WireError::UnknownStatus(code))?;
+        let bytes = r.u64("report bytes")?;
+        let len = usize::from(r.u8("report message length")?);
+        let message = r.text(len, "report message")?;
+        Ok(HostReport {
+            position,
+            parent,
+            status,
+            bytes,
+            message,
+        })
+    }
+}
+
+/// A relay's word, mid-stream, of hosts below it whose outcome has become known (each is
+/// said again in its acknowledgement, which stands).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// One to [`MAX_REPORTS_PER_MESSAGE`] host reports.
+    pub reports: Vec<HostReport>,
+}
+
+impl Report {
+    /// Encodes prefix and body; reports beyond [`MAX_REPORTS_PER_MESSAGE`] are left out.
+    pub fn encode(&self) -> Vec<u8> {
+        let reports = self
+            .reports
+            .get(..MAX_REPORTS_PER_MESSAGE)
+            .unwrap_or(&self.reports);
+        let mut body = Vec::with_capacity(2 + reports.len() * 16);
+        // At most MAX_REPORTS_PER_MESSAGE (256): fits.
+        body.extend_from_slice(&(reports.len() as u16).to_be_bytes());
+        for report in reports {
+            report.encode_into(&mut body);
+        }
+        frame_bounded(MessageKind::Report, &body)
+    }
+
+    /// Decodes a report body: a count of 1 to [`MAX_REPORTS_PER_MESSAGE`], then that many host
+    /// reports, nothing after them.
+    pub fn decode_body(body: &[u8]) -> Result<Report, WireError> {
+        check_body_len(MessageKind::Report, body)?;
+        let mut r = Reader::new(MessageKind::Report, body);
+        let count = usize::from(r.u16("report count")?);
+        if count == 0 || count > MAX_REPORTS_PER_MESSAGE {
+            return Err(WireError::ReportCount(count));
+        }
+        let mut reports = Vec::with_capacity(count);
+        for _ in 0..count {
+            reports.push(HostReport::decode_from(&mut r)?);
+        }
+        r.finish()?;
+        Ok(Report { reports })
     }
 }
 

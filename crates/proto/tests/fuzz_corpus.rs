@@ -68,6 +68,11 @@ fn ack_corpus() {
 }
 
 #[test]
+fn report_corpus() {
+    replay("report", checks::report);
+}
+
+#[test]
 fn chunk_header_corpus() {
     replay("chunk_header", checks::chunk_header);
 }
@@ -133,6 +138,7 @@ fn no_corpus_without_a_replay() {
         "header",
         "trailer",
         "ack",
+        "report",
         "chunk_header",
         "resume",
         "receiver_session",

@@ -30,7 +30,8 @@ pub use fs::{
 pub use io::{bytes_queued, pread, read, sendfile, write};
 pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite};
 pub use net::{
-    listen_dual_stack, not_a_tcp_listener, reset_on_close, send_now, set_zerocopy, tcp_socket,
+    end_on_close, listen_dual_stack, not_a_tcp_listener, reset_on_close, send_now, set_zerocopy,
+    tcp_socket, unacknowledged,
 };
 pub use pipe::{Pipe, pipe_size, set_pipe_size, splice, splice_from_offset, tee};
 pub use poll::{Readiness, eventfd, wait_any, wait_ready};

@@ -72,6 +72,29 @@ pub fn set_zerocopy(socket: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// `ioctl(socket, SIOCOUTQ)`—How many bytes written to a TCP socket its peer's kernel has not
+/// yet acknowledged. Zero once a peer's FIN arrived means the peer's kernel took every byte
+/// before its side closed (a FIN acknowledges all it received).
+#[doc(alias = "SIOCOUTQ")]
+#[doc(alias = "TIOCOUTQ")]
+pub fn unacknowledged(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `socket` is a live descriptor for the duration of the call; SIOCOUTQ (TIOCOUTQ)
+    // writes one c_int through the pointer, which points at `n` on our stack.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::TIOCOUTQ,
+            std::ptr::from_mut(&mut n),
+        )
+    };
+    if rc == 0 {
+        Ok(usize::try_from(n).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `send(socket, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL)`, retrying on `EINTR`—Writes what fits
 /// now and never blocks, whether the socket is blocking or not (`WouldBlock` when nothing fits),
 /// so a caller with a deadline can wait for room with `poll` instead.
@@ -89,6 +112,14 @@ pub fn send_now(socket: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 #[doc(alias = "SO_LINGER")]
 pub fn reset_on_close(socket: BorrowedFd<'_>) -> io::Result<()> {
     rustix::net::sockopt::set_socket_linger(socket, Some(std::time::Duration::ZERO))?;
+    Ok(())
+}
+
+/// `setsockopt(socket, SOL_SOCKET, SO_LINGER, off)`—Undoes [`reset_on_close`]: closing the
+/// socket ends the connection in order again (FIN).
+#[doc(alias = "SO_LINGER")]
+pub fn end_on_close(socket: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::net::sockopt::set_socket_linger(socket, None)?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use teecast_proto::crypt::TransferKey;
@@ -276,6 +276,92 @@ pub(crate) struct Destination<'a> {
     reports: Option<&'a Mutex<Vec<HostReport>>>,
     /// It failed itself (rather than being abandoned with the whole stream).
     failed: bool,
+    /// For a relay: where a confirmed connection goes once its acknowledgement is read, kept
+    /// open until the relay's own parent has read the relay's acknowledgement (see
+    /// [`Destination::holding`]).
+    holding: Option<HeldChildren>,
+    /// Where it tells what it learns while it runs (relayed destinations).
+    live: Option<Live>,
+    /// When it last looked for report messages.
+    looked: Instant,
+}
+
+/// The connections of confirmed children a relay holds, released (closed in order) once its
+/// own acknowledgement has been read.
+pub(crate) type HeldChildren = Arc<Mutex<Vec<TcpStream>>>;
+
+/// What a relayed destination learns while it runs, as it learns it: for progress displays
+/// (the sender) and for the reports a relay sends up.
+pub(crate) enum LiveEvent<'e> {
+    /// A report message from it: the outcome of hosts below it.
+    Reports(&'e [HostReport]),
+    /// It acknowledged its copy, verified, after this many payload bytes.
+    Delivered(u64),
+    /// It failed, after this many payload bytes.
+    Failed(&'e DestFailure, u64),
+}
+
+/// Where a destination tells its [`LiveEvent`]s.
+pub(crate) type Live = Arc<dyn Fn(LiveEvent<'_>) + Send + Sync>;
+
+/// How often, at most, a sending destination looks for report messages.
+const REPORT_LOOK: Duration = Duration::from_millis(20);
+
+/// What became of each host of a relayed transfer so far, from its parent's word as it comes
+/// (report messages mid-stream, then acknowledgements): for progress displays. The
+/// transfer's report, from the acknowledgements alone, is what stands.
+#[derive(Debug)]
+pub struct LiveHosts(Mutex<Vec<HostState>>);
+
+/// What is known of one host of a relayed transfer while it runs ([`LiveHosts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostState {
+    /// Nothing yet: its stream is under way, or has not reached it.
+    Going,
+    /// It stored a verified copy of this many bytes.
+    Verified(u64),
+    /// It failed (why, in its parent's words: peer text, escape it before showing it).
+    Failed(String),
+}
+
+impl LiveHosts {
+    pub(crate) fn new(hosts: usize) -> LiveHosts {
+        LiveHosts(Mutex::new(vec![HostState::Going; hosts]))
+    }
+
+    /// Every host's state, by position − 1.
+    pub fn states(&self) -> Vec<HostState> {
+        lock(&self.0).clone()
+    }
+
+    /// The host at `position` is now in `state`.
+    pub(crate) fn set(&self, position: usize, state: HostState) {
+        let mut hosts = lock(&self.0);
+        if let Some(s) = position.checked_sub(1).and_then(|i| hosts.get_mut(i)) {
+            *s = state;
+        }
+    }
+
+    /// Takes what a report says of each host.
+    pub(crate) fn take(&self, reports: &[HostReport]) {
+        for r in reports {
+            let state = match r.status {
+                AckStatus::Ok => HostState::Verified(r.bytes),
+                _ => HostState::Failed(r.message.clone()),
+            };
+            self.set(usize::from(r.position), state);
+        }
+    }
+
+    /// Where the destination at `position` tells what it learns.
+    pub(crate) fn live_for(self: &Arc<Self>, position: usize) -> Live {
+        let hosts = self.clone();
+        Arc::new(move |e: LiveEvent<'_>| match e {
+            LiveEvent::Reports(r) => hosts.take(r),
+            LiveEvent::Delivered(bytes) => hosts.set(position, HostState::Verified(bytes)),
+            LiveEvent::Failed(why, _) => hosts.set(position, HostState::Failed(why.to_string())),
+        })
+    }
 }
 
 impl<'a> Destination<'a> {
@@ -310,7 +396,76 @@ impl<'a> Destination<'a> {
             resumed_at: None,
             reports: None,
             failed: false,
+            holding: None,
+            live: None,
+            looked: Instant::now(),
         }
+    }
+
+    /// Tells `live` what it learns while it runs: the report messages of a relay, and its own
+    /// outcome as soon as it is known.
+    pub(crate) fn live(mut self, live: Live) -> Destination<'a> {
+        self.live = Some(live);
+        self
+    }
+
+    /// Reads the report messages waiting in the socket, whole ones only and never anything
+    /// else (an early acknowledgement stays for [`Destination::read_ack`]), at most every
+    /// [`REPORT_LOOK`].
+    fn look_for_reports(&mut self) {
+        if self.live.is_none() || self.looked.elapsed() < REPORT_LOOK {
+            return;
+        }
+        self.looked = Instant::now();
+        loop {
+            let (Some(stream), Some(session)) = (&self.stream, &mut self.session) else {
+                return;
+            };
+            let mut prefix = [0u8; wire::PREFIX_LEN];
+            let queued = sys::bytes_queued(stream.as_fd()).unwrap_or(0);
+            if queued < prefix.len()
+                || !matches!(stream.peek(&mut prefix), Ok(n) if n == prefix.len())
+                || prefix[..4] != wire::MessageKind::Report.magic()
+            {
+                return;
+            }
+            let len = u32::from_be_bytes([prefix[6], prefix[7], prefix[8], prefix[9]]) as usize;
+            // One too long is left for the acknowledgement's read to refuse.
+            let longest = wire::MessageKind::Report.sealed_max_body_len();
+            if len > longest || queued < prefix.len() + len {
+                return;
+            }
+            let mut reader = session.report_reader();
+            let mut message = vec![0u8; prefix.len() + len];
+            let deadline = transport::deadline(self.options.stall_timeout);
+            let Ok(()) = transport::read_exact(stream, &mut message, deadline) else {
+                return;
+            };
+            let mut at = 0;
+            let body = loop {
+                match reader.push(&message[at..]) {
+                    Ok((_, Some(body))) => break body,
+                    Ok((n, None)) if n > 0 => at += n,
+                    _ => return,
+                }
+            };
+            let Ok(reports) = session.report(&body) else {
+                return;
+            };
+            if let Some(live) = &self.live {
+                live(LiveEvent::Reports(&reports));
+            }
+        }
+    }
+
+    /// Once its acknowledgement is read, hands the connection to `held` instead of closing
+    /// it, set to reset when closed: should this relay die before its own parent has read the
+    /// relay's acknowledgement (which carries this host's report), the host learns so from
+    /// the reset, and waits to be resumed by the parent adopting it (docs/PROTOCOL.md,
+    /// "Resuming"); the relay closes it in order once its parent has.
+    pub(crate) fn holding(mut self, held: HeldChildren) -> Destination<'a> {
+        self.holding = Some(held);
+        self
     }
 
     /// Puts what its acknowledgement reports of the hosts below it into `slot`.
@@ -334,6 +489,11 @@ impl<'a> Destination<'a> {
     /// Passes `result` on; a failure that orphans the hosts below calls `orphaned`.
     fn adopt_on<T>(&mut self, result: Result<T, DestFailure>) -> Result<T, DestFailure> {
         if let Err(e) = &result {
+            if !self.failed
+                && let Some(live) = &self.live
+            {
+                live(LiveEvent::Failed(e, self.progress.of(self.index)));
+            }
             self.failed = true;
             if e.orphans()
                 && let Some(orphaned) = self.orphaned.take()
@@ -456,6 +616,7 @@ impl<'a> Destination<'a> {
                 &mut session.clone(),
                 &[],
                 transport::deadline(Duration::from_secs(1)),
+                None,
             )
         {
             return refused(ack);
@@ -485,17 +646,27 @@ impl<'a> Destination<'a> {
             .announce
             .and_then(OnceLock::get)
             .unwrap_or(&digest.bytes);
-        let verdict = read_verdict(stream, session, announced, transport::deadline(stall))
-            .map_err(|e| match e {
-                ReadError::Wire(w) => DestFailure::BadAck(w),
-                ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    DestFailure::NoAck(stall)
-                }
-                ReadError::Io(e) => DestFailure::Reset(e),
-            })?;
+        let verdict = read_verdict(
+            stream,
+            session,
+            announced,
+            transport::deadline(stall),
+            self.live.as_ref(),
+        )
+        .map_err(|e| match e {
+            ReadError::Wire(w) => DestFailure::BadAck(w),
+            ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => DestFailure::NoAck(stall),
+            ReadError::Io(e) => DestFailure::Reset(e),
+        })?;
         let reports = match &verdict {
             Verdict::Confirmed(ack) | Verdict::Refused(ack) => ack.reports.clone(),
         };
+        if let Some(live) = &self.live {
+            live(LiveEvent::Reports(&reports));
+            if let Verdict::Confirmed(_) = &verdict {
+                live(LiveEvent::Delivered(sent));
+            }
+        }
         if let Some(slot) = self.reports {
             *lock(slot) = reports;
         }
@@ -518,8 +689,19 @@ fn read_verdict(
     session: &mut SenderSession,
     digest: &[u8],
     deadline: Option<Instant>,
+    live: Option<&Live>,
 ) -> Result<Verdict, ReadError> {
-    let body = transport::read_message(stream, session.ack_reader(), deadline)?;
+    // A relay's report messages may come before its acknowledgement.
+    let body = loop {
+        let (kind, body) = transport::read_kind(stream, session.ack_or_report_reader(), deadline)?;
+        if kind != wire::MessageKind::Report {
+            break body;
+        }
+        let reports = session.report(&body)?;
+        if let Some(live) = live {
+            live(LiveEvent::Reports(&reports));
+        }
+    };
     let seal = if session.is_keyed() {
         Some(transport::read_message(
             stream,
@@ -584,6 +766,11 @@ impl Consumer for Destination<'_> {
     }
 
     fn idle(&mut self) -> Result<(), DestFailure> {
+        // Idle: look now, whenever it last did.
+        self.looked = Instant::now()
+            .checked_sub(REPORT_LOOK)
+            .unwrap_or(self.looked);
+        self.look_for_reports();
         let keepalive = match &self.session {
             Some(s) if s.is_chunked() => s.keepalive()?,
             _ => return Ok(()),
@@ -731,6 +918,7 @@ impl Destination<'_> {
                     chunk_left = chunk_left.saturating_sub(n);
                     self.count(n)?;
                     stall_at = transport::deadline(stall);
+                    self.look_for_reports();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if sys::bytes_queued(pipe).unwrap_or(1) == 0 {
@@ -751,6 +939,7 @@ impl Destination<'_> {
     }
 
     fn send_buffer(&mut self, bytes: &[u8]) -> Result<(), DestFailure> {
+        self.look_for_reports();
         self.chunk_header(bytes.len())?;
         let deadline = transport::deadline(self.stall());
         transport::write_all(self.stream()?, bytes, deadline).map_err(|e| self.write_failed(e))?;
@@ -758,6 +947,7 @@ impl Destination<'_> {
     }
 
     fn send_map(&mut self, map: &SourceMap, offset: usize, len: usize) -> Result<(), DestFailure> {
+        self.look_for_reports();
         self.chunk_header(len)?;
         let mut done = 0;
         while done < len {
@@ -800,6 +990,16 @@ impl Destination<'_> {
             .unwrap_or(&digest.bytes);
         let end = session.finish(announced)?;
         self.write_framing(&end)?;
-        self.read_ack(digest)
+        let verdict = self.read_ack(digest);
+        // Closed once the acknowledgement is read (or given up on): a relayed receiver waiting
+        // to learn whether it arrived (docs/PROTOCOL.md, "Resuming") learns it from the close.
+        // A relay holds a confirmed one until its own parent has read its acknowledgement.
+        let stream = self.stream.take();
+        if let (Ok(_), Some(held), Some(s)) = (&verdict, &self.holding, stream)
+            && sys::reset_on_close(s.as_fd()).is_ok()
+        {
+            lock(held).push(s);
+        }
+        verdict
     }
 }

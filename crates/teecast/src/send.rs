@@ -13,13 +13,13 @@ use teecast_proto::crypt::{self, TransferKey};
 use teecast_proto::wire::{self, AckStatus, Header, HostReport, Tree, WireError};
 
 use crate::auth::Key;
-pub use crate::dest::{Delivered, DestFailure, Progress};
+pub use crate::dest::{Delivered, DestFailure, HostState, LiveHosts, Progress};
 use crate::dest::{DestOptions, Destination};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::engine::{CaptureError, EngineError, FanoutConfig, Unsupported};
 use crate::source::Source;
 use crate::strategy::Strategy;
-use crate::tree::adopt::Adopter;
+use crate::tree::adopt::{Adopter, Adopting, LiveFor};
 use crate::tree::consumer::{TreeConsumer, TreeError, TreeOutcome};
 use crate::tree::report::{Reports, complete, report_of};
 pub use crate::tree::ring::DEFAULT_RING;
@@ -268,6 +268,10 @@ pub struct Transfer<'a> {
     header: Option<Header>,
     name: String,
     progress: Arc<Progress>,
+    /// The stall timeout asked for and the one used, when a tree needed it raised.
+    stall_raised: Option<(Duration, Duration)>,
+    /// In a tree: what is known of every host while it runs.
+    hosts: Option<Arc<LiveHosts>>,
 }
 
 impl<'a> Transfer<'a> {
@@ -298,6 +302,17 @@ impl<'a> Transfer<'a> {
                 destinations.to_vec(),
             ),
         };
+        // Timeouts nest by depth down to a floor: the sender's own must leave room for the
+        // levels below its children (docs/PROTOCOL.md, "Timeouts in a tree").
+        let mut stall_raised = None;
+        if let Some(k) = options.tree {
+            let needed =
+                Duration::from_millis(u64::from(Tree::sender_stall_ms(k, destinations.len())));
+            if options.stall_timeout < needed {
+                stall_raised = Some((options.stall_timeout, needed));
+                options.stall_timeout = needed;
+            }
+        }
         // In a tree the replay ring is one more consumer.
         let consumers = direct.len()
             + usize::from(options.fanout.capture.is_some())
@@ -360,6 +375,9 @@ impl<'a> Transfer<'a> {
         }
         let mut dest = options.dest();
         dest.transfer = transfer_key;
+        let hosts = options
+            .tree
+            .map(|_| Arc::new(LiveHosts::new(destinations.len())));
         Ok(Transfer {
             source,
             destinations: destinations.to_vec(),
@@ -369,7 +387,23 @@ impl<'a> Transfer<'a> {
             options,
             header,
             name,
+            stall_raised,
+            hosts,
         })
+    }
+
+    /// In a tree: what is known of every host while the transfer runs (by position − 1, in the
+    /// order of the route), from the reports that come up the tree as each outcome is known.
+    pub fn hosts(&self) -> Option<Arc<LiveHosts>> {
+        self.hosts.clone()
+    }
+
+    /// In a tree, when the stall timeout asked for was shorter than its depth needs (each level
+    /// gives up on a stalled child within half of its parent's timeout for it, down to a floor
+    /// of 1 s and 250 ms more per level below: [`Tree::child_stall_ms`]): the timeout asked for
+    /// and the one used instead.
+    pub fn stall_raised(&self) -> Option<(Duration, Duration)> {
+        self.stall_raised
     }
 
     /// The counters of this transfer, to watch while it runs: one per destination sent to
@@ -385,6 +419,12 @@ impl<'a> Transfer<'a> {
             .iter()
             .map(|&p| self.destinations[p - 1].clone())
             .collect()
+    }
+
+    /// The positions (from 1, in the route) of the destinations sent to directly, in the order
+    /// of [`Transfer::progress`].
+    pub fn direct_positions(&self) -> Vec<usize> {
+        self.direct.clone()
     }
 
     /// The concrete data path.
@@ -486,7 +526,13 @@ impl<'a> Transfer<'a> {
             route.clone(),
             0,
             &self.dest,
-            None,
+            Adopting {
+                live: self.hosts.clone().map(|h| {
+                    let live: LiveFor = Arc::new(move |position, _| h.live_for(position));
+                    live
+                }),
+                ..Adopting::default()
+            },
         );
         let mut consumers: Vec<TreeConsumer<'_>> = dests
             .into_iter()
@@ -494,10 +540,13 @@ impl<'a> Transfer<'a> {
             .enumerate()
             .map(|(index, (dest, &position))| {
                 let (adopter, route) = (&adopter, &route);
-                let dest = dest
+                let mut dest = dest
                     .dialing(move |timeout| route.connect(position, timeout))
                     .reporting_to(reports.slot(index))
                     .on_orphaned(move || adopter.adopt(position));
+                if let Some(h) = &self.hosts {
+                    dest = dest.live(h.live_for(position));
+                }
                 TreeConsumer::Child(Box::new(dest))
             })
             .collect();

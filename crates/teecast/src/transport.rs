@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use teecast_proto::session::FrameReader;
-use teecast_proto::wire::WireError;
+use teecast_proto::wire::{MessageKind, WireError};
 use teecast_sys::{self as sys, Readiness};
 
 /// Why connecting failed.
@@ -183,12 +183,27 @@ pub fn read_versioned(
     }
 }
 
+/// [`read_message`] with a reader that may take another kind ([`FrameReader::or`]): the kind
+/// that arrived, and its body.
+pub fn read_kind(
+    stream: &TcpStream,
+    mut reader: FrameReader,
+    deadline: Option<Instant>,
+) -> Result<(MessageKind, Vec<u8>), ReadError> {
+    loop {
+        let mut buf = vec![0; reader.wanted()];
+        read_exact(stream, &mut buf, deadline)?;
+        if let (_, Some(body)) = reader.push(&buf)? {
+            return Ok((reader.kind(), body));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
     use std::net::TcpListener;
-    use teecast_proto::wire::MessageKind;
 
     fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

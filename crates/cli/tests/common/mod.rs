@@ -644,3 +644,112 @@ pub fn on_terminal(command: &str) -> Child {
         .spawn()
         .expect("util-linux `script` (bsdutils) is needed for a terminal")
 }
+
+/// A TCP proxy in front of a receiver that holds back its acknowledgement on the first
+/// connection: it passes everything towards the receiver, and the receiver's bytes back only
+/// while fewer than `payload` bytes have gone towards it; what the receiver sends after that
+/// (its acknowledgement, due only after the trailer) stays unread in the proxy's socket, and
+/// [`AckHolder::wait_held_back`] returns once some has arrived. When either end of that
+/// connection goes away after that, the proxy resets both: to the receiver it is a parent that
+/// died with the acknowledgement unread, to the sending side a receiver that died before it
+/// answered. Later connections pass both ways.
+pub struct AckHolder {
+    pub addr: String,
+    held: mpsc::Receiver<()>,
+}
+
+impl AckHolder {
+    pub fn start(target: String, payload: u64) -> AckHolder {
+        let (listener, addr) = listener();
+        let (held_tx, held) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = true;
+            for upstream in listener.incoming() {
+                let Ok(upstream) = upstream else { return };
+                let Ok(downstream) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let limit = match first {
+                    true => payload,
+                    false => u64::MAX,
+                };
+                first = false;
+                let held_tx = held_tx.clone();
+                std::thread::spawn(move || hold_ack(upstream, downstream, limit, held_tx));
+            }
+        });
+        AckHolder { addr, held }
+    }
+
+    /// Waits (bounded) until the receiver's acknowledgement has arrived and been held back.
+    pub fn wait_held_back(&self) {
+        self.held
+            .recv_timeout(TIMEOUT)
+            .expect("the receiver's acknowledgement never arrived at the proxy");
+    }
+}
+
+/// One connection of an [`AckHolder`]: `up` is the sending side, `down` the receiver's.
+fn hold_ack(up: TcpStream, down: TcpStream, limit: u64, held: mpsc::Sender<()>) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let towards = Arc::new(AtomicU64::new(0));
+    let (mut up_r, mut down_w) = (up.try_clone().unwrap(), down.try_clone().unwrap());
+    let counted = towards.clone();
+    let forward = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match up_r.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    if limit == u64::MAX {
+                        let _ = down_w.shutdown(std::net::Shutdown::Write);
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    // Counted before it is written: once the receiver has the bytes, so does
+                    // the count.
+                    counted.fetch_add(n as u64, Ordering::SeqCst);
+                    if down_w.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let (mut up_w, down_r) = (up, down);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match down_r.peek(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if towards.load(Ordering::SeqCst) >= limit => {
+                // The acknowledgement: left unread, and said so; then whichever end goes first
+                // takes the other with it, by a reset.
+                let _ = held.send(());
+                let gone = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
+                loop {
+                    let mut fds = [PollFd::new(&up_w, gone), PollFd::new(&down_r, gone)];
+                    let _ = poll(&mut fds, None);
+                    if fds.iter().any(|f| f.revents().intersects(gone)) {
+                        break;
+                    }
+                }
+                for s in [&up_w, &down_r] {
+                    rustix::net::sockopt::set_socket_linger(s, Some(Duration::ZERO)).unwrap();
+                }
+                // Ends the forwarding thread's read; nothing goes out.
+                let _ = up_w.shutdown(std::net::Shutdown::Read);
+                let _ = forward.join();
+                return;
+            }
+            Ok(_) => {
+                let n = (&down_r).read(&mut buf).unwrap_or(0);
+                if n == 0 || up_w.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = up_w.shutdown(std::net::Shutdown::Write);
+    let _ = forward.join();
+}

@@ -10,8 +10,8 @@ use teecast_proto::crypt::Channel;
 use teecast_proto::digest::DigestAlgorithm;
 use teecast_proto::wire::{
     Ack, CHUNK_HEADER_LEN, Header, Hello, MAC_LEN, MAX_CHUNK, MAX_DIGEST_LEN, MAX_MESSAGE_LEN,
-    MessageKind, PREFIX_LEN, Resume, Seal, Trailer, VERSION, Welcome, WireError,
-    decode_chunk_header, decode_prefix, encode_chunk_header,
+    MAX_REPORT_MESSAGE_LEN, MAX_REPORTS_PER_MESSAGE, MessageKind, PREFIX_LEN, Report, Resume, Seal,
+    Trailer, VERSION, Welcome, WireError, decode_chunk_header, decode_prefix, encode_chunk_header,
 };
 
 /// Every error a decoder returns must print as one line without control characters: the
@@ -128,6 +128,35 @@ pub fn ack(data: &[u8]) -> bool {
             let body = framed_body(&encoded, MessageKind::Ack);
             assert_eq!(body, data, "ack {ack:?} re-encodes to other bytes");
             assert_eq!(Ack::decode_body(body), Ok(ack));
+            true
+        }
+        Err(err) => {
+            check_error(&err);
+            false
+        }
+    }
+}
+
+/// `report`: the whole input as a report body. A decoded report holds 1 to
+/// [`MAX_REPORTS_PER_MESSAGE`] host reports, each message at most [`MAX_REPORT_MESSAGE_LEN`]
+/// bytes (so `encode()`, which leaves out and cuts beyond those, changes nothing); it
+/// re-encodes to the input byte for byte and decodes again to an equal report.
+pub fn report(data: &[u8]) -> bool {
+    match Report::decode_body(data) {
+        Ok(report) => {
+            let count = report.reports.len();
+            assert!((1..=MAX_REPORTS_PER_MESSAGE).contains(&count), "{report:?}");
+            assert!(
+                report
+                    .reports
+                    .iter()
+                    .all(|r| r.message.len() <= MAX_REPORT_MESSAGE_LEN),
+                "{report:?}"
+            );
+            let encoded = report.encode();
+            let body = framed_body(&encoded, MessageKind::Report);
+            assert_eq!(body, data, "report {report:?} re-encodes to other bytes");
+            assert_eq!(Report::decode_body(body), Ok(report));
             true
         }
         Err(err) => {

@@ -10,7 +10,7 @@ use teecast_proto::wire::HostReport;
 use super::control::Control;
 use super::error::RecvError;
 use super::options::RecvOptions;
-use super::streams::Streams;
+use super::streams::{Registered, Streams};
 use crate::transport;
 
 /// A framed connection being served: its socket and session (which a parent resuming the stream
@@ -25,6 +25,15 @@ pub(super) struct Conn<'a> {
     pub(super) streams: &'a Streams,
     /// Says when the stream is to end because the receiver stops.
     pub(super) control: &'a Control,
+    /// A relayed stream's place in `streams`, kept past its end until its acknowledgement is
+    /// out (and a late resume answered, or not needed).
+    pub(super) registered: Option<Registered<'a>>,
+    /// For a relay: its confirmed children's connections, held until its own parent has read
+    /// its acknowledgement (then closed in order).
+    pub(super) children: Vec<TcpStream>,
+    /// For a relay: report messages for its parent not yet written, due before its
+    /// acknowledgement.
+    pub(super) upstream: Vec<u8>,
 }
 
 /// How long a receiver that refused a stream keeps reading (and dropping) what still arrives.

@@ -115,6 +115,11 @@ pub enum RecvError {
     /// it (not an error of the stream's).
     #[error("handed over to the stream it resumes")]
     HandedOver,
+    /// The connection resumed a relayed stream this receiver had stored and verified already
+    /// (its parent failed before reading the acknowledgement): it was answered as complete,
+    /// with the copy's acknowledgement (not an error of the stream's).
+    #[error("resumed after the copy was stored: confirmed to the new parent")]
+    Confirmed,
     /// The receiver is stopping (`Control::stop`) and the stream had not ended by its
     /// deadline.
     #[error(
@@ -212,6 +217,7 @@ impl RecvError {
             | RecvError::Displaced
             | RecvError::Taken
             | RecvError::HandedOver
+            | RecvError::Confirmed
             | RecvError::NotARelay
             | RecvError::UnauthenticatedForward
             | RecvError::FramedIntoRaw
@@ -249,6 +255,7 @@ impl RecvError {
             RecvError::Displaced => "displaced",
             RecvError::Taken => "taken",
             RecvError::HandedOver => "handed-over",
+            RecvError::Confirmed => "confirmed",
             RecvError::Stopped => "stopped",
             RecvError::NotARelay => "not-a-relay",
             RecvError::UnauthenticatedForward => "unauthenticated-forward",

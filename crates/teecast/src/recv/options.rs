@@ -224,6 +224,10 @@ pub enum Event<'a> {
     Resumed {
         /// The announced name (the peer's text: escape it before showing it).
         name: &'a str,
+        /// The stream had ended here already, its copy stored and verified (its parent failed
+        /// before it read the acknowledgement): the new parent was told so, and nothing more
+        /// comes of it.
+        stored: bool,
     },
 }
 

@@ -17,12 +17,12 @@ use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use teecast_proto::crypt::{self, RECORDS_PER_KEY, RecordReader};
 use teecast_proto::session::{Next, ReceiverSession};
-use teecast_proto::wire::{AckStatus, Header, Tree};
+use teecast_proto::wire::{AckStatus, Header, NONCE_LEN, Tree};
 use teecast_sys::{self as sys, Readiness, SpliceFlags};
 
 use super::conn::{Conn, discard_input, mismatch};
@@ -30,16 +30,16 @@ use super::control::Control;
 use super::error::RecvError;
 use super::options::{Received, RecvOptions};
 use super::payload::{Store, commit};
-use super::streams::{Registered, Resumable};
+use super::streams::{Completed, Registered, Resumable};
 use crate::sync::lock;
 
 use crate::dest::{DestOptions, Destination, Progress};
 use crate::digest::{DigestAlgorithm, Hasher};
 use crate::engine::{EngineError, FanoutConfig, Filler};
 use crate::store::Writeback;
-use crate::tree::adopt::Adopter;
+use crate::tree::adopt::{Adopter, Adopting, LiveFor};
 use crate::tree::consumer::{LocalCopy, TreeConsumer, TreeError, TreeOutcome};
-use crate::tree::report::{Reports, complete, report_of};
+use crate::tree::report::{Reports, Upstream, UpstreamQueue, complete, live_up, report_of};
 use crate::tree::ring::{Replay, Ring, RingWriter, StoredCopy};
 use crate::tree::route::{Route, connect_adopting};
 use crate::{engine, transport};
@@ -89,6 +89,9 @@ pub(super) fn forward(
         reports,
         streams,
         control,
+        registered: kept,
+        children: held,
+        upstream,
     } = conn;
     let (options, peer, streams, control) = (*options, *peer, *streams, *control);
     let Some(tree) = header.tree else {
@@ -96,9 +99,9 @@ pub(super) fn forward(
     };
     let (fanout, me, hosts) = (tree.fanout, usize::from(tree.position), header.route.len());
     // Timeouts nest by depth: this host gives up on a stalled child within half of what its
-    // parent allows it, and connects within that too, so a frozen child costs its parent only
-    // the child itself (and the adoption of the hosts below it).
-    let child_stall = Duration::from_millis(u64::from(tree.child_stall_ms()));
+    // parent allows it (down to a floor), and connects within that too, so a frozen child
+    // costs its parent only the child itself (and the adoption of the hosts below it).
+    let child_stall = Duration::from_millis(u64::from(tree.child_stall_ms(hosts)));
     let send_options = DestOptions {
         stall_timeout: child_stall,
         connect_timeout: Duration::from_millis(u64::from(tree.connect_ms)).min(child_stall),
@@ -112,7 +115,7 @@ pub(super) fn forward(
     let received_stall_ms = tree.stall_ms;
     let mut onward = header.clone();
     if let Some(t) = &mut onward.tree {
-        t.stall_ms = tree.child_stall_ms();
+        t.stall_ms = tree.child_stall_ms(hosts);
     }
     let header = &onward;
     // A child that cannot be reached is adopted: its children are served from here.
@@ -149,6 +152,14 @@ pub(super) fn forward(
             (Some(Replay::Ring(ring.clone())), Some(ring))
         }
     };
+    let holding: crate::dest::HeldChildren = Arc::default();
+    // What the destinations learn mid-stream goes up to this host's parent as reports.
+    let up: Upstream = Arc::default();
+    let after = Mutex::new(None);
+    let live_for: LiveFor = {
+        let up = up.clone();
+        Arc::new(move |position, parent| live_up(&up, position, parent))
+    };
     let adopter = replay.clone().map(|r| {
         Adopter::new(
             r,
@@ -156,7 +167,11 @@ pub(super) fn forward(
             route.clone(),
             me,
             &send_options,
-            Some(announced.clone()),
+            Adopting {
+                announced: Some(announced.clone()),
+                holding: Some(holding.clone()),
+                live: Some(live_for.clone()),
+            },
         )
     });
     let mut consumers = Vec::with_capacity(served.len() + 2);
@@ -187,6 +202,8 @@ pub(super) fn forward(
         )
         .announcing(&announced)
         .reporting_to(child_reports.slot(index))
+        .holding(holding.clone())
+        .live(live_for(position, me))
         .over(stream);
         if let Some(a) = &adopter {
             child = child.on_orphaned(move || a.adopt(position));
@@ -207,12 +224,10 @@ pub(super) fn forward(
         announced: &announced,
         registered: &registered,
         heard: Instant::now(),
-        patience: (Tree::parent_of(fanout, me) != 0).then(|| {
-            // Its grandparent gives up on its parent within twice what its parent allows it,
-            // then connects here within as long: wait at least that.
-            let adoption = Duration::from_millis(4 * u64::from(received_stall_ms));
-            options.stall_timeout.max(adoption)
-        }),
+        up: &up,
+        upstream,
+        after: &after,
+        patience: patience(options, &tree, received_stall_ms),
         control,
     };
     // Encrypted, the pipe holds records: the local copy hashes the plaintext it opens.
@@ -222,8 +237,21 @@ pub(super) fn forward(
     });
     // No length for the engine: the filler ends the stream only once it has read the
     // sender's trailer, so the children's trailers carry the sender's digest.
-    let fanned = engine::fan_out_filled(filler, None, consumers, &config);
-    drop(registered);
+    let fanned = std::thread::scope(|s| {
+        let reporter = s.spawn(|| report_after_trailer(&up, &after, options.stall_timeout));
+        let fanned = engine::fan_out_filled(filler, None, consumers, &config);
+        up.close();
+        let _ = reporter.join();
+        fanned
+    });
+    // The session back from the reports' thread, with what it could not write.
+    if let Some(h) = lock(&after).take() {
+        *session = h.session;
+        *upstream = h.pending;
+    }
+    // Kept until this host's acknowledgement is out, and beyond while it waits for a late
+    // resume ([`linger`]).
+    *kept = Some(registered);
     let mut outcomes = fanned.consumers.into_iter();
     let local = store.as_ref().and_then(|_| outcomes.next());
     for (index, (position, outcome)) in positions.into_iter().zip(outcomes).enumerate() {
@@ -236,6 +264,7 @@ pub(super) fn forward(
     if let Some(a) = adopter {
         below.extend(a.finish());
     }
+    *held = std::mem::take(&mut *lock(&holding));
     reports.extend(complete(fanout, hosts, me, &below));
     if let Some(e) = broken {
         return Err(e);
@@ -297,9 +326,67 @@ struct SessionFiller<'a> {
     patience: Option<Duration>,
     /// Says when the stream is to end because the receiver stops.
     control: &'a Control,
+    /// The reports to send up, as this host's destinations learn them.
+    up: &'a Upstream,
+    /// Report messages made for the parent and not yet written (before the acknowledgement,
+    /// which the connection writes after them).
+    upstream: &'a mut Vec<u8>,
+    /// Where the session goes once the stream's trailer is in, for [`report_after_trailer`].
+    after: &'a Mutex<Option<Handover>>,
+}
+
+/// A relay's session with its parent between its trailer and its acknowledgement: the
+/// reports of its children's acknowledgements still go up through it, as they come.
+struct Handover {
+    session: ReceiverSession,
+    stream: TcpStream,
+    /// Report messages made and not yet written.
+    pending: Vec<u8>,
+}
+
+/// Sends up what `up` gets once the stream's trailer is in (the filler sent it before), over
+/// the session handed to `after`, until `up` is closed; each write within `stall`. A write
+/// that fails ends it (the acknowledgement will say all).
+fn report_after_trailer(up: &UpstreamQueue, after: &Mutex<Option<Handover>>, stall: Duration) {
+    while up.wait(Duration::from_millis(250)) {
+        let mut handed = lock(after);
+        let Some(h) = &mut *handed else {
+            continue;
+        };
+        let reports = up.take();
+        if !reports.is_empty() {
+            let message = h.session.report(&reports);
+            h.pending.extend_from_slice(&message);
+        }
+        if !h.pending.is_empty() {
+            if transport::write_all(&h.stream, &h.pending, transport::deadline(stall)).is_err() {
+                return;
+            }
+            h.pending.clear();
+        }
+    }
 }
 
 impl SessionFiller<'_> {
+    /// Sends up what this host's destinations learnt, as far as the socket takes it now (the
+    /// rest at the next call, or before the acknowledgement): never waits, so a parent slow
+    /// to read costs no data.
+    fn send_up(&mut self) {
+        let reports = self.up.take();
+        if !reports.is_empty() {
+            let message = self.session.report(&reports);
+            self.upstream.extend_from_slice(&message);
+        }
+        while !self.upstream.is_empty() {
+            match sys::send_now(self.stream.as_fd(), self.upstream) {
+                Ok(n) => {
+                    self.upstream.drain(..n);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The parent's connection failed with `e` while reading `during`: a reset is a parent that
     /// abandoned the stream on purpose (it waits for nothing); anything else is recovered from.
     fn lost(&mut self, e: io::Error, during: &'static str, got: u64) -> Result<(), EngineError> {
@@ -381,6 +468,8 @@ impl SessionFiller<'_> {
         );
         let old = std::mem::replace(self.stream, stream);
         *self.session = session;
+        // What was made for the old parent is not the new one's (sealed for another session).
+        self.upstream.clear();
         // The old parent may still be there (cut off upstream): it must not adopt this host.
         let _ = transport::write_all(&old, &adopted, transport::deadline(Duration::from_secs(1)));
         let _ = old.shutdown(Shutdown::Write);
@@ -420,6 +509,7 @@ impl Filler for SessionFiller<'_> {
             if self.control.is_cut() {
                 return Err(self.broke(RecvError::Stopped));
             }
+            self.send_up();
             match self.session.next() {
                 Next::Framing(n) => {
                     // One read at a time, each handed to the session at once: a stall loses
@@ -463,6 +553,28 @@ impl Filler for SessionFiller<'_> {
                 Next::Verify => {
                     let digest = self.session.announced_digest().unwrap_or_default();
                     let _ = self.announced.set(digest.to_vec());
+                    // The children's acknowledgements still to come go up as they come.
+                    if let Ok(stream) = self.stream.try_clone() {
+                        let placeholder = ReceiverSession::new(None, [0; NONCE_LEN]);
+                        *lock(self.after) = Some(Handover {
+                            session: std::mem::replace(self.session, placeholder),
+                            stream,
+                            pending: std::mem::take(self.upstream),
+                        });
+                        self.up.wake();
+                    }
+                    // From now on a new parent is answered, not handed the stream; one that
+                    // came while the trailer arrived is answered too.
+                    if let Some(r) = &self.registered.stream
+                        && let Some((stream, mut session)) = r.end()
+                    {
+                        let r = r.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("teecast-late".into())
+                            .spawn(move || {
+                                let _ = answer_late(&stream, &mut session, &r);
+                            });
+                    }
                     return Ok(0);
                 }
                 Next::Resume => {
@@ -479,4 +591,137 @@ impl Filler for SessionFiller<'_> {
     fn hashes(&self) -> bool {
         false
     }
+}
+
+/// How long a host whose parent failed waits for another to resume its stream, from when it
+/// last heard of the old one: `None` when no one can (its parent is the sender). Its
+/// grandparent gives up on its parent within twice what its parent allows it (`stall_ms`),
+/// then connects here within as long: at least that, and at least its own stall timeout.
+pub(super) fn patience(options: &RecvOptions, tree: &Tree, stall_ms: u32) -> Option<Duration> {
+    (Tree::parent_of(tree.fanout, usize::from(tree.position)) != 0).then(|| {
+        let adoption = Duration::from_millis(4 * u64::from(stall_ms));
+        options.stall_timeout.max(adoption)
+    })
+}
+
+/// Answers a parent that resumes a stream whose trailer arrived here already (its first parent
+/// died before this host's acknowledgement reached it). Once the stream's outcome is known
+/// (within the stall timeout the resuming header announces: the new parent waits no longer), a
+/// copy stored and verified here is answered as complete: the whole length held; then, after
+/// the new parent's trailer, an acknowledgement of the copy with the reports of the hosts below
+/// this one, so the new parent reports it ok and adopts none of them again. A copy that failed
+/// here is not answered: the new parent reports the host failed, as its first parent would have.
+pub(super) fn answer_late(
+    stream: &TcpStream,
+    session: &mut ReceiverSession,
+    ended: &Resumable,
+) -> Result<(), RecvError> {
+    let stall = Duration::from_millis(u64::from(
+        session
+            .header()
+            .and_then(|h| h.tree)
+            .map_or(1, |t| t.stall_ms),
+    ));
+    let deadline = transport::deadline(stall);
+    let Some(done) = ended.outcome(deadline) else {
+        return Err(RecvError::Stalled(stall));
+    };
+    let reply = session.resume_at(done.bytes).map_err(|e| RecvError::Io {
+        op: "resuming",
+        source: io::Error::other(e),
+    })?;
+    transport::write_all(stream, &reply, deadline)
+        .map_err(RecvError::reading("resume", done.bytes, stall))?;
+    let mut buf = Vec::new();
+    while let Next::Framing(n) = session.next() {
+        buf.resize(n, 0);
+        transport::read_exact(stream, &mut buf, transport::deadline(stall))
+            .map_err(RecvError::reading("trailer", done.bytes, stall))?;
+        session.framing(&buf)?;
+    }
+    let ack = match session.verify(&done.digest).map_err(mismatch) {
+        Ok(()) => {
+            session.ack_with_reports(AckStatus::Ok, done.bytes, &done.digest, "", done.reports)
+        }
+        Err(e) => {
+            let got = session.received();
+            session.ack(e.ack_status(), got, &[], &e.peer_message())
+        }
+    };
+    transport::write_all(stream, &ack, transport::deadline(stall)).map_err(RecvError::reading(
+        "acknowledgement",
+        done.bytes,
+        stall,
+    ))?;
+    ended.answered();
+    Ok(())
+}
+
+/// After its acknowledgement of a relayed stream, a host waits (up to `patience`) to learn
+/// whether its parent read it: a parent that closes in an orderly way after every byte of it
+/// arrived (its FIN acknowledges them all) did, and the wait ends; one that reset the
+/// connection (it died with the acknowledgement unread, or holding this host's connection
+/// after reading it) or closed before it arrived did not. Then, when `resumable` (a parent can
+/// adopt this host), the host waits on for the parent adopting it in its place to resume the
+/// stream, answered by [`answer_late`]. Returns whether one was.
+pub(super) fn linger(
+    parent: &TcpStream,
+    ended: Option<&Resumable>,
+    patience: Duration,
+    resumable: bool,
+) -> bool {
+    let deadline = transport::deadline(patience);
+    let mut watch_parent = true;
+    let mut buf = [0u8; 256];
+    loop {
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
+        if watch_parent {
+            fds.push(parent.as_fd());
+        }
+        if let Some(e) = ended {
+            fds.push(e.wake.read.as_fd());
+        }
+        if fds.is_empty() {
+            return false;
+        }
+        let Ok(ready) = sys::wait_any(&fds, Readiness::Readable, deadline) else {
+            return false;
+        };
+        if ready.is_empty() {
+            return false;
+        }
+        let woken = usize::from(watch_parent);
+        if let Some(e) = ended
+            && ready.contains(&woken)
+        {
+            let _ = sys::read(e.wake.read.as_fd(), &mut buf);
+            if e.answered.load(std::sync::atomic::Ordering::SeqCst) {
+                return true;
+            }
+        }
+        if watch_parent && ready.contains(&0) {
+            match (&*parent).read(&mut buf) {
+                Ok(0) if sys::unacknowledged(parent.as_fd()).is_ok_and(|n| n == 0) => {
+                    return false;
+                }
+                Ok(0) | Err(_) if !resumable => return false,
+                Ok(0) | Err(_) => watch_parent = false,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// What a late resume of the stream `ended` is answered with, now that its outcome is known.
+pub(super) fn settle(
+    ended: &Resumable,
+    outcome: &Result<Received, RecvError>,
+    bytes: u64,
+    reports: &[teecast_proto::wire::HostReport],
+) {
+    ended.settle(outcome.as_ref().ok().map(|r| Completed {
+        bytes,
+        digest: r.digest.bytes.clone(),
+        reports: reports.to_vec(),
+    }));
 }

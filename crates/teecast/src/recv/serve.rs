@@ -19,7 +19,7 @@ use super::gate::Gate;
 use super::options::{Event, EventHandler, Received, RecvOptions, Target};
 use super::payload::{Payload, Store, commit, open_store};
 use super::relay;
-use super::streams::Streams;
+use super::streams::{Offered, Streams};
 
 use crate::store::is_temporary_name;
 use crate::tree::route::Route;
@@ -167,7 +167,22 @@ fn accept<'scope, 'env>(
         let result = gate.leave(ticket, result);
         match (&result, resumed) {
             (Err(RecvError::HandedOver), Some(name)) => {
-                on_event(Some(peer), Event::Resumed { name: &name });
+                on_event(
+                    Some(peer),
+                    Event::Resumed {
+                        name: &name,
+                        stored: false,
+                    },
+                );
+            }
+            (Err(RecvError::Confirmed), Some(name)) => {
+                on_event(
+                    Some(peer),
+                    Event::Resumed {
+                        name: &name,
+                        stored: true,
+                    },
+                );
             }
             _ => on_event(Some(peer), Event::Done(&result)),
         }
@@ -257,19 +272,29 @@ fn receive_admitted(
         reports: Vec::new(),
         streams,
         control,
+        registered: None,
+        children: Vec::new(),
+        upstream: Vec::new(),
     };
     let result = receive_framed(&mut conn, admit).map_err(|e| e.stopped_if(control));
     let Conn {
         stream,
         mut session,
         reports,
+        registered,
+        children,
+        upstream,
         ..
     } = conn;
-    if session.header().is_none() || matches!(result, Err(RecvError::HandedOver)) {
+    if session.header().is_none()
+        || matches!(result, Err(RecvError::HandedOver | RecvError::Confirmed))
+    {
         // No header, no answer: the peer does not speak the protocol, or did not prove the key
         // (its welcome told it what this side holds).
         return result;
     }
+    // A relayed stream: what a parent resuming it late is answered with.
+    let ended = registered.as_ref().and_then(|r| r.stream.clone());
     let ack = match &result {
         Ok(r) => {
             // The count acknowledged is the payload's on the wire: of an encrypted stream, its
@@ -278,9 +303,15 @@ fn receive_admitted(
                 true => crypt::sealed_len(r.bytes).unwrap_or(u64::MAX),
                 false => r.bytes,
             };
+            if let Some(e) = &ended {
+                relay::settle(e, &result, bytes, &reports);
+            }
             session.ack_with_reports(AckStatus::Ok, bytes, &r.digest.bytes, "", reports)
         }
         Err(e) => {
+            if let Some(ended) = &ended {
+                relay::settle(ended, &result, 0, &[]);
+            }
             let got = session.received();
             session.ack_with_reports(e.ack_status(), got, &[], &e.peer_message(), reports)
         }
@@ -290,8 +321,25 @@ fn receive_admitted(
         // protocol (docs/PROTOCOL.md, "Malformed input").
         return result;
     }
-    // The sender may already be gone; the outcome here stands either way.
-    let _ = transport::write_all(&stream, &ack, transport::deadline(options.stall_timeout));
+    // The sender may already be gone; the outcome here stands either way. Report messages
+    // still unwritten go first: in an encrypted session they were sealed before the ack.
+    let deadline = transport::deadline(options.stall_timeout);
+    let _ = transport::write_all(&stream, &upstream, deadline)
+        .and_then(|()| transport::write_all(&stream, &ack, deadline));
+    // A stored copy whose parent may not have read its acknowledgement waits to be resumed
+    // by the parent adopting it; a relay holds its children's connections until then
+    // (docs/PROTOCOL.md, "Resuming").
+    if let (Ok(_), Some(tree)) = (&result, session.header().and_then(|h| h.tree)) {
+        let patience = relay::patience(options, &tree, tree.stall_ms);
+        if patience.is_some() || !children.is_empty() {
+            let wait = patience.unwrap_or(options.stall_timeout);
+            relay::linger(&stream, ended.as_deref(), wait, patience.is_some());
+        }
+    }
+    drop(registered);
+    for child in children {
+        let _ = sys::end_on_close(child.as_fd());
+    }
     if let Err(
         RecvError::Io { .. }
         | RecvError::CannotCreate { .. }
@@ -432,8 +480,17 @@ fn receive_relayed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Receive
         // Settled before it is handed over: its place can no longer be taken (and the
         // connection closed under the stream it joins).
         admit(Announced::of(&conn.session, &header), true)?;
-        if conn.streams.offer(handle, conn.session.clone()).is_none() {
-            return Err(RecvError::HandedOver);
+        match conn.streams.offer(handle, conn.session.clone()) {
+            Offered::Taken => return Err(RecvError::HandedOver),
+            Offered::Ended(ended) => {
+                // Its trailer arrived here before its parent failed: answered as it stands (or,
+                // the copy failed, not at all: no acknowledgement where an offset is due).
+                return match relay::answer_late(&conn.stream, &mut conn.session, &ended) {
+                    Ok(()) => Err(RecvError::Confirmed),
+                    Err(_) => Err(RecvError::HandedOver),
+                };
+            }
+            Offered::Absent => {}
         }
         // Nothing of it here: from the start, as a new stream (the answer comes first, so that
         // a refusal reaches the sender as an ack where it reads one).

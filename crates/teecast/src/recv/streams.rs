@@ -3,10 +3,12 @@
 
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use teecast_proto::session::ReceiverSession;
-use teecast_proto::wire::{Header, TRANSFER_ID_LEN};
+use teecast_proto::wire::{Header, HostReport, TRANSFER_ID_LEN};
 use teecast_sys as sys;
 use teecast_sys::Pipe;
 
@@ -24,8 +26,85 @@ pub(super) struct Resumable {
     pub(super) parent: Mutex<Option<TcpStream>>,
     /// The new parent's connection and session, once one offered to resume.
     pub(super) offer: Mutex<Option<(TcpStream, ReceiverSession)>>,
-    /// Written to when an offer arrives.
+    /// Written to when an offer arrives; once the stream has ended, when a late resume was
+    /// answered.
     pub(super) wake: Pipe,
+    /// Set (under `offer`'s lock) once the stream's trailer has arrived: a parent resuming it
+    /// from then on is answered by [`answer_late`](super::relay::answer_late), not handed the
+    /// stream.
+    pub(super) ended: AtomicBool,
+    /// Once the stream's outcome is known: what a late resume is answered with (`None`: the
+    /// copy failed, and a late resume is not answered).
+    outcome: Mutex<Option<Option<Completed>>>,
+    settled: Condvar,
+    /// A late resume was answered as complete.
+    pub(super) answered: AtomicBool,
+}
+
+/// A relayed stream stored and verified here: what a late resume is answered with.
+#[derive(Clone, Debug)]
+pub(super) struct Completed {
+    /// The payload bytes on the wire (of an encrypted stream: its records').
+    pub(super) bytes: u64,
+    /// The digest the sender's trailer must announce (of an encrypted stream: the
+    /// plaintext's), and the acknowledgement carries.
+    pub(super) digest: Vec<u8>,
+    /// What this host's acknowledgement reported of the hosts below it.
+    pub(super) reports: Vec<HostReport>,
+}
+
+/// What became of a resuming header's offer ([`Streams::offer`]).
+pub(super) enum Offered {
+    /// The stream it resumes is being received here, and goes on over the new connection.
+    Taken,
+    /// The stream it resumes has ended here: the new parent is answered by this connection.
+    Ended(Arc<Resumable>),
+    /// No such stream here.
+    Absent,
+}
+
+impl Resumable {
+    /// The stream's trailer has arrived: no more offers are taken over. Returns one that
+    /// arrived meanwhile, for it to be answered late.
+    pub(super) fn end(&self) -> Option<(TcpStream, ReceiverSession)> {
+        let mut offer = lock(&self.offer);
+        self.ended.store(true, Ordering::SeqCst);
+        offer.take()
+    }
+
+    /// The stream's outcome is known: `completed` for a verified copy, `None` for a failure.
+    pub(super) fn settle(&self, completed: Option<Completed>) {
+        *lock(&self.outcome) = Some(completed);
+        self.settled.notify_all();
+    }
+
+    /// Waits until the outcome is known, or `deadline` (`None` then).
+    pub(super) fn outcome(&self, deadline: Option<Instant>) -> Option<Completed> {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(done) = &*outcome {
+                return done.clone();
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => std::time::Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return None;
+            }
+            outcome = self
+                .settled
+                .wait_timeout(outcome, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// A late resume was answered as complete: the connection lingering for one is told.
+    pub(super) fn answered(&self) {
+        self.answered.store(true, Ordering::SeqCst);
+        let _ = sys::write(self.wake.write.as_fd(), b"!");
+    }
 }
 
 /// A stream's place in [`Streams`], given up when dropped.
@@ -71,6 +150,10 @@ impl Streams {
                 parent: Mutex::new(parent.try_clone().ok()),
                 offer: Mutex::new(None),
                 wake,
+                ended: AtomicBool::new(false),
+                outcome: Mutex::new(None),
+                settled: Condvar::new(),
+                answered: AtomicBool::new(false),
             })),
             _ => None,
         };
@@ -84,12 +167,8 @@ impl Streams {
     }
 
     /// Hands `stream` and `session` (past a resuming header) to the stream they resume, if
-    /// it is being received here; gives them back otherwise.
-    pub(super) fn offer(
-        &self,
-        stream: TcpStream,
-        session: ReceiverSession,
-    ) -> Option<(TcpStream, ReceiverSession)> {
+    /// it is being received here; says so if it has ended here; gives them back otherwise.
+    pub(super) fn offer(&self, stream: TcpStream, session: ReceiverSession) -> Offered {
         let wanted = session.header().map(resumed);
         let found = self
             .lock()
@@ -97,14 +176,21 @@ impl Streams {
             .find(|s| Some(&s.header) == wanted.as_ref())
             .cloned();
         let Some(target) = found else {
-            return Some((stream, session));
+            return Offered::Absent;
         };
-        *lock(&target.offer) = Some((stream, session));
+        {
+            let mut offer = lock(&target.offer);
+            if target.ended.load(Ordering::SeqCst) {
+                drop(offer);
+                return Offered::Ended(target);
+            }
+            *offer = Some((stream, session));
+        }
         // The filler may be reading from the old parent: end that read.
         if let Some(old) = lock(&target.parent).take() {
             let _ = old.shutdown(Shutdown::Read);
         }
         let _ = sys::write(target.wake.write.as_fd(), b"!");
-        None
+        Offered::Taken
     }
 }

@@ -20,12 +20,27 @@ use std::time::Duration;
 
 use teecast_proto::wire::{AckStatus, Header, HostReport, Tree};
 
-use crate::dest::{Delivered, DestFailure, DestOptions, Destination, Progress};
+use crate::dest::{Delivered, DestFailure, DestOptions, Destination, HeldChildren, Live, Progress};
 use crate::engine::Consumer;
 use crate::sync::{into_inner, lock};
 use crate::tree::report::report_of;
 use crate::tree::ring::{Held, Pin, Replay};
 use crate::tree::route::Route;
+/// Makes where the destination of the host at a position (served from another) tells what it
+/// learns.
+pub(crate) type LiveFor = Arc<dyn Fn(usize, usize) -> Live + Send + Sync>;
+
+/// What an adopter passes on to the hosts it serves, beyond the stream.
+#[derive(Default)]
+pub(crate) struct Adopting {
+    /// For a relay: the digest its sender announced.
+    pub(crate) announced: Option<Arc<OnceLock<Vec<u8>>>>,
+    /// For a relay: where its confirmed children's connections are held.
+    pub(crate) holding: Option<HeldChildren>,
+    /// Where each adopted host's destination tells what it learns.
+    pub(crate) live: Option<LiveFor>,
+}
+
 /// Serves the children of this host's failed children (see the module's text).
 #[derive(Clone)]
 pub(crate) struct Adopter(Arc<Shared>);
@@ -39,6 +54,11 @@ pub(crate) struct Shared {
     /// This host's position (0: the sender).
     me: usize,
     options: DestOptions,
+    /// For a relay: where its confirmed children's connections are held.
+    holding: Option<HeldChildren>,
+    /// Where the destination of an adopted host (its position, and this host's) tells what it
+    /// learns while it runs.
+    live: Option<LiveFor>,
     /// For a relay: the digest its sender announced, passed on.
     announced: Option<Arc<OnceLock<Vec<u8>>>>,
     followed: Mutex<HashSet<usize>>,
@@ -54,14 +74,21 @@ impl Adopter {
         route: Arc<Route>,
         me: usize,
         options: &DestOptions,
-        announced: Option<Arc<OnceLock<Vec<u8>>>>,
+        with: Adopting,
     ) -> Adopter {
+        let Adopting {
+            announced,
+            holding,
+            live,
+        } = with;
         Adopter(Arc::new(Shared {
             replay,
             header: header.clone(),
             route,
             me,
             options: options.clone(),
+            holding,
+            live,
             announced,
             followed: Mutex::new(HashSet::new()),
             reports: Mutex::new(Vec::new()),
@@ -118,6 +145,12 @@ impl Adopter {
             .on_orphaned(move || self.adopt(position));
         if let Some(a) = &s.announced {
             dest = dest.announcing(a);
+        }
+        if let Some(h) = &s.holding {
+            dest = dest.holding(h.clone());
+        }
+        if let Some(live) = &s.live {
+            dest = dest.live(live(position, s.me));
         }
         let outcome = replay(&mut dest, &s.replay, pin.as_ref());
         drop(pin);

@@ -1,9 +1,10 @@
 //! The reports of a tree: what a parent says of each host below it.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 use teecast_proto::wire::{AckStatus, HostReport, Tree};
 
-use crate::dest::{Delivered, DestFailure};
+use crate::dest::{Delivered, DestFailure, Live, LiveEvent};
 use crate::sync::lock;
 /// What a parent (at `parent`) reports of its child at `position`, given how the child's
 /// stream went.
@@ -15,10 +16,7 @@ pub(crate) fn report_of(
 ) -> HostReport {
     let (status, message) = match outcome {
         Ok(_) => (AckStatus::Ok, String::new()),
-        Err(DestFailure::Refused {
-            status, message, ..
-        }) => (*status, message.clone()),
-        Err(e) => (AckStatus::Unreached, e.to_string()),
+        Err(e) => return failure_report(position, parent, e, bytes),
     };
     HostReport {
         position: u16::try_from(position).unwrap_or(u16::MAX),
@@ -28,6 +26,91 @@ pub(crate) fn report_of(
         message,
     }
 }
+/// What a parent (at `parent`) reports of its child at `position` that failed with `e`.
+fn failure_report(position: usize, parent: usize, e: &DestFailure, bytes: u64) -> HostReport {
+    let (status, message) = match e {
+        DestFailure::Refused {
+            status, message, ..
+        } => (*status, message.clone()),
+        e => (AckStatus::Unreached, e.to_string()),
+    };
+    HostReport {
+        position: u16::try_from(position).unwrap_or(u16::MAX),
+        parent: u16::try_from(parent).unwrap_or(u16::MAX),
+        status,
+        bytes,
+        message,
+    }
+}
+
+/// The reports a relay has to send up mid-stream, as its destinations learn them.
+pub(crate) type Upstream = Arc<UpstreamQueue>;
+
+/// The reports to send up ([`Upstream`]), and whether the stream's forwarding is over.
+#[derive(Default)]
+pub(crate) struct UpstreamQueue {
+    state: Mutex<(Vec<HostReport>, bool)>,
+    changed: Condvar,
+}
+
+impl UpstreamQueue {
+    /// Adds to the reports with `add`.
+    pub(crate) fn push(&self, add: impl FnOnce(&mut Vec<HostReport>)) {
+        add(&mut lock(&self.state).0);
+        self.changed.notify_all();
+    }
+
+    /// Takes the reports so far.
+    pub(crate) fn take(&self) -> Vec<HostReport> {
+        std::mem::take(&mut lock(&self.state).0)
+    }
+
+    /// Wakes whoever waits ([`UpstreamQueue::wait`]), with or without reports.
+    pub(crate) fn wake(&self) {
+        self.changed.notify_all();
+    }
+
+    /// The forwarding is over: nothing more is sent up (the ack says the rest).
+    pub(crate) fn close(&self) {
+        lock(&self.state).1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until reports are added, [`UpstreamQueue::wake`] or `timeout`; false once
+    /// closed.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let state = lock(&self.state);
+        if state.1 {
+            return false;
+        }
+        let state = match state.0.is_empty() {
+            true => {
+                self.changed
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            false => state,
+        };
+        !state.1
+    }
+}
+
+/// Where a relay's destination for the host at `position` (served from `parent`) tells what
+/// it learns: as reports, into `up`.
+pub(crate) fn live_up(up: &Upstream, position: usize, parent: usize) -> Live {
+    let up = up.clone();
+    Arc::new(move |e: LiveEvent<'_>| {
+        up.push(|up| match e {
+            LiveEvent::Reports(r) => up.extend_from_slice(r),
+            LiveEvent::Delivered(bytes) => {
+                up.push(report_of(position, parent, &Ok(Delivered::Relayed), bytes));
+            }
+            LiveEvent::Failed(e, bytes) => up.push(failure_report(position, parent, e, bytes)),
+        })
+    })
+}
+
 /// Every host below `me`, one report each, in tree order: the best of those given for it
 /// (confirmed over refused over unreached, the later of equals), or, where none was given,
 /// unreached because of the first ancestor that failed.
