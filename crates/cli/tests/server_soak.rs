@@ -87,6 +87,9 @@ struct Tally {
     /// Failed, reported by the sender: killed, cut, or refused for the reserve.
     failed: usize,
     refused_for_reserve: usize,
+    /// Failed while the disk was past the reserve, the sender seeing the connection closed
+    /// without the refusal's reason.
+    reset_at_the_reserve: usize,
     mismatching_kept: usize,
     temporaries_left: usize,
     /// A failure nothing in the schedule explains (with the sender's stderr).
@@ -246,6 +249,21 @@ struct Keys {
     /// The generation senders use now, and the slot holding it.
     current: Mutex<(usize, usize)>,
     reloads: AtomicUsize,
+    /// Senders running with each generation's key.
+    in_use: Mutex<HashMap<usize, usize>>,
+}
+
+/// A sender's hold on its key's generation, given up when it exits.
+struct KeyHold<'a> {
+    keys: &'a Keys,
+    generation: usize,
+    pub path: PathBuf,
+}
+
+impl Drop for KeyHold<'_> {
+    fn drop(&mut self) {
+        *lock(&self.keys.in_use).entry(self.generation).or_default() -= 1;
+    }
 }
 
 impl Keys {
@@ -256,6 +274,7 @@ impl Keys {
             slots,
             current: Mutex::new((0, 0)),
             reloads: AtomicUsize::new(0),
+            in_use: Mutex::new(HashMap::new()),
         };
         keys.generate(0, 0);
         keys.generate(1, 1);
@@ -275,9 +294,15 @@ impl Keys {
         std::fs::rename(&staged, &self.slots[slot]).unwrap();
     }
 
-    /// The key file a sender starting now uses.
-    fn for_sender(&self) -> PathBuf {
-        self.generation(lock(&self.current).0)
+    /// The key file a sender starting now uses, held until the sender exits.
+    fn for_sender(&self) -> KeyHold<'_> {
+        let g = lock(&self.current).0;
+        *lock(&self.in_use).entry(g).or_default() += 1;
+        KeyHold {
+            keys: self,
+            generation: g,
+            path: self.generation(g),
+        }
     }
 
     /// A rotation: senders move to the newer key (in the other slot, read at the last reload),
@@ -298,6 +323,15 @@ impl Keys {
             std::thread::sleep(Duration::from_millis(5));
         }
         *lock(&self.current) = (g + 1, 1 - slot);
+        // The old key is dropped once no sender holds it any more, as a rotation does.
+        while lock(&self.in_use).get(&g).copied().unwrap_or(0) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "senders with the old key never ended"
+            );
+            // Polling for the senders in flight to end, not a synchronisation point.
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.generate(g + 2, slot);
         self.reloads.fetch_add(1, Ordering::SeqCst);
         lock(receiver).signal(Signal::HUP).unwrap();
@@ -330,7 +364,8 @@ fn transfer(i: usize, pool: &Pool, keys: &Keys, dest: &str) -> (Fault, bool, Str
     };
     let mut cmd = teecast(["send", "-q"]);
     cmd.arg(src).arg(&to).arg("--name").arg(&name);
-    cmd.arg("--key-file").arg(keys.for_sender());
+    let key = keys.for_sender();
+    cmd.arg("--key-file").arg(&key.path);
     match i % 3 {
         0 => {
             cmd.arg("--no-encrypt");
@@ -390,6 +425,10 @@ fn soak(knobs: &Knobs) {
         keys.slots[1].as_os_str(),
         "--max-connections".as_ref(),
         "64".as_ref(),
+        // Every sender here is on 127.0.0.1, with refused connections lingering: the limit
+        // per address is for many hosts, not for this one.
+        "--max-per-peer".as_ref(),
+        "64".as_ref(),
     ]);
     let pid = receiver.proc.pid();
     let dest = receiver.dest();
@@ -401,7 +440,7 @@ fn soak(knobs: &Knobs) {
         .arg(&warm)
         .arg(&dest)
         .arg("--key-file")
-        .arg(keys.for_sender()))
+        .arg(&keys.for_sender().path))
     .expect_code(0);
     std::fs::remove_file(inbox.join("warm.bin")).unwrap();
     let at_start = gauge(pid);
@@ -414,6 +453,8 @@ fn soak(knobs: &Knobs) {
     let tally = Mutex::new(Tally::default());
     let mut checkpoints: Vec<(usize, Gauge)> = Vec::new();
     let fill_phase = AtomicBool::new(false);
+    // Counts the fills and frees, for a transfer to tell whether one happened while it ran.
+    let fill_events = AtomicUsize::new(0);
 
     std::thread::scope(|scope| {
         // Stops the sampler however this scope ends (a failed assertion included).
@@ -452,15 +493,23 @@ fn soak(knobs: &Knobs) {
                             if i - from == knobs.window * 4 / 10 {
                                 filler.fill();
                                 fill_phase.store(true, Ordering::SeqCst);
+                                fill_events.fetch_add(1, Ordering::SeqCst);
                             }
                             if i - from == knobs.window * 6 / 10 {
                                 filler.free();
                                 fill_phase.store(false, Ordering::SeqCst);
+                                fill_events.fetch_add(1, Ordering::SeqCst);
                             }
                             if (i - from) % (knobs.window / 2).max(1) == knobs.window / 4 {
                                 keys.rotate(&receiver);
                             }
+                            let events = fill_events.load(Ordering::SeqCst);
+                            let full = fill_phase.load(Ordering::SeqCst);
                             let (fault, ok, stderr, name) = transfer(i, &pool, &keys, &dest);
+                            // The disk was past the reserve at some point of this transfer.
+                            let met_the_fill = full
+                                || fill_phase.load(Ordering::SeqCst)
+                                || fill_events.load(Ordering::SeqCst) != events;
                             let mut t = lock(&tally);
                             if ok {
                                 t.confirmed += 1;
@@ -468,14 +517,16 @@ fn soak(knobs: &Knobs) {
                             } else {
                                 t.failed += 1;
                                 let reserve = stderr.contains("free space than this receiver");
+                                // Cut for the reserve, the answer saying so lost: the sender
+                                // fell behind the receiver's linger after its refusal.
+                                let closed_at_the_reserve =
+                                    met_the_fill && stderr.contains("closed by the receiver");
                                 if reserve {
                                     t.refused_for_reserve += 1;
-                                }
-                                if fault == Fault::None && !reserve {
-                                    t.unexplained.push(format!(
-                                        "{name} (filling: {}, at {at}/10): {stderr}",
-                                        fill_phase.load(Ordering::SeqCst)
-                                    ));
+                                } else if fault == Fault::None && closed_at_the_reserve {
+                                    t.reset_at_the_reserve += 1;
+                                } else if fault == Fault::None {
+                                    t.unexplained.push(format!("{name} (at {at}/10): {stderr}"));
                                 }
                             }
                             if matches!(fault, Fault::Cut(_)) {
@@ -563,17 +614,25 @@ fn soak(knobs: &Knobs) {
         .max()
         .unwrap_or(0);
     println!(
-        "{} transfers from {} senders in {wall:.0} s: confirmed {}, failed and detected {} ({} refused for the reserve), mismatching files kept {}, temporaries left {}",
+        "{} transfers from {} senders in {wall:.0} s: confirmed {}, failed and detected {} ({} refused for the reserve, {} closed without the reason at the reserve), mismatching files kept {}, temporaries left {}",
         knobs.transfers,
         knobs.senders,
         t.confirmed,
         t.failed,
         t.refused_for_reserve,
+        t.reset_at_the_reserve,
         t.mismatching_kept,
         t.temporaries_left
     );
     println!(
         "receiver at start {at_start:?}; at checkpoints: first {first:?}, last {last:?}, peak RSS {peak} KiB; sampled in flight: peak RSS {peak_sampled} KiB"
+    );
+    let log = lock(&receiver).stderr_so_far();
+    println!(
+        "receiver log: {} stored, {} closed for too many from one address, {} displaced",
+        log.matches(": stored ").count(),
+        log.matches("too many streams from this address").count(),
+        log.matches("to make room for newer connections").count()
     );
     if let Some(path) = &knobs.samples {
         let mut csv = String::from("seconds,transfers,rss_kib,threads,fds\n");
