@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use teecast_sys as sys;
-use teecast_sys::{AlignedBuf, FileKind};
+use teecast_sys::{FileKind, FreshPages};
 
 /// Bytes in each of the two buffers: one written while the other fills (4 MiB: 1.4× faster
 /// than 1 MiB for one stream under memory pressure, BENCHMARKS.md).
@@ -26,21 +26,22 @@ pub(super) const DIRECT_CHUNK: usize = 4 * 1024 * 1024;
 const ALIGN: usize = 4096;
 
 /// A buffer handed to the writer: its bytes, how many, and where they go in the file.
-type Work = (AlignedBuf, usize, u64);
+type Work = (FreshPages, usize, u64);
 
 /// The direct writer of one stream.
 pub(super) struct DirectWriter {
-    /// The buffer being filled, and how far.
-    fill: AlignedBuf,
+    /// The buffer being filled (anonymous pages, page-aligned and unmapped when dropped, so the
+    /// memory goes back as each stream ends), and how far.
+    fill: Option<FreshPages>,
     filled: usize,
     /// The file offset where `fill` starts.
     offset: u64,
     /// A buffer not in use.
-    spare: Option<AlignedBuf>,
+    spare: Option<FreshPages>,
     /// Buffers sent to the writer and not yet back.
     out: usize,
     work: Option<SyncSender<Work>>,
-    done: Receiver<io::Result<AlignedBuf>>,
+    done: Receiver<io::Result<FreshPages>>,
     thread: Option<JoinHandle<()>>,
     /// The file, buffered, for the tail that is not a whole block.
     file: OwnedFd,
@@ -65,8 +66,9 @@ impl DirectWriter {
         let thread = std::thread::Builder::new()
             .name("teecast-direct".into())
             .spawn(move || {
-                for (buf, len, offset) in jobs {
-                    let result = write_all_at(direct.as_fd(), &buf[..len], offset).map(|()| buf);
+                for (mut buf, len, offset) in jobs {
+                    let bytes = &buf.as_mut_slice()[..len];
+                    let result = write_all_at(direct.as_fd(), bytes, offset).map(|()| buf);
                     let failed = result.is_err();
                     if back.send(result).is_err() || failed {
                         return;
@@ -75,10 +77,10 @@ impl DirectWriter {
             })
             .ok()?;
         Some(DirectWriter {
-            fill: AlignedBuf::new(DIRECT_CHUNK),
+            fill: Some(FreshPages::new(DIRECT_CHUNK).ok()?),
             filled: 0,
             offset: 0,
-            spare: Some(AlignedBuf::new(DIRECT_CHUNK)),
+            spare: Some(FreshPages::new(DIRECT_CHUNK).ok()?),
             out: 0,
             work: Some(work),
             done,
@@ -90,7 +92,11 @@ impl DirectWriter {
     /// Where the next bytes go: at most `want` of them, never empty.
     pub(super) fn space(&mut self, want: usize) -> &mut [u8] {
         let end = (self.filled + want).min(DIRECT_CHUNK);
-        &mut self.fill[self.filled..end]
+        match &mut self.fill {
+            Some(f) => &mut f.as_mut_slice()[self.filled..end],
+            // Only once finished, when nothing more is received.
+            None => &mut [],
+        }
     }
 
     /// `n` bytes were put in [`space`](DirectWriter::space): a full buffer goes to the writer.
@@ -120,15 +126,15 @@ impl DirectWriter {
             Some(b) => b,
             None => self.take_back()?,
         };
-        let full = std::mem::replace(&mut self.fill, next);
+        let full = self.fill.replace(next);
         let len = self.filled;
-        self.send(full, len)?;
+        self.send(full.ok_or_else(writer_gone)?, len)?;
         self.offset += len as u64;
         self.filled = 0;
         Ok(())
     }
 
-    fn send(&mut self, buf: AlignedBuf, len: usize) -> io::Result<()> {
+    fn send(&mut self, buf: FreshPages, len: usize) -> io::Result<()> {
         let sent = self.work.as_ref().map(|w| w.send((buf, len, self.offset)));
         match sent {
             Some(Ok(())) => {
@@ -141,7 +147,7 @@ impl DirectWriter {
     }
 
     /// A buffer back from the writer, or its error.
-    fn take_back(&mut self) -> io::Result<AlignedBuf> {
+    fn take_back(&mut self) -> io::Result<FreshPages> {
         let got = self.done.recv().unwrap_or_else(|_| Err(writer_gone()));
         self.out = self.out.saturating_sub(1);
         got
@@ -153,7 +159,7 @@ impl DirectWriter {
         let whole = self.filled - self.filled % ALIGN;
         let tail_at = self.offset + whole as u64;
         if whole > 0 {
-            let full = std::mem::take(&mut self.fill);
+            let full = self.fill.take().ok_or_else(writer_gone)?;
             self.send(full, whole)?;
         }
         // The writer writes in order: the last buffer back is the one just sent.
@@ -162,7 +168,7 @@ impl DirectWriter {
             last = Some(self.take_back()?);
         }
         if whole > 0 {
-            self.fill = last.ok_or_else(writer_gone)?;
+            self.fill = Some(last.ok_or_else(writer_gone)?);
         }
         self.work = None;
         if let Some(t) = self.thread.take() {
@@ -170,7 +176,13 @@ impl DirectWriter {
         }
         // The tail, not a whole block, still sits after the blocks written (the writer only
         // read the buffer).
-        write_all_at(self.file.as_fd(), &self.fill[whole..self.filled], tail_at)?;
+        if let Some(f) = &mut self.fill {
+            write_all_at(
+                self.file.as_fd(),
+                &f.as_mut_slice()[whole..self.filled],
+                tail_at,
+            )?;
+        }
         self.filled = 0;
         Ok(())
     }
