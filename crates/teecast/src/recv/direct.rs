@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use teecast_sys as sys;
 use teecast_sys::{FileKind, FreshPages};
 
-/// Bytes in each of the two buffers: one written while the other fills (4 MiB: 1.4× faster
-/// than 1 MiB for one stream under memory pressure, BENCHMARKS.md).
-pub(super) const DIRECT_CHUNK: usize = 4 * 1024 * 1024;
+/// Bytes in each of the two buffers: one written while the other fills (4 MiB was no faster,
+/// alternated on a quiet machine, and holds four times the memory: BENCHMARKS.md).
+pub(super) const DIRECT_CHUNK: usize = 1024 * 1024;
 
 /// Offsets and lengths of direct writes are multiples of this (a page: at least any device's
 /// logical block here).
