@@ -2,12 +2,11 @@
 //! receiving thread fills one page-aligned buffer while the writer writes the other, straight to
 //! the device, past the page cache.
 //!
-//! Why: buffered writes from many streams at once into one disk leave the kernel's dirty pages
-//! to writeback, and when memory is short (the dirty limits shrink as unreclaimable memory
-//! grows) `balance_dirty_pages` throttles every writer at once; the fsync before each commit
-//! then waits for everything queued. Written direct, a stream dirties no page cache, the disk
-//! writes while the next buffer fills, and the fsync has only the tail and the metadata left
-//! (BENCHMARKS.md, "Attempts").
+//! Why: on this project's machine the buffered receiver spent most of its time copying each
+//! buffer into fresh page-cache pages (`copy_folio_from_iter_atomic`, 2–4 CPU s/GiB against
+//! mbuffer's 0.5), not waiting in the dirty limits. Written direct, the device reads the same
+//! two buffers over and over, no page cache is dirtied, and the fsync before the commit has only
+//! the tail and the metadata left (BENCHMARKS.md, "One receiving server").
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

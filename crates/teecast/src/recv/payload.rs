@@ -149,8 +149,8 @@ pub(super) fn commit(
 /// commit has little left to do. The receiver does not wait for those writes: waiting for the
 /// range 64 MiB back made four receivers on one disk 1.6× slower (BENCHMARKS.md, "Attempts").
 /// A stream through the buffer into a new file on a disk is instead written with `O_DIRECT` on
-/// a thread of its own ([`DirectWriter`]), past the page cache: under memory pressure buffered
-/// writes from several streams were throttled together, 3–4× slower than mbuffer + fsync.
+/// a thread of its own ([`DirectWriter`]), past the page cache: the copy into fresh page-cache
+/// pages made buffered writes 2–4× slower than mbuffer + fsync, most under memory pressure.
 pub(super) struct Payload {
     /// `None` with a digest (the buffer path); the splice path's pipe otherwise.
     pub(super) pipe: Option<Pipe>,
