@@ -48,6 +48,150 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A small ext4 filesystem in a file, loop-mounted on a temporary directory, unmounted on
+/// drop: a disk filesystem, where the receiver writes a stream with a digest `O_DIRECT`.
+struct SmallExt4 {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl SmallExt4 {
+    fn mount(size_mib: u64) -> SmallExt4 {
+        // Beside the tests' other files, on a disk, not in memory.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let image = dir.path().join("ext4.img");
+        let mount = dir.path().join("disk");
+        std::fs::create_dir(&mount).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(size_mib * MIB)
+            .unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(made, "mkfs.ext4 (e2fsprogs) is needed for this test");
+        let ok = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "this test loop-mounts a small ext4 and needs root and a loop device to do it"
+        );
+        SmallExt4 { _dir: dir, mount }
+    }
+
+    /// The bytes available to an unprivileged writer now.
+    fn available(&self) -> u64 {
+        let s = rustix::fs::statvfs(&self.mount).unwrap();
+        s.f_bavail * s.f_frsize
+    }
+}
+
+impl Drop for SmallExt4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
+/// On ext4 a stream with a digest is written `O_DIRECT` from its own thread: files of every
+/// shape of tail, plain and encrypted, are stored whole; a stream that fills the disk is
+/// refused, nothing of it kept and its space given back, and the receiver goes on.
+#[test]
+fn on_a_full_ext4_a_stream_written_direct_is_refused_and_nothing_kept() {
+    let disk = SmallExt4::mount(48);
+    let inbox = disk.mount.join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("k");
+    run(teecast(["keygen"]).arg(&key)).expect_code(0);
+    let receiver = Receiver::start(&[
+        "--dir".as_ref(),
+        inbox.as_os_str(),
+        "--key-file".as_ref(),
+        key.as_os_str(),
+    ]);
+    let empty = disk.available();
+    // Every way a length meets the 1 MiB buffers and the 4 KiB blocks.
+    let sizes = [
+        0,
+        1,
+        4095,
+        4096,
+        MIB - 1,
+        MIB,
+        MIB + 1,
+        2 * MIB,
+        3 * MIB + 12_345,
+    ];
+    for (i, &len) in sizes.iter().enumerate() {
+        let src = tmp.path().join(format!("f{i}.bin"));
+        random_file(&src, len, 40 + i as u64);
+        let mut cmd = teecast(["send", "--quiet", "--key-file"]);
+        cmd.arg(&key).arg(&src).arg(receiver.dest());
+        if i % 2 == 0 {
+            cmd.arg("--no-encrypt");
+        }
+        run(&mut cmd).expect_code(0);
+        common::assert_same_file(&src, &inbox.join(format!("f{i}.bin")));
+        std::fs::remove_file(inbox.join(format!("f{i}.bin"))).unwrap();
+    }
+
+    // 64 MiB of unknown length into a disk of 48.
+    let mut cmd = teecast([
+        "send",
+        "--quiet",
+        "--json",
+        "--no-encrypt",
+        "--name",
+        "big.bin",
+    ]);
+    cmd.arg("--key-file")
+        .arg(&key)
+        .arg("-")
+        .arg(receiver.dest());
+    let (sender, stdin) = common::Running::spawn_with(&mut cmd, std::process::Stdio::piped(), None);
+    let mut stdin = stdin.unwrap();
+    let mut prng = common::Prng::new(49);
+    for _ in 0..64 {
+        if stdin.write_all(&prng.bytes(MIB as usize)).is_err() {
+            break; // refused: the sender stops reading its input
+        }
+    }
+    drop(stdin);
+    let sent = sender.wait(common::TIMEOUT);
+    sent.expect_code(1);
+    let report = sent.json();
+    assert_eq!(
+        report["destinations"][0]["ack_status"], "io-error",
+        "{report}"
+    );
+    receiver
+        .proc
+        .wait_stderr("No space left on device", common::TIMEOUT);
+    assert_eq!(list_dir(&inbox), Vec::<String>::new());
+    // The unnamed temporary is gone with its blocks (ext4 frees them as the file closes).
+    assert!(
+        disk.available() + MIB >= empty,
+        "{} bytes available after, {empty} before",
+        disk.available()
+    );
+
+    // And it goes on serving.
+    let small = tmp.path().join("small.bin");
+    random_file(&small, 5 * MIB + 7, 50);
+    run(teecast(["send", "--quiet", "--key-file"])
+        .arg(&key)
+        .arg(&small)
+        .arg(receiver.dest()))
+    .expect_code(0);
+    common::assert_same_file(&small, &inbox.join("small.bin"));
+}
+
 /// A stream of unknown length (standard input) that fills the disk mid-write.
 #[test]
 fn receiver_on_a_full_disk_keeps_nothing_and_keeps_serving() {

@@ -608,11 +608,16 @@ impl SenderSession {
         let ack = Ack::decode_body(body)?;
         if let Some(k) = &self.session_key {
             let seal = Seal::decode_body(seal.unwrap_or_default())?;
-            let expected = k.ack_seal(
-                &self.stream_seal.unwrap_or([0; MAC_LEN]),
-                &message(MessageKind::Ack, body),
-            );
-            if !same_mac(&seal.0, &expected) {
+            let ack_message = message(MessageKind::Ack, body);
+            let expected = k.ack_seal(&self.stream_seal.unwrap_or([0; MAC_LEN]), &ack_message);
+            // A receiver that refused the stream before its trailer (at the header, or
+            // mid-stream) never saw the stream's seal and chains to none, while this side may
+            // have sent the whole stream before reading the answer: a refusal may chain to none.
+            let unchained = || {
+                ack.status != AckStatus::Ok
+                    && same_mac(&seal.0, &k.ack_seal(&[0; MAC_LEN], &ack_message))
+            };
+            if !same_mac(&seal.0, &expected) && !unchained() {
                 return Err(WireError::BadSeal("acknowledgement's seal"));
             }
         }
@@ -1654,6 +1659,33 @@ mod tests {
         let other_answer = other.rx.ack(AckStatus::Ok, 5, &DIGEST, "");
         let (_, other_seal) = split_ack(&other_answer);
         assert!(run.tx.ack(ack, other_seal, &DIGEST).is_err());
+    }
+
+    /// Regression: a keyed receiver refusing a stream at its header chains its answer's seal to
+    /// no stream seal; a sender that had sent the whole stream (it fitted in the socket buffers)
+    /// took the refusal for a forgery. A refusal so sealed is a refusal; an "ok" never is.
+    #[test]
+    fn a_refusal_before_the_trailer_is_trusted_after_the_whole_stream_was_sent() {
+        let h = header(Some(5), DigestAlgorithm::Blake3);
+        let mut run = open(&h, key(), key(), 7);
+        // The sender sends all of it; the receiver reads the header only, and refuses.
+        stream(&mut run, b"hello");
+        feed(&mut run.rx, &run.opening.clone()).unwrap();
+        assert!(run.rx.header().is_some());
+        let refusal = run.rx.ack(AckStatus::Rejected, 0, &[], "full");
+        let (ack, seal) = split_ack(&refusal);
+        assert!(matches!(
+            run.tx.clone().ack(ack, seal, &DIGEST),
+            Ok(Verdict::Refused(_))
+        ));
+        // An "ok" chained to no stream seal is not trusted from a sender that sent one.
+        let mut rx = run.rx.clone();
+        let ok = rx.ack(AckStatus::Ok, 5, &DIGEST, "");
+        let (ack, seal) = split_ack(&ok);
+        assert_eq!(
+            run.tx.ack(ack, seal, &DIGEST),
+            Err(WireError::BadSeal("acknowledgement's seal"))
+        );
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn handshake_corpus() {
 /// Every corpus directory belongs to a target replayed above (a new target needs a test here).
 #[test]
 fn no_corpus_without_a_replay() {
-    const TARGETS: [&str; 15] = [
+    const TARGETS: [&str; 16] = [
         "hello",
         "welcome",
         "seal",

@@ -38,6 +38,23 @@ pub fn reopen_direct(fd: impl AsFd) -> io::Result<OwnedFd> {
     )))
 }
 
+/// The file behind `fd` opened again for writing with `O_DIRECT`, through `/proc/self/fd` (an
+/// unnamed `O_TMPFILE` file too): writes through it bypass the page cache, from buffers,
+/// offsets and lengths aligned to the device's block (a page is always enough). A new open file
+/// description, so `fd` itself stays buffered. `EINVAL` means the filesystem refuses `O_DIRECT`.
+///
+/// # References
+///  - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html), `O_DIRECT`
+#[doc(alias = "O_DIRECT")]
+pub fn reopen_direct_write(fd: impl AsFd) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    Ok(rustix::fs::open(
+        Path::new(&path),
+        OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// `memfd_create(name, MFD_CLOEXEC)`—An anonymous file in memory (on tmpfs), freed when its
 /// last descriptor closes.
 ///

@@ -24,6 +24,11 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
     retry_eintr(|| rustix::io::pread(fd, &mut *buf, offset))
 }
 
+/// `pwrite(fd, buf, len, offset)`, retrying on `EINTR`.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+    retry_eintr(|| rustix::io::pwrite(fd, buf, offset))
+}
+
 /// `sendfile(out, file, &offset, len)`—Sends up to `len` bytes of `file` from `offset` to `out`
 /// (a socket) inside the kernel, advancing `offset` by what it sent; retries on `EINTR`. It sends
 /// page-cache pages by reference: zero copies and not stable (docs/KERNEL.md §1.4).

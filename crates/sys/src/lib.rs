@@ -24,10 +24,10 @@ pub mod rand;
 pub use fs::{
     FileKind, Filesystem, Space, Status, create_new_at, create_unnamed_at, dir_names, file_size,
     filesystem, is_tmpfs, link_empty_path_at, link_open_file_at, memfd, open_dir_at, open_dir_path,
-    open_direct, position, rename_at, rename_noreplace_at, reopen_direct, set_mode, space,
-    start_writeback, status, status_at, unlink_at,
+    open_direct, position, rename_at, rename_noreplace_at, reopen_direct, reopen_direct_write,
+    set_mode, space, start_writeback, status, status_at, unlink_at,
 };
-pub use io::{bytes_queued, pread, read, sendfile, write};
+pub use io::{bytes_queued, pread, pwrite, read, sendfile, write};
 pub use mm::{AlignedBuf, FileMap, FreshPages, page_size, vmsplice_then_overwrite};
 pub use net::{
     end_on_close, listen_dual_stack, not_a_tcp_listener, reset_on_close, send_now, set_zerocopy,

@@ -321,7 +321,7 @@ impl<'a> Transfer<'a> {
         // Sealing needs the plaintext in memory: an encrypted stream takes one of the two
         // paths that read it (engine::fan_out_sealed).
         options.fanout.strategy = match encrypted {
-            true => options.fanout.strategy.sealing(consumers),
+            true => options.fanout.strategy.sealing(),
             false => options.fanout.strategy.for_transfer(source, consumers),
         };
         options.fanout.validate()?;

@@ -94,17 +94,18 @@ impl Strategy {
         }
     }
 
-    /// The path of an encrypted stream to `destinations` (the capture counted), which is sealed
-    /// in a buffer of plaintext read with `read()` (engine::fan_out_sealed): `readwrite`, the
-    /// sealed buffer written to every socket, when asked and for `auto` below
-    /// [`SHARED_COPY_FROM`] destinations, as for a plaintext stream; `read-pipe`, the sealed
-    /// buffer written into the pipe that is `tee`d to every socket, otherwise. Every other path
-    /// needs the source's pages (or a mapping of them) to go to the sockets unread, where no
-    /// sealing can happen (BENCHMARKS.md, "Encryption: end to end").
-    pub fn sealing(self, destinations: usize) -> Strategy {
+    /// The path of an encrypted stream, which is sealed in a buffer of plaintext read with
+    /// `read()` (engine::fan_out_sealed): `readwrite`, the sealed buffer written to every
+    /// socket, when asked and for `auto`; `read-pipe`, the sealed buffer written into the pipe
+    /// that is `tee`d to every socket, for every other path asked. Those need the source's pages
+    /// (or a mapping of them) to go to the sockets unread, where no sealing can happen. `auto`
+    /// does not switch to the pipe at [`SHARED_COPY_FROM`] destinations as it does for
+    /// plaintext: with the AEAD pass on the same thread, `readwrite` measured faster at every N
+    /// from 1 to 8 (BENCHMARKS.md, "Encryption: end to end"; the pipe path then carries no
+    /// zero-copy read to make up for its machinery).
+    pub fn sealing(self) -> Strategy {
         match self {
-            Self::ReadWrite => Self::ReadWrite,
-            Self::Auto if destinations < SHARED_COPY_FROM => Self::ReadWrite,
+            Self::Auto | Self::ReadWrite => Self::ReadWrite,
             _ => Self::ReadPipe,
         }
     }

@@ -36,9 +36,7 @@ pub fn fan_out_sealed<C: Consumer>(
 ) -> FanoutReport<C::Outcome, C::Error> {
     // No file is long enough for its records' length to pass u64::MAX.
     let length = source.len().map(|l| sealed_len(l).unwrap_or(u64::MAX));
-    let strategy = config
-        .strategy
-        .sealing(consumers.len() + usize::from(config.capture.is_some()));
+    let strategy = config.strategy.sealing();
     let capture = match config.capture.as_deref().map(Capture::create).transpose() {
         Ok(c) => c,
         Err(e) => {

@@ -4,6 +4,7 @@
 
 mod conn;
 mod control;
+mod direct;
 mod error;
 mod gate;
 mod options;

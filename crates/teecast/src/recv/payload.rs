@@ -12,6 +12,7 @@ use teecast_sys as sys;
 use teecast_sys::{AlignedBuf, Pipe, SpliceFlags};
 
 use super::control::Control;
+use super::direct::DirectWriter;
 use super::error::RecvError;
 use super::options::{KeepFree, Received, RecvOptions, Target};
 
@@ -147,6 +148,9 @@ pub(super) fn commit(
 /// [`WRITEBACK_STEP`]), so the disk writes while the stream arrives and the fsync before the
 /// commit has little left to do. The receiver does not wait for those writes: waiting for the
 /// range 64 MiB back made four receivers on one disk 1.6× slower (BENCHMARKS.md, "Attempts").
+/// A stream through the buffer into a new file on a disk is instead written with `O_DIRECT` on
+/// a thread of its own ([`DirectWriter`]), past the page cache: the copy into fresh page-cache
+/// pages made buffered writes 2–4× slower than mbuffer + fsync, most under memory pressure.
 pub(super) struct Payload {
     /// `None` with a digest (the buffer path); the splice path's pipe otherwise.
     pub(super) pipe: Option<Pipe>,
@@ -166,6 +170,9 @@ pub(super) struct Payload {
     /// An encrypted stream: its records, opened as they arrive (the bytes counted are the
     /// records', the bytes stored and hashed the plaintext).
     pub(super) records: Option<RecordReader>,
+    /// A stream with a digest into a new file on a disk: written with `O_DIRECT` on a thread
+    /// of its own ([`DirectWriter`]); the plaintext of an encrypted stream too.
+    pub(super) direct: Option<DirectWriter>,
 }
 
 /// Bytes moved per call.
@@ -198,6 +205,7 @@ impl Payload {
             keep_free: None,
             next_space_check: 0,
             records: None,
+            direct: None,
         })
     }
 
@@ -247,6 +255,18 @@ impl Payload {
         Ok(())
     }
 
+    /// Writes into `store`, a new file on a disk, with `O_DIRECT` when the stream goes through
+    /// the buffer (a digest, or encrypted) and the filesystem takes it; as before otherwise
+    /// (tmpfs, a device, a pipe, `O_DIRECT` refused, the splice path).
+    pub(super) fn writing_direct(mut self, store: &Store) -> Payload {
+        if self.pipe.is_none()
+            && let Store::Atomic(f) = store
+        {
+            self.direct = DirectWriter::open(f.file().as_fd());
+        }
+        self
+    }
+
     /// Ends the copy when `control` cuts the streams in flight.
     pub(super) fn stopped_by(mut self, control: &Control) -> Payload {
         self.stop = Some(control.clone());
@@ -287,7 +307,9 @@ impl Payload {
                 *l -= n as u64;
             }
             self.check_limits(file)?;
-            self.advance_writeback(file);
+            if self.direct.is_none() {
+                self.advance_writeback(file);
+            }
         }
     }
 
@@ -326,15 +348,19 @@ impl Payload {
             let space = records.space();
             let want = want.min(space.len());
             let n = sys::read(sock, &mut space[..want]).map_err(read_err)?;
-            let hasher = &mut self.hasher;
+            let (hasher, direct) = (&mut self.hasher, &mut self.direct);
             records.filled(n, |plain| {
                 hasher.update(plain);
-                write_fully(file, plain).map_err(RecvError::io("writing the file"))
+                let write_err = RecvError::io("writing the file");
+                match direct {
+                    Some(d) => d.append(plain).map_err(write_err),
+                    None => write_fully(file, plain).map_err(write_err),
+                }
             })?;
             return Ok(n);
         }
-        match &self.pipe {
-            Some(pipe) => {
+        match (&self.pipe, &mut self.direct) {
+            (Some(pipe), _) => {
                 let n = sys::splice(sock, pipe.write.as_fd(), want, SpliceFlags::MORE)
                     .map_err(read_err)?;
                 let mut left = n;
@@ -347,7 +373,14 @@ impl Payload {
                 }
                 Ok(n)
             }
-            None => {
+            (None, Some(d)) => {
+                let space = d.space(want);
+                let n = sys::read(sock, space).map_err(read_err)?;
+                self.hasher.update(&space[..n]);
+                d.filled(n).map_err(write_err)?;
+                Ok(n)
+            }
+            (None, None) => {
                 let n = sys::read(sock, &mut self.buf[..want]).map_err(read_err)?;
                 self.hasher.update(&self.buf[..n]);
                 write_fully(file, &self.buf[..n]).map_err(write_err)?;
@@ -357,9 +390,12 @@ impl Payload {
     }
 
     /// The digest of what was stored; of an encrypted stream, once its final record opened.
-    pub(super) fn finish(self) -> Result<Digest, RecvError> {
+    pub(super) fn finish(mut self) -> Result<Digest, RecvError> {
         if let Some(r) = &self.records {
             r.finish().map_err(RecvError::Records)?;
+        }
+        if let Some(d) = &mut self.direct {
+            d.finish().map_err(RecvError::io("writing the file"))?;
         }
         Ok(self.hasher.finish())
     }

@@ -435,7 +435,8 @@ fn receive_framed(conn: &mut Conn<'_>, admit: &mut Admit<'_>) -> Result<Received
                     let payload = Payload::new(header.digest, options)?
                         .opening(conn.session.transfer_key())
                         .stopped_by(conn.control)
-                        .keeping_free(options, &file);
+                        .keeping_free(options, &file)
+                        .writing_direct(&file);
                     store = Some((file, payload));
                 }
             }
