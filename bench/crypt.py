@@ -41,7 +41,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import e2e  # noqa: E402  (the end-to-end runs' machinery)
-from run import esc, nice_step, PALETTE, machine, loadavg  # noqa: E402
+from run import esc, svg_frame, PALETTE, machine, loadavg  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 HOST = e2e.HOST
@@ -254,9 +254,6 @@ def targets(results):
 def write_svg(path, results, size, ns):
     """GB/s per destination against N, storing (solid) and discarding (dashed)."""
     names = [c.name for c in contenders_names()]
-    W, H = 980, 560
-    left, right, top, bottom = 70, 330, 50, 60
-    pw, ph = W - left - right, H - top - bottom
     series = []
     for mode in ("store", "discard"):
         for name in names:
@@ -265,29 +262,10 @@ def write_svg(path, results, size, ns):
             pts = [(n, v) for n, v in pts if v is not None]
             if pts:
                 series.append((mode, name, pts))
-    ymax = max([v for _, _, pts in series for _, v in pts] + [0.1]) * 1.1
-    step = nice_step(ymax / 6)
-    ymax = step * (int(ymax / step) + 1)
-    xs = {n: left + (pw * i / max(1, len(ns) - 1) if len(ns) > 1 else pw / 2)
-          for i, n in enumerate(ns)}
-    y = lambda v: top + ph - ph * v / ymax  # noqa: E731
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-         f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
-         f'<rect width="{W}" height="{H}" fill="white"/>',
-         f'<text x="{left}" y="28" font-size="15">{esc(f"Encrypted streams: {size // MiB} MiB to N receivers on loopback (solid: storing on tmpfs, dashed: discarding)")}</text>']
-    v = 0.0
-    while v <= ymax + 1e-9:
-        o.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + pw}" y2="{y(v):.1f}" '
-                 f'stroke="#ddd"/>')
-        o.append(f'<text x="{left - 8}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
-        v += step
-    for n, x in xs.items():
-        o.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle">{n}</text>')
-    o.append(f'<text x="{left + pw / 2}" y="{H - 15}" text-anchor="middle">receivers N</text>')
-    o.append(f'<text transform="translate(18 {top + ph / 2}) rotate(-90)" '
-             f'text-anchor="middle">GB/s per receiver (median wall time)</text>')
-    o.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
-             f'stroke="#333"/>')
+    o, xs, y, (left, top, pw, ph) = svg_frame(
+        [v for _, _, pts in series for _, v in pts], ns,
+        f"Encrypted streams: {size // MiB} MiB to N receivers on loopback (solid: storing on "
+        "tmpfs, dashed: discarding)", "receivers N", "GB/s per receiver (median wall time)")
     for i, (mode, name, pts) in enumerate(series):
         color = PALETTE[names.index(name) % len(PALETTE)]
         dash = ' stroke-dasharray="6 4"' if mode == "discard" else ""

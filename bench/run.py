@@ -639,19 +639,13 @@ def esc(s):
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def write_svg(path, results, names, ns, title):
-    series = []
-    for c in names:
-        if not c.chart:
-            continue
-        pts = [(n, median_of(results, c.name, n, "gbps")) for n in ns]
-        pts = [(n, v) for n, v in pts if v is not None]
-        if pts:
-            series.append((c, pts))
+def svg_frame(values, ns, title, xlabel, ylabel):
+    """The frame of a chart of `values` against `ns`: its SVG lines so far, the x of each n, the
+    y of a value, and the plot area (left, top, width, height)."""
     W, H = 980, 560
     left, right, top, bottom = 70, 330, 50, 60
     pw, ph = W - left - right, H - top - bottom
-    ymax = max([v for _, pts in series for _, v in pts] + [0.1]) * 1.1
+    ymax = max(list(values) + [0.1]) * 1.1
     step = nice_step(ymax / 6)
     ymax = step * (int(ymax / step) + 1)
     xs = {n: left + (pw * i / max(1, len(ns) - 1) if len(ns) > 1 else pw / 2)
@@ -670,12 +664,26 @@ def write_svg(path, results, names, ns, title):
     for n, x in xs.items():
         o.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
         o.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle">{n}</text>')
-    o.append(f'<text x="{left + pw / 2}" y="{H - 15}" text-anchor="middle">'
-             f'destinations N</text>')
+    o.append(f'<text x="{left + pw / 2}" y="{H - 15}" text-anchor="middle">{esc(xlabel)}</text>')
     o.append(f'<text transform="translate(18 {top + ph / 2}) rotate(-90)" '
-             f'text-anchor="middle">GB/s per destination (median)</text>')
+             f'text-anchor="middle">{esc(ylabel)}</text>')
     o.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
              f'stroke="#333"/>')
+    return o, xs, y, (left, top, pw, ph)
+
+
+def write_svg(path, results, names, ns, title):
+    series = []
+    for c in names:
+        if not c.chart:
+            continue
+        pts = [(n, median_of(results, c.name, n, "gbps")) for n in ns]
+        pts = [(n, v) for n, v in pts if v is not None]
+        if pts:
+            series.append((c, pts))
+    o, xs, y, (left, top, pw, ph) = svg_frame(
+        [v for _, pts in series for _, v in pts], ns, title, "destinations N",
+        "GB/s per destination (median)")
     for i, (c, pts) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         dash = {"limit": ' stroke-dasharray="6 4"', "peer": ' stroke-dasharray="2 3"'}.get(

@@ -65,30 +65,36 @@ pub(super) fn pump_buffers(
     branches: &mut [Branch],
     config: &FanoutConfig,
 ) -> Result<u64, EngineError> {
-    let total = source.len();
-    let chunk_size = config.buffer_chunk;
-    let pool = BufferPool::new(config.buffers, chunk_size);
-    let mut sent = 0u64;
-    loop {
-        let want = next_want(total, sent, chunk_size);
+    let mut reader = SourceReader {
+        source,
+        total: source.len(),
+        sent: 0,
+    };
+    pump_filled(&mut reader, branches, config, None)
+}
+
+/// The plain `readwrite` filler: each buffer `read()` from the source, in order.
+struct SourceReader<'a> {
+    source: &'a Source,
+    total: Option<u64>,
+    sent: u64,
+}
+
+impl BufferFiller for SourceReader<'_> {
+    fn fill_buffer(
+        &mut self,
+        buf: &mut [u8],
+        _hasher: Option<&mut Hasher>,
+    ) -> Result<usize, EngineError> {
+        let want = next_want(self.total, self.sent, buf.len());
         if want == 0 {
-            break;
+            return Ok(0);
         }
-        let mut buf = pool.take();
-        let got = read_source(source, &mut buf[..want], sent)?;
-        check_short(total, sent, want, got)?;
-        if got == 0 {
-            break;
-        }
-        let chunk = Arc::new(Chunk {
-            buf,
-            len: got,
-            pool: pool.clone(),
-        });
-        send_to_all(branches, || Piece::Buffer(chunk.clone()))?;
-        sent += got as u64;
+        let got = read_source(self.source, &mut buf[..want], self.sent)?;
+        check_short(self.total, self.sent, want, got)?;
+        self.sent += got as u64;
+        Ok(got)
     }
-    Ok(sent)
 }
 
 /// `readwrite` over a caller's `filler` (the sealing path's records): each pooled buffer is

@@ -6,7 +6,8 @@
 //! buffer into fresh page-cache pages (`copy_folio_from_iter_atomic`, 2–4 CPU s/GiB against
 //! mbuffer's 0.5), not waiting in the dirty limits. Written direct, the device reads the same
 //! two buffers over and over, no page cache is dirtied, and the fsync before the commit has only
-//! the tail and the metadata left (BENCHMARKS.md, "One receiving server").
+//! the tail and the metadata left
+//! (BENCHMARKS.md, "One receiving server, K streams at once (2026-12-04)").
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -14,10 +14,20 @@ pub(crate) fn report_of(
     outcome: &Result<Delivered, DestFailure>,
     bytes: u64,
 ) -> HostReport {
-    let (status, message) = match outcome {
-        Ok(_) => (AckStatus::Ok, String::new()),
-        Err(e) => return failure_report(position, parent, e, bytes),
-    };
+    match outcome {
+        Ok(_) => report(position, parent, AckStatus::Ok, bytes, String::new()),
+        Err(e) => failure_report(position, parent, e, bytes),
+    }
+}
+
+/// A report of the host at `position`, whose parent is at `parent`.
+fn report(
+    position: usize,
+    parent: usize,
+    status: AckStatus,
+    bytes: u64,
+    message: String,
+) -> HostReport {
     HostReport {
         position: u16::try_from(position).unwrap_or(u16::MAX),
         parent: u16::try_from(parent).unwrap_or(u16::MAX),
@@ -34,13 +44,7 @@ fn failure_report(position: usize, parent: usize, e: &DestFailure, bytes: u64) -
         } => (*status, message.clone()),
         e => (AckStatus::Unreached, e.to_string()),
     };
-    HostReport {
-        position: u16::try_from(position).unwrap_or(u16::MAX),
-        parent: u16::try_from(parent).unwrap_or(u16::MAX),
-        status,
-        bytes,
-        message,
-    }
+    report(position, parent, status, bytes, message)
 }
 
 /// The reports a relay has to send up mid-stream, as its destinations learn them.
