@@ -25,8 +25,10 @@ pub(super) const DIRECT_CHUNK: usize = 1024 * 1024;
 /// logical block here).
 const ALIGN: usize = 4096;
 
-/// A buffer handed to the writer: its bytes, how many, and where they go in the file.
-type Work = (FreshPages, usize, u64);
+/// A buffer handed to the writer, and how many of its bytes to write. The writer writes them in
+/// order with `write()`, so the direct descriptor's file position shows how far the stream is
+/// stored (in `/proc/PID/fdinfo`, as a buffered writer's does).
+type Work = (FreshPages, usize);
 
 /// The direct writer of one stream.
 pub(super) struct DirectWriter {
@@ -66,9 +68,9 @@ impl DirectWriter {
         let thread = std::thread::Builder::new()
             .name("teecast-direct".into())
             .spawn(move || {
-                for (mut buf, len, offset) in jobs {
+                for (mut buf, len) in jobs {
                     let bytes = &buf.as_mut_slice()[..len];
-                    let result = write_all_at(direct.as_fd(), bytes, offset).map(|()| buf);
+                    let result = write_all(direct.as_fd(), bytes).map(|()| buf);
                     let failed = result.is_err();
                     if back.send(result).is_err() || failed {
                         return;
@@ -135,7 +137,7 @@ impl DirectWriter {
     }
 
     fn send(&mut self, buf: FreshPages, len: usize) -> io::Result<()> {
-        let sent = self.work.as_ref().map(|w| w.send((buf, len, self.offset)));
+        let sent = self.work.as_ref().map(|w| w.send((buf, len)));
         match sent {
             Some(Ok(())) => {
                 self.out += 1;
@@ -201,6 +203,18 @@ impl Drop for DirectWriter {
 
 fn writer_gone() -> io::Error {
     io::Error::other("the direct writer stopped")
+}
+
+/// Writes all of `bytes` at the file position of `fd`.
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match sys::write(fd, bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes all of `bytes` at `offset` of `fd`.
