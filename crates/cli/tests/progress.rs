@@ -114,9 +114,7 @@ fn progress_lines_fit_80_columns_and_mark_a_failed_destination() {
         rows.iter().any(|r| r.contains("1 of 2 destinations ok"))
     });
     assert!(bar_rows(&rows).is_empty(), "bars left behind: {rows:#?}");
-    for r in screen.screen() {
-        assert!(r.chars().count() <= usize::from(COLUMNS), "{r:?}");
-    }
+    assert_fits(&screen);
 }
 
 /// `--per-destination` in a tree draws every host, the relayed ones from the reports that come
@@ -170,9 +168,7 @@ fn per_destination_in_a_tree_marks_a_relayed_host_that_fails_while_it_runs() {
     let mut hosts = hosts.into_iter();
     hosts.next().unwrap().wait().expect_code(0);
     assert!(std::fs::read(inboxes[0].join("s.bin")).unwrap() == data);
-    for r in screen.screen() {
-        assert!(r.chars().count() <= usize::from(COLUMNS), "{r:?}");
-    }
+    assert_fits(&screen);
 }
 
 /// A relayed host that verified its copy is drawn `verified` as soon as its relay hears of it,
@@ -213,5 +209,12 @@ fn per_destination_in_a_tree_shows_a_relayed_host_verified_before_its_relay_answ
     for (host, inbox) in hosts.into_iter().zip(&inboxes) {
         host.wait().expect_code(0);
         common::assert_same_file(&source, &inbox.join("s.bin"));
+    }
+}
+
+/// Every row of the screen fits its width.
+fn assert_fits(screen: &Terminal) {
+    for r in screen.screen() {
+        assert!(r.chars().count() <= usize::from(COLUMNS), "{r:?}");
     }
 }

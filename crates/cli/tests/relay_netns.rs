@@ -519,6 +519,15 @@ fn a_blackholed_and_a_frozen_host_in_a_tree_of_fifteen() {
     let report = sent.json();
     let d = report["destinations"].as_array().unwrap();
     let parent = |p: usize| (p > 2).then(|| addrs[(p - 1) / 2 - 1].as_str());
+    // What every host said, for a failure's message.
+    let logs = || {
+        relays
+            .iter()
+            .enumerate()
+            .map(|(i, (proc, _))| format!("host {}:\n{}", i + 1, proc.stderr_so_far()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     for p in 1..=15 {
         let host = &d[p - 1];
         match p {
@@ -531,11 +540,11 @@ fn a_blackholed_and_a_frozen_host_in_a_tree_of_fifteen() {
             }
             // Adopted: 5 and 6 by the sender, 9 and 10 by position 1.
             5 | 6 => {
-                assert_eq!(host["status"], "ok", "{p}: {report}");
+                assert_eq!(host["status"], "ok", "{p}: {report}\n{}", logs());
                 assert_eq!(host["parent"].as_str(), None, "{p}: {report}");
             }
             9 | 10 => {
-                assert_eq!(host["status"], "ok", "{p}: {report}");
+                assert_eq!(host["status"], "ok", "{p}: {report}\n{}", logs());
                 assert_eq!(
                     host["parent"].as_str(),
                     Some(addrs[0].as_str()),
@@ -543,7 +552,7 @@ fn a_blackholed_and_a_frozen_host_in_a_tree_of_fifteen() {
                 );
             }
             _ => {
-                assert_eq!(host["status"], "ok", "{p}: {report}");
+                assert_eq!(host["status"], "ok", "{p}: {report}\n{}", logs());
                 assert_eq!(host["parent"].as_str(), parent(p), "{p}: {report}");
             }
         }

@@ -594,13 +594,16 @@ impl Filler for SessionFiller<'_> {
 }
 
 /// How long a host whose parent failed waits for another to resume its stream, from when it
-/// last heard of the old one: `None` when no one can (its parent is the sender). Its
-/// grandparent gives up on its parent within twice what its parent allows it (`stall_ms`),
-/// then connects here within as long: at least that, and at least its own stall timeout.
+/// last heard of the old one: `None` when no one can (its parent is the sender). Its own stall
+/// timeout, then four times what its parent allows it (`stall_ms`): the grandparent's clock for
+/// the parent runs only while it has bytes the parent does not take, so it starts late when a
+/// host above starves the grandparent (a stalled sibling holds the whole tree until the sender
+/// drops it, within the sender's stall timeout: a host's own, the defaults alike, covers it);
+/// then the grandparent gives up within twice `stall_ms` and connects here within as long.
 pub(super) fn patience(options: &RecvOptions, tree: &Tree, stall_ms: u32) -> Option<Duration> {
     (Tree::parent_of(tree.fanout, usize::from(tree.position)) != 0).then(|| {
         let adoption = Duration::from_millis(4 * u64::from(stall_ms));
-        options.stall_timeout.max(adoption)
+        options.stall_timeout.saturating_add(adoption)
     })
 }
 
