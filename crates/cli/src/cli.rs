@@ -431,7 +431,7 @@ fn run_send(args: SendArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    say_stall_raised(&transfer);
+    report::say_stall_raised(&transfer);
     let progress = transfer.progress();
     let sending = progress.clone();
     crate::interrupt::on_ctrl_c(move || {
@@ -815,17 +815,6 @@ fn listeners(
             "give --listen ADDRESS (e.g. 0.0.0.0:7000), or start teecast from a systemd socket unit"
                 .to_string(),
         ),
-    }
-}
-
-/// Says so when a tree needed a longer stall timeout than the one asked for.
-pub(crate) fn say_stall_raised(transfer: &Transfer<'_>) {
-    if let Some((asked, used)) = transfer.stall_raised() {
-        errln!(
-            "teecast: a stall timeout of {:.3} s is too short for a tree this deep: {:.2} s is used (each level gives up on a stalled host sooner than the one above it, and none within 1 s)",
-            asked.as_secs_f64(),
-            used.as_secs_f64()
-        );
     }
 }
 

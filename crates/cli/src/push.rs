@@ -508,7 +508,7 @@ pub fn run(args: PushArgs) -> u8 {
         }
         match Transfer::new(&source, &addresses, &options) {
             Ok(t) => {
-                crate::cli::say_stall_raised(&t);
+                report::say_stall_raised(&t);
                 sent = Some(t.run());
             }
             Err(e) => {

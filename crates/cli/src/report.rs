@@ -15,6 +15,7 @@ use teecast::digest::to_hex;
 use teecast::probe::{KernelFacts, Unanswered};
 use teecast::send::{
     Delivered, DestFailure, DestReport, HostState, LiveHosts, Progress, SendError, SendReport,
+    Transfer,
 };
 use teecast::strategy::Strategy;
 
@@ -561,6 +562,17 @@ pub fn probe_human(f: &KernelFacts) {
         f.aead.implementation,
         human_bytes(f.aead.bytes_per_second)
     );
+}
+
+/// Says so when a tree needed a longer stall timeout than the one asked for.
+pub(crate) fn say_stall_raised(transfer: &Transfer<'_>) {
+    if let Some((asked, used)) = transfer.stall_raised() {
+        errln!(
+            "teecast: a stall timeout of {:.3} s is too short for a tree this deep: {:.2} s is used (each level gives up on a stalled host sooner than the one above it, and none within 1 s)",
+            asked.as_secs_f64(),
+            used.as_secs_f64()
+        );
+    }
 }
 
 #[cfg(test)]
