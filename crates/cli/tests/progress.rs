@@ -130,13 +130,7 @@ fn per_destination_in_a_tree_marks_a_relayed_host_that_fails_while_it_runs() {
         .status()
         .unwrap();
     assert!(made.success(), "mkfifo");
-    let inboxes: Vec<_> = (0..2)
-        .map(|i| dir.path().join(format!("host-{i}")))
-        .collect();
-    let hosts: Vec<_> = inboxes
-        .iter()
-        .map(|inbox| common::Receiver::once_in(inbox, &["--relay"]))
-        .collect();
+    let (inboxes, hosts) = relay_hosts(dir.path(), 2);
     let (a, b) = (hosts[0].dest(), hosts[1].dest());
     let command = format!(
         "stty cols 80 rows 24; exec {} send --tree 1 --per-destination --stall-timeout 3s --name s.bin - {a} {b} < {}",
@@ -180,13 +174,7 @@ fn per_destination_in_a_tree_shows_a_relayed_host_verified_before_its_relay_answ
     let source = dir.path().join("s.bin");
     random_file(&source, MIB, 133);
     // Fan-out 2 over four hosts: the first relays to the third and the fourth.
-    let inboxes: Vec<_> = (0..4)
-        .map(|i| dir.path().join(format!("host-{i}")))
-        .collect();
-    let hosts: Vec<_> = inboxes
-        .iter()
-        .map(|inbox| common::Receiver::once_in(inbox, &["--relay"]))
-        .collect();
+    let (inboxes, hosts) = relay_hosts(dir.path(), 4);
     let addrs: Vec<String> = hosts.iter().map(|h| h.dest()).collect();
     hosts[3].proc.pause();
     let command = format!(
@@ -217,4 +205,17 @@ fn assert_fits(screen: &Terminal) {
     for r in screen.screen() {
         assert!(r.chars().count() <= usize::from(COLUMNS), "{r:?}");
     }
+}
+
+/// `n` `recv --relay --once` hosts, each storing under its own folder of `dir`.
+fn relay_hosts(
+    dir: &std::path::Path,
+    n: usize,
+) -> (Vec<std::path::PathBuf>, Vec<common::Receiver>) {
+    let inboxes: Vec<_> = (0..n).map(|i| dir.join(format!("host-{i}"))).collect();
+    let hosts = inboxes
+        .iter()
+        .map(|inbox| common::Receiver::once_in(inbox, &["--relay"]))
+        .collect();
+    (inboxes, hosts)
 }
