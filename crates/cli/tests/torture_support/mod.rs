@@ -103,6 +103,8 @@ pub struct Scenario {
     /// Hold the transfer in flight (a stopped receiver) until the writer is running. Without the
     /// gate the writer starts when the first bytes arrive and races the transfer freely.
     pub gate: bool,
+    /// Keyed and encrypted (protocol version 3): the records are sealed from what was read.
+    pub encrypted: bool,
 }
 
 /// What came out of it.
@@ -217,9 +219,16 @@ pub fn run(s: &Scenario) -> Outcome {
     let dirs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| work.path().join(format!("r{i}")))
         .collect();
+    let key = work.path().join("key");
+    let mut receiver_args = RECEIVER_ARGS.to_vec();
+    if s.encrypted {
+        let made = teecast(["keygen"]).arg(&key).status().unwrap();
+        assert!(made.success(), "teecast keygen");
+        receiver_args.extend(["--key-file", key.to_str().unwrap()]);
+    }
     let receivers: Vec<Receiver> = dirs
         .iter()
-        .map(|dir| Receiver::once_in(dir, &RECEIVER_ARGS))
+        .map(|dir| Receiver::once_in(dir, &receiver_args))
         .collect();
     // The gate: with two receivers or more, stop the first before the send begins.
     let gated = s.gate && s.receivers >= 2;
@@ -238,6 +247,9 @@ pub fn run(s: &Scenario) -> Outcome {
         s.strategy,
     ]);
     cmd.args(["--stall-timeout", "80s"]);
+    if s.encrypted {
+        cmd.arg("--key-file").arg(&key);
+    }
     if let Some(c) = &capture {
         cmd.arg("--capture").arg(c);
     }
